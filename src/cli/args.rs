@@ -1,0 +1,89 @@
+//! Option groups shared by the subcommands. Every flag has a `BOSUN_*` environment
+//! variable and a default that matches [`crate::config`].
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{Backoff, Heartbeat, Retry};
+
+/// Parses a human duration: `250ms`, `2s`, `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 250ms, 2s, 1m)"))
+}
+
+/// `--heartbeat-interval` and `--heartbeat-liveness`.
+#[derive(Debug, Clone, Args)]
+pub struct HeartbeatArgs {
+    /// How often each side sends a heartbeat.
+    #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats after which a peer is dead.
+    #[arg(long, env = "BOSUN_HEARTBEAT_LIVENESS", default_value_t = 3)]
+    pub heartbeat_liveness: u32,
+}
+
+impl HeartbeatArgs {
+    /// As a [`Heartbeat`].
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            interval: self.heartbeat_interval,
+            liveness: self.heartbeat_liveness,
+        }
+    }
+}
+
+/// `--timeout`, `--retries`, `--backoff-initial`, `--backoff-max`.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// How long to wait for the reply to one attempt.
+    #[arg(long, env = "BOSUN_TIMEOUT", default_value = "2500ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Attempts in all, the first included, before giving up.
+    #[arg(long, env = "BOSUN_RETRIES", default_value_t = 3)]
+    pub retries: u32,
+    /// Pause after the first timed-out attempt; doubles with each further one.
+    #[arg(long, env = "BOSUN_BACKOFF_INITIAL", default_value = "250ms", value_parser = parse_duration)]
+    pub backoff_initial: Duration,
+    /// Longest pause between attempts.
+    #[arg(long, env = "BOSUN_BACKOFF_MAX", default_value = "8s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+}
+
+impl RetryArgs {
+    /// As a [`Retry`] (jitter as in [`Retry::default`]).
+    pub fn retry(&self) -> Retry {
+        let d = Retry::default();
+        Retry {
+            timeout: self.timeout,
+            retries: self.retries,
+            backoff: Backoff {
+                initial: self.backoff_initial,
+                max: self.backoff_max,
+                jitter: d.backoff.jitter,
+            },
+        }
+    }
+}
+
+/// `--reconnect-initial` and `--reconnect-max`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconnectArgs {
+    /// Pause before the first reconnect after the peer went silent; doubles each time.
+    #[arg(long, env = "BOSUN_RECONNECT_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub reconnect_initial: Duration,
+    /// Longest pause between reconnects.
+    #[arg(long, env = "BOSUN_RECONNECT_MAX", default_value = "32s", value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+}
+
+impl ReconnectArgs {
+    /// As a [`Backoff`] (jitter as in [`crate::config::RECONNECT`]).
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.reconnect_initial,
+            max: self.reconnect_max,
+            jitter: crate::config::RECONNECT.jitter,
+        }
+    }
+}

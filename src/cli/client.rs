@@ -1,0 +1,89 @@
+//! `bosun client`.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use clap::Args;
+
+use super::RetryArgs;
+use crate::error::{ClientError, Error};
+use crate::io::lazy_pirate::LazyPirateClient;
+use crate::io::{Shutdown, SHUTDOWN_CHECK};
+
+/// Options of `bosun client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server or queue frontend to send to.
+    #[arg(long, env = "BOSUN_CONNECT", default_value = "tcp://127.0.0.1:5555")]
+    pub connect: String,
+    /// Send this one request; without it, each line of stdin is one request, in order.
+    #[arg(long)]
+    pub request: Option<String>,
+    /// At exit, print `client: sent N, answered N, retries N, discarded N` on stderr.
+    #[arg(long)]
+    pub summary: bool,
+    /// Retry settings.
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+/// Sends each request, prints each reply on its own line; exits 1 with a one-line
+/// reason on stderr when a request gets no reply after every attempt.
+pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let ctx = zmq::Context::new();
+    let mut client = LazyPirateClient::new(&ctx, &args.connect, args.retry.retry())?
+        .with_shutdown(shutdown.clone());
+    let requests = match args.request.clone() {
+        Some(one) => {
+            let (tx, rx) = mpsc::channel();
+            let _ = tx.send(one);
+            rx
+        }
+        None => stdin_lines(),
+    };
+    let stdout = std::io::stdout();
+    let code = loop {
+        let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) if !shutdown.is_triggered() => continue,
+            Err(_) => break ExitCode::SUCCESS,
+        };
+        match client.request(line.into_bytes()) {
+            Ok(reply) => {
+                let mut out = stdout.lock();
+                out.write_all(&reply)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush())
+                    .map_err(|e| Error::io("write reply to stdout", e))?;
+            }
+            Err(Error::Client(ClientError::Interrupted)) => break ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bosun client: {e}");
+                break ExitCode::FAILURE;
+            }
+        }
+    };
+    if args.summary {
+        let s = client.stats();
+        eprintln!(
+            "client: sent {}, answered {}, retries {}, discarded {}",
+            s.requests, s.answered, s.retries, s.discarded
+        );
+    }
+    Ok(code)
+}
+
+/// Lines of stdin, read on a thread so that Ctrl-C is seen while stdin is quiet.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

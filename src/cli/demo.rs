@@ -1,0 +1,290 @@
+//! `bosun demo`: the main job. A queue, two workers and a client, each a child process
+//! of this binary; one worker is SIGKILLed half way; every request must still be
+//! answered exactly once.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::parse_duration;
+use crate::error::Error;
+use crate::io::{self, Shutdown};
+
+/// Options of `bosun demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many requests the client sends.
+    #[arg(long, default_value_t = 20)]
+    pub requests: u32,
+    /// Simulated work per request at the workers.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub work: Duration,
+    /// Show the children's logs (queue, workers, client) on stderr.
+    #[arg(long)]
+    pub logs: bool,
+    /// Give up on the whole demo after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub deadline: Duration,
+}
+
+/// Heartbeat of the demo's queue and workers: fast, so the failover shows in a second.
+const HEARTBEAT: &[&str] = &["--heartbeat-interval", "250ms", "--heartbeat-liveness", "3"];
+
+/// Children are SIGTERMed, then SIGKILLed if they have not exited within this.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Child processes, stopped when dropped so that no demo leaves one behind.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            terminate(child);
+        }
+        for (name, child) in &mut self.0 {
+            if !wait_for_exit(child, STOP_GRACE) {
+                tracing::warn!(name, "child ignored SIGTERM; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Runs the demo and prints `demo: sent N, answered N, lost 0, duplicates 0, failovers F`.
+pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("find own executable", e))?;
+    let deadline = io::now() + args.deadline;
+    let mut children = Children(Vec::new());
+
+    let mut queue = spawn(
+        Command::new(&exe)
+            .args([
+                "queue",
+                "--frontend",
+                "tcp://127.0.0.1:*",
+                "--backend",
+                "tcp://127.0.0.1:*",
+            ])
+            .args(HEARTBEAT)
+            .stderr(child_logs(args.logs))
+            .stdout(Stdio::piped()),
+    )?;
+    let queue_out = lines(queue.stdout.take());
+    children.0.push(("queue".into(), queue));
+    let bound = queue_out
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| demo_error("the queue did not report its endpoints"))?;
+    let (frontend, backend) = parse_queue_line(&bound)
+        .ok_or_else(|| demo_error(&format!("unexpected queue output: {bound}")))?;
+    println!("demo: queue frontend={frontend} backend={backend}");
+
+    let work = humantime::format_duration(args.work).to_string();
+    for name in ["w1", "w2"] {
+        let worker = spawn(
+            Command::new(&exe)
+                .args(["worker", "--connect", &backend, "--delay", &work])
+                .args(["--reply-prefix", &format!("{name}:")])
+                .args(["--reconnect-initial", "250ms"])
+                .args(HEARTBEAT)
+                .stderr(child_logs(args.logs)),
+        )?;
+        println!("demo: worker {name} pid {}", worker.id());
+        children.0.push((name.into(), worker));
+    }
+
+    let mut client = spawn(
+        Command::new(&exe)
+            .args(["client", "--connect", &frontend, "--summary"])
+            .args([
+                "--timeout",
+                "1s",
+                "--retries",
+                "5",
+                "--backoff-initial",
+                "100ms",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let replies = lines(client.stdout.take());
+    let client_err = lines_of(client.stderr.take());
+    if let Some(mut stdin) = client.stdin.take() {
+        let text: String = (1..=args.requests)
+            .map(|i| format!("request-{i}\n"))
+            .collect();
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::io("write requests to the client", e))?;
+    }
+    children.0.push(("client".into(), client));
+
+    let sent = u64::from(args.requests);
+    let mut seen = HashSet::new();
+    let (mut answered, mut duplicates, mut wrong) = (0u64, 0u64, 0u64);
+    let mut killed = false;
+    while answered + duplicates + wrong < sent && !shutdown.is_triggered() {
+        let left = deadline.saturating_duration_since(io::now());
+        let Ok(reply) = replies.recv_timeout(left.min(io::SHUTDOWN_CHECK)) else {
+            if io::now() >= deadline {
+                eprintln!("demo: deadline reached");
+                break;
+            }
+            continue;
+        };
+        let Some((worker, body)) = reply.split_once(':') else {
+            wrong += 1;
+            continue;
+        };
+        if !body.starts_with("request-") {
+            wrong += 1;
+        } else if seen.insert(body.to_string()) {
+            answered += 1;
+        } else {
+            duplicates += 1;
+        }
+        if !killed && answered >= sent / 2 {
+            // The other worker is the least recently used: the next request goes to it.
+            let victim = if worker == "w1" { "w2" } else { "w1" };
+            if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == victim) {
+                let _ = child.kill();
+                let _ = child.wait();
+                println!("demo: SIGKILLed worker {victim} after {answered} replies");
+            }
+            killed = true;
+        }
+    }
+    // The client exits once stdin is drained and the last reply printed.
+    let summary = stop_client(&mut children, &client_err);
+    if let Some(line) = &summary {
+        println!("demo: {line}");
+    }
+    let failovers = summary.as_deref().and_then(retries_of).unwrap_or(0);
+    let lost = sent.saturating_sub(answered);
+    println!(
+        "demo: sent {sent}, answered {answered}, lost {lost}, duplicates {duplicates}, failovers {failovers}"
+    );
+    drop(children);
+    Ok(if answered == sent && duplicates == 0 && wrong == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn child_logs(show: bool) -> Stdio {
+    if show {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Result<Child, Error> {
+    cmd.spawn()
+        .map_err(|e| Error::io("start a child process", e))
+}
+
+fn demo_error(what: &str) -> Error {
+    Error::io("demo", std::io::Error::other(what.to_string()))
+}
+
+/// Lines of a child's stdout, read on a thread.
+fn lines(out: Option<ChildStdout>) -> mpsc::Receiver<String> {
+    lines_of(out)
+}
+
+fn lines_of<R: std::io::Read + Send + 'static>(out: Option<R>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = out {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Parses `queue frontend=A backend=B`.
+fn parse_queue_line(line: &str) -> Option<(String, String)> {
+    let mut parts = line.split_whitespace();
+    (parts.next()? == "queue").then_some(())?;
+    let frontend = parts.next()?.strip_prefix("frontend=")?;
+    let backend = parts.next()?.strip_prefix("backend=")?;
+    Some((frontend.to_string(), backend.to_string()))
+}
+
+/// Waits for the client to exit and returns its `client: ...` summary line.
+fn stop_client(children: &mut Children, stderr: &mpsc::Receiver<String>) -> Option<String> {
+    let (_, client) = children.0.iter_mut().find(|(n, _)| n == "client")?;
+    if !wait_for_exit(client, STOP_GRACE) {
+        terminate(client);
+        wait_for_exit(client, STOP_GRACE);
+    }
+    let deadline = io::now() + Duration::from_secs(2);
+    while let Ok(line) = stderr.recv_timeout(deadline.saturating_duration_since(io::now())) {
+        if line.starts_with("client: ") {
+            return Some(line);
+        }
+    }
+    None
+}
+
+/// The `retries N` figure of a client summary line.
+fn retries_of(summary: &str) -> Option<u64> {
+    summary
+        .split(", ")
+        .find_map(|part| part.strip_prefix("retries "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn terminate(child: &mut Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with a pid we own and a valid signal has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; true when it did.
+fn wait_for_exit(child: &mut Child, limit: Duration) -> bool {
+    let deadline = io::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) if io::now() >= deadline => return false,
+            Ok(None) => {
+                // No portable wait-with-timeout on a child: poll its status every 10 ms.
+                let mut none: [zmq::PollItem; 0] = [];
+                let _ = zmq::poll(&mut none, 10);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_child_output() {
+        assert_eq!(
+            parse_queue_line("queue frontend=tcp://127.0.0.1:1 backend=tcp://127.0.0.1:2"),
+            Some(("tcp://127.0.0.1:1".into(), "tcp://127.0.0.1:2".into()))
+        );
+        assert_eq!(parse_queue_line("nonsense"), None);
+        assert_eq!(
+            retries_of("client: sent 20, answered 20, retries 2, discarded 0"),
+            Some(2)
+        );
+    }
+}

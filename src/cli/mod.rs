@@ -1,0 +1,66 @@
+//! The `bosun` command line: clap option structs and one run function per subcommand.
+
+mod args;
+mod client;
+mod demo;
+mod queue;
+mod server;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use args::{parse_duration, HeartbeatArgs, ReconnectArgs, RetryArgs};
+
+use crate::io::Shutdown;
+
+/// Reliable messaging over ZeroMQ.
+#[derive(Debug, Parser)]
+#[command(name = "bosun", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send requests with Lazy Pirate reliability; print each reply on its own line.
+    Client(client::ClientArgs),
+    /// A plain REP echo server for Lazy Pirate clients, with fault switches.
+    Server(server::ServerArgs),
+    /// A Paranoid Pirate (6/PPP) queue between clients and workers.
+    Queue(queue::QueueArgs),
+    /// A Paranoid Pirate (6/PPP) worker: echo, or run a command per request.
+    Worker(worker::WorkerArgs),
+    /// Start a queue, two workers and a client; kill a worker half way; count.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs the parsed command line. Installs the Ctrl-C / SIGTERM handler, so call once.
+pub fn run(cli: Cli) -> ExitCode {
+    let shutdown = Shutdown::new();
+    let flag = shutdown.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.trigger()) {
+        tracing::warn!(error = %e, "no Ctrl-C handler; Ctrl-C will not shut down cleanly");
+    }
+    let result = match cli.command {
+        Command::Client(a) => client::run(a, &shutdown),
+        Command::Server(a) => server::run(a, &shutdown),
+        Command::Queue(a) => queue::run(a, &shutdown),
+        Command::Worker(a) => worker::run(a, &shutdown),
+        Command::Demo(a) => demo::run(a, &shutdown),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bosun: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

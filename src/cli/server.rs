@@ -1,0 +1,49 @@
+//! `bosun server`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::parse_duration;
+use crate::error::Error;
+use crate::io::handler;
+use crate::io::server::{Faults, Server, Stopped};
+use crate::io::Shutdown;
+
+/// Options of `bosun server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where to bind the REP socket (`tcp://127.0.0.1:*` picks a free port).
+    #[arg(long, env = "BOSUN_BIND", default_value = "tcp://127.0.0.1:5555")]
+    pub bind: String,
+    /// Drop every Nth request unanswered (the socket is closed and bound again).
+    #[arg(long)]
+    pub fail_every: Option<u64>,
+    /// Stall every Nth request for --delay before answering.
+    #[arg(long)]
+    pub delay_every: Option<u64>,
+    /// How long a stall lasts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Exit with status 3 on receiving the Nth request, without answering it.
+    #[arg(long)]
+    pub crash_after: Option<u64>,
+}
+
+/// Prints `server bound=ENDPOINT` on stdout once bound, then serves.
+pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let ctx = zmq::Context::new();
+    let faults = Faults {
+        fail_every: args.fail_every,
+        delay_every: args.delay_every,
+        delay: args.delay,
+        crash_after: args.crash_after,
+    };
+    let server = Server::bind(&ctx, &args.bind, faults)?;
+    println!("server bound={}", server.endpoint());
+    match server.run(handler::echo(), shutdown)? {
+        Stopped::Shutdown => Ok(ExitCode::SUCCESS),
+        Stopped::Crashed => Ok(ExitCode::from(3)),
+    }
+}

@@ -1,0 +1,192 @@
+//! Errors, one enum per layer, joined into [`Error`].
+//!
+//! Expected outcomes (a duplicate, a stale reply, no worker yet) are not errors:
+//! they are events of the protocol cores. These enums are for what a caller must act on.
+
+use thiserror::Error;
+
+/// A message from the network that does not follow the protocol.
+///
+/// Returned by the frame parsers in [`crate::proto`]; the drivers log it and drop
+/// the message. It never panics and never stops a peer.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A message with no frames at all.
+    #[error("{protocol}: empty message")]
+    Empty {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+    },
+    /// The message had a number of frames this command cannot have.
+    #[error("{protocol}: {what}: expected {expected} frames, got {got}")]
+    FrameCount {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+        /// Which message was being parsed.
+        what: &'static str,
+        /// What the protocol allows, in words ("1", "at least 3").
+        expected: &'static str,
+        /// How many frames arrived.
+        got: usize,
+    },
+    /// A command frame whose value the protocol does not define.
+    #[error("{protocol}: unknown command {command:02x?}")]
+    UnknownCommand {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+        /// The command frame as it arrived (at most 8 bytes shown).
+        command: Vec<u8>,
+    },
+    /// An address envelope without its empty delimiter frame.
+    #[error("{protocol}: {what}: no empty delimiter frame")]
+    MissingDelimiter {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+        /// Which message was being parsed.
+        what: &'static str,
+    },
+    /// A frame that should be empty was not.
+    #[error("{protocol}: {what}: expected an empty frame, got {got} bytes")]
+    NotEmpty {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+        /// Which frame.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+    },
+    /// The body is not a bosun envelope.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// An [`crate::Envelope`] could not be decoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The frame does not start with the envelope magic `BSN1`.
+    #[error("envelope: missing magic BSN1 (frame of {len} bytes)")]
+    BadMagic {
+        /// Length of the rejected frame.
+        len: usize,
+    },
+    /// The frame is larger than [`crate::envelope::MAX_ENVELOPE_BYTES`].
+    #[error("envelope: {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Length of the rejected frame.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The MessagePack payload is malformed.
+    #[error("envelope: malformed MessagePack: {0}")]
+    Decode(String),
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The named field has a value that is out of range.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field (as its command-line flag where there is one).
+        field: &'static str,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// A ZeroMQ call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A socket operation failed.
+    #[error("{op} {endpoint}: {source}")]
+    Zmq {
+        /// What was being done ("bind", "connect", "send", ...).
+        op: &'static str,
+        /// The endpoint involved, or "" when none.
+        endpoint: String,
+        /// The libzmq error.
+        #[source]
+        source: zmq::Error,
+    },
+}
+
+impl TransportError {
+    /// Wraps a libzmq error with what was being done and where.
+    pub fn zmq(op: &'static str, endpoint: impl Into<String>, source: zmq::Error) -> Self {
+        TransportError::Zmq {
+            op,
+            endpoint: endpoint.into(),
+            source,
+        }
+    }
+}
+
+/// A request could not be completed by a client.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Every attempt timed out. The request may or may not have been executed.
+    #[error("no reply from {endpoint} after {attempts} attempts")]
+    GaveUp {
+        /// How many times the request was sent.
+        attempts: u32,
+        /// Where it was sent.
+        endpoint: String,
+        /// The request body, handed back so it is not lost.
+        body: Vec<u8>,
+    },
+    /// A request is already outstanding; Lazy Pirate has one at a time.
+    #[error("a request is already in flight")]
+    Busy,
+    /// The client was asked to stop (Ctrl-C) before a reply arrived.
+    #[error("interrupted before a reply arrived")]
+    Interrupted,
+}
+
+/// Every error bosun returns.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// See [`ProtocolError`].
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// See [`EnvelopeError`].
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// See [`ConfigError`].
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// See [`TransportError`].
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// See [`ClientError`].
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Reading stdin, writing stdout, or running a handler command failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! # bosun
+//!
+//! Reliable messaging over ZeroMQ: the ZeroMQ Guide's reliability patterns as tested,
+//! documented components. Clients that never hang on a dead server, workers that
+//! heartbeat and reconnect, a queue that never routes to a dead or busy worker.
+//!
+//! # Layout
+//! - [`config`]: typed settings ([`Heartbeat`], [`Retry`], [`Backoff`]) and their defaults.
+//! - [`error`]: one error enum per layer, joined into [`Error`].
+//! - [`proto`]: pure state machines (no sockets, no clock): [`proto::lazy_pirate`],
+//!   [`proto::paranoid_pirate`], the frame parsers in [`proto::frames`], the
+//!   [`Envelope`], [`proto::backoff`] and [`proto::timer`].
+//! - [`io`]: the thin drivers that own the zmq sockets and the clock:
+//!   [`LazyPirateClient`], [`io::queue`], [`PpWorker`], [`io::server`].
+//! - [`cli`]: the `bosun` command line (option structs and one run function each).
+//!
+//! # Example
+//! ```no_run
+//! use bosun::{LazyPirateClient, Retry};
+//! let ctx = zmq::Context::new();
+//! let mut client = LazyPirateClient::new(&ctx, "tcp://127.0.0.1:5555", Retry::default())?;
+//! let reply = client.request(b"hello".to_vec())?;
+//! # Ok::<(), bosun::Error>(())
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod proto;
+
+pub use config::{Backoff, Heartbeat, Retry};
+pub use error::{Error, Result};
+pub use io::lazy_pirate::LazyPirateClient;
+pub use io::ppworker::PpWorker;
+pub use io::Shutdown;
+pub use proto::envelope::Envelope;

@@ -1,0 +1,12 @@
+//! Pure protocol cores: no zmq, no sled, no threads, no clock reads.
+//!
+//! Each core is a state machine fed with `handle_*(now, ...)` calls and drained with
+//! `poll_transmit` / `poll_event` / `poll_timeout`. Time is always a parameter, so every
+//! core runs in virtual time in the tests.
+
+pub mod backoff;
+pub mod envelope;
+pub mod frames;
+pub mod lazy_pirate;
+pub mod paranoid_pirate;
+pub mod timer;

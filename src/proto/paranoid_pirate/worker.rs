@@ -1,0 +1,226 @@
+//! The 6/PPP worker core.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::{Backoff, Heartbeat};
+use crate::error::ProtocolError;
+use crate::proto::backoff;
+use crate::proto::frames::ppp::{self, Command, FromQueue};
+use crate::proto::frames::Frames;
+use crate::proto::timer::Timers;
+
+/// What the driver must do to the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Open a fresh DEALER (new identity) and connect it to the queue.
+    Connect,
+    /// Close the socket with linger 0.
+    Disconnect,
+    /// Send this message on the socket.
+    Send(Frames),
+}
+
+/// What the application (or the log) should hear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A request to handle; answer with [`Worker::reply`].
+    Request {
+        /// The request body frames.
+        body: Frames,
+    },
+    /// The queue was silent for `liveness × interval`; the socket was closed and a new
+    /// one will connect after `after`.
+    QueueLost {
+        /// The reconnect attempt that comes next, from 1.
+        attempt: u32,
+        /// The backoff before it.
+        after: Duration,
+    },
+    /// A fresh socket connected and READY was sent.
+    Connected,
+    /// A request arrived while the worker was busy; 6/PPP queues never do this, so
+    /// it is dropped (its client's retry recovers it).
+    DroppedWhileBusy,
+    /// A message that breaks the protocol was dropped.
+    Malformed(ProtocolError),
+}
+
+/// [`Worker::reply`] was called with no request outstanding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no request is outstanding")]
+pub struct NotBusy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Send a HEARTBEAT.
+    Heartbeat,
+    /// The queue is dead when nothing was heard from it by then.
+    Expiry,
+    /// The backoff before reconnecting ends.
+    Reconnect,
+}
+
+/// The Paranoid Pirate worker state machine.
+///
+/// Contract: after [`Worker::new`] and every `handle_*` or [`Worker::reply`] call,
+/// drain [`Worker::poll_transmit`] and act on each item in order, drain
+/// [`Worker::poll_event`], and call [`Worker::handle_timeout`] no later than
+/// [`Worker::poll_timeout`].
+///
+/// One request at a time. The driver runs the handler off its socket thread, so
+/// heartbeats keep flowing while a slow request is handled.
+#[derive(Debug)]
+pub struct Worker {
+    heartbeat: Heartbeat,
+    reconnect: Backoff,
+    rng: fastrand::Rng,
+    /// Reconnects since the queue was last heard from.
+    failures: u32,
+    connected: bool,
+    /// Whether the queue knows this socket (READY was sent on it).
+    registered: bool,
+    /// The client address of the request being handled.
+    busy: Option<Frames>,
+    timers: Timers<Timer>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Worker {
+    /// A worker that connects at once and sends READY. `seed` drives the backoff jitter.
+    pub fn new(now: Instant, heartbeat: Heartbeat, reconnect: Backoff, seed: u64) -> Self {
+        let mut w = Worker {
+            heartbeat,
+            reconnect,
+            rng: fastrand::Rng::with_seed(seed),
+            failures: 0,
+            connected: false,
+            registered: false,
+            busy: None,
+            timers: Timers::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        w.connect(now);
+        w
+    }
+
+    /// Feeds a message that arrived from the queue.
+    pub fn handle_frames(&mut self, now: Instant, frames: Frames) {
+        if !self.connected {
+            return;
+        }
+        let msg = match ppp::parse_from_queue(frames) {
+            Ok(m) => m,
+            Err(e) => return self.events.push_back(Event::Malformed(e)),
+        };
+        // Any valid message is a sign of life.
+        self.failures = 0;
+        if self.registered {
+            self.timers
+                .set(Timer::Expiry, now + self.heartbeat.expiry());
+        }
+        match msg {
+            FromQueue::Heartbeat => {}
+            FromQueue::Request { address, body } => {
+                if self.busy.is_some() {
+                    self.events.push_back(Event::DroppedWhileBusy);
+                } else {
+                    self.busy = Some(address);
+                    self.events.push_back(Event::Request { body });
+                }
+            }
+        }
+    }
+
+    /// Sends the reply to the outstanding request.
+    pub fn reply(&mut self, now: Instant, body: Frames) -> Result<(), NotBusy> {
+        let address = self.busy.take().ok_or(NotBusy)?;
+        if self.connected {
+            self.transmits
+                .push_back(Transmit::Send(ppp::reply(&address, body)));
+            if !self.registered {
+                // Reconnected while busy: register now that a request can be taken.
+                self.register(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the passing of time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_expired(now) {
+            match timer {
+                Timer::Heartbeat => {
+                    self.transmits
+                        .push_back(Transmit::Send(Command::Heartbeat.frames()));
+                    self.timers
+                        .set(Timer::Heartbeat, now + self.heartbeat.interval);
+                }
+                Timer::Expiry => {
+                    self.failures = self.failures.saturating_add(1);
+                    let after = backoff::delay(&self.reconnect, self.failures, self.rng.f64());
+                    self.transmits.push_back(Transmit::Disconnect);
+                    self.connected = false;
+                    self.registered = false;
+                    self.timers.cancel(Timer::Heartbeat);
+                    self.timers.set(Timer::Reconnect, now + after);
+                    self.events.push_back(Event::QueueLost {
+                        attempt: self.failures,
+                        after,
+                    });
+                }
+                Timer::Reconnect => self.connect(now),
+            }
+        }
+    }
+
+    /// The next thing to do to the socket.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Worker::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Whether a request is being handled.
+    pub fn is_busy(&self) -> bool {
+        self.busy.is_some()
+    }
+
+    /// Whether a socket is connected (as opposed to backing off before reconnecting).
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    fn connect(&mut self, now: Instant) {
+        self.transmits.push_back(Transmit::Connect);
+        self.connected = true;
+        self.events.push_back(Event::Connected);
+        if self.busy.is_none() {
+            self.register(now);
+        }
+    }
+
+    /// READY, then heartbeats, and from now on the queue must be heard from.
+    fn register(&mut self, now: Instant) {
+        self.registered = true;
+        self.transmits
+            .push_back(Transmit::Send(Command::Ready.frames()));
+        self.timers
+            .set(Timer::Heartbeat, now + self.heartbeat.interval);
+        self.timers
+            .set(Timer::Expiry, now + self.heartbeat.expiry());
+    }
+}
