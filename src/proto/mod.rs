@@ -5,8 +5,10 @@
 //! core runs in virtual time in the tests.
 
 pub mod backoff;
+pub mod broker;
 pub mod envelope;
 pub mod frames;
 pub mod lazy_pirate;
 pub mod paranoid_pirate;
+pub mod stats;
 pub mod timer;

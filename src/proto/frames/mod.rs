@@ -4,6 +4,7 @@
 //! typed message or a [`ProtocolError`](crate::error::ProtocolError) that says what was
 //! expected and what arrived. No parser indexes into peer data or panics.
 
+pub mod mdp;
 pub mod ppp;
 
 /// A multipart message: one `Vec<u8>` per frame, as `zmq::Socket::recv_multipart` gives.

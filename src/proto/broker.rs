@@ -1,0 +1,647 @@
+//! The Majordomo broker core: 7/MDP routing by service, 8/MMI, and service statistics.
+//!
+//! Unlike the reference broker it heartbeats and expires busy workers too, puts a
+//! request held by a worker that died back at the front of its service queue, bounds
+//! and expires requests waiting for a service with no workers, and drops (never
+//! asserts on) malformed input.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::envelope::Envelope;
+use super::frames::mdp::{self, Command, FromWorker, ToBroker};
+use super::frames::Frames;
+use super::stats::{Rates, Window};
+use super::timer::Timers;
+use crate::config::Heartbeat;
+use crate::error::ProtocolError;
+
+/// Service names with this prefix are the broker's own (8/MMI).
+pub const MMI_PREFIX: &[u8] = b"mmi.";
+
+/// Settings of a [`Broker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Heartbeat with the workers. Default 2500 ms × 3, the 7/MDP reference values, so
+    /// workers written against the Guide keep their registration.
+    pub heartbeat: Heartbeat,
+    /// Most requests waiting per service. Default 1000 (libzmq's default high-water
+    /// mark); beyond it new requests are dropped with an event, the client retries.
+    pub max_queue: usize,
+    /// How long a request may wait for a worker before it is dropped. Default 30 s:
+    /// far beyond any client's retry budget, so only abandoned requests are dropped.
+    pub request_ttl: Duration,
+    /// Most distinct services tracked at once. Default 65,536: a client cannot make the
+    /// broker grow without bound by asking for ever new names.
+    pub max_services: usize,
+    /// Span of the sliding window of `mmi.stats`. Default 10 s.
+    pub stats_window: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            heartbeat: Heartbeat {
+                interval: Duration::from_millis(2500),
+                liveness: 3,
+            },
+            max_queue: 1000,
+            request_ttl: Duration::from_secs(30),
+            max_services: 65_536,
+            stats_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the log should hear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker registered.
+    WorkerReady {
+        /// Its routing identity.
+        identity: Vec<u8>,
+        /// Its service.
+        service: Vec<u8>,
+        /// How many requests it takes at once.
+        capacity: u32,
+    },
+    /// A worker was removed; `requeued` requests it held went back to the front of
+    /// its service queue.
+    WorkerGone {
+        /// Its routing identity.
+        identity: Vec<u8>,
+        /// Why.
+        reason: GoneReason,
+        /// Requests put back in the queue.
+        requeued: usize,
+    },
+    /// DISCONNECT was sent to a peer that broke the protocol in a valid way.
+    Disconnected {
+        /// Its routing identity.
+        identity: Vec<u8>,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// A request was dropped by an explicit rule.
+    RequestDropped {
+        /// The service.
+        service: Vec<u8>,
+        /// Which rule.
+        reason: DropReason,
+    },
+    /// A message that breaks the protocol was dropped.
+    Malformed {
+        /// The sender's identity.
+        identity: Vec<u8>,
+        /// What was wrong.
+        error: ProtocolError,
+    },
+}
+
+/// Why a worker was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// Silent for `liveness × interval`.
+    Expired,
+    /// It sent DISCONNECT.
+    Disconnected,
+    /// It broke the protocol (second READY); it was sent DISCONNECT.
+    ProtocolError,
+}
+
+/// Why a request was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The service queue held `max_queue` requests.
+    QueueFull,
+    /// It waited `request_ttl` with no worker to take it.
+    Expired,
+    /// `max_services` services exist already.
+    TooManyServices,
+}
+
+/// A snapshot of one service, as `mmi.stats` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStats {
+    /// The service name.
+    pub service: Vec<u8>,
+    /// Workers with no request.
+    pub idle: usize,
+    /// Workers with at least one request.
+    pub busy: usize,
+    /// Requests waiting now.
+    pub queued: usize,
+    /// Rates over the window.
+    pub rates: Rates,
+}
+
+impl ServiceStats {
+    /// One line of `key=value` fields, as `mmi.stats` sends it.
+    pub fn to_line(&self) -> String {
+        let r = &self.rates;
+        let rho = if r.completion_rate > 0.0 {
+            r.arrival_rate / r.completion_rate
+        } else {
+            0.0
+        };
+        format!(
+            "service={} idle={} busy={} queued={} l_avg={:.3} lambda={:.3} mu={:.3} rho={:.3} wait_ms={:.3} service_ms={:.3}",
+            String::from_utf8_lossy(&self.service),
+            self.idle,
+            self.busy,
+            self.queued,
+            r.mean_queue,
+            r.arrival_rate,
+            r.completion_rate,
+            rho,
+            r.mean_wait * 1e3,
+            r.mean_service * 1e3,
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Request {
+    client: Vec<u8>,
+    body: Frames,
+    id: Option<Uuid>,
+    arrived: Instant,
+    /// Key in `Broker::ttl`.
+    key: (Instant, u64),
+    dispatched: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Service {
+    requests: VecDeque<Request>,
+    /// Workers with spare capacity, least recently used first.
+    available: VecDeque<Vec<u8>>,
+    workers: usize,
+    stats: Window,
+}
+
+#[derive(Debug)]
+struct Worker {
+    service: Vec<u8>,
+    capacity: u32,
+    inflight: Vec<Request>,
+    expiry: (Instant, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Heartbeat,
+}
+
+/// The Majordomo broker state machine.
+///
+/// Contract: after every [`Broker::handle_message`] and [`Broker::handle_timeout`],
+/// drain [`Broker::poll_transmit`] (each item is a message for the ROUTER socket, its
+/// first frame the destination identity), drain [`Broker::poll_event`], and call
+/// [`Broker::handle_timeout`] no later than [`Broker::poll_timeout`].
+///
+/// Costs: dispatch and replies are O(1) in the number of services and workers (hash
+/// lookups and deque ends); only heartbeats (once per interval) visit every worker.
+#[derive(Debug)]
+pub struct Broker {
+    cfg: BrokerConfig,
+    services: HashMap<Vec<u8>, Service>,
+    workers: HashMap<Vec<u8>, Worker>,
+    expiries: BTreeMap<(Instant, u64), Vec<u8>>,
+    /// Request deadlines, earliest first, to the service holding the request.
+    ttl: BTreeMap<(Instant, u64), Vec<u8>>,
+    next_key: u64,
+    timers: Timers<Timer>,
+    transmits: VecDeque<Frames>,
+    events: VecDeque<Event>,
+}
+
+impl Broker {
+    /// A broker with no services; the first heartbeat goes out one interval after `now`.
+    pub fn new(now: Instant, cfg: BrokerConfig) -> Self {
+        let mut timers = Timers::new();
+        timers.set(Timer::Heartbeat, now + cfg.heartbeat.interval);
+        Broker {
+            cfg,
+            services: HashMap::new(),
+            workers: HashMap::new(),
+            expiries: BTreeMap::new(),
+            ttl: BTreeMap::new(),
+            next_key: 0,
+            timers,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Feeds a message from the ROUTER socket: `[sender identity][7/MDP message...]`.
+    pub fn handle_message(&mut self, now: Instant, mut frames: Frames) {
+        if frames.is_empty() {
+            return self.malformed(Vec::new(), ProtocolError::Empty { protocol: "7/MDP" });
+        }
+        let rest = frames.split_off(1);
+        let identity = frames.pop().unwrap_or_default();
+        match mdp::parse_to_broker(rest) {
+            Err(error) => self.malformed(identity, error),
+            Ok(ToBroker::Client { service, body }) => {
+                self.client_request(now, identity, service, body)
+            }
+            Ok(ToBroker::Worker(cmd)) => self.worker_command(now, identity, cmd),
+        }
+    }
+
+    /// Feeds the passing of time: heartbeats every worker, idle and busy, expires
+    /// silent workers (re-queueing their requests) and requests past their TTL.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Timer::Heartbeat) = self.timers.pop_expired(now) {
+            for identity in self.workers.keys() {
+                self.transmits
+                    .push_back(mdp::command(Some(identity), Command::Heartbeat));
+            }
+            self.timers
+                .set(Timer::Heartbeat, now + self.cfg.heartbeat.interval);
+        }
+        while let Some(entry) = self.expiries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let identity = entry.remove();
+            self.remove_worker(now, identity, GoneReason::Expired);
+        }
+        while let Some(entry) = self.ttl.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = *entry.key();
+            let name = entry.remove();
+            let Some(service) = self.services.get_mut(&name) else {
+                continue;
+            };
+            if let Some(pos) = service.requests.iter().position(|r| r.key == key) {
+                service.requests.remove(pos);
+                service.stats.queue_length(now, service.requests.len());
+                self.events.push_back(Event::RequestDropped {
+                    service: name.clone(),
+                    reason: DropReason::Expired,
+                });
+            }
+            self.forget_if_empty(&name);
+        }
+    }
+
+    /// The next message for the ROUTER socket.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Frames> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the log.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Broker::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.timers.next(),
+            self.expiries.keys().next().map(|k| k.0),
+            self.ttl.keys().next().map(|k| k.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// How many workers are registered.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// How many requests the worker holds, if it is registered.
+    pub fn inflight(&self, identity: &[u8]) -> Option<usize> {
+        self.workers.get(identity).map(|w| w.inflight.len())
+    }
+
+    /// How many requests wait for `service`.
+    pub fn queued(&self, service: &[u8]) -> usize {
+        self.services.get(service).map_or(0, |s| s.requests.len())
+    }
+
+    /// Statistics of every service (or of `only`), sorted by name.
+    pub fn stats(&mut self, now: Instant, only: Option<&[u8]>) -> Vec<ServiceStats> {
+        let mut out: Vec<ServiceStats> = Vec::new();
+        for (name, service) in self.services.iter_mut() {
+            if only.is_some_and(|o| o != name.as_slice()) {
+                continue;
+            }
+            let (mut idle, mut busy) = (0, 0);
+            // Only mmi.stats walks the workers, never the dispatch path.
+            for w in self.workers.values().filter(|w| &w.service == name) {
+                if w.inflight.is_empty() {
+                    idle += 1;
+                } else {
+                    busy += 1;
+                }
+            }
+            out.push(ServiceStats {
+                service: name.clone(),
+                idle,
+                busy,
+                queued: service.requests.len(),
+                rates: service.stats.rates(now),
+            });
+        }
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
+    fn client_request(&mut self, now: Instant, client: Vec<u8>, service: Vec<u8>, body: Frames) {
+        if service.starts_with(MMI_PREFIX) {
+            return self.mmi(now, client, service, body);
+        }
+        if !self.services.contains_key(&service) && self.services.len() >= self.cfg.max_services {
+            return self.events.push_back(Event::RequestDropped {
+                service,
+                reason: DropReason::TooManyServices,
+            });
+        }
+        let key = self.key(now + self.cfg.request_ttl);
+        let max_queue = self.cfg.max_queue;
+        let s = self.service(now, &service);
+        s.stats.arrived(now);
+        if s.requests.len() >= max_queue {
+            self.events.push_back(Event::RequestDropped {
+                service,
+                reason: DropReason::QueueFull,
+            });
+            return;
+        }
+        let id = body_id(&body);
+        s.requests.push_back(Request {
+            client,
+            body,
+            id,
+            arrived: now,
+            key,
+            dispatched: None,
+        });
+        s.stats.queue_length(now, s.requests.len());
+        self.ttl.insert(key, service.clone());
+        self.dispatch(now, &service);
+    }
+
+    fn worker_command(&mut self, now: Instant, identity: Vec<u8>, cmd: FromWorker) {
+        let known = self.workers.contains_key(&identity);
+        match cmd {
+            FromWorker::Ready { service, capacity } => {
+                if known {
+                    self.disconnect(identity.clone(), "second READY");
+                    return self.remove_worker(now, identity, GoneReason::ProtocolError);
+                }
+                if service.starts_with(MMI_PREFIX) {
+                    return self.disconnect(identity, "READY for an mmi. service");
+                }
+                self.register(now, identity, service, capacity);
+            }
+            FromWorker::Heartbeat if known => self.refresh(now, &identity),
+            FromWorker::Reply { client, body } if known => self.reply(now, identity, client, body),
+            FromWorker::Reply { client, body } => {
+                // A worker the broker expired (or a previous broker knew) may still
+                // answer: the client drops the reply if it is stale. Then it must
+                // register again.
+                self.forward_unknown(&client, body);
+                self.disconnect(identity, "REPLY from an unregistered worker");
+            }
+            FromWorker::Heartbeat => {
+                // How workers re-register after a broker restart.
+                self.disconnect(identity, "HEARTBEAT from an unregistered worker")
+            }
+            FromWorker::Disconnect => {
+                if known {
+                    self.remove_worker(now, identity, GoneReason::Disconnected);
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, now: Instant, identity: Vec<u8>, service: Vec<u8>, capacity: u32) {
+        if !self.services.contains_key(&service) && self.services.len() >= self.cfg.max_services {
+            return self.disconnect(identity, "too many services");
+        }
+        let expiry = self.key(now + self.cfg.heartbeat.expiry());
+        self.expiries.insert(expiry, identity.clone());
+        self.workers.insert(
+            identity.clone(),
+            Worker {
+                service: service.clone(),
+                capacity,
+                inflight: Vec::new(),
+                expiry,
+            },
+        );
+        let s = self.service(now, &service);
+        s.workers += 1;
+        s.available.push_back(identity.clone());
+        self.events.push_back(Event::WorkerReady {
+            identity,
+            service: service.clone(),
+            capacity,
+        });
+        self.dispatch(now, &service);
+    }
+
+    fn reply(&mut self, now: Instant, identity: Vec<u8>, client: Vec<u8>, body: Frames) {
+        self.refresh(now, &identity);
+        let Some(w) = self.workers.get_mut(&identity) else {
+            return;
+        };
+        let was_full = w.inflight.len() >= w.capacity as usize;
+        let pos = match w.inflight.len() {
+            0 => None,
+            1 => Some(0),
+            _ => {
+                let id = body_id(&body);
+                w.inflight
+                    .iter()
+                    .position(|r| r.client == client && id.is_some() && r.id == id)
+                    .or_else(|| w.inflight.iter().position(|r| r.client == client))
+            }
+        };
+        let done = pos.map(|p| w.inflight.swap_remove(p));
+        let service = w.service.clone();
+        let now_free = w.inflight.len() < w.capacity as usize;
+        self.transmits
+            .push_back(mdp::client_reply(client, &service, body));
+        if let Some(s) = self.services.get_mut(&service) {
+            if let Some(req) = done {
+                let service_time = req.dispatched.map_or(Duration::ZERO, |d| now - d);
+                s.stats.completed(now, service_time);
+            }
+            if was_full && now_free {
+                s.available.push_back(identity);
+            }
+        }
+        self.dispatch(now, &service);
+    }
+
+    fn forward_unknown(&mut self, client: &[u8], body: Frames) {
+        // The service name is unknown here; the client matches replies by id.
+        self.transmits
+            .push_back(mdp::client_reply(client.to_vec(), b"", body));
+    }
+
+    fn remove_worker(&mut self, now: Instant, identity: Vec<u8>, reason: GoneReason) {
+        let Some(w) = self.workers.remove(&identity) else {
+            return;
+        };
+        self.expiries.remove(&w.expiry);
+        let requeued = w.inflight.len();
+        if let Some(s) = self.services.get_mut(&w.service) {
+            s.workers = s.workers.saturating_sub(1);
+            s.available.retain(|i| *i != identity);
+            // Back to the front, oldest first, keeping their original TTL.
+            for mut req in w.inflight.into_iter().rev() {
+                req.dispatched = None;
+                self.ttl.insert(req.key, w.service.clone());
+                s.requests.push_front(req);
+            }
+            s.stats.queue_length(now, s.requests.len());
+        }
+        self.events.push_back(Event::WorkerGone {
+            identity,
+            reason,
+            requeued,
+        });
+        self.dispatch(now, &w.service);
+        self.forget_if_empty(&w.service);
+    }
+
+    fn dispatch(&mut self, now: Instant, name: &[u8]) {
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        while !s.requests.is_empty() {
+            let Some(identity) = s.available.pop_front() else {
+                break;
+            };
+            let Some(w) = self.workers.get_mut(&identity) else {
+                continue;
+            };
+            let Some(mut req) = s.requests.pop_front() else {
+                break;
+            };
+            self.ttl.remove(&req.key);
+            s.stats
+                .dispatched(now, now.saturating_duration_since(req.arrived));
+            req.dispatched = Some(now);
+            self.transmits.push_back(mdp::routed(
+                Some(&identity),
+                Command::Request,
+                &req.client,
+                req.body.clone(),
+            ));
+            w.inflight.push(req);
+            if w.inflight.len() < w.capacity as usize {
+                s.available.push_back(identity);
+            }
+        }
+        s.stats.queue_length(now, s.requests.len());
+    }
+
+    fn mmi(&mut self, now: Instant, client: Vec<u8>, service: Vec<u8>, body: Frames) {
+        let reply = match service.as_slice() {
+            b"mmi.service" => {
+                let asked = body.first().map(Vec::as_slice).unwrap_or_default();
+                let known = self.services.get(asked).is_some_and(|s| s.workers > 0);
+                vec![if known {
+                    b"200".to_vec()
+                } else {
+                    b"404".to_vec()
+                }]
+            }
+            b"mmi.stats" => {
+                let only = body.first().filter(|b| !b.is_empty()).cloned();
+                let mut lines = vec![b"200".to_vec()];
+                lines.extend(
+                    self.stats(now, only.as_deref())
+                        .iter()
+                        .map(|s| s.to_line().into_bytes()),
+                );
+                lines
+            }
+            _ => vec![b"501".to_vec()],
+        };
+        self.transmits
+            .push_back(mdp::client_reply(client, &service, reply));
+    }
+
+    fn service(&mut self, now: Instant, name: &[u8]) -> &mut Service {
+        let window = self.cfg.stats_window;
+        self.services
+            .entry(name.to_vec())
+            .or_insert_with(|| Service {
+                requests: VecDeque::new(),
+                available: VecDeque::new(),
+                workers: 0,
+                stats: Window::new(now, window),
+            })
+    }
+
+    /// Drops a service with no workers and no requests, so that names asked for once
+    /// do not accumulate.
+    fn forget_if_empty(&mut self, name: &[u8]) {
+        if self
+            .services
+            .get(name)
+            .is_some_and(|s| s.workers == 0 && s.requests.is_empty())
+        {
+            self.services.remove(name);
+        }
+    }
+
+    fn refresh(&mut self, now: Instant, identity: &[u8]) {
+        let key = self.key(now + self.cfg.heartbeat.expiry());
+        if let Some(w) = self.workers.get_mut(identity) {
+            if let Some(id) = self.expiries.remove(&w.expiry) {
+                self.expiries.insert(key, id);
+            }
+            w.expiry = key;
+        }
+    }
+
+    fn disconnect(&mut self, identity: Vec<u8>, reason: &'static str) {
+        self.transmits
+            .push_back(mdp::command(Some(&identity), Command::Disconnect));
+        self.events
+            .push_back(Event::Disconnected { identity, reason });
+    }
+
+    fn malformed(&mut self, identity: Vec<u8>, error: ProtocolError) {
+        self.events.push_back(Event::Malformed { identity, error });
+    }
+
+    fn key(&mut self, at: Instant) -> (Instant, u64) {
+        self.next_key += 1;
+        (at, self.next_key)
+    }
+}
+
+/// The envelope id of a one-frame envelope body, read without copying the body.
+pub fn body_id(body: &[Vec<u8>]) -> Option<Uuid> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Uuid,
+    }
+    match body {
+        [frame] if Envelope::looks_like(frame) => rmp_serde::from_slice::<IdOnly>(frame.get(4..)?)
+            .ok()
+            .map(|e| e.id),
+        _ => None,
+    }
+}
