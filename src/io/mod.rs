@@ -4,8 +4,11 @@
 //! feeds in what arrived and the passing of time, sends what the core wants sent, and
 //! logs what the core reports.
 
+pub mod broker;
 pub mod handler;
 pub mod lazy_pirate;
+pub mod mdclient;
+pub mod mdworker;
 pub mod ppworker;
 pub mod queue;
 pub mod server;

@@ -6,9 +6,11 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod client;
 pub mod envelope;
 pub mod frames;
 pub mod lazy_pirate;
 pub mod paranoid_pirate;
 pub mod stats;
 pub mod timer;
+pub mod worker;

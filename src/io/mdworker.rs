@@ -1,0 +1,248 @@
+//! Driver of the Majordomo worker: a DEALER to the broker, the core, and a pool of
+//! `capacity` handler threads, so that heartbeats flow while handlers run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{Backoff, Heartbeat, RECONNECT};
+use crate::error::{Error, TransportError};
+use crate::io::{self, handler, Shutdown};
+use crate::proto::broker::BrokerConfig;
+use crate::proto::frames::mdp::MAX_CAPACITY;
+use crate::proto::worker::{Event, MdWorker, Transmit};
+
+/// A request handler that many threads may call at once.
+pub type SharedHandler = Arc<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
+
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MdWorkerStats {
+    /// Requests handled and replied to.
+    pub handled: u64,
+    /// Fresh sockets opened after the first (broker lost or DISCONNECT).
+    pub reconnects: u64,
+}
+
+/// A Majordomo (7/MDP) worker for one service.
+///
+/// ```no_run
+/// let shutdown = bosun::Shutdown::new();
+/// bosun::Worker::new("tcp://127.0.0.1:5555", "echo")
+///     .run(std::sync::Arc::new(|body| body), &shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
+pub struct Worker {
+    ctx: zmq::Context,
+    endpoint: String,
+    service: String,
+    capacity: u32,
+    heartbeat: Heartbeat,
+    reconnect: Backoff,
+}
+
+impl Worker {
+    /// A worker of `service` for the broker at `endpoint`: capacity 1, the 7/MDP
+    /// reference heartbeat (2500 ms × 3), reconnect 1 s doubling to 32 s.
+    pub fn new(endpoint: &str, service: &str) -> Self {
+        Worker {
+            ctx: zmq::Context::new(),
+            endpoint: endpoint.to_string(),
+            service: service.to_string(),
+            capacity: 1,
+            heartbeat: BrokerConfig::default().heartbeat,
+            reconnect: RECONNECT,
+        }
+    }
+
+    /// Uses `ctx` instead of a context of its own.
+    pub fn context(mut self, ctx: &zmq::Context) -> Self {
+        self.ctx = ctx.clone();
+        self
+    }
+
+    /// Handles up to `k` requests at once (a pool of `k` threads). With `k > 1` READY
+    /// carries the capacity extension; a plain 7/MDP broker gives such a worker one
+    /// request at a time only if it ignores the extra frame, so keep 1 there.
+    pub fn capacity(mut self, k: u32) -> Self {
+        self.capacity = k;
+        self
+    }
+
+    /// Sets the heartbeat (must match the broker's).
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets the reconnect backoff.
+    pub fn reconnect(mut self, reconnect: Backoff) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Serves requests until `shutdown` is triggered, then sends DISCONNECT.
+    pub fn run(self, handler: SharedHandler, shutdown: &Shutdown) -> Result<MdWorkerStats, Error> {
+        self.heartbeat.validate()?;
+        self.reconnect
+            .validate("--reconnect-initial/--reconnect-max")?;
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(crate::error::ConfigError::Invalid {
+                field: "--capacity",
+                reason: format!("must be between 1 and {MAX_CAPACITY}"),
+            }
+            .into());
+        }
+        if self
+            .service
+            .as_bytes()
+            .starts_with(crate::proto::broker::MMI_PREFIX)
+        {
+            return Err(crate::error::ConfigError::Invalid {
+                field: "--service",
+                reason: "names starting with mmi. belong to the broker".into(),
+            }
+            .into());
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let pipe = format!(
+            "inproc://bosun-mdworker-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let replies = io::socket(&self.ctx, zmq::PULL, Duration::ZERO)?;
+        io::bind(&replies, &pipe)?;
+        let (jobs, rx) = mpsc::channel::<(Vec<u8>, Vec<Vec<u8>>)>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..self.capacity {
+            let push = io::socket(&self.ctx, zmq::PUSH, Duration::ZERO)?;
+            io::connect(&push, &pipe)?;
+            let rx = Arc::clone(&rx);
+            let handler = Arc::clone(&handler);
+            std::thread::Builder::new()
+                .name(format!("bosun-handler-{n}"))
+                .spawn(move || pool_thread(&rx, &push, &handler))
+                .map_err(|e| Error::io("spawn handler thread", e))?;
+        }
+        // Dropping `jobs` at the end stops the pool threads once they are idle.
+        self.drive(&replies, &jobs, shutdown)
+    }
+
+    fn drive(
+        &self,
+        replies: &zmq::Socket,
+        jobs: &mpsc::Sender<(Vec<u8>, Vec<Vec<u8>>)>,
+        shutdown: &Shutdown,
+    ) -> Result<MdWorkerStats, Error> {
+        let mut core = MdWorker::new(
+            io::now(),
+            self.service.as_bytes(),
+            self.capacity,
+            self.heartbeat,
+            self.reconnect,
+            fastrand::u64(..),
+        );
+        let mut socket: Option<zmq::Socket> = None;
+        let mut stats = MdWorkerStats::default();
+        let mut opened = 0u64;
+        loop {
+            if shutdown.is_triggered() {
+                core.disconnect();
+            }
+            while let Some(t) = core.poll_transmit() {
+                match t {
+                    Transmit::Connect => {
+                        let s = io::socket(&self.ctx, zmq::DEALER, io::SHUTDOWN_LINGER)?;
+                        io::connect(&s, &self.endpoint)?;
+                        socket = Some(s);
+                        opened += 1;
+                        stats.reconnects = opened - 1;
+                    }
+                    Transmit::Disconnect => socket = None,
+                    Transmit::Send(frames) => {
+                        if let Some(s) = socket.as_ref() {
+                            io::send_or_log(s, frames, "broker");
+                        }
+                    }
+                }
+            }
+            if shutdown.is_triggered() {
+                return Ok(stats);
+            }
+            while let Some(event) = core.poll_event() {
+                match event {
+                    Event::Request { client, body } => {
+                        let _ = jobs.send((client, body));
+                    }
+                    Event::BrokerLost { attempt, after } => {
+                        tracing::warn!(endpoint = %self.endpoint, attempt, ?after, "broker silent; reconnecting")
+                    }
+                    Event::DisconnectedByBroker => {
+                        tracing::info!(endpoint = %self.endpoint, "broker sent DISCONNECT; registering again")
+                    }
+                    Event::Connected => {
+                        tracing::info!(endpoint = %self.endpoint, service = %self.service, "connected; READY sent")
+                    }
+                    Event::Malformed(e) => tracing::warn!(error = %e, "malformed message dropped"),
+                }
+            }
+            let timeout = io::poll_millis(io::now(), core.poll_timeout());
+            let (sock_ready, replies_ready) = match socket.as_ref() {
+                Some(s) => {
+                    let mut items = [
+                        s.as_poll_item(zmq::POLLIN),
+                        replies.as_poll_item(zmq::POLLIN),
+                    ];
+                    io::poll(&mut items, timeout)?;
+                    (items[0].is_readable(), items[1].is_readable())
+                }
+                None => {
+                    let mut items = [replies.as_poll_item(zmq::POLLIN)];
+                    io::poll(&mut items, timeout)?;
+                    (false, items[0].is_readable())
+                }
+            };
+            if sock_ready {
+                if let Some(s) = socket.as_ref() {
+                    while let Ok(frames) = s.recv_multipart(zmq::DONTWAIT) {
+                        core.handle_frames(io::now(), frames);
+                    }
+                }
+            }
+            if replies_ready {
+                while let Ok(mut frames) = replies.recv_multipart(zmq::DONTWAIT) {
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    let body = frames.split_off(1);
+                    core.reply(io::now(), &frames[0], body);
+                    stats.handled += 1;
+                }
+            }
+            core.handle_timeout(io::now());
+        }
+    }
+}
+
+/// One handler thread: takes `(client, body)` jobs, pushes `[client][reply...]` back.
+fn pool_thread(
+    jobs: &Mutex<mpsc::Receiver<(Vec<u8>, Vec<Vec<u8>>)>>,
+    push: &zmq::Socket,
+    handler: &SharedHandler,
+) {
+    let shared = Arc::clone(handler);
+    let mut h: handler::Handler = Box::new(move |b| shared(b));
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((client, body)) = job else { return };
+        let mut reply = vec![client];
+        reply.extend(handler::answer(&mut h, body));
+        if let Err(e) = push.send_multipart(reply, 0) {
+            tracing::error!(error = %TransportError::zmq("send", "worker driver", e), "reply lost");
+            return;
+        }
+    }
+}
