@@ -15,6 +15,9 @@ use crate::proto::worker::{Event, MdWorker, Transmit};
 /// A request handler that many threads may call at once.
 pub type SharedHandler = Arc<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
 
+/// A request for the handler pool: the client address and the body frames.
+type Job = (Vec<u8>, Vec<Vec<u8>>);
+
 /// What a worker did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MdWorkerStats {
@@ -112,7 +115,7 @@ impl Worker {
         );
         let replies = io::socket(&self.ctx, zmq::PULL, Duration::ZERO)?;
         io::bind(&replies, &pipe)?;
-        let (jobs, rx) = mpsc::channel::<(Vec<u8>, Vec<Vec<u8>>)>();
+        let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..self.capacity {
             let push = io::socket(&self.ctx, zmq::PUSH, Duration::ZERO)?;
@@ -131,7 +134,7 @@ impl Worker {
     fn drive(
         &self,
         replies: &zmq::Socket,
-        jobs: &mpsc::Sender<(Vec<u8>, Vec<Vec<u8>>)>,
+        jobs: &mpsc::Sender<Job>,
         shutdown: &Shutdown,
     ) -> Result<MdWorkerStats, Error> {
         let mut core = MdWorker::new(
@@ -226,7 +229,7 @@ impl Worker {
 
 /// One handler thread: takes `(client, body)` jobs, pushes `[client][reply...]` back.
 fn pool_thread(
-    jobs: &Mutex<mpsc::Receiver<(Vec<u8>, Vec<Vec<u8>>)>>,
+    jobs: &Mutex<mpsc::Receiver<Job>>,
     push: &zmq::Socket,
     handler: &SharedHandler,
 ) {
