@@ -13,22 +13,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `--heartbeat-interval` and `--heartbeat-liveness`.
+///
+/// The defaults depend on the pattern, as the reference implementations have them:
+/// 1 s × 3 for Paranoid Pirate (6/PPP), 2500 ms × 3 for Majordomo (7/MDP).
 #[derive(Debug, Clone, Args)]
 pub struct HeartbeatArgs {
-    /// How often each side sends a heartbeat.
-    #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub heartbeat_interval: Duration,
-    /// Missed heartbeats after which a peer is dead.
-    #[arg(long, env = "BOSUN_HEARTBEAT_LIVENESS", default_value_t = 3)]
-    pub heartbeat_liveness: u32,
+    /// How often each side sends a heartbeat [default: 1s for Paranoid Pirate, 2500ms
+    /// for Majordomo].
+    #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Missed heartbeats after which a peer is dead [default: 3].
+    #[arg(long, env = "BOSUN_HEARTBEAT_LIVENESS")]
+    pub heartbeat_liveness: Option<u32>,
 }
 
 impl HeartbeatArgs {
-    /// As a [`Heartbeat`].
+    /// As a [`Heartbeat`], with the Paranoid Pirate defaults for what was not given.
     pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat_or(Heartbeat::default())
+    }
+
+    /// As a [`Heartbeat`], with `default`'s values for what was not given.
+    pub fn heartbeat_or(&self, default: Heartbeat) -> Heartbeat {
         Heartbeat {
-            interval: self.heartbeat_interval,
-            liveness: self.heartbeat_liveness,
+            interval: self.heartbeat_interval.unwrap_or(default.interval),
+            liveness: self.heartbeat_liveness.unwrap_or(default.liveness),
         }
     }
 }

@@ -20,6 +20,12 @@ pub struct ClientArgs {
     /// Send this one request; without it, each line of stdin is one request, in order.
     #[arg(long)]
     pub request: Option<String>,
+    /// Speak Majordomo (7/MDP) and send to this service; without it, Lazy Pirate.
+    #[arg(long, env = "BOSUN_SERVICE")]
+    pub service: Option<String>,
+    /// Majordomo only: keep up to N requests in flight (replies still print in order).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
     /// At exit, print `client: sent N, answered N, retries N, discarded N` on stderr.
     #[arg(long)]
     pub summary: bool,
@@ -32,8 +38,6 @@ pub struct ClientArgs {
 /// reason on stderr when a request gets no reply after every attempt.
 pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let ctx = zmq::Context::new();
-    let mut client = LazyPirateClient::new(&ctx, &args.connect, args.retry.retry())?
-        .with_shutdown(shutdown.clone());
     let requests = match args.request.clone() {
         Some(one) => {
             let (tx, rx) = mpsc::channel();
@@ -42,7 +46,11 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         }
         None => stdin_lines(),
     };
-    let stdout = std::io::stdout();
+    if let Some(service) = args.service.clone() {
+        return super::mdclient::run(&ctx, &args, &service, requests, shutdown);
+    }
+    let mut client = LazyPirateClient::new(&ctx, &args.connect, args.retry.retry())?
+        .with_shutdown(shutdown.clone());
     let code = loop {
         let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
             Ok(line) => line,
@@ -50,13 +58,7 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             Err(_) => break ExitCode::SUCCESS,
         };
         match client.request(line.into_bytes()) {
-            Ok(reply) => {
-                let mut out = stdout.lock();
-                out.write_all(&reply)
-                    .and_then(|_| out.write_all(b"\n"))
-                    .and_then(|_| out.flush())
-                    .map_err(|e| Error::io("write reply to stdout", e))?;
-            }
+            Ok(reply) => print_reply(&reply)?,
             Err(Error::Client(ClientError::Interrupted)) => break ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bosun client: {e}");
@@ -72,6 +74,16 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         );
     }
     Ok(code)
+}
+
+/// Writes one reply and a newline to stdout, flushed so a reader sees it at once.
+pub(super) fn print_reply(reply: &[u8]) -> Result<(), Error> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(reply)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("write reply to stdout", e))
 }
 
 /// Lines of stdin, read on a thread so that Ctrl-C is seen while stdin is quiet.

@@ -1,10 +1,13 @@
 //! The `bosun` command line: clap option structs and one run function per subcommand.
 
 mod args;
+mod broker;
 mod client;
 mod demo;
+mod mdclient;
 mod queue;
 mod server;
+mod stats;
 mod worker;
 
 use std::process::ExitCode;
@@ -38,6 +41,10 @@ pub enum Command {
     Queue(queue::QueueArgs),
     /// A Paranoid Pirate (6/PPP) worker: echo, or run a command per request.
     Worker(worker::WorkerArgs),
+    /// A Majordomo (7/MDP + 8/MMI) broker: routes requests to workers by service.
+    Broker(broker::BrokerArgs),
+    /// Print the broker's per-service statistics (`mmi.stats`) as a table.
+    Stats(stats::StatsArgs),
     /// Start a queue, two workers and a client; kill a worker half way; count.
     Demo(demo::DemoArgs),
 }
@@ -54,6 +61,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Server(a) => server::run(a, &shutdown),
         Command::Queue(a) => queue::run(a, &shutdown),
         Command::Worker(a) => worker::run(a, &shutdown),
+        Command::Broker(a) => broker::run(a, &shutdown),
+        Command::Stats(a) => stats::run(a, &shutdown),
         Command::Demo(a) => demo::run(a, &shutdown),
     };
     match result {

@@ -33,7 +33,8 @@ pub fn slow(delay: Duration, mut inner: Handler) -> Handler {
     })
 }
 
-fn run_command(cmd: &str, body: &[u8]) -> Vec<u8> {
+/// Runs `sh -c cmd` with `body` on stdin and returns its stdout (see [`exec`]).
+pub fn run_command(cmd: &str, body: &[u8]) -> Vec<u8> {
     let child = Command::new("sh")
         .arg("-c")
         .arg(cmd)

@@ -145,6 +145,9 @@ pub struct AsyncMajordomoClient {
     endpoint: String,
     socket: zmq::Socket,
     core: AsyncClient,
+    /// Requests sent whose outcome has not been returned by `recv` yet (the core may
+    /// hold several finished ones as queued events).
+    undelivered: usize,
     duplicates: u64,
 }
 
@@ -156,6 +159,7 @@ impl AsyncMajordomoClient {
             endpoint: endpoint.to_string(),
             socket: open(ctx, zmq::DEALER, endpoint)?,
             core: AsyncClient::new(retry, fastrand::u64(..)),
+            undelivered: 0,
             duplicates: 0,
         })
     }
@@ -165,13 +169,15 @@ impl AsyncMajordomoClient {
         let id = self
             .core
             .send(io::now(), service.as_bytes(), Envelope::new(body));
+        self.undelivered += 1;
         self.flush()?;
         Ok(id)
     }
 
-    /// Requests neither answered nor given up.
+    /// Requests whose reply (or give-up) [`AsyncMajordomoClient::recv`] has not
+    /// returned yet.
     pub fn outstanding(&self) -> usize {
-        self.core.outstanding()
+        self.undelivered
     }
 
     /// Replies dropped because their request was already answered.
@@ -187,10 +193,12 @@ impl AsyncMajordomoClient {
             while let Some(event) = self.core.poll_event() {
                 match event {
                     AsyncEvent::Reply { id, body, .. } => {
-                        return Ok(Some(Outcome::Reply { id, body }))
+                        self.undelivered = self.undelivered.saturating_sub(1);
+                        return Ok(Some(Outcome::Reply { id, body }));
                     }
                     AsyncEvent::GaveUp { id, attempts, body } => {
-                        return Ok(Some(Outcome::GaveUp { id, attempts, body }))
+                        self.undelivered = self.undelivered.saturating_sub(1);
+                        return Ok(Some(Outcome::GaveUp { id, attempts, body }));
                     }
                     AsyncEvent::Duplicate { id } => {
                         self.duplicates += 1;
@@ -202,7 +210,7 @@ impl AsyncMajordomoClient {
                 }
             }
             let now = io::now();
-            if self.core.outstanding() == 0 || now >= deadline {
+            if self.undelivered == 0 || now >= deadline {
                 return Ok(None);
             }
             let wake = self

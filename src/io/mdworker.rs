@@ -228,11 +228,7 @@ impl Worker {
 }
 
 /// One handler thread: takes `(client, body)` jobs, pushes `[client][reply...]` back.
-fn pool_thread(
-    jobs: &Mutex<mpsc::Receiver<Job>>,
-    push: &zmq::Socket,
-    handler: &SharedHandler,
-) {
+fn pool_thread(jobs: &Mutex<mpsc::Receiver<Job>>, push: &zmq::Socket, handler: &SharedHandler) {
     let shared = Arc::clone(handler);
     let mut h: handler::Handler = Box::new(move |b| shared(b));
     loop {

@@ -554,31 +554,40 @@ impl Broker {
         s.stats.queue_length(now, s.requests.len());
     }
 
+    /// Answers an 8/MMI request. A request whose body is a bosun envelope is answered
+    /// with an envelope of the same id and attempt (so bosun clients match it); a plain
+    /// request gets one plain frame. `mmi.stats` answers `200` and one line per service.
     fn mmi(&mut self, now: Instant, client: Vec<u8>, service: Vec<u8>, body: Frames) {
-        let reply = match service.as_slice() {
+        let request = match body.as_slice() {
+            [frame] if Envelope::looks_like(frame) => Envelope::decode(frame).ok(),
+            _ => None,
+        };
+        let asked = match &request {
+            Some(e) => e.body.clone(),
+            None => body.first().cloned().unwrap_or_default(),
+        };
+        let answer = match service.as_slice() {
             b"mmi.service" => {
-                let asked = body.first().map(Vec::as_slice).unwrap_or_default();
-                let known = self.services.get(asked).is_some_and(|s| s.workers > 0);
-                vec![if known {
-                    b"200".to_vec()
-                } else {
-                    b"404".to_vec()
-                }]
+                let known = self.services.get(&asked).is_some_and(|s| s.workers > 0);
+                if known { "200" } else { "404" }.to_string()
             }
             b"mmi.stats" => {
-                let only = body.first().filter(|b| !b.is_empty()).cloned();
-                let mut lines = vec![b"200".to_vec()];
-                lines.extend(
-                    self.stats(now, only.as_deref())
-                        .iter()
-                        .map(|s| s.to_line().into_bytes()),
-                );
-                lines
+                let only = (!asked.is_empty()).then_some(asked.as_slice());
+                let mut text = String::from("200");
+                for s in self.stats(now, only) {
+                    text.push('\n');
+                    text.push_str(&s.to_line());
+                }
+                text
             }
-            _ => vec![b"501".to_vec()],
+            _ => "501".to_string(),
+        };
+        let frame = match request {
+            Some(e) => e.reply(answer.into_bytes()).encode(),
+            None => answer.into_bytes(),
         };
         self.transmits
-            .push_back(mdp::client_reply(client, &service, reply));
+            .push_back(mdp::client_reply(client, &service, vec![frame]));
     }
 
     fn service(&mut self, now: Instant, name: &[u8]) -> &mut Service {

@@ -1,0 +1,52 @@
+//! `bosun broker`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{parse_duration, HeartbeatArgs};
+use crate::error::Error;
+use crate::io::broker::BrokerDriver;
+use crate::io::Shutdown;
+use crate::proto::broker::BrokerConfig;
+
+/// Options of `bosun broker`.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Where clients and workers connect (one ROUTER; `tcp://127.0.0.1:*` picks a port).
+    #[arg(long, env = "BOSUN_BIND", default_value = "tcp://127.0.0.1:5555")]
+    pub bind: String,
+    /// Most requests waiting per service; more are dropped and logged.
+    #[arg(long, env = "BOSUN_MAX_QUEUE", default_value_t = BrokerConfig::default().max_queue)]
+    pub max_queue: usize,
+    /// How long a request may wait for a worker before it is dropped.
+    #[arg(long, env = "BOSUN_REQUEST_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub request_ttl: Duration,
+    /// Most services tracked at once; requests for more are dropped.
+    #[arg(long, env = "BOSUN_MAX_SERVICES", default_value_t = BrokerConfig::default().max_services)]
+    pub max_services: usize,
+    /// Sliding window of the statistics `mmi.stats` reports.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stats_window: Duration,
+    /// Heartbeat settings (must match the workers').
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+}
+
+/// Prints `broker bound=ENDPOINT` on stdout once bound, then routes until Ctrl-C.
+pub fn run(args: BrokerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    let ctx = zmq::Context::new();
+    let defaults = BrokerConfig::default();
+    let cfg = BrokerConfig {
+        heartbeat: args.heartbeat.heartbeat_or(defaults.heartbeat),
+        max_queue: args.max_queue,
+        request_ttl: args.request_ttl,
+        max_services: args.max_services,
+        stats_window: args.stats_window,
+    };
+    let driver = BrokerDriver::bind(&ctx, &args.bind, cfg)?;
+    println!("broker bound={}", driver.endpoint());
+    driver.run(shutdown)?;
+    Ok(ExitCode::SUCCESS)
+}
