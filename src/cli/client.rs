@@ -8,13 +8,16 @@ use clap::Args;
 
 use super::RetryArgs;
 use crate::error::{ClientError, Error};
+use crate::io::freelance::FreelanceClient;
 use crate::io::lazy_pirate::LazyPirateClient;
 use crate::io::{Shutdown, SHUTDOWN_CHECK};
+use crate::proto::freelance::FreelanceConfig;
 
 /// Options of `bosun client`.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The server or queue frontend to send to.
+    /// The server, queue frontend or broker; several, comma-separated, for Freelance
+    /// (brokerless failover between servers).
     #[arg(long, env = "BOSUN_CONNECT", default_value = "tcp://127.0.0.1:5555")]
     pub connect: String,
     /// Send this one request; without it, each line of stdin is one request, in order.
@@ -26,6 +29,9 @@ pub struct ClientArgs {
     /// Majordomo only: keep up to N requests in flight (replies still print in order).
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
+    /// Speak Freelance (10/FLP) even to a single server (implied by several --connect).
+    #[arg(long)]
+    pub freelance: bool,
     /// At exit, print `client: sent N, answered N, retries N, discarded N` on stderr.
     #[arg(long)]
     pub summary: bool,
@@ -49,6 +55,9 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     if let Some(service) = args.service.clone() {
         return super::mdclient::run(&ctx, &args, &service, requests, shutdown);
     }
+    if args.freelance || args.connect.contains(',') {
+        return run_freelance(&ctx, &args, requests, shutdown);
+    }
     let mut client = LazyPirateClient::new(&ctx, &args.connect, args.retry.retry())?
         .with_shutdown(shutdown.clone());
     let code = loop {
@@ -71,6 +80,53 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         eprintln!(
             "client: sent {}, answered {}, retries {}, discarded {}",
             s.requests, s.answered, s.retries, s.discarded
+        );
+    }
+    Ok(code)
+}
+
+fn run_freelance(
+    ctx: &zmq::Context,
+    args: &ClientArgs,
+    requests: mpsc::Receiver<String>,
+    shutdown: &Shutdown,
+) -> Result<ExitCode, Error> {
+    let endpoints: Vec<String> = args
+        .connect
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let cfg = FreelanceConfig {
+        retry: args.retry.retry(),
+        ..FreelanceConfig::default()
+    };
+    let mut client = FreelanceClient::new(ctx, &endpoints, cfg)?.with_shutdown(shutdown.clone());
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let code = loop {
+        let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) if !shutdown.is_triggered() => continue,
+            Err(_) => break ExitCode::SUCCESS,
+        };
+        sent += 1;
+        match client.request(line.into_bytes()) {
+            Ok(reply) => {
+                answered += 1;
+                print_reply(&reply)?;
+            }
+            Err(Error::Client(ClientError::Interrupted)) => break ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bosun client: {e}");
+                break ExitCode::FAILURE;
+            }
+        }
+    };
+    if args.summary {
+        eprintln!(
+            "client: sent {sent}, answered {answered}, retries {}, discarded 0",
+            client.failovers()
         );
     }
     Ok(code)

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::parse_duration;
 use crate::error::Error;
+use crate::io::freelance::FreelanceServer;
 use crate::io::handler;
 use crate::io::server::{Faults, Server, Stopped};
 use crate::io::Shutdown;
@@ -17,6 +18,10 @@ pub struct ServerArgs {
     /// Where to bind the REP socket (`tcp://127.0.0.1:*` picks a free port).
     #[arg(long, env = "BOSUN_BIND", default_value = "tcp://127.0.0.1:5555")]
     pub bind: String,
+    /// Serve Freelance (10/FLP, brokerless, ROUTER) instead of a plain REP socket; the
+    /// bind endpoint is the server's identity, so clients connect to exactly that text.
+    #[arg(long)]
+    pub freelance: bool,
     /// Drop every Nth request unanswered (the socket is closed and bound again).
     #[arg(long)]
     pub fail_every: Option<u64>,
@@ -34,6 +39,12 @@ pub struct ServerArgs {
 /// Prints `server bound=ENDPOINT` on stdout once bound, then serves.
 pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let ctx = zmq::Context::new();
+    if args.freelance {
+        let server = FreelanceServer::bind(&ctx, &args.bind)?;
+        println!("server bound={}", server.endpoint());
+        server.run(handler::echo(), shutdown)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let faults = Faults {
         fail_every: args.fail_every,
         delay_every: args.delay_every,

@@ -5,6 +5,7 @@
 //! logs what the core reports.
 
 pub mod broker;
+pub mod freelance;
 pub mod handler;
 pub mod lazy_pirate;
 pub mod mdclient;

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod client;
 pub mod envelope;
 pub mod frames;
+pub mod freelance;
 pub mod lazy_pirate;
 pub mod paranoid_pirate;
 pub mod stats;
