@@ -146,7 +146,11 @@ impl Queue {
     }
 
     /// Feeds a message from the frontend ROUTER: `[client identity][""][body...]`.
-    pub fn handle_frontend(&mut self, _now: Instant, frames: Frames) {
+    pub fn handle_frontend(&mut self, now: Instant, frames: Frames) {
+        // A worker past its deadline is dead even if `handle_timeout` has not run yet
+        // (the driver feeds what it read before it calls `handle_timeout`): never
+        // route to it.
+        self.expire(now);
         if let Err(error) = ppp::check_request(&frames) {
             let identity = frames.into_iter().next().unwrap_or_default();
             return self.events.push_back(Event::Malformed {
@@ -166,6 +170,9 @@ impl Queue {
 
     /// Feeds a message from the backend ROUTER: `[worker identity][6/PPP message...]`.
     pub fn handle_backend(&mut self, now: Instant, mut frames: Frames) {
+        // As in `handle_frontend`; and a worker heard from after its deadline is not
+        // revived by the order in which the driver happened to call us.
+        self.expire(now);
         if frames.is_empty() {
             return self.events.push_back(Event::Malformed {
                 side: Side::Backend,
@@ -217,6 +224,11 @@ impl Queue {
             self.timers
                 .set(Timer::Heartbeat, now + self.cfg.heartbeat.interval);
         }
+        self.expire(now);
+    }
+
+    /// Removes every worker whose deadline is at or before `now`.
+    fn expire(&mut self, now: Instant) {
         while let Some(entry) = self.expiries.first_entry() {
             if entry.key().0 > now {
                 break;

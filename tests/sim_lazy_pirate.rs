@@ -1,0 +1,683 @@
+//! The Lazy Pirate core in virtual time: the exact retry schedule, the discarding of
+//! every reply that is not the one outstanding, and a property test over random
+//! sequences of sends, replies, garbage, duplicates and time steps.
+
+mod sim;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bosun::error::ClientError;
+use bosun::proto::frames::Frames;
+use bosun::proto::lazy_pirate::{Discard, Event, LazyPirate, Transmit};
+use bosun::{Backoff, Envelope, Retry};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use sim::{envelope, frames, ms, Clock, NS};
+
+/// What the core did, in the order it did it, at one instant.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Send {
+        id: Uuid,
+        attempt: u32,
+        body: Vec<u8>,
+    },
+    Reset,
+    Retrying {
+        attempt: u32,
+        after: Duration,
+    },
+    GaveUp {
+        attempts: u32,
+        body: Vec<u8>,
+    },
+}
+
+/// Everything the core wants done and says, transmits first (the contract's order).
+fn drain(lp: &mut LazyPirate) -> Vec<Step> {
+    let mut out = Vec::new();
+    while let Some(t) = lp.poll_transmit() {
+        out.push(match t {
+            Transmit::Send(frame) => {
+                let e = Envelope::decode(&frame).expect("the core sends envelopes");
+                Step::Send {
+                    id: e.id,
+                    attempt: e.attempt,
+                    body: e.body,
+                }
+            }
+            Transmit::Reset => Step::Reset,
+        });
+    }
+    while let Some(e) = lp.poll_event() {
+        out.push(match e {
+            Event::Retrying { attempt, after, .. } => Step::Retrying { attempt, after },
+            Event::GaveUp { attempts, body, .. } => Step::GaveUp { attempts, body },
+            other => panic!("unexpected event with no server: {other:?}"),
+        });
+    }
+    out
+}
+
+/// Sends `request` at the origin and lets every attempt time out, jumping from one
+/// `poll_timeout` to the next. One nanosecond before each deadline it checks that the
+/// core does nothing. Returns what happened, as offsets from the origin.
+fn run_unanswered(retry: Retry, seed: u64, request: Envelope) -> Vec<(Duration, Step)> {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(retry, seed);
+    lp.send(clock.now(), request).unwrap();
+    let mut log: Vec<(Duration, Step)> = drain(&mut lp).into_iter().map(|s| (ms(0), s)).collect();
+    for _ in 0..10_000 {
+        let Some(deadline) = lp.poll_timeout() else {
+            break;
+        };
+        assert!(deadline > clock.now(), "a deadline in the past");
+        lp.handle_timeout(deadline - NS);
+        assert_eq!(drain(&mut lp), vec![], "fired before its deadline");
+        clock.advance_to(deadline);
+        lp.handle_timeout(clock.now());
+        let steps = drain(&mut lp);
+        assert!(!steps.is_empty(), "woken up for nothing");
+        log.extend(steps.into_iter().map(|s| (clock.elapsed(), s)));
+    }
+    assert!(!lp.is_busy());
+    assert_eq!(lp.poll_timeout(), None, "an idle client has no deadline");
+    log
+}
+
+/// The nominal (unjittered) pause after attempt `attempt`, computed independently of
+/// `bosun::proto::backoff`: `initial`, doubling, capped at `max`.
+fn nominal(b: &Backoff, attempt: u32) -> Duration {
+    let mut d = b.initial.min(b.max);
+    for _ in 1..attempt {
+        d = (d * 2).min(b.max);
+    }
+    d
+}
+
+/// The schedule the documentation promises with no jitter.
+fn expected_schedule(retry: &Retry, id: Uuid, body: &[u8]) -> Vec<(Duration, Step)> {
+    let mut t = Duration::ZERO;
+    let mut out = Vec::new();
+    for attempt in 1..=retry.retries {
+        out.push((
+            t,
+            Step::Send {
+                id,
+                attempt,
+                body: body.to_vec(),
+            },
+        ));
+        t += retry.timeout;
+        out.push((t, Step::Reset));
+        if attempt == retry.retries {
+            out.push((
+                t,
+                Step::GaveUp {
+                    attempts: attempt,
+                    body: body.to_vec(),
+                },
+            ));
+        } else {
+            let after = nominal(&retry.backoff, attempt);
+            out.push((t, Step::Retrying { attempt, after }));
+            t += after;
+        }
+    }
+    out
+}
+
+fn retry(timeout: Duration, retries: u32, initial: Duration, max: Duration, jitter: f64) -> Retry {
+    Retry {
+        timeout,
+        retries,
+        backoff: Backoff {
+            initial,
+            max,
+            jitter,
+        },
+    }
+}
+
+#[test]
+fn retry_schedule_is_exact() {
+    let r = retry(ms(1000), 4, ms(100), ms(10_000), 0.0);
+    let log = run_unanswered(r, 7, envelope(1, b"job"));
+    assert_eq!(log, expected_schedule(&r, Uuid::from_u128(1), b"job"));
+    // Spelled out once: 4 timeouts of 1 s and backoffs of 100 + 200 + 400 ms.
+    let (at, last) = log.last().unwrap();
+    assert_eq!(*at, ms(4 * 1000 + 100 + 200 + 400));
+    assert_eq!(
+        *last,
+        Step::GaveUp {
+            attempts: 4,
+            body: b"job".to_vec()
+        }
+    );
+    // The Reset comes before each resend, never after it: a REQ socket that lost its
+    // reply cannot send.
+    assert_eq!(log.iter().filter(|(_, s)| *s == Step::Reset).count(), 4);
+}
+
+#[test]
+fn one_attempt_gives_up_after_one_timeout() {
+    let r = retry(ms(250), 1, ms(100), ms(100), 0.0);
+    let log = run_unanswered(r, 1, envelope(2, b"x"));
+    assert_eq!(log, expected_schedule(&r, Uuid::from_u128(2), b"x"));
+    assert_eq!(log.last().unwrap().0, ms(250));
+}
+
+#[test]
+fn backoff_caps_at_max() {
+    let r = retry(ms(40), 12, ms(10), ms(50), 0.0);
+    let log = run_unanswered(r, 3, envelope(3, b"capped"));
+    assert_eq!(log, expected_schedule(&r, Uuid::from_u128(3), b"capped"));
+    let afters: Vec<Duration> = log
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::Retrying { after, .. } => Some(*after),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        afters,
+        [10, 20, 40, 50, 50, 50, 50, 50, 50, 50, 50]
+            .map(ms)
+            .to_vec()
+    );
+    // 12 timeouts of 40 ms, backoffs 10 + 20 + 40 + 8 × 50 ms.
+    assert_eq!(log.last().unwrap().0, ms(12 * 40 + 10 + 20 + 40 + 8 * 50));
+}
+
+#[test]
+fn jitter_shortens_within_bounds_and_the_resend_follows_it() {
+    let jitter = 0.5;
+    let r = retry(ms(100), 9, ms(20), ms(1000), jitter);
+    let mut shortened = 0;
+    let mut schedules = Vec::new();
+    for seed in 0..64 {
+        let log = run_unanswered(r, seed, envelope(4, b"j"));
+        let mut resends = 0;
+        for (i, (at, step)) in log.iter().enumerate() {
+            let Step::Retrying { attempt, after } = step else {
+                continue;
+            };
+            let nominal = nominal(&r.backoff, *attempt);
+            let floor = nominal.saturating_sub(nominal.mul_f64(jitter));
+            assert!(
+                floor <= *after && *after <= nominal,
+                "seed {seed} attempt {attempt}: {after:?} outside [{floor:?}, {nominal:?}]"
+            );
+            if *after < nominal {
+                shortened += 1;
+            }
+            // The next attempt goes out exactly `after` later, as announced.
+            let (next_at, next) = &log[i + 1];
+            assert_eq!(*next_at, *at + *after);
+            assert!(matches!(next, Step::Send { attempt: a, .. } if *a == attempt + 1));
+            resends += 1;
+        }
+        assert_eq!(resends, 8);
+        schedules.push(log);
+    }
+    assert!(
+        shortened > 64 * 8 / 2,
+        "jitter is not applied ({shortened} shortened)"
+    );
+    assert_ne!(
+        schedules[0], schedules[1],
+        "the seed does not drive the jitter"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Replies that must be discarded.
+
+fn events(lp: &mut LazyPirate) -> Vec<Event> {
+    std::iter::from_fn(|| lp.poll_event()).collect()
+}
+
+fn transmits(lp: &mut LazyPirate) -> Vec<Transmit> {
+    std::iter::from_fn(|| lp.poll_transmit()).collect()
+}
+
+/// A reply as a REP echo server would send it for (`id`, `attempt`).
+fn reply(id: u128, attempt: u32, body: &[u8]) -> Frames {
+    let mut e = envelope(id, body);
+    e.attempt = attempt;
+    vec![e.encode()]
+}
+
+fn stale(id: u128, attempt: u32) -> Event {
+    Event::Discarded(Discard::Stale {
+        id: Uuid::from_u128(id),
+        attempt,
+    })
+}
+
+fn answered(id: u128, attempt: u32, body: &[u8]) -> Event {
+    Event::Reply {
+        id: Uuid::from_u128(id),
+        attempt,
+        body: body.to_vec(),
+    }
+}
+
+fn no_jitter() -> Retry {
+    retry(ms(1000), 5, ms(100), ms(800), 0.0)
+}
+
+/// Sends request `id` at now and times out its first attempt, then resends it: attempt
+/// 2 is outstanding when this returns (now = 1.1 s after the send).
+fn second_attempt_outstanding(lp: &mut LazyPirate, clock: &mut Clock, id: u128) {
+    let start = clock.now();
+    lp.send(start, envelope(id, b"q")).unwrap();
+    clock.advance_to(start + ms(1000));
+    lp.handle_timeout(clock.now());
+    clock.advance_to(start + ms(1100));
+    lp.handle_timeout(clock.now());
+    let t = transmits(lp);
+    assert_eq!(t.len(), 3, "send, reset, resend: {t:?}");
+    assert_eq!(Envelope::decode(&sent(&t[2])).unwrap().attempt, 2);
+    let _ = events(lp);
+}
+
+fn sent(t: &Transmit) -> Vec<u8> {
+    match t {
+        Transmit::Send(f) => f.clone(),
+        Transmit::Reset => panic!("expected a Send"),
+    }
+}
+
+#[test]
+fn reply_to_an_earlier_or_later_attempt_is_stale() {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    second_attempt_outstanding(&mut lp, &mut clock, 10);
+    lp.handle_reply(clock.now(), reply(10, 1, b"old"));
+    lp.handle_reply(clock.now(), reply(10, 3, b"future"));
+    lp.handle_reply(clock.now(), reply(11, 2, b"other id, same attempt"));
+    assert_eq!(
+        events(&mut lp),
+        vec![stale(10, 1), stale(10, 3), stale(11, 2)]
+    );
+    assert!(lp.is_busy(), "a stale reply must not end the request");
+    assert_eq!(lp.poll_timeout(), Some(clock.at(ms(2100))));
+    // The matching reply: exactly one Reply, and nothing else.
+    lp.handle_reply(clock.now(), reply(10, 2, b"answer"));
+    assert_eq!(events(&mut lp), vec![answered(10, 2, b"answer")]);
+    assert!(transmits(&mut lp).is_empty());
+    assert!(!lp.is_busy());
+    assert_eq!(lp.poll_timeout(), None);
+    // A second copy of it, now that nothing is outstanding.
+    lp.handle_reply(clock.now(), reply(10, 2, b"answer"));
+    assert_eq!(
+        events(&mut lp),
+        vec![Event::Discarded(Discard::Unsolicited)]
+    );
+    // The old timers are gone: nothing happens at the old deadline.
+    clock.advance(ms(5000));
+    lp.handle_timeout(clock.now());
+    assert!(events(&mut lp).is_empty() && transmits(&mut lp).is_empty());
+}
+
+#[test]
+fn reply_to_an_earlier_request_is_stale() {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    lp.send(clock.now(), envelope(20, b"first")).unwrap();
+    lp.handle_reply(clock.advance(ms(10)), reply(20, 1, b"r1"));
+    assert_eq!(events(&mut lp), vec![answered(20, 1, b"r1")]);
+    lp.send(clock.advance(ms(10)), envelope(21, b"second"))
+        .unwrap();
+    // The same attempt number, the previous request's id: a late duplicate of r1.
+    lp.handle_reply(clock.advance(ms(10)), reply(20, 1, b"r1"));
+    assert_eq!(events(&mut lp), vec![stale(20, 1)]);
+    assert!(lp.is_busy());
+    lp.handle_reply(clock.advance(ms(10)), reply(21, 1, b"r2"));
+    assert_eq!(events(&mut lp), vec![answered(21, 1, b"r2")]);
+    lp.handle_reply(clock.now(), reply(21, 1, b"r2"));
+    assert_eq!(
+        events(&mut lp),
+        vec![Event::Discarded(Discard::Unsolicited)]
+    );
+}
+
+#[test]
+fn reply_while_idle_is_unsolicited() {
+    let clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    lp.handle_reply(clock.now(), reply(30, 1, b"?"));
+    assert_eq!(
+        events(&mut lp),
+        vec![Event::Discarded(Discard::Unsolicited)]
+    );
+    assert!(!lp.is_busy() && transmits(&mut lp).is_empty());
+}
+
+#[test]
+fn reply_during_the_backoff_pause_is_stale() {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    lp.send(clock.now(), envelope(40, b"q")).unwrap();
+    lp.handle_timeout(clock.advance(ms(1000)));
+    assert_eq!(transmits(&mut lp).len(), 2);
+    let _ = events(&mut lp);
+    // Attempt 1 timed out; the socket was reset; attempt 2 is not yet sent. A reply to
+    // attempt 1 cannot be the answer: its socket is gone.
+    lp.handle_reply(clock.advance(ms(50)), reply(40, 1, b"late"));
+    lp.handle_reply(clock.now(), reply(40, 2, b"early"));
+    assert_eq!(events(&mut lp), vec![stale(40, 1), stale(40, 2)]);
+    assert!(lp.is_busy());
+    // The pause still ends on time with attempt 2.
+    assert_eq!(lp.poll_timeout(), Some(clock.at(ms(1100))));
+    lp.handle_timeout(clock.advance_to(clock.at(ms(1100))));
+    let t = transmits(&mut lp);
+    assert_eq!(t.len(), 1);
+    assert_eq!(Envelope::decode(&sent(&t[0])).unwrap().attempt, 2);
+    lp.handle_reply(clock.advance(ms(1)), reply(40, 2, b"ok"));
+    assert_eq!(events(&mut lp), vec![answered(40, 2, b"ok")]);
+}
+
+#[test]
+fn malformed_replies_are_discarded_and_the_request_survives() {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    lp.send(clock.now(), envelope(50, b"q")).unwrap();
+    let _ = transmits(&mut lp);
+    let good = reply(50, 1, b"ok").remove(0);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 3);
+    let garbage: Vec<Frames> = vec![
+        vec![],                           // no frames
+        vec![good.clone(), good.clone()], // the right envelope, twice: 2 frames
+        vec![Vec::new(), good.clone()],   // a stray delimiter in front
+        frames(&[b""]),                   // one empty frame
+        frames(&[b"hello"]),              // a plain body, not an envelope
+        frames(&[b"BSN1"]),               // the magic alone
+        frames(&[b"BSN1\xc1\xff\x00"]),   // the magic then garbage
+        vec![truncated],                  // a cut-off envelope
+        vec![good[1..].to_vec()],         // an envelope missing its first byte
+        vec![vec![0xff; 64]],             // noise
+    ];
+    for msg in garbage {
+        lp.handle_reply(clock.advance(ms(1)), msg.clone());
+        let ev = events(&mut lp);
+        assert!(
+            matches!(ev.as_slice(), [Event::Discarded(Discard::Malformed(_))]),
+            "{msg:?} gave {ev:?}"
+        );
+        assert!(lp.is_busy());
+    }
+    assert!(transmits(&mut lp).is_empty());
+    lp.handle_reply(clock.advance(ms(1)), vec![good]);
+    assert_eq!(events(&mut lp), vec![answered(50, 1, b"ok")]);
+}
+
+#[test]
+fn send_while_busy_is_refused_and_changes_nothing() {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    lp.send(clock.now(), envelope(60, b"a")).unwrap();
+    let _ = transmits(&mut lp);
+    let deadline = lp.poll_timeout();
+    let err = lp.send(clock.advance(ms(10)), envelope(61, b"b"));
+    assert!(matches!(err, Err(ClientError::Busy)), "{err:?}");
+    // Also while backing off between attempts.
+    lp.handle_timeout(clock.advance_to(clock.at(ms(1000))));
+    let _ = (transmits(&mut lp), events(&mut lp));
+    assert!(matches!(
+        lp.send(clock.now(), envelope(62, b"c")),
+        Err(ClientError::Busy)
+    ));
+    assert!(transmits(&mut lp).is_empty() && events(&mut lp).is_empty());
+    assert_ne!(deadline, None);
+    lp.handle_timeout(clock.advance_to(clock.at(ms(1100))));
+    let t = transmits(&mut lp);
+    let e = Envelope::decode(&sent(&t[0])).unwrap();
+    assert_eq!(
+        (e.id, e.attempt, e.body),
+        (Uuid::from_u128(60), 2, b"a".to_vec())
+    );
+}
+
+#[test]
+fn after_giving_up_a_late_reply_is_unsolicited_and_a_new_send_works() {
+    let mut clock = Clock::new();
+    let mut lp = LazyPirate::new(retry(ms(100), 1, ms(10), ms(10), 0.0), 0);
+    lp.send(clock.now(), envelope(70, b"gone")).unwrap();
+    lp.handle_timeout(clock.advance(ms(100)));
+    assert_eq!(
+        events(&mut lp),
+        vec![Event::GaveUp {
+            id: Uuid::from_u128(70),
+            attempts: 1,
+            body: b"gone".to_vec()
+        }]
+    );
+    lp.handle_reply(clock.advance(ms(1)), reply(70, 1, b"late"));
+    assert_eq!(
+        events(&mut lp),
+        vec![Event::Discarded(Discard::Unsolicited)]
+    );
+    lp.send(clock.now(), envelope(71, b"next")).unwrap();
+    lp.handle_reply(clock.advance(ms(1)), reply(71, 1, b"r"));
+    assert_eq!(events(&mut lp), vec![answered(71, 1, b"r")]);
+}
+
+/// The send attempt numbering starts again at 1 for every request, whatever attempt
+/// the caller put in the envelope.
+#[test]
+fn send_resets_the_attempt_to_one() {
+    let clock = Clock::new();
+    let mut lp = LazyPirate::new(no_jitter(), 0);
+    let mut e = envelope(80, b"x");
+    e.attempt = 9;
+    lp.send(clock.now(), e).unwrap();
+    let t = transmits(&mut lp);
+    assert_eq!(Envelope::decode(&sent(&t[0])).unwrap().attempt, 1);
+    lp.handle_reply(clock.now(), reply(80, 9, b"r"));
+    assert_eq!(events(&mut lp), vec![stale(80, 9)]);
+}
+
+// ---------------------------------------------------------------------------------
+// Property test: random sends, replies (right, stale, duplicated), garbage and time.
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// The application sends a new request (refused while busy).
+    Send(Vec<u8>),
+    /// Time passes, then the driver calls `handle_timeout`.
+    Advance(u16),
+    /// A reply to the current request id, for the latest attempt plus `delta`.
+    ReplyCurrent(i8),
+    /// A reply to an earlier request (index into the requests sent, modulo).
+    ReplyOld(u8, u8),
+    /// Random frames.
+    Garbage(Frames),
+    /// The last reply fed in, again.
+    Duplicate,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let frame = prop_oneof![
+        Just(Vec::new()),
+        any::<u8>().prop_map(|b| vec![b]),
+        proptest::collection::vec(any::<u8>(), 0..24),
+        proptest::collection::vec(any::<u8>(), 0..24).prop_map(|mut v| {
+            v.splice(0..0, *b"BSN1");
+            v
+        }),
+    ];
+    prop_oneof![
+        3 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(Op::Send),
+        4 => (0u16..1500).prop_map(Op::Advance),
+        4 => prop_oneof![4 => Just(0i8), 1 => -2i8..=2].prop_map(Op::ReplyCurrent),
+        1 => (any::<u8>(), 1u8..4).prop_map(|(i, a)| Op::ReplyOld(i, a)),
+        1 => proptest::collection::vec(frame, 0..4).prop_map(Op::Garbage),
+        2 => Just(Op::Duplicate),
+    ]
+}
+
+/// What the test knows of the core's state, from what it told us.
+#[derive(Debug, Default)]
+struct Model {
+    /// Requests in the order sent: (id, body).
+    requests: Vec<(Uuid, Vec<u8>)>,
+    /// The outstanding request, if any: (id, latest attempt sent (0 before the first),
+    /// whether that attempt's reply is awaited).
+    current: Option<(Uuid, u32, bool)>,
+    /// Reply and GaveUp events per id.
+    terminal: HashMap<Uuid, u32>,
+    /// Whether the (modelled) REQ socket may send: true after a reset or a reply.
+    can_send: bool,
+}
+
+fn check_drain(lp: &mut LazyPirate, m: &mut Model, retry: &Retry, fed: Option<&Frames>) {
+    while let Some(t) = lp.poll_transmit() {
+        match t {
+            Transmit::Send(frame) => {
+                assert!(m.can_send, "Send on a REQ socket still awaiting a reply");
+                m.can_send = false;
+                let e = Envelope::decode(&frame).expect("the core sends envelopes");
+                let (id, attempt, waiting) = m.current.as_mut().expect("Send while idle");
+                assert_eq!(e.id, *id);
+                assert!(!*waiting, "resend without a timeout");
+                assert_eq!(e.attempt, *attempt + 1, "attempts must count up by one");
+                assert!(e.attempt <= retry.retries, "more attempts than allowed");
+                *attempt = e.attempt;
+                *waiting = true;
+            }
+            Transmit::Reset => {
+                let (_, _, waiting) = m.current.as_mut().expect("Reset while idle");
+                assert!(*waiting, "Reset while no attempt is outstanding");
+                *waiting = false;
+                m.can_send = true;
+            }
+        }
+    }
+    // What the fed reply should have produced.
+    let expect_reply = fed.and_then(|f| {
+        let [frame] = f.as_slice() else { return None };
+        let e = Envelope::decode(frame).ok()?;
+        let (id, attempt, waiting) = m.current?;
+        (waiting && e.id == id && e.attempt == attempt).then_some(e)
+    });
+    let mut replies = 0;
+    while let Some(ev) = lp.poll_event() {
+        match ev {
+            Event::Reply { id, attempt, body } => {
+                let want = expect_reply.as_ref().expect("a Reply nobody sent");
+                assert_eq!((id, attempt, &body), (want.id, want.attempt, &want.body));
+                replies += 1;
+                *m.terminal.entry(id).or_default() += 1;
+                assert_eq!(m.terminal[&id], 1, "two outcomes for one request");
+                m.current = None;
+                m.can_send = true;
+            }
+            Event::GaveUp { id, attempts, body } => {
+                let (cur, attempt, waiting) = m.current.expect("GaveUp while idle");
+                assert_eq!((id, attempts), (cur, retry.retries));
+                assert_eq!(attempt, retry.retries);
+                assert!(!waiting);
+                let sent = m.requests.iter().find(|r| r.0 == id).unwrap();
+                assert_eq!(body, sent.1, "GaveUp must hand the body back");
+                *m.terminal.entry(id).or_default() += 1;
+                assert_eq!(m.terminal[&id], 1, "two outcomes for one request");
+                m.current = None;
+            }
+            Event::Retrying { id, attempt, after } => {
+                let (cur, a, waiting) = m.current.expect("Retrying while idle");
+                assert_eq!(id, cur);
+                // Transmits are drained first: with a zero pause the next attempt may
+                // already have gone out in the same call.
+                assert!(
+                    (attempt == a && !waiting) || (attempt + 1 == a && after.is_zero()),
+                    "Retrying {{ attempt: {attempt}, after: {after:?} }} with model {a}/{waiting}"
+                );
+                assert!(attempt < retry.retries);
+                assert!(after <= retry.backoff.max);
+            }
+            Event::Discarded(_) => {
+                assert!(fed.is_some(), "Discarded with no reply fed");
+                assert!(expect_reply.is_none(), "the matching reply was discarded");
+            }
+        }
+    }
+    if fed.is_some() {
+        assert_eq!(replies, usize::from(expect_reply.is_some()));
+    }
+    assert_eq!(lp.is_busy(), m.current.is_some());
+    assert_eq!(lp.poll_timeout().is_some(), lp.is_busy());
+}
+
+proptest! {
+    #![proptest_config(sim::cases(256))]
+
+    #[test]
+    fn never_two_outcomes_for_one_request(
+        ops in proptest::collection::vec(op(), 1..100),
+        retries in 1u32..5,
+        jitter in prop_oneof![Just(0.0), 0.0f64..=1.0],
+        seed in any::<u64>(),
+    ) {
+        let r = retry(ms(500), retries, ms(50), ms(300), jitter);
+        let mut lp = LazyPirate::new(r, seed);
+        let mut clock = Clock::new();
+        let mut m = Model { can_send: true, ..Model::default() };
+        let mut last_reply: Option<Frames> = None;
+        let mut next_id = 1u128;
+        for op in ops {
+            let fed = match op {
+                Op::Send(body) => {
+                    let busy = lp.is_busy();
+                    let res = lp.send(clock.now(), envelope(next_id, &body));
+                    prop_assert_eq!(res.is_err(), busy);
+                    if let Ok(id) = res {
+                        prop_assert_eq!(id, Uuid::from_u128(next_id));
+                        m.requests.push((id, body));
+                        m.current = Some((id, 0, false));
+                        next_id += 1;
+                    }
+                    None
+                }
+                Op::Advance(n) => {
+                    lp.handle_timeout(clock.advance(ms(u64::from(n))));
+                    None
+                }
+                Op::ReplyCurrent(delta) => {
+                    let Some((id, attempt, _)) = m.current else { continue };
+                    let a = attempt.saturating_add_signed(i32::from(delta));
+                    Some(reply(id.as_u128(), a, id.as_bytes()))
+                }
+                Op::ReplyOld(i, attempt) => {
+                    if m.requests.is_empty() { continue }
+                    let (id, _) = m.requests[usize::from(i) % m.requests.len()];
+                    Some(reply(id.as_u128(), u32::from(attempt), b"old"))
+                }
+                Op::Garbage(f) => Some(f),
+                Op::Duplicate => match &last_reply {
+                    Some(f) => Some(f.clone()),
+                    None => continue,
+                },
+            };
+            if let Some(f) = &fed {
+                lp.handle_reply(clock.now(), f.clone());
+                last_reply = Some(f.clone());
+            }
+            check_drain(&mut lp, &mut m, &r, fed.as_ref());
+        }
+        // Let time run out: every request ends in exactly one Reply or GaveUp.
+        for _ in 0..100 {
+            let Some(t) = lp.poll_timeout() else { break };
+            lp.handle_timeout(clock.advance_to(t));
+            check_drain(&mut lp, &mut m, &r, None);
+        }
+        prop_assert!(!lp.is_busy());
+        for (id, _) in &m.requests {
+            prop_assert_eq!(m.terminal.get(id).copied(), Some(1), "request {} has no single outcome", id);
+        }
+    }
+}
