@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use crate::io::{self, Shutdown};
 /// Options of `bosun demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many requests the client sends.
-    #[arg(long, default_value_t = 20)]
+    /// How many requests the client sends (at least 2: one before the kill, one after).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..))]
     pub requests: u32,
     /// Simulated work per request at the workers.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
@@ -114,18 +114,19 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     )?;
     let replies = lines(client.stdout.take());
     let client_err = lines_of(client.stderr.take());
-    if let Some(mut stdin) = client.stdin.take() {
-        let text: String = (1..=args.requests)
-            .map(|i| format!("request-{i}\n"))
-            .collect();
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| Error::io("write requests to the client", e))?;
-    }
+    // The first half of the requests now, the rest once a worker has been killed, so
+    // that the kill always lands before a request that the dead worker will be handed.
+    let mut feed = Feed {
+        stdin: client.stdin.take(),
+        written: 0,
+        total: args.requests,
+    };
+    feed.write_up_to(args.requests / 2)?;
     children.0.push(("client".into(), client));
 
     let sent = u64::from(args.requests);
     let mut seen = HashSet::new();
+    let mut workers_seen = HashSet::new();
     let (mut answered, mut duplicates, mut wrong) = (0u64, 0u64, 0u64);
     let mut killed = false;
     while answered + duplicates + wrong < sent && !shutdown.is_triggered() {
@@ -137,28 +138,44 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             }
             continue;
         };
-        let Some((worker, body)) = reply.split_once(':') else {
-            wrong += 1;
-            continue;
+        let worker = match reply.split_once(':') {
+            Some((worker, body)) => {
+                if !body.starts_with("request-") {
+                    wrong += 1;
+                } else if seen.insert(body.to_string()) {
+                    answered += 1;
+                } else {
+                    duplicates += 1;
+                }
+                workers_seen.insert(worker.to_string());
+                Some(worker)
+            }
+            None => {
+                wrong += 1;
+                None
+            }
         };
-        if !body.starts_with("request-") {
-            wrong += 1;
-        } else if seen.insert(body.to_string()) {
-            answered += 1;
-        } else {
-            duplicates += 1;
-        }
-        if !killed && answered >= sent / 2 {
-            // The other worker is the least recently used: the next request goes to it.
-            let victim = if worker == "w1" { "w2" } else { "w1" };
+        if !killed && answered + duplicates + wrong == u64::from(feed.written) {
+            if workers_seen.len() < 2 && feed.written + 1 < feed.total {
+                // Until both workers have answered, the dispatch order is unknown:
+                // one more request at a time until it is.
+                feed.write_up_to(feed.written + 1)?;
+                continue;
+            }
+            // The client waits for its next line, both workers are idle, and the one
+            // that did not answer last is first in the queue's least-recently-used
+            // order: the next request goes to it. Kill it, then send that request.
+            let victim = if worker == Some("w1") { "w2" } else { "w1" };
             if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == victim) {
                 let _ = child.kill();
                 let _ = child.wait();
                 println!("demo: SIGKILLed worker {victim} after {answered} replies");
             }
             killed = true;
+            feed.write_up_to(feed.total)?;
         }
     }
+    drop(feed);
     // The client exits once stdin is drained and the last reply printed.
     let summary = stop_client(&mut children, &client_err);
     if let Some(line) = &summary {
@@ -175,6 +192,35 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The requests written to the client's stdin so far; stdin is closed (the client's
+/// end of input) once all are written.
+struct Feed {
+    stdin: Option<ChildStdin>,
+    written: u32,
+    total: u32,
+}
+
+impl Feed {
+    /// Writes requests up to number `upto` (at most `total`), in order.
+    fn write_up_to(&mut self, upto: u32) -> Result<(), Error> {
+        let upto = upto.min(self.total);
+        if let Some(stdin) = self.stdin.as_mut() {
+            let text: String = (self.written + 1..=upto)
+                .map(|i| format!("request-{i}\n"))
+                .collect();
+            stdin
+                .write_all(text.as_bytes())
+                .and_then(|_| stdin.flush())
+                .map_err(|e| Error::io("write requests to the client", e))?;
+        }
+        self.written = self.written.max(upto);
+        if self.written >= self.total {
+            self.stdin = None;
+        }
+        Ok(())
+    }
 }
 
 fn child_logs(show: bool) -> Stdio {

@@ -16,7 +16,8 @@ pub fn echo() -> Handler {
     Box::new(|body| body)
 }
 
-/// Runs `sh -c cmd` per request with the body on stdin; the reply is its stdout.
+/// Runs `sh -c cmd` per request with the body on stdin; the reply is its stdout, less
+/// one trailing newline (so `echo`-style commands give one reply per line).
 /// A command that cannot start, or exits non-zero, is logged; its stdout (possibly
 /// empty) is still the reply, so the client is never left waiting.
 pub fn exec(cmd: String) -> Handler {
@@ -58,7 +59,11 @@ pub fn run_command(cmd: &str, body: &[u8]) -> Vec<u8> {
             if !out.status.success() {
                 tracing::warn!(cmd, status = %out.status, "handler command failed");
             }
-            out.stdout
+            let mut reply = out.stdout;
+            if reply.last() == Some(&b'\n') {
+                reply.pop();
+            }
+            reply
         }
         Err(e) => {
             tracing::error!(cmd, error = %e, "handler command lost");
@@ -110,6 +115,8 @@ mod tests {
     fn exec_pipes_body_through_a_command() {
         let mut h = exec("tr a-z A-Z".into());
         assert_eq!(h(b"shout".to_vec()), b"SHOUT");
+        let mut echo = exec("cat; echo".into());
+        assert_eq!(echo(b"line".to_vec()), b"line");
         let mut bad = exec("exit 3".into());
         assert_eq!(bad(b"x".to_vec()), b"");
     }

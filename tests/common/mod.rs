@@ -1,0 +1,453 @@
+//! Helpers shared by the process tests: start the built `bosun` binary, read its output
+//! with deadlines, wait on conditions with deadlines, and make sure that no child
+//! process outlives its test, even when an assertion fails half way.
+//!
+//! Every wait here is bounded: a test that hangs is a bug in the test.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How often a deadline-bounded wait looks at its condition again.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// The current time. Tests read the real clock through this one function.
+#[allow(clippy::disallowed_methods)] // process tests run on the real clock
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// `now() + limit`.
+pub fn deadline(limit: Duration) -> Instant {
+    now() + limit
+}
+
+/// Milliseconds, for readability at the call sites.
+pub const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Pauses one poll interval inside a deadline-bounded loop. Not synchronisation: every
+/// caller re-checks its condition afterwards and gives up at its deadline.
+#[allow(clippy::disallowed_methods)] // the polling interval of a bounded wait
+fn pause() {
+    std::thread::sleep(POLL_EVERY);
+}
+
+/// Checks `cond` every few milliseconds until it holds (true) or `limit` passes (false).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = deadline(limit);
+    loop {
+        if cond() {
+            return true;
+        }
+        if now() >= end {
+            return false;
+        }
+        pause();
+    }
+}
+
+/// A `bosun` command with its arguments, isolated from the caller's environment
+/// (no `BOSUN_*`, no `RUST_LOG`, no colours), stdout and stderr piped, stdin closed,
+/// in a process group of its own so that [`Proc`]'s drop can kill its children too.
+pub fn bosun(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bosun"));
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BOSUN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released). Something else may take it
+/// before it is used; only tests that need a port *nobody* listens on use this.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The value of the `key=VALUE` word of `line`.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
+}
+
+/// `n` request lines `req-1` .. `req-n`, newline-terminated.
+pub fn request_lines(n: usize) -> String {
+    (1..=n).map(|i| format!("req-{i}\n")).collect()
+}
+
+/// The numbers of a `client: sent N, answered N, retries N, discarded N` summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub sent: u64,
+    pub answered: u64,
+    pub retries: u64,
+    pub discarded: u64,
+}
+
+/// Parses a client's `--summary` line.
+pub fn parse_summary(line: &str) -> Option<Summary> {
+    let rest = line.strip_prefix("client: ")?;
+    let get = |name: &str| {
+        rest.split(", ")
+            .find_map(|part| part.strip_prefix(name))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    Some(Summary {
+        sent: get("sent ")?,
+        answered: get("answered ")?,
+        retries: get("retries ")?,
+        discarded: get("discarded ")?,
+    })
+}
+
+/// One line of a child's output and when the test saw it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
+}
+
+/// The lines of one output stream of a child, read on a thread so that the child never
+/// blocks on a full pipe and the test can wait for a line with a deadline.
+pub struct Lines {
+    rx: mpsc::Receiver<Line>,
+    /// Every line received so far, in order.
+    pub seen: Vec<Line>,
+    eof: bool,
+}
+
+impl Lines {
+    fn read<R: Read + Send + 'static>(stream: Option<R>) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        if let Some(stream) = stream {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let text = String::from_utf8_lossy(&buf)
+                                .trim_end_matches(['\n', '\r'])
+                                .to_string();
+                            if tx.send(Line { at: now(), text }).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Lines {
+            rx,
+            seen: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// The next line, waiting until `until` at most. `None` at the deadline or at the
+    /// end of the stream.
+    pub fn next(&mut self, until: Instant) -> Option<Line> {
+        if self.eof {
+            return None;
+        }
+        match self.rx.recv_timeout(until.saturating_duration_since(now())) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.eof = true;
+                None
+            }
+        }
+    }
+
+    /// The first new line for which `pred` holds, reading until `until` at most.
+    pub fn wait_for(&mut self, until: Instant, mut pred: impl FnMut(&str) -> bool) -> Option<Line> {
+        while let Some(line) = self.next(until) {
+            if pred(&line.text) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    /// Reads until `count` lines (seen before or now) satisfy `pred`, or `until`.
+    /// Returns how many do.
+    pub fn wait_count(
+        &mut self,
+        until: Instant,
+        count: usize,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> usize {
+        let mut n = self.seen.iter().filter(|l| pred(&l.text)).count();
+        while n < count {
+            match self.next(until) {
+                Some(line) if pred(&line.text) => n += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        n
+    }
+
+    /// Reads every line until the stream ends; false when `until` came first.
+    pub fn read_to_end(&mut self, until: Instant) -> bool {
+        while self.next(until).is_some() {}
+        self.eof
+    }
+
+    /// Takes the lines that have already arrived, without waiting.
+    pub fn read_available(&mut self) {
+        while !self.eof {
+            match self.rx.try_recv() {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.eof = true,
+            }
+        }
+    }
+
+    /// The texts of the lines seen so far.
+    pub fn texts(&self) -> Vec<String> {
+        self.seen.iter().map(|l| l.text.clone()).collect()
+    }
+
+    /// Everything seen so far as one string, for assertion messages.
+    pub fn dump(&self) -> String {
+        self.texts().join("\n")
+    }
+}
+
+/// A running `bosun` child. Dropping it SIGKILLs the child and everything in its
+/// process group, then reaps it, so a failed assertion leaves nothing running.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `cmd` (normally made by [`bosun`]).
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = Lines::read(child.stdout.take());
+        let stderr = Lines::read(child.stderr.take());
+        Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+            stdout,
+            stderr,
+            status: None,
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    /// Reads stdout until a line that starts with `prefix` (such as `server bound=`),
+    /// within `limit`; panics with the child's output otherwise.
+    pub fn expect_stdout(&mut self, prefix: &str, limit: Duration) -> String {
+        let until = deadline(limit);
+        match self.stdout.wait_for(until, |l| l.starts_with(prefix)) {
+            Some(line) => line.text,
+            None => {
+                self.stderr.read_available();
+                panic!(
+                    "{}: no stdout line starting {prefix:?} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout.dump(),
+                    self.stderr.dump()
+                )
+            }
+        }
+    }
+
+    /// Writes `text` to the child's stdin.
+    pub fn write_stdin(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin was piped");
+        stdin
+            .write_all(text.as_bytes())
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.name));
+    }
+
+    /// Closes the child's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The exit status if the child has exited (reaping it), else `None`.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Waits up to `limit` for the child to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_until(limit, || self.try_status().is_some());
+        self.status
+    }
+
+    /// Like [`Proc::wait_exit`], but panics with the child's output on a timeout.
+    pub fn expect_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self.wait_exit(limit) {
+            Some(status) => status,
+            None => {
+                self.stdout.read_available();
+                self.stderr.read_available();
+                panic!(
+                    "{}: still running after {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout.dump(),
+                    self.stderr.dump()
+                )
+            }
+        }
+    }
+
+    /// Sends `signal` to the child, unless it has already exited and been reaped
+    /// (its pid could belong to someone else by then).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if self.is_running() {
+            // SAFETY: kill(2) on our own unreaped child has no memory effects.
+            unsafe {
+                libc::kill(self.pid(), signal);
+            }
+        }
+    }
+
+    /// SIGKILLs the child and reaps it.
+    pub fn kill(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    /// SIGKILLs what is left of the child's process group (such as a handler command
+    /// a worker started), then the child itself if it still runs.
+    pub fn kill_group(&mut self) {
+        // SAFETY: kill(2) has no memory effects. The group id is our child's pid; Linux
+        // does not hand out a pid while a process group of that id still exists, so
+        // this reaches the child's group or nobody (ESRCH).
+        unsafe {
+            libc::kill(-self.pid(), libc::SIGKILL);
+        }
+        self.kill();
+    }
+
+    /// Runs to completion with nothing on stdin: status, stdout, stderr.
+    pub fn finish(mut self, limit: Duration) -> (ExitStatus, Vec<String>, Vec<String>) {
+        let status = self.expect_exit(limit);
+        let until = deadline(ms(2000));
+        self.stdout.read_to_end(until);
+        self.stderr.read_to_end(until);
+        (status, self.stdout.texts(), self.stderr.texts())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            // SAFETY: kill(2) on the process group of our own unreaped child (its pid
+            // is the group id, see `bosun()`), so no stranger is hit.
+            unsafe {
+                libc::kill(-self.pid(), libc::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `bosun args` to completion (stdin closed): status, stdout, stderr, elapsed.
+pub fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Outcome {
+    let mut cmd = bosun(args);
+    cmd.envs(env.iter().copied());
+    let start = now();
+    let proc = Proc::spawn(&args.join(" "), &mut cmd);
+    let (status, stdout, stderr) = proc.finish(limit);
+    Outcome {
+        status,
+        stdout,
+        stderr,
+        elapsed: now() - start,
+    }
+}
+
+/// What [`run`] saw.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// A raw zmq socket with linger 0, for tests that play a peer by hand.
+pub fn raw_socket(ctx: &zmq::Context, kind: zmq::SocketType) -> zmq::Socket {
+    let s = ctx.socket(kind).expect("zmq socket");
+    s.set_linger(0).expect("set linger");
+    // A blocking send that cannot complete fails instead of hanging the test.
+    s.set_sndtimeo(2000).expect("set sndtimeo");
+    s
+}
+
+/// The next message on `socket`, waiting until `until` at most.
+pub fn recv_until(socket: &zmq::Socket, until: Instant) -> Option<Vec<Vec<u8>>> {
+    loop {
+        let left = until.saturating_duration_since(now());
+        let mut items = [socket.as_poll_item(zmq::POLLIN)];
+        let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        match zmq::poll(&mut items, ms) {
+            Ok(_) if items[0].is_readable() => {
+                return socket.recv_multipart(zmq::DONTWAIT).ok();
+            }
+            Ok(_) | Err(zmq::Error::EINTR) if now() < until => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Sends `frames` on `socket`, panicking if that is not possible within its send timeout.
+pub fn send(socket: &zmq::Socket, frames: &[Vec<u8>]) {
+    socket
+        .send_multipart(frames, 0)
+        .unwrap_or_else(|e| panic!("send {} frames: {e}", frames.len()));
+}
