@@ -24,7 +24,9 @@ fn stderr_names(out: &Outcome, flag: &str) -> bool {
 fn help_lists_every_subcommand() {
     let out = run(&["--help"], &[], SECS_10);
     assert!(out.status.success(), "{out:?}");
-    for sub in ["client", "server", "queue", "worker", "demo"] {
+    for sub in [
+        "client", "server", "queue", "worker", "broker", "stats", "demo",
+    ] {
         assert!(
             out.stdout
                 .iter()
@@ -464,9 +466,12 @@ fn ctrl_c_stops_a_worker_in_the_middle_of_a_slow_request() {
     client.expect_exit(CTRL_C_EXIT);
 }
 
-#[test]
-fn demo_answers_everything_once_despite_a_killed_worker() {
-    let mut demo = Proc::spawn("demo", &mut bosun(&["demo", "--deadline", "20s"]));
+/// Runs `bosun demo` with `args` and returns its stdout lines and the named counts of
+/// its last line (`demo: sent N, answered N, ...`).
+fn run_demo(args: &[&str]) -> (Vec<String>, Vec<(String, u64)>) {
+    let mut all = vec!["demo", "--deadline", "20s"];
+    all.extend_from_slice(args);
+    let mut demo = Proc::spawn("demo", &mut bosun(&all));
     let status = demo.expect_exit(Duration::from_secs(25));
     demo.stdout.read_to_end(deadline(ms(2000)));
     assert!(
@@ -476,31 +481,74 @@ fn demo_answers_everything_once_despite_a_killed_worker() {
         demo.stderr.dump()
     );
     let lines = demo.stdout.texts();
-    let last = lines.last().expect("demo prints a result");
-    let numbers: Vec<u64> = last
+    let last = lines.last().expect("demo prints a result").clone();
+    let counts = last
         .strip_prefix("demo: ")
         .unwrap_or_else(|| panic!("result line: {last:?}"))
         .split(", ")
         .map(|part| {
             let (name, n) = part.rsplit_once(' ').expect("`name N`");
-            assert!(
-                ["sent", "answered", "lost", "duplicates", "failovers"].contains(&name),
-                "{last:?}"
-            );
-            n.parse().expect("a count")
+            (name.to_string(), n.parse().expect("a count"))
         })
         .collect();
-    let [sent, answered, lost, duplicates, failovers] = numbers[..] else {
-        panic!("five counts in {last:?}");
-    };
-    assert!(sent > 0 && answered == sent, "{last:?}");
-    assert_eq!((lost, duplicates), (0, 0), "{last:?}");
+    (lines, counts)
+}
+
+fn count(counts: &[(String, u64)], name: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no `{name}` in {counts:?}"))
+        .1
+}
+
+#[test]
+fn demo_answers_everything_once_despite_a_killed_worker() {
+    let (lines, counts) = run_demo(&["--pattern", "paranoid-pirate"]);
+    let names: Vec<&str> = counts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["sent", "answered", "lost", "duplicates", "failovers"],
+        "{lines:#?}"
+    );
+    let (sent, answered) = (count(&counts, "sent"), count(&counts, "answered"));
+    assert!(sent > 0 && answered == sent, "{counts:?}");
+    assert_eq!(
+        (count(&counts, "lost"), count(&counts, "duplicates")),
+        (0, 0),
+        "{counts:?}"
+    );
     assert!(
-        failovers >= 1,
-        "the kill must cost a retry: {last:?}\n{lines:#?}"
+        count(&counts, "failovers") >= 1,
+        "the kill must cost a retry: {counts:?}\n{lines:#?}"
     );
     assert!(
         lines.iter().any(|l| l.contains("SIGKILLed worker")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn majordomo_demo_survives_a_killed_worker_and_a_broker_restart() {
+    let (lines, counts) = run_demo(&[]);
+    let (sent, answered) = (count(&counts, "sent"), count(&counts, "answered"));
+    assert!(sent > 0 && answered == sent, "{counts:?}");
+    assert_eq!(
+        (count(&counts, "lost"), count(&counts, "duplicates")),
+        (0, 0),
+        "{counts:?}"
+    );
+    assert_eq!(count(&counts, "broker restarts"), 1, "{counts:?}");
+    assert!(
+        count(&counts, "failovers") >= 1,
+        "the worker kill moves a request: {counts:?}\n{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("SIGKILLed worker")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("SIGKILLed the broker")),
         "{lines:#?}"
     );
 }

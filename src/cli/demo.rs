@@ -17,6 +17,10 @@ use crate::io::{self, Shutdown};
 /// Options of `bosun demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Which pattern: a Majordomo broker (also restarted once, mid-request) or a
+    /// Paranoid Pirate queue.
+    #[arg(long, value_enum, default_value_t = Pattern::Majordomo)]
+    pub pattern: Pattern,
     /// How many requests the client sends (at least 2: one before the kill, one after).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..))]
     pub requests: u32,
@@ -30,6 +34,20 @@ pub struct DemoArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub deadline: Duration,
 }
+
+/// The pattern `bosun demo` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pattern {
+    /// `bosun broker` + 2 Majordomo workers + a Majordomo client; a worker is
+    /// SIGKILLed and the broker SIGKILLed and restarted.
+    Majordomo,
+    /// `bosun queue` + 2 Paranoid Pirate workers + a Lazy Pirate client; a worker is
+    /// SIGKILLed.
+    ParanoidPirate,
+}
+
+/// The service the Majordomo demo's workers offer.
+const SERVICE: &str = "echo";
 
 /// Heartbeat of the demo's queue and workers: fast, so the failover shows in a second.
 const HEARTBEAT: &[&str] = &["--heartbeat-interval", "250ms", "--heartbeat-liveness", "3"];
@@ -61,33 +79,46 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let deadline = io::now() + args.deadline;
     let mut children = Children(Vec::new());
 
-    let mut queue = spawn(
-        Command::new(&exe)
-            .args([
-                "queue",
-                "--frontend",
-                "tcp://127.0.0.1:*",
-                "--backend",
-                "tcp://127.0.0.1:*",
-            ])
-            .args(HEARTBEAT)
-            .stderr(child_logs(args.logs))
-            .stdout(Stdio::piped()),
-    )?;
-    let queue_out = lines(queue.stdout.take());
-    children.0.push(("queue".into(), queue));
-    let bound = queue_out
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| demo_error("the queue did not report its endpoints"))?;
-    let (frontend, backend) = parse_queue_line(&bound)
-        .ok_or_else(|| demo_error(&format!("unexpected queue output: {bound}")))?;
-    println!("demo: queue frontend={frontend} backend={backend}");
+    let mut broker_events = None;
+    let (client_endpoint, worker_endpoint) = match args.pattern {
+        Pattern::ParanoidPirate => {
+            let mut queue = spawn(
+                Command::new(&exe)
+                    .args(["queue", "--frontend", "tcp://127.0.0.1:*"])
+                    .args(["--backend", "tcp://127.0.0.1:*"])
+                    .args(HEARTBEAT)
+                    .stderr(child_logs(args.logs))
+                    .stdout(Stdio::piped()),
+            )?;
+            let queue_out = lines(queue.stdout.take());
+            children.0.push(("queue".into(), queue));
+            let bound = queue_out
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| demo_error("the queue did not report its endpoints"))?;
+            let (frontend, backend) = parse_queue_line(&bound)
+                .ok_or_else(|| demo_error(&format!("unexpected queue output: {bound}")))?;
+            println!("demo: queue frontend={frontend} backend={backend}");
+            (frontend, backend)
+        }
+        Pattern::Majordomo => {
+            let (endpoint, events) =
+                start_broker(&exe, "tcp://127.0.0.1:*", args.logs, &mut children)?;
+            println!("demo: broker {endpoint}");
+            broker_events = Some(events);
+            (endpoint.clone(), endpoint)
+        }
+    };
+    let service_args: &[&str] = match args.pattern {
+        Pattern::Majordomo => &["--service", SERVICE],
+        Pattern::ParanoidPirate => &[],
+    };
 
     let work = humantime::format_duration(args.work).to_string();
     for name in ["w1", "w2"] {
         let worker = spawn(
             Command::new(&exe)
-                .args(["worker", "--connect", &backend, "--delay", &work])
+                .args(["worker", "--connect", &worker_endpoint, "--delay", &work])
+                .args(service_args)
                 .args(["--reply-prefix", &format!("{name}:")])
                 .args(["--reconnect-initial", "250ms"])
                 .args(HEARTBEAT)
@@ -99,7 +130,8 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
 
     let mut client = spawn(
         Command::new(&exe)
-            .args(["client", "--connect", &frontend, "--summary"])
+            .args(["client", "--connect", &client_endpoint, "--summary"])
+            .args(service_args)
             .args([
                 "--timeout",
                 "1s",
@@ -129,6 +161,8 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let mut workers_seen = HashSet::new();
     let (mut answered, mut duplicates, mut wrong) = (0u64, 0u64, 0u64);
     let mut killed = false;
+    let mut broker_restarted = args.pattern != Pattern::Majordomo;
+    let mut requeued = 0u64;
     while answered + duplicates + wrong < sent && !shutdown.is_triggered() {
         let left = deadline.saturating_duration_since(io::now());
         let Ok(reply) = replies.recv_timeout(left.min(io::SHUTDOWN_CHECK)) else {
@@ -172,6 +206,36 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 println!("demo: SIGKILLed worker {victim} after {answered} replies");
             }
             killed = true;
+            let upto = if broker_restarted {
+                feed.total
+            } else {
+                feed.written + (feed.total - feed.written) / 2
+            };
+            feed.write_up_to(upto)?;
+        } else if killed
+            && !broker_restarted
+            && answered + duplicates + wrong == u64::from(feed.written)
+        {
+            // Everything written is answered: send one request and kill the broker
+            // while it is in flight, then start a new broker on the same endpoint.
+            feed.write_up_to(feed.written + 1)?;
+            // Half the simulated work: by then the request has reached a worker, so the
+            // broker dies holding it and the client must retry on the new broker.
+            #[allow(clippy::disallowed_methods)] // staging the fault, not synchronising
+            std::thread::sleep(args.work / 2);
+            if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == "broker") {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            children.0.retain(|(n, _)| n != "broker");
+            let (_, events) = start_broker(&exe, &client_endpoint, args.logs, &mut children)?;
+            if let Some(old) = broker_events.replace(events) {
+                requeued += old.try_iter().sum::<u64>();
+            }
+            println!(
+                "demo: SIGKILLed the broker mid-request and restarted it after {answered} replies"
+            );
+            broker_restarted = true;
             feed.write_up_to(feed.total)?;
         }
     }
@@ -181,10 +245,17 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     if let Some(line) = &summary {
         println!("demo: {line}");
     }
-    let failovers = summary.as_deref().and_then(retries_of).unwrap_or(0);
+    // A failover is a client retry, or a request the broker moved from a dead worker
+    // to a live one.
+    requeued += broker_events.map_or(0, |rx| rx.try_iter().sum::<u64>());
+    let failovers = summary.as_deref().and_then(retries_of).unwrap_or(0) + requeued;
     let lost = sent.saturating_sub(answered);
+    let restarts = match args.pattern {
+        Pattern::Majordomo => format!(", broker restarts {}", u8::from(broker_restarted)),
+        Pattern::ParanoidPirate => String::new(),
+    };
     println!(
-        "demo: sent {sent}, answered {answered}, lost {lost}, duplicates {duplicates}, failovers {failovers}"
+        "demo: sent {sent}, answered {answered}, lost {lost}, duplicates {duplicates}, failovers {failovers}{restarts}"
     );
     drop(children);
     Ok(if answered == sent && duplicates == 0 && wrong == 0 {
@@ -221,6 +292,58 @@ impl Feed {
         }
         Ok(())
     }
+}
+
+/// Starts `bosun broker -v` bound at `endpoint` and returns the endpoint it bound and a
+/// channel of how many requests each "worker gone" line of its log re-queued.
+fn start_broker(
+    exe: &std::path::Path,
+    endpoint: &str,
+    show_logs: bool,
+    children: &mut Children,
+) -> Result<(String, mpsc::Receiver<u64>), Error> {
+    let mut broker = spawn(
+        Command::new(exe)
+            .args(["-v", "broker", "--bind", endpoint])
+            .args(HEARTBEAT)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let out = lines(broker.stdout.take());
+    let log = lines_of(broker.stderr.take());
+    children.0.push(("broker".into(), broker));
+    let bound = out
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| demo_error("the broker did not report its endpoint"))?;
+    let endpoint = bound
+        .strip_prefix("broker bound=")
+        .ok_or_else(|| demo_error(&format!("unexpected broker output: {bound}")))?
+        .to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in log.iter() {
+            if show_logs {
+                eprintln!("{line}");
+            }
+            if let Some(n) = requeued_of(&line) {
+                if tx.send(n).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((endpoint, rx))
+}
+
+/// The `requeued=N` figure of a broker "worker gone" log line.
+fn requeued_of(line: &str) -> Option<u64> {
+    if !line.contains("worker gone") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("requeued="))
+        .and_then(|n| n.parse().ok())
 }
 
 fn child_logs(show: bool) -> Stdio {
@@ -332,5 +455,10 @@ mod tests {
             retries_of("client: sent 20, answered 20, retries 2, discarded 0"),
             Some(2)
         );
+        assert_eq!(
+            requeued_of("WARN bosun::io::broker: worker gone worker=ab reason=Expired requeued=1"),
+            Some(1)
+        );
+        assert_eq!(requeued_of("INFO worker ready requeued=1"), None);
     }
 }
