@@ -148,11 +148,15 @@ impl Worker {
         let mut socket: Option<zmq::Socket> = None;
         let mut stats = MdWorkerStats::default();
         let mut opened = 0u64;
+        // Transmits taken from the core while reading the socket, applied first.
+        let mut held: Vec<Transmit> = Vec::new();
         loop {
             if shutdown.is_triggered() {
                 core.disconnect();
             }
-            while let Some(t) = core.poll_transmit() {
+            let mut transmits = std::mem::take(&mut held);
+            transmits.extend(std::iter::from_fn(|| core.poll_transmit()));
+            for t in transmits {
                 match t {
                     Transmit::Connect => {
                         let s = io::socket(&self.ctx, zmq::DEALER, io::SHUTDOWN_LINGER)?;
@@ -209,6 +213,16 @@ impl Worker {
                 if let Some(s) = socket.as_ref() {
                     while let Ok(frames) = s.recv_multipart(zmq::DONTWAIT) {
                         core.handle_frames(io::now(), frames);
+                        // After a DISCONNECT the core replaces the socket. What is still
+                        // queued on this one belongs to the old registration (a broker
+                        // answers each stale HEARTBEAT with another DISCONNECT) and is
+                        // left unread: a second DISCONNECT would open yet another socket
+                        // and close the fresh one after its READY went out, leaving the
+                        // broker a registered worker that never answers.
+                        held.extend(std::iter::from_fn(|| core.poll_transmit()));
+                        if held.iter().any(|t| matches!(t, Transmit::Disconnect)) {
+                            break;
+                        }
                     }
                 }
             }

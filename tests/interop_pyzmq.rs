@@ -1,0 +1,849 @@
+//! Wire compatibility of bosun's Majordomo (7/MDP) and 8/MMI with peers that share no
+//! code with it: the minimal pyzmq client, echo worker and broker in `tests/interop/`,
+//! written from the RFC texts. Each test runs the built `bosun` binary against them over
+//! loopback and checks that every request is answered exactly once with the right body.
+//!
+//! These tests need `python3` (found on PATH) with pyzmq. Without it they FAIL with a
+//! message saying to run `python3 -m pip install pyzmq`; set `BOSUN_SKIP_INTEROP=1` to
+//! skip them instead (each then prints that it was skipped and passes).
+//!
+//! Every wait is a condition with a deadline, and every child process is killed and
+//! reaped when its [`Peer`] guard drops, also when an assertion fails half way.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+const SECS_5: Duration = Duration::from_secs(5);
+const SECS_10: Duration = Duration::from_secs(10);
+const SECS_15: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------
+// Environment: python3 with pyzmq, or an explicit skip.
+
+/// True when the interop peers can run; false (after saying so) when the tests are
+/// skipped with `BOSUN_SKIP_INTEROP=1`. Panics when pyzmq is missing otherwise.
+fn interop_available(test: &str) -> bool {
+    if std::env::var_os("BOSUN_SKIP_INTEROP").is_some_and(|v| v == "1") {
+        eprintln!("{test}: skipped (BOSUN_SKIP_INTEROP=1)");
+        return false;
+    }
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(why) = CHECK.get_or_init(check_pyzmq) {
+        panic!(
+            "{test}: the pyzmq interop tests need `python3` with pyzmq: {why}\n\
+             Run `python3 -m pip install pyzmq`, or set BOSUN_SKIP_INTEROP=1 to skip them."
+        );
+    }
+    true
+}
+
+fn check_pyzmq() -> Result<(), String> {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", "import zmq; print('pyzmq', zmq.__version__)"])
+        .stdin(Stdio::null());
+    let mut probe = Peer::try_spawn("python3 -c 'import zmq'", &mut cmd)
+        .map_err(|e| format!("cannot start `python3`: {e}"))?;
+    let status = probe
+        .wait_exit(SECS_10)
+        .ok_or("`python3 -c \"import zmq\"` did not finish within 10 s")?;
+    if status.success() {
+        Ok(())
+    } else {
+        probe.drain(SECS_5);
+        Err(format!(
+            "`python3 -c \"import zmq\"` failed ({status}): {}",
+            probe.err.dump()
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Time. Tests read the real clock; only bounded waits pause.
+
+#[allow(clippy::disallowed_methods)] // process tests run on the real clock
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// One polling interval inside a loop that re-checks its condition and gives up at a
+/// deadline. Not synchronisation.
+#[allow(clippy::disallowed_methods)] // the polling interval of a bounded wait
+fn pause() {
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+// ---------------------------------------------------------------------------------
+// Child processes.
+
+/// The lines of one output stream of a child, read on a thread so that the child never
+/// blocks on a full pipe and the test can wait for a line with a deadline.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    eof: bool,
+}
+
+impl Lines {
+    fn read<R: Read + Send + 'static>(stream: Option<R>) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        if let Some(stream) = stream {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf)
+                                .trim_end_matches(['\n', '\r'])
+                                .to_string();
+                            if tx.send(line).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Lines {
+            rx,
+            seen: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// The next line, waiting until `until` at most; `None` at the deadline or the end.
+    fn next(&mut self, until: Instant) -> Option<String> {
+        if self.eof {
+            return None;
+        }
+        match self.rx.recv_timeout(until.saturating_duration_since(now())) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.eof = true;
+                None
+            }
+        }
+    }
+
+    fn read_available(&mut self) {
+        while !self.eof {
+            match self.rx.try_recv() {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.eof = true,
+            }
+        }
+    }
+
+    fn dump(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+/// A running child (bosun or a python peer) in a process group of its own. Dropping it
+/// SIGKILLs the group and reaps the child, so a failed assertion leaves nothing behind.
+struct Peer {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Lines,
+    err: Lines,
+    status: Option<ExitStatus>,
+}
+
+impl Peer {
+    fn try_spawn(name: &str, cmd: &mut Command) -> std::io::Result<Peer> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        Ok(Peer {
+            name: name.to_string(),
+            out: Lines::read(child.stdout.take()),
+            err: Lines::read(child.stderr.take()),
+            child,
+            stdin,
+            status: None,
+        })
+    }
+
+    fn spawn(name: &str, cmd: &mut Command) -> Peer {
+        Peer::try_spawn(name, cmd).unwrap_or_else(|e| panic!("start {name}: {e}"))
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Waits up to `limit` for the child to exit.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = now() + limit;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if now() >= end {
+                return None;
+            }
+            pause();
+        }
+    }
+
+    /// Reads both streams to their end (the child has exited), for `limit` at most.
+    fn drain(&mut self, limit: Duration) {
+        let end = now() + limit;
+        while self.out.next(end).is_some() {}
+        while self.err.next(end).is_some() {}
+    }
+
+    /// Everything the child printed so far, for assertion messages.
+    fn dump(&mut self) -> String {
+        self.out.read_available();
+        self.err.read_available();
+        format!(
+            "--- {} stdout:\n{}\n--- {} stderr:\n{}",
+            self.name,
+            self.out.dump(),
+            self.name,
+            self.err.dump()
+        )
+    }
+
+    /// Reads stdout until a line starting with `prefix`, within `limit`; panics with
+    /// the child's output otherwise.
+    fn expect_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let end = now() + limit;
+        while let Some(line) = self.out.next(end) {
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+        panic!(
+            "no stdout line starting {prefix:?} within {limit:?}\n{}",
+            self.dump()
+        )
+    }
+
+    /// Reads stderr until `count` lines (seen before or now) contain `needle`.
+    fn expect_stderr_count(&mut self, needle: &str, count: usize, limit: Duration) {
+        let end = now() + limit;
+        let mut n = self.err.seen.iter().filter(|l| l.contains(needle)).count();
+        while n < count {
+            match self.err.next(end) {
+                Some(line) if line.contains(needle) => n += 1,
+                Some(_) => {}
+                None => panic!(
+                    "{n} of {count} stderr lines with {needle:?} within {limit:?}\n{}",
+                    self.dump()
+                ),
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the child to exit on its own and reads all its output;
+    /// panics with that output if it does not exit in time or exits unsuccessfully.
+    fn finish(&mut self, limit: Duration) -> Vec<String> {
+        let Some(status) = self.wait_exit(limit) else {
+            panic!("still running after {limit:?}\n{}", self.dump())
+        };
+        self.drain(SECS_5);
+        if !status.success() {
+            panic!("exited with {status}\n{}", self.dump());
+        }
+        self.out.seen.clone()
+    }
+
+    /// Sends SIGTERM, unless the child has already been reaped.
+    fn terminate(&mut self) {
+        if self.try_status().is_none() {
+            // SAFETY: kill(2) on our own unreaped child has no memory effects.
+            unsafe {
+                libc::kill(self.pid(), libc::SIGTERM);
+            }
+        }
+    }
+
+    /// SIGKILLs the child (no goodbye on the wire) and reaps it.
+    fn kill(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    /// Writes `text` to stdin and closes it (end of input).
+    fn feed(&mut self, text: &str) {
+        let mut stdin = self.stdin.take().expect("stdin was piped");
+        stdin
+            .write_all(text.as_bytes())
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.name));
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            // SAFETY: kill(2) on the process group of our own unreaped child (its pid is
+            // the group id, see `try_spawn`), so no stranger is hit.
+            unsafe {
+                libc::kill(-self.pid(), libc::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `bosun` command, isolated from the caller's `BOSUN_*` and `RUST_LOG`, stdin closed.
+fn bosun(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bosun"));
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BOSUN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A pyzmq peer from `tests/interop/`, unbuffered, stdin closed.
+fn python(script: &str, args: &[&str]) -> Command {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "interop", script]
+        .iter()
+        .collect();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u")
+        .arg(path)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released), for a broker that must come
+/// back at the same address.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The value of the `key=VALUE` word of `line`.
+fn field(line: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
+}
+
+/// The numeric `key=N` of `line`, or a panic naming the line.
+fn num(line: &str, key: &str) -> u64 {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key}= in {line:?}"))
+}
+
+/// The one line of `lines` that starts with `prefix`.
+fn line_with<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    let found: Vec<&String> = lines.iter().filter(|l| l.starts_with(prefix)).collect();
+    assert_eq!(found.len(), 1, "one {prefix:?} line in {lines:#?}");
+    found[0]
+}
+
+// ---------------------------------------------------------------------------------
+// Starting the pieces.
+
+/// A bosun broker on a free loopback port (or at `bind`): the guard and its endpoint.
+fn bosun_broker(bind: &str, extra: &[&str]) -> (Peer, String) {
+    let mut args = vec!["broker", "--bind", bind];
+    args.extend_from_slice(extra);
+    let mut broker = Peer::spawn("bosun broker", &mut bosun(&args));
+    let line = broker.expect_line("broker bound=", SECS_10);
+    let endpoint = field(&line, "bound").expect("bound=");
+    (broker, endpoint)
+}
+
+/// The pyzmq broker on a free loopback port (or at `bind`): the guard and its endpoint.
+fn py_broker(bind: &str, args: &[&str]) -> (Peer, String) {
+    let mut all = vec![bind];
+    all.extend_from_slice(args);
+    let mut broker = Peer::spawn("pyzmq broker", &mut python("mdp_broker.py", &all));
+    let line = broker.expect_line("broker bound=", SECS_10);
+    let endpoint = field(&line, "bound").expect("bound=");
+    (broker, endpoint)
+}
+
+/// The pyzmq echo worker.
+fn py_worker(name: &str, endpoint: &str, service: &str, count: usize, extra: &[&str]) -> Peer {
+    let count = count.to_string();
+    let mut args = vec![endpoint, service, count.as_str()];
+    args.extend_from_slice(extra);
+    Peer::spawn(name, &mut python("mdp_worker.py", &args))
+}
+
+/// A bosun Majordomo worker.
+fn bosun_worker(name: &str, endpoint: &str, service: &str, extra: &[&str]) -> Peer {
+    let mut args = vec!["worker", "--connect", endpoint, "--service", service];
+    args.extend_from_slice(extra);
+    Peer::spawn(name, &mut bosun(&args))
+}
+
+/// Runs the pyzmq client to completion; returns its reply lines by request number
+/// (each with its body) after checking its `client done` line: `count` answered, no
+/// duplicate, no unexpected body, no malformed reply, exit status 0.
+fn py_client(
+    endpoint: &str,
+    service: &str,
+    count: usize,
+    extra: &[&str],
+) -> BTreeMap<u64, Vec<String>> {
+    let n = count.to_string();
+    let mut args = vec![endpoint, service, n.as_str()];
+    args.extend_from_slice(extra);
+    let name = format!("pyzmq client {service} {extra:?}");
+    let mut client = Peer::spawn(&name, &mut python("mdp_client.py", &args));
+    let lines = client.finish(SECS_15);
+    let done = line_with(&lines, "client done");
+    for (key, want) in [
+        ("answered", count as u64),
+        ("duplicates", 0),
+        ("unexpected", 0),
+        ("malformed", 0),
+        ("missing", 0),
+    ] {
+        assert_eq!(num(done, key), want, "{key} in {done:?}\n{}", client.dump());
+    }
+    let mut replies: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for line in lines.iter().filter(|l| l.starts_with("reply ")) {
+        assert_eq!(field(line, "service").as_deref(), Some(service), "{line}");
+        let body = line.split_once(" body=").map_or("", |(_, b)| b).to_string();
+        replies.entry(num(line, "n")).or_default().push(body);
+    }
+    replies
+}
+
+/// Asserts that `replies` holds exactly one reply for each request 1..=count, and that
+/// the reply to request i is `want(i)`.
+fn assert_each_once(
+    replies: &BTreeMap<u64, Vec<String>>,
+    count: usize,
+    want: impl Fn(u64) -> String,
+) {
+    let numbers: Vec<u64> = replies.keys().copied().collect();
+    assert_eq!(
+        numbers,
+        (1..=count as u64).collect::<Vec<_>>(),
+        "{replies:#?}"
+    );
+    for (i, bodies) in replies {
+        assert_eq!(bodies, &vec![want(*i)], "reply to request {i}");
+    }
+}
+
+/// Runs a bosun client with `lines` on stdin to completion; asserts it printed exactly
+/// `lines` back in order (the echo) and a summary with every request answered and no
+/// retry. A failure message includes the output of `others` (the broker, workers).
+fn bosun_client_echo(
+    endpoint: &str,
+    service: &str,
+    lines: &[String],
+    extra: &[&str],
+    others: &mut [&mut Peer],
+) {
+    let mut args = vec![
+        "client",
+        "--connect",
+        endpoint,
+        "--service",
+        service,
+        "--summary",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = bosun(&args);
+    cmd.stdin(Stdio::piped());
+    let mut client = Peer::spawn(&format!("bosun client {extra:?}"), &mut cmd);
+    client.feed(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+    let status = client.wait_exit(SECS_15);
+    client.drain(SECS_5);
+    let summary = client
+        .err
+        .seen
+        .iter()
+        .find(|l| l.starts_with("client: "))
+        .cloned()
+        .unwrap_or_default();
+    let want = format!("client: sent {0}, answered {0}, retries 0,", lines.len());
+    let ok = status.is_some_and(|s| s.success())
+        && client.out.seen == lines
+        && summary.starts_with(&want);
+    if !ok {
+        let context: Vec<String> = others.iter_mut().map(|p| p.dump()).collect();
+        panic!(
+            "bosun client: status {status:?}, want {} replies in order and a summary \
+             starting {want:?}\n{}\n{}",
+            lines.len(),
+            client.dump(),
+            context.join("\n")
+        );
+    }
+}
+
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Checks a pyzmq worker's `worker done` line: stayed registered (one READY, no
+/// DISCONNECT, never thought the broker silent), nothing malformed. Returns `handled`.
+fn assert_worker_clean(worker: &mut Peer, lines: &[String], min_heartbeats: u64) -> u64 {
+    let done = line_with(lines, "worker done").to_string();
+    for (key, want) in [
+        ("readies", 1),
+        ("disconnects_in", 0),
+        ("silences", 0),
+        ("malformed", 0),
+    ] {
+        assert_eq!(
+            num(&done, key),
+            want,
+            "{key} in {done:?}\n{}",
+            worker.dump()
+        );
+    }
+    assert!(
+        num(&done, "heartbeats_in") >= min_heartbeats,
+        "heartbeats from the bosun broker: {done:?}"
+    );
+    num(&done, "handled")
+}
+
+// ---------------------------------------------------------------------------------
+// The tests.
+
+/// (1) A pyzmq client (REQ, then DEALER with every request in flight) gets answers from
+/// bosun workers through the bosun broker. The plain request is answered with one plain
+/// frame; the prefix proves a bosun worker, not the broker, produced it.
+#[test]
+fn pyzmq_client_and_bosun_workers_via_bosun_broker() {
+    if !interop_available("pyzmq_client_and_bosun_workers_via_bosun_broker") {
+        return;
+    }
+    let (_broker, ep) = bosun_broker("tcp://127.0.0.1:*", &[]);
+    let _w1 = bosun_worker("bosun worker 1", &ep, "echo", &["--reply-prefix", "bosun:"]);
+    let _w2 = bosun_worker("bosun worker 2", &ep, "echo", &["--reply-prefix", "bosun:"]);
+
+    let replies = py_client(&ep, "echo", 20, &["--socket", "req"]);
+    assert_each_once(&replies, 20, |i| format!("bosun:req-{i}"));
+
+    let replies = py_client(&ep, "echo", 100, &["--socket", "dealer"]);
+    assert_each_once(&replies, 100, |i| format!("bosun:req-{i}"));
+}
+
+/// (2) bosun clients (one at a time over REQ, then eight in flight over DEALER) get
+/// answers from a pyzmq echo worker through the bosun broker, with a 250 ms heartbeat
+/// on both sides: the worker stays registered throughout and hears the broker's
+/// heartbeats.
+#[test]
+fn bosun_clients_and_pyzmq_worker_via_bosun_broker() {
+    if !interop_available("bosun_clients_and_pyzmq_worker_via_bosun_broker") {
+        return;
+    }
+    let (mut broker, ep) = bosun_broker("tcp://127.0.0.1:*", &["--heartbeat-interval", "250ms"]);
+    let one = numbered("one", 10);
+    let many = numbered("many", 40);
+    let total = one.len() + many.len();
+    let mut worker = py_worker(
+        "pyzmq worker",
+        &ep,
+        "echo",
+        total,
+        &["--heartbeat", "250", "--min-seconds", "1.5"],
+    );
+    bosun_client_echo(&ep, "echo", &one, &[], &mut [&mut broker, &mut worker]);
+    let others = &mut [&mut broker, &mut worker];
+    bosun_client_echo(&ep, "echo", &many, &["--in-flight", "8"], others);
+    let lines = worker.finish(SECS_10);
+    let handled = assert_worker_clean(&mut worker, &lines, 3);
+    assert_eq!(handled, total as u64, "{}", worker.dump());
+}
+
+/// (3) A pyzmq client gets answers from two pyzmq workers through the bosun broker
+/// (250 ms heartbeat on every side): each request answered once, both workers used,
+/// neither ever disconnected.
+#[test]
+fn pyzmq_client_and_pyzmq_workers_via_bosun_broker() {
+    if !interop_available("pyzmq_client_and_pyzmq_workers_via_bosun_broker") {
+        return;
+    }
+    let (mut broker, ep) = bosun_broker(
+        "tcp://127.0.0.1:*",
+        &["-v", "--heartbeat-interval", "250ms"],
+    );
+    let opts = ["--heartbeat", "250", "--max-seconds", "6"];
+    let mut w1 = py_worker("pyzmq worker 1", &ep, "echo", 0, &opts);
+    let mut w2 = py_worker("pyzmq worker 2", &ep, "echo", 0, &opts);
+    // Both registered before the first request, so that both get work.
+    broker.expect_stderr_count("worker ready", 2, SECS_10);
+
+    let replies = py_client(&ep, "echo", 100, &["--socket", "dealer"]);
+    assert_each_once(&replies, 100, |i| format!("req-{i}"));
+    let replies = py_client(&ep, "echo", 10, &["--socket", "req"]);
+    assert_each_once(&replies, 10, |i| format!("req-{i}"));
+
+    let lines1 = w1.finish(SECS_10);
+    let lines2 = w2.finish(SECS_10);
+    let h1 = assert_worker_clean(&mut w1, &lines1, 3);
+    let h2 = assert_worker_clean(&mut w2, &lines2, 3);
+    assert_eq!(h1 + h2, 110, "handled {h1} + {h2}");
+    assert!(h1 > 0 && h2 > 0, "both workers get work: {h1}, {h2}");
+}
+
+/// (4) 8/MMI from a pyzmq client: `mmi.service` answers 200 for a service a pyzmq
+/// worker registered and for one a bosun worker registered, 404 for an unknown one;
+/// `mmi.nope` answers 501; each reply is `[""][MDPC01][service][code]`. Then the pyzmq
+/// worker says DISCONNECT and the broker forgets it at once (well before the 7.5 s
+/// heartbeat expiry), so `mmi.service` answers 404 for it.
+#[test]
+fn mmi_from_a_pyzmq_client() {
+    if !interop_available("mmi_from_a_pyzmq_client") {
+        return;
+    }
+    let (_broker, ep) = bosun_broker("tcp://127.0.0.1:*", &[]);
+    let mut py = py_worker("pyzmq worker", &ep, "pyecho", 0, &["--max-seconds", "15"]);
+    let _bw = bosun_worker("bosun worker", &ep, "bsecho", &[]);
+
+    let until_200 = ["--until", "200", "--timeout", "10"];
+    for service in ["pyecho", "bsecho"] {
+        let mut args = vec!["--body", service];
+        args.extend_from_slice(&until_200);
+        let replies = py_client(&ep, "mmi.service", 1, &args);
+        assert_eq!(replies.get(&1), Some(&vec!["200".to_string()]), "{service}");
+    }
+    for socket in ["req", "dealer"] {
+        let replies = py_client(
+            &ep,
+            "mmi.service",
+            1,
+            &["--body", "nosuch", "--socket", socket],
+        );
+        assert_eq!(replies.get(&1), Some(&vec!["404".to_string()]), "{socket}");
+    }
+    let replies = py_client(&ep, "mmi.nope", 1, &["--body", "pyecho"]);
+    assert_eq!(replies.get(&1), Some(&vec!["501".to_string()]));
+
+    // DISCONNECT from the pyzmq worker, then 404 within 3 s (expiry would take 7.5 s).
+    let started = now();
+    py.terminate();
+    let lines = py.finish(SECS_5);
+    assert!(
+        lines.iter().any(|l| l == "worker stopped by SIGTERM"),
+        "{}",
+        py.dump()
+    );
+    let replies = py_client(
+        &ep,
+        "mmi.service",
+        1,
+        &["--body", "pyecho", "--until", "404", "--timeout", "3"],
+    );
+    assert_eq!(replies.get(&1), Some(&vec!["404".to_string()]));
+    assert!(
+        now() - started < Duration::from_millis(7500),
+        "forgotten on DISCONNECT, not by expiry"
+    );
+}
+
+/// (5) bosun clients (REQ, then eight in flight) get answers from two bosun workers
+/// through the minimal pyzmq broker, with a 250 ms heartbeat on every side for 2 s:
+/// READY is the plain 4-frame 7/MDP one, the workers keep their registration on the
+/// pyzmq broker's heartbeats and never draw a DISCONNECT.
+#[test]
+fn bosun_clients_and_bosun_workers_via_pyzmq_broker() {
+    if !interop_available("bosun_clients_and_bosun_workers_via_pyzmq_broker") {
+        return;
+    }
+    let one = numbered("one", 10);
+    let many = numbered("many", 40);
+    let total = (one.len() + many.len()).to_string();
+    let (mut broker, ep) = py_broker(
+        "tcp://127.0.0.1:*",
+        &[&total, "--heartbeat", "250", "--min-seconds", "2"],
+    );
+    let hb = ["--heartbeat-interval", "250ms"];
+    let mut w1 = bosun_worker("bosun worker 1", &ep, "echo", &hb);
+    let mut w2 = bosun_worker("bosun worker 2", &ep, "echo", &hb);
+    let others = &mut [&mut broker, &mut w1, &mut w2];
+    bosun_client_echo(&ep, "echo", &one, &[], others);
+    bosun_client_echo(&ep, "echo", &many, &["--in-flight", "8"], others);
+
+    let lines = broker.finish(SECS_10);
+    let ready: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("broker worker-ready"))
+        .collect();
+    assert_eq!(ready.len(), 2, "{}", broker.dump());
+    for line in ready {
+        assert_eq!(field(line, "service").as_deref(), Some("echo"), "{line}");
+        assert_eq!(field(line, "extra_frames").as_deref(), Some("0"), "{line}");
+    }
+    let done = line_with(&lines, "broker done").to_string();
+    for (key, want) in [
+        ("requests", total.parse().unwrap()),
+        ("replies", total.parse().unwrap()),
+        ("workers_ready", 2),
+        ("expired", 0),
+        ("disconnects_sent", 0),
+        ("malformed", 0),
+    ] {
+        assert_eq!(
+            num(&done, key),
+            want,
+            "{key} in {done:?}\n{}",
+            broker.dump()
+        );
+    }
+    assert!(num(&done, "heartbeats_in") >= 6, "{done:?}");
+}
+
+/// A pyzmq worker whose heartbeats stop (SIGKILL: no DISCONNECT) is expired by the
+/// bosun broker after liveness × interval (3 × 250 ms), so `mmi.service` turns 404.
+#[test]
+fn bosun_broker_expires_a_silent_pyzmq_worker() {
+    if !interop_available("bosun_broker_expires_a_silent_pyzmq_worker") {
+        return;
+    }
+    let (_broker, ep) = bosun_broker("tcp://127.0.0.1:*", &["--heartbeat-interval", "250ms"]);
+    let mut py = py_worker("pyzmq worker", &ep, "pyecho", 0, &["--heartbeat", "250"]);
+    let replies = py_client(
+        &ep,
+        "mmi.service",
+        1,
+        &["--body", "pyecho", "--until", "200", "--timeout", "10"],
+    );
+    assert_eq!(replies.get(&1), Some(&vec!["200".to_string()]));
+    let replies = py_client(&ep, "pyecho", 3, &[]);
+    assert_each_once(&replies, 3, |i| format!("req-{i}"));
+
+    py.kill();
+    let replies = py_client(
+        &ep,
+        "mmi.service",
+        1,
+        &["--body", "pyecho", "--until", "404", "--timeout", "5"],
+    );
+    assert_eq!(replies.get(&1), Some(&vec!["404".to_string()]));
+}
+
+/// A bosun broker restarted at the same address does not know the pyzmq worker: the
+/// worker's next HEARTBEAT draws a DISCONNECT, and the worker registers again on a new
+/// socket (its liveness is long, so this is the DISCONNECT path, not silence).
+#[test]
+fn pyzmq_worker_registers_again_after_bosun_broker_restart() {
+    if !interop_available("pyzmq_worker_registers_again_after_bosun_broker_restart") {
+        return;
+    }
+    let bind = format!("tcp://127.0.0.1:{}", free_port());
+    let hb = ["--heartbeat-interval", "250ms"];
+    let (mut first, ep) = bosun_broker(&bind, &hb);
+    let mut py = py_worker(
+        "pyzmq worker",
+        &ep,
+        "echo",
+        0,
+        &["--heartbeat", "250", "--liveness", "20"],
+    );
+    py.expect_line("worker ready n=1", SECS_10);
+    let replies = py_client(&ep, "echo", 2, &[]);
+    assert_each_once(&replies, 2, |i| format!("req-{i}"));
+
+    first.kill();
+    let (_second, ep2) = bosun_broker(&bind, &hb);
+    assert_eq!(ep2, ep);
+    py.expect_line("worker disconnect-received", SECS_5);
+    py.expect_line("worker ready n=2", SECS_5);
+    let replies = py_client(&ep, "echo", 2, &["--socket", "dealer"]);
+    assert_each_once(&replies, 2, |i| format!("req-{i}"));
+
+    py.terminate();
+    let lines = py.finish(SECS_5);
+    let done = line_with(&lines, "worker done");
+    assert_eq!(num(done, "disconnects_in"), 1, "{done}");
+    assert_eq!(num(done, "silences"), 0, "{done}");
+    assert_eq!(num(done, "handled"), 4, "{done}");
+}
+
+/// The pyzmq broker restarted at the same address does not know the bosun worker: the
+/// worker's next HEARTBEAT draws a DISCONNECT, and the worker registers again (its
+/// liveness is long, so this is the DISCONNECT path, not silence). The HEARTBEATs the
+/// worker queued while the broker was away draw one DISCONNECT each, as from the
+/// reference broker; the worker must register once, not once per DISCONNECT.
+#[test]
+fn bosun_worker_registers_again_after_pyzmq_broker_restart() {
+    if !interop_available("bosun_worker_registers_again_after_pyzmq_broker_restart") {
+        return;
+    }
+    let bind = format!("tcp://127.0.0.1:{}", free_port());
+    let (mut first, ep) = py_broker(&bind, &["1", "--heartbeat", "250"]);
+    let mut worker = bosun_worker(
+        "bosun worker",
+        &ep,
+        "echo",
+        &[
+            "-v",
+            "--heartbeat-interval",
+            "250ms",
+            "--heartbeat-liveness",
+            "20",
+        ],
+    );
+    let others = &mut [&mut first, &mut worker];
+    bosun_client_echo(&ep, "echo", &numbered("first", 1), &[], others);
+    // The first broker stops on its own after one reply.
+    let lines = first.finish(SECS_10);
+    assert_eq!(num(line_with(&lines, "broker done"), "workers_ready"), 1);
+
+    // Back 800 ms later: the worker's socket has queued several HEARTBEATs by then, and
+    // the broker answers each with a DISCONNECT. Only the first may count.
+    let (mut second, ep2) = py_broker(&bind, &["1", "--heartbeat", "250", "--bind-after", "800"]);
+    assert_eq!(ep2, ep);
+    let line = second.expect_line("broker sent-disconnect", SECS_5);
+    assert_eq!(
+        field(&line, "reason").as_deref(),
+        Some("HEARTBEAT-from-an-unknown-worker"),
+        "{line}"
+    );
+    second.expect_line("broker worker-ready", SECS_5);
+    let others = &mut [&mut second, &mut worker];
+    bosun_client_echo(&ep, "echo", &numbered("second", 1), &[], others);
+    let lines = second.finish(SECS_10);
+    let done = line_with(&lines, "broker done");
+    assert_eq!(num(done, "replies"), 1, "{done}");
+    assert_eq!(num(done, "workers_ready"), 1, "{done}");
+    assert!(
+        num(done, "disconnects_sent") >= 2,
+        "stale heartbeats: {done}"
+    );
+    assert_eq!(num(done, "expired"), 0, "{done}");
+    assert_eq!(num(done, "malformed"), 0, "{done}");
+}
