@@ -3,9 +3,12 @@
 //! written from the RFC texts. Each test runs the built `bosun` binary against them over
 //! loopback and checks that every request is answered exactly once with the right body.
 //!
-//! These tests need `python3` (found on PATH) with pyzmq. Without it they FAIL with a
-//! message saying to run `python3 -m pip install pyzmq`; set `BOSUN_SKIP_INTEROP=1` to
-//! skip them instead (each then prints that it was skipped and passes).
+//! These tests need `python3` (found on PATH) with pyzmq, which `.ci/run` installs.
+//! Where it is missing, a plain `cargo test` (a newcomer's machine with only Rust and a
+//! C++ compiler) prints that each test was skipped and why, and passes; under CI
+//! (`CI=true`) or with `BOSUN_REQUIRE_INTEROP=1` a missing pyzmq FAILS the tests with a
+//! message saying to run `python3 -m pip install pyzmq`. `BOSUN_SKIP_INTEROP=1` skips
+//! them always.
 //!
 //! Every wait is a condition with a deadline, and every child process is killed and
 //! reaped when its [`Peer`] guard drops, also when an assertion fails half way.
@@ -26,7 +29,8 @@ const SECS_15: Duration = Duration::from_secs(15);
 // Environment: python3 with pyzmq, or an explicit skip.
 
 /// True when the interop peers can run; false (after saying so) when the tests are
-/// skipped with `BOSUN_SKIP_INTEROP=1`. Panics when pyzmq is missing otherwise.
+/// skipped: with `BOSUN_SKIP_INTEROP=1`, or when pyzmq is missing outside CI. Panics
+/// when pyzmq is missing under `CI=true` or `BOSUN_REQUIRE_INTEROP=1`.
 fn interop_available(test: &str) -> bool {
     if std::env::var_os("BOSUN_SKIP_INTEROP").is_some_and(|v| v == "1") {
         eprintln!("{test}: skipped (BOSUN_SKIP_INTEROP=1)");
@@ -34,6 +38,16 @@ fn interop_available(test: &str) -> bool {
     }
     static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
     if let Err(why) = CHECK.get_or_init(check_pyzmq) {
+        let required = ["CI", "BOSUN_REQUIRE_INTEROP"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|x| x == "1" || x == "true"));
+        if !required {
+            eprintln!(
+                "{test}: skipped: needs `python3` with pyzmq ({why}); \
+                 `python3 -m pip install pyzmq` enables it"
+            );
+            return false;
+        }
         panic!(
             "{test}: the pyzmq interop tests need `python3` with pyzmq: {why}\n\
              Run `python3 -m pip install pyzmq`, or set BOSUN_SKIP_INTEROP=1 to skip them."
