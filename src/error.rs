@@ -167,6 +167,11 @@ pub enum Error {
     /// See [`ClientError`].
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The application's request handler panicked. The worker stops rather than keep
+    /// heartbeating without a handler: its queue or broker then expires it and the
+    /// request is retried elsewhere.
+    #[error("request handler panicked: {0}")]
+    HandlerPanicked(String),
     /// Reading stdin, writing stdout, or running a handler command failed.
     #[error("{context}: {source}")]
     Io {

@@ -8,10 +8,14 @@
 //! - [`config`]: typed settings ([`Heartbeat`], [`Retry`], [`Backoff`]) and their defaults.
 //! - [`error`]: one error enum per layer, joined into [`Error`].
 //! - [`proto`]: pure state machines (no sockets, no clock): [`proto::lazy_pirate`],
-//!   [`proto::paranoid_pirate`], the frame parsers in [`proto::frames`], the
-//!   [`Envelope`], [`proto::backoff`] and [`proto::timer`].
+//!   [`proto::paranoid_pirate`] (queue and worker), [`proto::broker`],
+//!   [`proto::worker`] and [`proto::client`] (Majordomo), [`proto::freelance`], the
+//!   frame parsers in [`proto::frames`] (6/PPP, 7/MDP), the [`Envelope`],
+//!   [`proto::stats`], [`proto::backoff`] and [`proto::timer`].
 //! - [`io`]: the thin drivers that own the zmq sockets and the clock:
-//!   [`LazyPirateClient`], [`io::queue`], [`PpWorker`], [`io::server`].
+//!   [`LazyPirateClient`], [`io::server`], [`io::queue`], [`PpWorker`],
+//!   [`io::broker`], [`Worker`] ([`io::mdworker`]), [`io::mdclient`],
+//!   [`io::freelance`], and the request handlers in [`io::handler`].
 //! - [`cli`]: the `bosun` command line (option structs and one run function each).
 //!
 //! # Example
@@ -32,6 +36,7 @@ pub mod proto;
 pub use config::{Backoff, Heartbeat, Retry};
 pub use error::{Error, Result};
 pub use io::lazy_pirate::LazyPirateClient;
+pub use io::mdworker::Worker;
 pub use io::ppworker::PpWorker;
 pub use io::Shutdown;
 pub use proto::envelope::Envelope;

@@ -1,5 +1,6 @@
-//! Option groups shared by the subcommands. Every flag has a `BOSUN_*` environment
-//! variable and a default that matches [`crate::config`].
+//! Option groups shared by the subcommands. Every flag here (heartbeat, retry,
+//! reconnect) has a `BOSUN_*` environment variable and a default that matches
+//! [`crate::config`].
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
-//! `bosun demo`: the main job. A queue, two workers and a client, each a child process
-//! of this binary; one worker is SIGKILLed half way; every request must still be
-//! answered exactly once.
+//! `bosun demo`: the main job. A Majordomo broker (or, with `--pattern paranoid-pirate`,
+//! a queue), two workers and a client, each a child process of this binary; one worker
+//! is SIGKILLed half way and the broker SIGKILLed mid-request and restarted; every
+//! request must still be answered exactly once.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -27,7 +28,7 @@ pub struct DemoArgs {
     /// Simulated work per request at the workers.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub work: Duration,
-    /// Show the children's logs (queue, workers, client) on stderr.
+    /// Show the children's logs (broker or queue, workers) on stderr.
     #[arg(long)]
     pub logs: bool,
     /// Give up on the whole demo after this long.

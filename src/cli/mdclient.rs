@@ -105,7 +105,8 @@ fn run_async(
     }
     if args.summary {
         eprintln!(
-            "client: sent {sent}, answered {next_print}, retries 0, discarded {}",
+            "client: sent {sent}, answered {next_print}, retries {}, discarded {}",
+            client.retries(),
             client.duplicates()
         );
     }

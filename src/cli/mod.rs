@@ -33,19 +33,22 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send requests with Lazy Pirate reliability; print each reply on its own line.
+    /// Send requests, print each reply on its own line: Lazy Pirate, Majordomo with
+    /// --service, Freelance with several --connect endpoints.
     Client(client::ClientArgs),
-    /// A plain REP echo server for Lazy Pirate clients, with fault switches.
+    /// An echo server: plain REP for Lazy Pirate clients (with fault switches), or
+    /// Freelance with --freelance.
     Server(server::ServerArgs),
     /// A Paranoid Pirate (6/PPP) queue between clients and workers.
     Queue(queue::QueueArgs),
-    /// A Paranoid Pirate (6/PPP) worker: echo, or run a command per request.
+    /// A worker: Paranoid Pirate (6/PPP), or Majordomo (7/MDP) with --service; echo,
+    /// or run a command per request.
     Worker(worker::WorkerArgs),
     /// A Majordomo (7/MDP + 8/MMI) broker: routes requests to workers by service.
     Broker(broker::BrokerArgs),
     /// Print the broker's per-service statistics (`mmi.stats`) as a table.
     Stats(stats::StatsArgs),
-    /// Start a queue, two workers and a client; kill a worker half way; count.
+    /// Start a broker, two workers and a client; kill a worker and the broker; count.
     Demo(demo::DemoArgs),
 }
 

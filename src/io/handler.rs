@@ -72,6 +72,26 @@ pub fn run_command(cmd: &str, body: &[u8]) -> Vec<u8> {
     }
 }
 
+/// First frame of a handler thread's message to its driver: a reply follows.
+pub(crate) const REPLIED: &[u8] = b"OK";
+/// First frame of a handler thread's message to its driver: the handler panicked; the
+/// panic message follows.
+pub(crate) const PANICKED: &[u8] = b"PANIC";
+
+/// [`answer`], with a panic of the handler caught and turned into its message, so that a
+/// handler thread can report it instead of dying silently.
+pub fn answer_or_panic(handler: &mut Handler, body: Frames) -> Result<Frames, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(handler, body))).map_err(
+        |panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic".to_string())
+        },
+    )
+}
+
 /// Answers one request with `handler`.
 ///
 /// A request of one frame holding a bosun [`Envelope`] is answered with an envelope of
@@ -108,6 +128,20 @@ mod tests {
         assert_eq!(
             answer(&mut h, vec![b"a".to_vec(), b"b".to_vec()]),
             vec![b"ab!".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_panicking_handler_is_reported_not_fatal() {
+        let mut h: Handler = Box::new(|_| panic!("boom"));
+        assert_eq!(
+            answer_or_panic(&mut h, vec![b"x".to_vec()]),
+            Err("boom".to_string())
+        );
+        let mut ok = echo();
+        assert_eq!(
+            answer_or_panic(&mut ok, vec![b"x".to_vec()]),
+            Ok(vec![b"x".to_vec()])
         );
     }
 

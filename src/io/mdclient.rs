@@ -149,6 +149,9 @@ pub struct AsyncMajordomoClient {
     /// hold several finished ones as queued events).
     undelivered: usize,
     duplicates: u64,
+    /// Requests started, and messages sent: their difference is the retries.
+    started: u64,
+    transmitted: u64,
 }
 
 impl AsyncMajordomoClient {
@@ -161,6 +164,8 @@ impl AsyncMajordomoClient {
             core: AsyncClient::new(retry, fastrand::u64(..)),
             undelivered: 0,
             duplicates: 0,
+            started: 0,
+            transmitted: 0,
         })
     }
 
@@ -170,6 +175,7 @@ impl AsyncMajordomoClient {
             .core
             .send(io::now(), service.as_bytes(), Envelope::new(body));
         self.undelivered += 1;
+        self.started += 1;
         self.flush()?;
         Ok(id)
     }
@@ -183,6 +189,11 @@ impl AsyncMajordomoClient {
     /// Replies dropped because their request was already answered.
     pub fn duplicates(&self) -> u64 {
         self.duplicates
+    }
+
+    /// Attempts sent after the first of their request (timed-out attempts retried).
+    pub fn retries(&self) -> u64 {
+        self.transmitted.saturating_sub(self.started)
     }
 
     /// Waits up to `timeout` for the next outcome; `None` when none came in time or
@@ -234,6 +245,7 @@ impl AsyncMajordomoClient {
             self.socket
                 .send_multipart(frames, 0)
                 .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
+            self.transmitted += 1;
         }
         Ok(())
     }

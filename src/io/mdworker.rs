@@ -113,12 +113,19 @@ impl Worker {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let replies = io::socket(&self.ctx, zmq::PULL, Duration::ZERO)?;
+        // The pool's inproc sockets live in a context of their own. A handler still busy
+        // at shutdown keeps its socket, and so its context, open until the process exits;
+        // in `self.ctx` that would stop the context of the broker socket from being
+        // terminated, and the process could exit before the I/O thread sent the final
+        // DISCONNECT (the broker would hold the request until expiry). Kept apart, the
+        // caller dropping its context flushes the DISCONNECT within the linger.
+        let pool_ctx = zmq::Context::new();
+        let replies = io::socket(&pool_ctx, zmq::PULL, Duration::ZERO)?;
         io::bind(&replies, &pipe)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..self.capacity {
-            let push = io::socket(&self.ctx, zmq::PUSH, Duration::ZERO)?;
+            let push = io::socket(&pool_ctx, zmq::PUSH, Duration::ZERO)?;
             io::connect(&push, &pipe)?;
             let rx = Arc::clone(&rx);
             let handler = Arc::clone(&handler);
@@ -227,13 +234,25 @@ impl Worker {
                 }
             }
             if replies_ready {
-                while let Ok(mut frames) = replies.recv_multipart(zmq::DONTWAIT) {
-                    if frames.is_empty() {
-                        continue;
+                while let Ok(frames) = replies.recv_multipart(zmq::DONTWAIT) {
+                    match frames.as_slice() {
+                        [kind, client, body @ ..] if kind == handler::REPLIED => {
+                            core.reply(io::now(), client, body.to_vec());
+                            stats.handled += 1;
+                        }
+                        [kind, why] if kind == handler::PANICKED => {
+                            let why = String::from_utf8_lossy(why).into_owned();
+                            tracing::error!(panic = %why, "request handler panicked; worker stops");
+                            core.disconnect();
+                            while let Some(t) = core.poll_transmit() {
+                                if let (Transmit::Send(f), Some(s)) = (t, socket.as_ref()) {
+                                    io::send_or_log(s, f, "broker");
+                                }
+                            }
+                            return Err(Error::HandlerPanicked(why));
+                        }
+                        _ => tracing::error!("unexpected message from a handler thread"),
                     }
-                    let body = frames.split_off(1);
-                    core.reply(io::now(), &frames[0], body);
-                    stats.handled += 1;
                 }
             }
             core.handle_timeout(io::now());
@@ -251,10 +270,18 @@ fn pool_thread(jobs: &Mutex<mpsc::Receiver<Job>>, push: &zmq::Socket, handler: &
             Err(_) => return,
         };
         let Ok((client, body)) = job else { return };
-        let mut reply = vec![client];
-        reply.extend(handler::answer(&mut h, body));
-        if let Err(e) = push.send_multipart(reply, 0) {
+        let (msg, panicked) = match handler::answer_or_panic(&mut h, body) {
+            Ok(reply) => (
+                [vec![handler::REPLIED.to_vec(), client], reply].concat(),
+                false,
+            ),
+            Err(panic) => (vec![handler::PANICKED.to_vec(), panic.into_bytes()], true),
+        };
+        if let Err(e) = push.send_multipart(msg, 0) {
             tracing::error!(error = %TransportError::zmq("send", "worker driver", e), "reply lost");
+            return;
+        }
+        if panicked {
             return;
         }
     }

@@ -158,9 +158,15 @@ impl PpWorker {
                 }
             }
             if pair_ready {
-                let reply = pair
+                let mut msg = pair
                     .recv_multipart(0)
                     .map_err(|e| TransportError::zmq("recv", "handler", e))?;
+                let reply = msg.split_off(1.min(msg.len()));
+                if msg.first().map(Vec::as_slice) == Some(handler::PANICKED) {
+                    let why = String::from_utf8_lossy(&reply.concat()).into_owned();
+                    tracing::error!(panic = %why, "request handler panicked; worker stops");
+                    return Err(Error::HandlerPanicked(why));
+                }
                 if core.reply(io::now(), reply).is_ok() {
                     stats.handled += 1;
                 }
@@ -177,8 +183,12 @@ fn handler_loop(pair: zmq::Socket, mut handler: Handler) {
             return;
         }
         let body = frames.split_off(1);
-        let reply = handler::answer(&mut handler, body);
-        if pair.send_multipart(reply, 0).is_err() {
+        let msg = match handler::answer_or_panic(&mut handler, body) {
+            Ok(reply) => [vec![handler::REPLIED.to_vec()], reply].concat(),
+            Err(panic) => vec![handler::PANICKED.to_vec(), panic.into_bytes()],
+        };
+        let panicked = msg.first().map(Vec::as_slice) == Some(handler::PANICKED);
+        if pair.send_multipart(msg, 0).is_err() || panicked {
             return;
         }
     }

@@ -265,11 +265,25 @@ impl Broker {
             self.timers
                 .set(Timer::Heartbeat, now + self.cfg.heartbeat.interval);
         }
+        let mut expired = Vec::new();
         while let Some(entry) = self.expiries.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            let identity = entry.remove();
+            expired.push(entry.remove());
+        }
+        // Out of dispatch first, all of them: a request re-queued from one expired
+        // worker must not be handed to another that expires at the same instant.
+        for identity in &expired {
+            if let Some(s) = self
+                .workers
+                .get(identity)
+                .and_then(|w| self.services.get_mut(&w.service))
+            {
+                s.available.retain(|i| i != identity);
+            }
+        }
+        for identity in expired {
             self.remove_worker(now, identity, GoneReason::Expired);
         }
         while let Some(entry) = self.ttl.first_entry() {
@@ -462,18 +476,19 @@ impl Broker {
             return;
         };
         let was_full = w.inflight.len() >= w.capacity as usize;
-        let pos = match w.inflight.len() {
-            0 => None,
-            1 => Some(0),
-            _ => {
-                let id = body_id(&body);
-                w.inflight
-                    .iter()
-                    .position(|r| r.client == client && id.is_some() && r.id == id)
-                    .or_else(|| w.inflight.iter().position(|r| r.client == client))
-            }
-        };
-        let done = pos.map(|p| w.inflight.swap_remove(p));
+        // The request answered is the one from `client` with the reply's envelope id; a
+        // plain reply answers the oldest request of `client`. A reply that matches
+        // nothing (say, the late answer to a request held before the worker registered
+        // again) is passed on but completes nothing, so the request the worker does hold
+        // is neither lost nor joined by one more than its capacity.
+        let id = body_id(&body);
+        let pos = w
+            .inflight
+            .iter()
+            .position(|r| r.client == client && (id.is_none() || r.id == id));
+        // `remove`, not `swap_remove`: `inflight` stays in dispatch order, the order in
+        // which the requests go back to the queue if the worker dies.
+        let done = pos.map(|p| w.inflight.remove(p));
         let service = w.service.clone();
         let now_free = w.inflight.len() < w.capacity as usize;
         self.transmits

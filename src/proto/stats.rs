@@ -27,6 +27,9 @@ struct Bucket {
 pub struct Window {
     span: Duration,
     step: Duration,
+    /// Where the data in `buckets` begins: creation, then the end of the last bucket
+    /// that left the window. Rates divide by the time since then (at most `span`), not
+    /// by `span` itself, which would under-report them by up to one step in ten.
     born: Instant,
     buckets: VecDeque<Bucket>,
     queue_len: usize,
@@ -157,6 +160,7 @@ impl Window {
     fn expire(&mut self, now: Instant) {
         while let Some(front) = self.buckets.front() {
             if front.start + self.span <= now {
+                self.born = self.born.max(front.start + self.step);
                 self.buckets.pop_front();
             } else {
                 break;
