@@ -71,7 +71,7 @@ pub enum EnvelopeError {
         /// Length of the rejected frame.
         len: usize,
     },
-    /// The frame is larger than [`crate::envelope::MAX_ENVELOPE_BYTES`].
+    /// The frame is larger than [`crate::proto::envelope::MAX_ENVELOPE_BYTES`].
     #[error("envelope: {len} bytes exceeds the limit of {max}")]
     TooLarge {
         /// Length of the rejected frame.
