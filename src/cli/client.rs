@@ -60,21 +60,7 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     }
     let mut client = LazyPirateClient::new(&ctx, &args.connect, args.retry.retry())?
         .with_shutdown(shutdown.clone());
-    let code = loop {
-        let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) if !shutdown.is_triggered() => continue,
-            Err(_) => break ExitCode::SUCCESS,
-        };
-        match client.request(line.into_bytes()) {
-            Ok(reply) => print_reply(&reply)?,
-            Err(Error::Client(ClientError::Interrupted)) => break ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bosun client: {e}");
-                break ExitCode::FAILURE;
-            }
-        }
-    };
+    let (code, _, _) = request_lines(&requests, shutdown, |body| client.request(body))?;
     if args.summary {
         let s = client.stats();
         eprintln!(
@@ -103,6 +89,25 @@ fn run_freelance(
         ..FreelanceConfig::default()
     };
     let mut client = FreelanceClient::new(ctx, &endpoints, cfg)?.with_shutdown(shutdown.clone());
+    let (code, sent, answered) = request_lines(&requests, shutdown, |body| client.request(body))?;
+    if args.summary {
+        eprintln!(
+            "client: sent {sent}, answered {answered}, retries {}, discarded 0",
+            client.failovers()
+        );
+    }
+    Ok(code)
+}
+
+/// Sends each line of `requests` with `request`, one at a time and in order, printing
+/// each reply on its own line. Stops at the end of input or on Ctrl-C (exit 0), or at
+/// the first request that fails (a one-line reason on stderr, exit 1). Returns the exit
+/// code and how many requests were sent and answered.
+pub(super) fn request_lines(
+    requests: &mpsc::Receiver<String>,
+    shutdown: &Shutdown,
+    mut request: impl FnMut(Vec<u8>) -> Result<Vec<u8>, Error>,
+) -> Result<(ExitCode, u64, u64), Error> {
     let (mut sent, mut answered) = (0u64, 0u64);
     let code = loop {
         let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
@@ -111,7 +116,7 @@ fn run_freelance(
             Err(_) => break ExitCode::SUCCESS,
         };
         sent += 1;
-        match client.request(line.into_bytes()) {
+        match request(line.into_bytes()) {
             Ok(reply) => {
                 answered += 1;
                 print_reply(&reply)?;
@@ -123,13 +128,7 @@ fn run_freelance(
             }
         }
     };
-    if args.summary {
-        eprintln!(
-            "client: sent {sent}, answered {answered}, retries {}, discarded 0",
-            client.failovers()
-        );
-    }
-    Ok(code)
+    Ok((code, sent, answered))
 }
 
 /// Writes one reply and a newline to stdout, flushed so a reader sees it at once.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use super::client::{print_reply, ClientArgs};
+use super::client::{print_reply, request_lines, ClientArgs};
 use crate::error::{ClientError, Error};
 use crate::io::mdclient::{AsyncMajordomoClient, MajordomoClient, Outcome};
 use crate::io::{Shutdown, SHUTDOWN_CHECK};
@@ -23,26 +23,8 @@ pub fn run(
     }
     let mut client = MajordomoClient::new(ctx, &args.connect, args.retry.retry())?
         .with_shutdown(shutdown.clone());
-    let (mut sent, mut answered) = (0u64, 0u64);
-    let code = loop {
-        let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) if !shutdown.is_triggered() => continue,
-            Err(_) => break ExitCode::SUCCESS,
-        };
-        sent += 1;
-        match client.request(service, line.into_bytes()) {
-            Ok(reply) => {
-                answered += 1;
-                print_reply(&reply)?;
-            }
-            Err(Error::Client(ClientError::Interrupted)) => break ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bosun client: {e}");
-                break ExitCode::FAILURE;
-            }
-        }
-    };
+    let (code, sent, answered) =
+        request_lines(&requests, shutdown, |body| client.request(service, body))?;
     if args.summary {
         eprintln!(
             "client: sent {sent}, answered {answered}, retries {}, discarded 0",
