@@ -24,6 +24,15 @@ fn quick_retry() -> Retry {
 
 #[test]
 fn paranoid_pirate_worker_stops_when_its_handler_panics() {
+    pp_worker_stops_when_its_handler_panics(false);
+}
+
+#[test]
+fn inline_paranoid_pirate_worker_stops_when_its_handler_panics() {
+    pp_worker_stops_when_its_handler_panics(true);
+}
+
+fn pp_worker_stops_when_its_handler_panics(inline: bool) {
     let ctx = zmq::Context::new();
     let cfg = QueueConfig {
         heartbeat: Heartbeat {
@@ -47,12 +56,34 @@ fn paranoid_pirate_worker_stops_when_its_handler_panics() {
     std::thread::spawn(move || {
         let result = PpWorker::new(&worker_ctx, &back)
             .heartbeat(cfg.heartbeat)
-            .run(Box::new(|_| panic!("poison")), &worker_stop);
+            .inline(inline)
+            .run(
+                Box::new(|body: Vec<u8>| {
+                    if body == b"poison" {
+                        panic!("poison")
+                    }
+                    body
+                }),
+                &worker_stop,
+            );
         let _ = done_tx.send(result);
     });
 
     let mut client = bosun::LazyPirateClient::new(&ctx, &front, quick_retry()).unwrap();
-    assert!(client.request(b"x".to_vec()).is_err(), "nobody can answer");
+    let mut patient = bosun::LazyPirateClient::new(
+        &ctx,
+        &front,
+        Retry {
+            timeout: Duration::from_secs(5),
+            ..quick_retry()
+        },
+    )
+    .unwrap();
+    assert_eq!(patient.request(b"fine".to_vec()).unwrap(), b"fine");
+    assert!(
+        client.request(b"poison".to_vec()).is_err(),
+        "nobody can answer"
+    );
     let result = done_rx.recv_timeout(LIMIT).expect("the worker stops");
     assert!(
         matches!(&result, Err(Error::HandlerPanicked(why)) if why == "poison"),
@@ -64,6 +95,15 @@ fn paranoid_pirate_worker_stops_when_its_handler_panics() {
 
 #[test]
 fn majordomo_worker_stops_when_its_handler_panics() {
+    md_worker_stops_when_its_handler_panics(false);
+}
+
+#[test]
+fn inline_majordomo_worker_stops_when_its_handler_panics() {
+    md_worker_stops_when_its_handler_panics(true);
+}
+
+fn md_worker_stops_when_its_handler_panics(inline: bool) {
     let ctx = zmq::Context::new();
     let heartbeat = Heartbeat {
         interval: Duration::from_millis(100),
@@ -87,13 +127,35 @@ fn majordomo_worker_stops_when_its_handler_panics() {
         let result = Worker::new(&worker_endpoint, "poison")
             .context(&worker_ctx)
             .heartbeat(heartbeat)
-            .run(Arc::new(|_| panic!("poison")), &worker_stop);
+            .inline(inline)
+            .run(
+                Arc::new(|body: Vec<u8>| {
+                    if body == b"poison" {
+                        panic!("poison")
+                    }
+                    body
+                }),
+                &worker_stop,
+            );
         let _ = done_tx.send(result);
     });
 
     let mut client =
         bosun::io::mdclient::MajordomoClient::new(&ctx, &endpoint, quick_retry()).unwrap();
-    assert!(client.request("poison", b"x".to_vec()).is_err());
+    let mut patient = bosun::io::mdclient::MajordomoClient::new(
+        &ctx,
+        &endpoint,
+        Retry {
+            timeout: Duration::from_secs(5),
+            ..quick_retry()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        patient.request("poison", b"fine".to_vec()).unwrap(),
+        b"fine"
+    );
+    assert!(client.request("poison", b"poison".to_vec()).is_err());
     let result = done_rx.recv_timeout(LIMIT).expect("the worker stops");
     assert!(
         matches!(&result, Err(Error::HandlerPanicked(why)) if why == "poison"),

@@ -35,6 +35,10 @@ pub struct WorkerArgs {
     /// Run `sh -c CMD` per request, body on stdin, reply from stdout (default: echo).
     #[arg(long)]
     pub exec: Option<String>,
+    /// Run the handler on the socket thread: one thread hop less per request, but no
+    /// heartbeats while it runs (only for handlers much faster than the heartbeat expiry).
+    #[arg(long)]
+    pub inline: bool,
     /// Simulated work: wait this long before answering each request.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
@@ -68,6 +72,7 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     }
     let endpoint = args.connect.as_deref().unwrap_or(QUEUE_BACKEND);
     let stats = PpWorker::new(&ctx, endpoint)
+        .inline(args.inline)
         .heartbeat(args.heartbeat.heartbeat())
         .reconnect(args.reconnect.backoff())
         .run(handler, shutdown)?;
@@ -103,6 +108,7 @@ fn run_majordomo(
     let stats = Worker::new(endpoint, service)
         .context(ctx)
         .capacity(args.capacity)
+        .inline(args.inline)
         .heartbeat(
             args.heartbeat
                 .heartbeat_or(BrokerConfig::default().heartbeat),

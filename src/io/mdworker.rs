@@ -42,6 +42,7 @@ pub struct Worker {
     capacity: u32,
     heartbeat: Heartbeat,
     reconnect: Backoff,
+    inline: bool,
 }
 
 impl Worker {
@@ -55,7 +56,19 @@ impl Worker {
             capacity: 1,
             heartbeat: BrokerConfig::default().heartbeat,
             reconnect: RECONNECT,
+            inline: false,
         }
+    }
+
+    /// Runs the handler on the socket thread instead of a pool (capacity is then 1).
+    /// That saves a thread hop per request, but no heartbeat goes out while the handler
+    /// runs: use it only for handlers much faster than `liveness × interval`.
+    pub fn inline(mut self, inline: bool) -> Self {
+        self.inline = inline;
+        if inline {
+            self.capacity = 1;
+        }
+        self
     }
 
     /// Uses `ctx` instead of a context of its own.
@@ -124,7 +137,8 @@ impl Worker {
         io::bind(&replies, &pipe)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        for n in 0..self.capacity {
+        let threads = if self.inline { 0 } else { self.capacity };
+        for n in 0..threads {
             let push = io::socket(&pool_ctx, zmq::PUSH, Duration::ZERO)?;
             io::connect(&push, &pipe)?;
             let rx = Arc::clone(&rx);
@@ -135,19 +149,20 @@ impl Worker {
                 .map_err(|e| Error::io("spawn handler thread", e))?;
         }
         // Dropping `jobs` at the end stops the pool threads once they are idle.
-        self.drive(&replies, &jobs, shutdown)
+        self.drive(&replies, &jobs, &handler, shutdown)
     }
 
     fn drive(
         &self,
         replies: &zmq::Socket,
         jobs: &mpsc::Sender<Job>,
+        handler: &SharedHandler,
         shutdown: &Shutdown,
     ) -> Result<MdWorkerStats, Error> {
         let mut core = MdWorker::new(
             io::now(),
             self.service.as_bytes(),
-            self.capacity,
+            if self.inline { 1 } else { self.capacity },
             self.heartbeat,
             self.reconnect,
             fastrand::u64(..),
@@ -183,8 +198,26 @@ impl Worker {
             if shutdown.is_triggered() {
                 return Ok(stats);
             }
+            let mut replied_inline = false;
             while let Some(event) = core.poll_event() {
                 match event {
+                    Event::Request { client, body } if self.inline => {
+                        let mut h: handler::Handler = {
+                            let shared = Arc::clone(handler);
+                            Box::new(move |b| shared(b))
+                        };
+                        match handler::answer_or_panic(&mut h, body) {
+                            Ok(reply) => {
+                                core.reply(io::now(), &client, reply);
+                                stats.handled += 1;
+                                replied_inline = true;
+                            }
+                            Err(why) => {
+                                tracing::error!(panic = %why, "request handler panicked; worker stops");
+                                return Err(Error::HandlerPanicked(why));
+                            }
+                        }
+                    }
                     Event::Request { client, body } => {
                         let _ = jobs.send((client, body));
                     }
@@ -200,7 +233,12 @@ impl Worker {
                     Event::Malformed(e) => tracing::warn!(error = %e, "malformed message dropped"),
                 }
             }
-            let timeout = io::poll_millis(io::now(), core.poll_timeout());
+            // An inline reply is waiting in the core: send it before waiting on anything.
+            let timeout = if replied_inline {
+                0
+            } else {
+                io::poll_millis(io::now(), core.poll_timeout())
+            };
             let (sock_ready, replies_ready) = match socket.as_ref() {
                 Some(s) => {
                     let mut items = [
