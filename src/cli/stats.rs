@@ -23,10 +23,11 @@ pub struct StatsArgs {
     pub retry: RetryArgs,
 }
 
-const COLUMNS: [(&str, &str); 10] = [
+const COLUMNS: [(&str, &str); 11] = [
     ("service", "SERVICE"),
     ("idle", "IDLE"),
     ("busy", "BUSY"),
+    ("capacity", "CAP"),
     ("queued", "L"),
     ("l_avg", "L_AVG"),
     ("lambda", "λ/s"),
@@ -93,7 +94,7 @@ mod tests {
 
     #[test]
     fn renders_a_table_with_littles_law() {
-        let reply = b"200\nservice=echo idle=1 busy=2 queued=3 l_avg=2.000 lambda=10.000 mu=10.000 rho=1.000 wait_ms=200.000 service_ms=5.000";
+        let reply = b"200\nservice=echo idle=1 busy=2 capacity=3 queued=3 l_avg=2.000 lambda=10.000 mu=10.000 rho=1.000 wait_ms=200.000 service_ms=5.000";
         let table = render(reply);
         assert!(table.starts_with("SERVICE"), "{table}");
         let row = table.lines().nth(1).unwrap();

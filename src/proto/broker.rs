@@ -135,24 +135,36 @@ pub struct ServiceStats {
     pub busy: usize,
     /// Requests waiting now.
     pub queued: usize,
+    /// Requests the registered workers can hold at once (the sum of their capacities).
+    pub capacity: u64,
     /// Rates over the window.
     pub rates: Rates,
 }
 
 impl ServiceStats {
+    /// Utilisation ρ = λ/μ_max, where μ_max = capacity / mean service time is the most
+    /// the registered workers can complete per second: below 1 the queue drains, at 1 or
+    /// more it grows. (λ over the achieved completion rate μ would read about 1 for any
+    /// stable load.) 0 while nothing has completed in the window.
+    pub fn utilisation(&self) -> f64 {
+        let r = &self.rates;
+        if r.mean_service > 0.0 && self.capacity > 0 {
+            r.arrival_rate * r.mean_service / self.capacity as f64
+        } else {
+            0.0
+        }
+    }
+
     /// One line of `key=value` fields, as `mmi.stats` sends it.
     pub fn to_line(&self) -> String {
         let r = &self.rates;
-        let rho = if r.completion_rate > 0.0 {
-            r.arrival_rate / r.completion_rate
-        } else {
-            0.0
-        };
+        let rho = self.utilisation();
         format!(
-            "service={} idle={} busy={} queued={} l_avg={:.3} lambda={:.3} mu={:.3} rho={:.3} wait_ms={:.3} service_ms={:.3}",
+            "service={} idle={} busy={} capacity={} queued={} l_avg={:.3} lambda={:.3} mu={:.3} rho={:.3} wait_ms={:.3} service_ms={:.3}",
             String::from_utf8_lossy(&self.service),
             self.idle,
             self.busy,
+            self.capacity,
             self.queued,
             r.mean_queue,
             r.arrival_rate,
@@ -354,9 +366,10 @@ impl Broker {
             if only.is_some_and(|o| o != name.as_slice()) {
                 continue;
             }
-            let (mut idle, mut busy) = (0, 0);
+            let (mut idle, mut busy, mut capacity) = (0, 0, 0u64);
             // Only mmi.stats walks the workers, never the dispatch path.
             for w in self.workers.values().filter(|w| &w.service == name) {
+                capacity += u64::from(w.capacity);
                 if w.inflight.is_empty() {
                     idle += 1;
                 } else {
@@ -367,6 +380,7 @@ impl Broker {
                 service: name.clone(),
                 idle,
                 busy,
+                capacity,
                 queued: service.requests.len(),
                 rates: service.stats.rates(now),
             });
@@ -667,5 +681,37 @@ pub fn body_id(body: &[Vec<u8>]) -> Option<Uuid> {
             .ok()
             .map(|e| e.id),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilisation_is_offered_load_over_what_the_workers_can_complete() {
+        let stats = |capacity, arrival_rate, mean_service| ServiceStats {
+            service: b"s".to_vec(),
+            idle: 0,
+            busy: 0,
+            capacity,
+            queued: 0,
+            rates: Rates {
+                arrival_rate,
+                completion_rate: arrival_rate,
+                mean_wait: 0.0,
+                mean_service,
+                mean_queue: 0.0,
+            },
+        };
+        // 10 requests/s of 50 ms each on one worker: half busy.
+        assert!((stats(1, 10.0, 0.05).utilisation() - 0.5).abs() < 1e-9);
+        // The same load on capacity 4: an eighth.
+        assert!((stats(4, 10.0, 0.05).utilisation() - 0.125).abs() < 1e-9);
+        // Overload reads above 1 even though completions keep pace with arrivals.
+        assert!(stats(1, 30.0, 0.05).utilisation() > 1.0);
+        assert_eq!(stats(0, 10.0, 0.05).utilisation(), 0.0);
+        assert_eq!(stats(1, 10.0, 0.0).utilisation(), 0.0);
+        assert!(stats(2, 1.0, 0.1).to_line().contains(" capacity=2 "));
     }
 }
