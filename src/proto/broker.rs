@@ -255,6 +255,7 @@ impl Broker {
         if frames.is_empty() {
             return self.malformed(Vec::new(), ProtocolError::Empty { protocol: "7/MDP" });
         }
+        self.expire(now);
         let rest = frames.split_off(1);
         let identity = frames.pop().unwrap_or_default();
         match mdp::parse_to_broker(rest) {
@@ -277,6 +278,32 @@ impl Broker {
             self.timers
                 .set(Timer::Heartbeat, now + self.cfg.heartbeat.interval);
         }
+        self.expire(now);
+        while let Some(entry) = self.ttl.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = *entry.key();
+            let name = entry.remove();
+            let Some(service) = self.services.get_mut(&name) else {
+                continue;
+            };
+            if let Some(pos) = service.requests.iter().position(|r| r.key == key) {
+                service.requests.remove(pos);
+                service.stats.queue_length(now, service.requests.len());
+                self.events.push_back(Event::RequestDropped {
+                    service: name.clone(),
+                    reason: DropReason::Expired,
+                });
+            }
+            self.forget_if_empty(&name);
+        }
+    }
+
+    /// Removes every worker whose deadline has passed. Called before any input too, so
+    /// that a request arriving after a worker's deadline (but before the driver's next
+    /// `handle_timeout`) is never handed to that worker.
+    fn expire(&mut self, now: Instant) {
         let mut expired = Vec::new();
         while let Some(entry) = self.expiries.first_entry() {
             if entry.key().0 > now {
@@ -297,25 +324,6 @@ impl Broker {
         }
         for identity in expired {
             self.remove_worker(now, identity, GoneReason::Expired);
-        }
-        while let Some(entry) = self.ttl.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let key = *entry.key();
-            let name = entry.remove();
-            let Some(service) = self.services.get_mut(&name) else {
-                continue;
-            };
-            if let Some(pos) = service.requests.iter().position(|r| r.key == key) {
-                service.requests.remove(pos);
-                service.stats.queue_length(now, service.requests.len());
-                self.events.push_back(Event::RequestDropped {
-                    service: name.clone(),
-                    reason: DropReason::Expired,
-                });
-            }
-            self.forget_if_empty(&name);
         }
     }
 
@@ -713,5 +721,34 @@ mod tests {
         assert_eq!(stats(0, 10.0, 0.05).utilisation(), 0.0);
         assert_eq!(stats(1, 10.0, 0.0).utilisation(), 0.0);
         assert!(stats(2, 1.0, 0.1).to_line().contains(" capacity=2 "));
+    }
+
+    #[test]
+    fn a_worker_past_its_deadline_gets_no_request_even_before_handle_timeout() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for virtual time
+        let t0 = Instant::now();
+        let cfg = BrokerConfig {
+            heartbeat: Heartbeat {
+                interval: Duration::from_millis(100),
+                liveness: 3,
+            },
+            ..BrokerConfig::default()
+        };
+        let f = |v: &[&[u8]]| v.iter().map(|x| x.to_vec()).collect::<Frames>();
+        let mut b = Broker::new(t0, cfg);
+        b.handle_message(t0, f(&[b"W", b"", b"MDPW01", b"\x01", b"echo"]));
+        assert_eq!(b.workers(), 1);
+        while b.poll_transmit().is_some() {}
+        // The worker's deadline is t0 + 300 ms; the request arrives exactly then, before
+        // the driver has called handle_timeout.
+        let at = t0 + Duration::from_millis(300);
+        b.handle_message(at, f(&[b"C", b"", b"MDPC01", b"echo", b"x"]));
+        let sent: Vec<Frames> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        assert!(
+            sent.iter()
+                .all(|m| m.first().map(Vec::as_slice) != Some(b"W")),
+            "{sent:?}"
+        );
+        assert_eq!((b.workers(), b.queued(b"echo")), (0, 1));
     }
 }
