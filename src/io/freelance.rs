@@ -63,6 +63,10 @@ impl FreelanceClient {
     /// Sends `body` to a server that is up and returns the reply, failing over to
     /// another server when one dies.
     pub fn request(&mut self, body: Vec<u8>) -> Result<Vec<u8>, Error> {
+        // Time passed with no request out, and with it no pings: let the core see it
+        // before choosing a server, so that one silent for longer than its TTL is down
+        // (and pinged again) instead of being handed the request and a whole attempt.
+        self.core.handle_timeout(io::now());
         self.core.send(io::now(), Envelope::new(body))?;
         loop {
             self.flush();

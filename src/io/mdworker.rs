@@ -173,7 +173,11 @@ impl Worker {
         // Transmits taken from the core while reading the socket, applied first.
         let mut held: Vec<Transmit> = Vec::new();
         loop {
-            if shutdown.is_triggered() {
+            // Read the flag once: were it set between two reads (Ctrl-C wakes `poll` with
+            // EINTR while the handler thread sets it), the worker would leave without
+            // saying DISCONNECT, and the broker would hold its requests until expiry.
+            let stopping = shutdown.is_triggered();
+            if stopping {
                 core.disconnect();
             }
             let mut transmits = std::mem::take(&mut held);
@@ -195,7 +199,7 @@ impl Worker {
                     }
                 }
             }
-            if shutdown.is_triggered() {
+            if stopping {
                 return Ok(stats);
             }
             let mut replied_inline = false;

@@ -451,3 +451,88 @@ pub fn send(socket: &zmq::Socket, frames: &[Vec<u8>]) {
         .send_multipart(frames, 0)
         .unwrap_or_else(|e| panic!("send {} frames: {e}", frames.len()));
 }
+
+/// Starts `bosun args` with stdin piped (see [`Proc::write_stdin`]).
+pub fn spawn_piped(name: &str, args: &[&str]) -> Proc {
+    let mut cmd = bosun(args);
+    cmd.stdin(Stdio::piped());
+    Proc::spawn(name, &mut cmd)
+}
+
+impl Proc {
+    /// Reads stderr until a line for which `pred` holds, within `limit`; panics with the
+    /// child's output, naming `what`, otherwise.
+    pub fn expect_stderr(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl FnMut(&str) -> bool,
+    ) -> Line {
+        match self.stderr.wait_for(deadline(limit), pred) {
+            Some(line) => line,
+            None => {
+                self.stdout.read_available();
+                panic!(
+                    "{}: no stderr line for {what} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout.dump(),
+                    self.stderr.dump()
+                )
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the child to exit (panicking with its output otherwise),
+    /// then reads both streams to their end (2 s at most).
+    pub fn expect_done(&mut self, limit: Duration) -> ExitStatus {
+        let status = self.expect_exit(limit);
+        let until = deadline(Duration::from_secs(2));
+        self.stdout.read_to_end(until);
+        self.stderr.read_to_end(until);
+        status
+    }
+
+    /// The `--summary` line among the stderr lines seen so far.
+    pub fn summary(&self) -> Option<Summary> {
+        self.stderr.seen.iter().find_map(|l| parse_summary(&l.text))
+    }
+}
+
+/// `len` bytes of junk with no zero byte, so that it is never mistaken for anything.
+pub fn junk(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// `n` frames of junk, none of them empty.
+pub fn many_frames(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| junk(1 + i % 7, i as u8)).collect()
+}
+
+/// A multipart message from byte strings.
+pub fn frames(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+    parts.iter().map(|p| p.to_vec()).collect()
+}
+
+/// SIGKILLs a process group when dropped: for a child that may exit (and be reaped)
+/// while a grandchild it started, such as a worker's `--exec` command, lives on in its
+/// group. Make it while the child runs; the grandchild keeps the group id in use, so
+/// the signal cannot reach a stranger.
+pub struct GroupGuard(libc::pid_t);
+
+impl Proc {
+    /// A [`GroupGuard`] for this child's process group.
+    pub fn group_guard(&self) -> GroupGuard {
+        GroupGuard(self.pid())
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory effects; see the type's doc for the target.
+        unsafe {
+            libc::kill(-self.0, libc::SIGKILL);
+        }
+    }
+}
