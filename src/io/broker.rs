@@ -87,6 +87,9 @@ fn log_event(event: Event) {
         Event::RequestDropped { service, reason } => {
             tracing::warn!(service = %String::from_utf8_lossy(&service), ?reason, "request dropped")
         }
+        Event::ReplyDropped { identity, client } => {
+            tracing::warn!(worker = %hex(&identity), client = %hex(&client), "reply to no outstanding request dropped")
+        }
         Event::Malformed { identity, error } => {
             tracing::warn!(peer = %hex(&identity), %error, "malformed message dropped")
         }

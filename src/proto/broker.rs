@@ -93,6 +93,14 @@ pub enum Event {
         /// Which rule.
         reason: DropReason,
     },
+    /// A REPLY that answers no request the worker holds (or from an unregistered
+    /// worker) was dropped.
+    ReplyDropped {
+        /// The worker.
+        identity: Vec<u8>,
+        /// The client address it named.
+        client: Vec<u8>,
+    },
     /// A message that breaks the protocol was dropped.
     Malformed {
         /// The sender's identity.
@@ -447,11 +455,16 @@ impl Broker {
             }
             FromWorker::Heartbeat if known => self.refresh(now, &identity),
             FromWorker::Reply { client, body } if known => self.reply(now, identity, client, body),
-            FromWorker::Reply { client, body } => {
+            FromWorker::Reply { client, .. } => {
                 // A worker the broker expired (or a previous broker knew) may still
-                // answer: the client drops the reply if it is stale. Then it must
-                // register again.
-                self.forward_unknown(&client, body);
+                // answer. Its request was re-queued (or died with the old broker and the
+                // client retries), so the reply is dropped: forwarded, a plain REQ client
+                // could take it for the answer to a later request. Then it must register
+                // again.
+                self.events.push_back(Event::ReplyDropped {
+                    identity: identity.clone(),
+                    client,
+                });
                 self.disconnect(identity, "REPLY from an unregistered worker");
             }
             FromWorker::Heartbeat => {
@@ -513,8 +526,17 @@ impl Broker {
         let done = pos.map(|p| w.inflight.remove(p));
         let service = w.service.clone();
         let now_free = w.inflight.len() < w.capacity as usize;
-        self.transmits
-            .push_back(mdp::client_reply(client, &service, body));
+        if done.is_some() {
+            self.transmits
+                .push_back(mdp::client_reply(client, &service, body));
+        } else {
+            // It answers nothing this worker holds (a request re-queued away from it, or
+            // an id it never had): forwarding it could hand a plain client a wrong answer.
+            self.events.push_back(Event::ReplyDropped {
+                identity: identity.clone(),
+                client,
+            });
+        }
         if let Some(s) = self.services.get_mut(&service) {
             if let Some(req) = done {
                 let service_time = req.dispatched.map_or(Duration::ZERO, |d| now - d);
@@ -525,12 +547,6 @@ impl Broker {
             }
         }
         self.dispatch(now, &service);
-    }
-
-    fn forward_unknown(&mut self, client: &[u8], body: Frames) {
-        // The service name is unknown here; the client matches replies by id.
-        self.transmits
-            .push_back(mdp::client_reply(client.to_vec(), b"", body));
     }
 
     fn remove_worker(&mut self, now: Instant, identity: Vec<u8>, reason: GoneReason) {
