@@ -231,7 +231,12 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             children.0.retain(|(n, _)| n != "broker");
             let (_, events) = start_broker(&exe, &client_endpoint, args.logs, &mut children)?;
             if let Some(old) = broker_events.replace(events) {
-                requeued += old.try_iter().sum::<u64>();
+                // The old broker is dead: its log ends, and every line of it is counted
+                // (its reader thread may still be behind).
+                let until = io::now() + Duration::from_secs(2);
+                while let Ok(n) = old.recv_timeout(until.saturating_duration_since(io::now())) {
+                    requeued += n;
+                }
             }
             println!(
                 "demo: SIGKILLed the broker mid-request and restarted it after {answered} replies"
