@@ -420,7 +420,10 @@ fn broker_disconnects_unknown_workers() {
     );
     assert!(out.iter().all(|o| !matches!(o, Out::Request { .. })));
     // Its reply answers nothing the broker knows of: dropped, not forwarded.
-    assert!(out.iter().all(|o| !matches!(o, Out::Reply { .. })), "{out:?}");
+    assert!(
+        out.iter().all(|o| !matches!(o, Out::Reply { .. })),
+        "{out:?}"
+    );
 
     b.handle_message(t, cmd(b"ghost3", Command::Disconnect));
     assert_eq!(drain(&mut b), (vec![], vec![]));
