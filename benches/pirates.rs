@@ -47,9 +47,12 @@
 //! through a [`Shutdown`], the raw proxy with `TERMINATE` on its control socket, the raw
 //! workers by a flag they check at least every 100 ms. Every wait is bounded.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::*;
 
 use bosun::io::handler;
 use bosun::io::queue::QueueDriver;
@@ -57,25 +60,13 @@ use bosun::io::server::{Faults, Server};
 use bosun::proto::paranoid_pirate::QueueConfig;
 use bosun::{Envelope, LazyPirateClient, PpWorker, Retry, Shutdown};
 
-/// Body size of every request.
-const BODY: usize = 64;
 /// Requests kept outstanding in (c).
 const IN_FLIGHT: usize = 100;
 /// Workers in (c).
 const WORKERS: usize = 4;
-/// Longest any socket call of the bench's own clients waits before the run is abandoned.
-const IO_TIMEOUT_MS: i32 = 5_000;
-/// Longest a raw worker blocks before it looks at its stop flag (as bosun's drivers do).
-const STOP_CHECK_MS: i32 = 100;
 /// 6/PPP commands, for the bench's inline worker.
 const PPP_READY: u8 = 0x01;
 const PPP_HEARTBEAT: u8 = 0x02;
-
-type Res<T> = Result<T, String>;
-
-fn now() -> Instant {
-    bosun::io::now()
-}
 
 // ---------------------------------------------------------------------------------------
 // Settings
@@ -92,23 +83,12 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Res<Self> {
-        let quick = std::env::args().any(|a| a == "--quick")
-            || std::env::var("BOSUN_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = quick();
         let n = env_count("BOSUN_BENCH_N")?.unwrap_or(if quick { 500 } else { 20_000 });
-        let mut parts: BTreeSet<char> = match std::env::var("BOSUN_BENCH_ONLY") {
-            Ok(s) if !s.trim().is_empty() => s
-                .split(',')
-                .filter_map(|p| p.trim().chars().next())
-                .map(|c| c.to_ascii_lowercase())
-                .collect(),
-            _ => "abcd".chars().collect(),
-        };
+        let mut parts = parts("abcd");
         if std::env::var("BOSUN_BENCH_DIAG").is_ok_and(|v| !v.is_empty() && v != "0") {
             parts.insert('x');
         }
-        let count = |name: &str, default: usize| -> Res<usize> {
-            Ok(env_count(name)?.unwrap_or(default).max(1))
-        };
         Ok(Settings {
             repeats: count("BOSUN_BENCH_REPEATS", if quick { 1 } else { 3 })?,
             n_rtt: count("BOSUN_BENCH_N_RTT", n)?,
@@ -118,229 +98,6 @@ impl Settings {
             n_mem: count("BOSUN_BENCH_N_MEM", n * if quick { 2 } else { 5 })?,
             parts,
         })
-    }
-}
-
-fn env_count(name: &str) -> Res<Option<usize>> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}={v:?}: {e}")),
-        Err(_) => Ok(None),
-    }
-}
-
-/// Warm-up requests before a timed run of `n`.
-fn warmup(n: usize) -> usize {
-    (n / 10).clamp(50, 2_000)
-}
-
-// ---------------------------------------------------------------------------------------
-// Statistics
-
-/// Figures of one run: latencies in microseconds, the request rate, and what the whole
-/// process (client, server or broker, and workers all run in it) spent per request:
-/// CPU time in microseconds and voluntary context switches (thread wake-ups).
-#[derive(Clone, Copy)]
-struct Figures {
-    p50: f64,
-    p99: f64,
-    mean: f64,
-    per_sec: f64,
-    cpu_us: f64,
-    sys_us: f64,
-    switches: f64,
-}
-
-/// CPU time and voluntary context switches of this process so far, all threads.
-#[derive(Clone, Copy)]
-struct Usage {
-    cpu_us: f64,
-    sys_us: f64,
-    switches: f64,
-}
-
-fn usage() -> Usage {
-    // SAFETY: getrusage only writes into the zeroed struct it is given.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
-    Usage {
-        cpu_us: us(ru.ru_utime) + us(ru.ru_stime),
-        sys_us: us(ru.ru_stime),
-        switches: ru.ru_nvcsw as f64,
-    }
-}
-
-impl Figures {
-    /// Adds the per-request usage between `before` and now.
-    fn with_usage(mut self, before: Usage, n: usize) -> Self {
-        let after = usage();
-        self.cpu_us = (after.cpu_us - before.cpu_us) / n.max(1) as f64;
-        self.sys_us = (after.sys_us - before.sys_us) / n.max(1) as f64;
-        self.switches = (after.switches - before.switches) / n.max(1) as f64;
-        self
-    }
-}
-
-fn figures(mut ns: Vec<u64>, elapsed: Duration) -> Figures {
-    ns.sort_unstable();
-    let at = |q: f64| {
-        let i = ((ns.len() as f64 * q).ceil() as usize).clamp(1, ns.len().max(1)) - 1;
-        ns.get(i).map_or(f64::NAN, |&v| v as f64 / 1e3)
-    };
-    Figures {
-        p50: at(0.50),
-        p99: at(0.99),
-        mean: ns.iter().sum::<u64>() as f64 / ns.len().max(1) as f64 / 1e3,
-        per_sec: per_sec(ns.len(), elapsed),
-        cpu_us: f64::NAN,
-        sys_us: f64::NAN,
-        switches: f64::NAN,
-    }
-}
-
-fn per_sec(n: usize, elapsed: Duration) -> f64 {
-    n as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => xs[n / 2],
-        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
-}
-
-/// Medians, figure by figure, of several runs.
-fn medians(runs: &[Figures]) -> Figures {
-    let m = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
-    Figures {
-        p50: m(|x| x.p50),
-        p99: m(|x| x.p99),
-        mean: m(|x| x.mean),
-        per_sec: m(|x| x.per_sec),
-        cpu_us: m(|x| x.cpu_us),
-        sys_us: m(|x| x.sys_us),
-        switches: m(|x| x.switches),
-    }
-}
-
-fn list(runs: &[Figures], f: fn(&Figures) -> f64, unit: &str) -> String {
-    runs.iter()
-        .map(|x| format!("{:.0}{unit}", f(x)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// What the whole process spent per request, as `cpu 31us (sys 20us) 4.1 wake-ups`.
-fn cost(f: &Figures) -> String {
-    format!(
-        "cpu {:.0}us (sys {:.0}us) {:.1} wake-ups",
-        f.cpu_us, f.sys_us, f.switches
-    )
-}
-
-/// The median of the ratios of runs made back to back (bosun run i over raw run i): less
-/// sensitive than the ratio of medians to load that drifts during the bench.
-fn paired(raw: &[Figures], bosun: &[Figures], f: fn(&Figures) -> f64) -> f64 {
-    median(raw.iter().zip(bosun).map(|(r, b)| f(b) / f(r)).collect())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Threads and sockets of one run, all stopped when the guard drops
-
-/// The threads a run started and what stops them. Dropping it triggers the flag, sends
-/// TERMINATE to a raw proxy, and joins every thread (each checks the flag every 100 ms).
-struct Stage {
-    stop: Shutdown,
-    proxy_control: Option<zmq::Socket>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Stage {
-    fn new() -> Self {
-        Stage {
-            stop: Shutdown::new(),
-            proxy_control: None,
-            threads: Vec::new(),
-        }
-    }
-
-    fn spawn(&mut self, name: &str, f: impl FnOnce(Shutdown) + Send + 'static) -> Res<()> {
-        let stop = self.stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || f(stop))
-            .map_err(|e| format!("spawn {name}: {e}"))?;
-        self.threads.push(handle);
-        Ok(())
-    }
-}
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        self.stop.trigger();
-        if let Some(control) = self.proxy_control.take() {
-            if let Err(e) = control.send("TERMINATE", 0) {
-                eprintln!("proxy TERMINATE failed: {e}");
-            }
-        }
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                eprintln!("a bench thread panicked");
-            }
-        }
-    }
-}
-
-/// A raw socket of `kind` with linger 0 and the given receive timeout.
-fn raw_socket(ctx: &zmq::Context, kind: zmq::SocketType, rcvtimeo: i32) -> Res<zmq::Socket> {
-    let s = ctx.socket(kind).map_err(|e| format!("socket: {e}"))?;
-    s.set_linger(0).map_err(|e| format!("linger: {e}"))?;
-    s.set_rcvtimeo(rcvtimeo)
-        .map_err(|e| format!("rcvtimeo: {e}"))?;
-    s.set_sndtimeo(IO_TIMEOUT_MS)
-        .map_err(|e| format!("sndtimeo: {e}"))?;
-    Ok(s)
-}
-
-/// Binds `s` to a free loopback port and returns the endpoint.
-fn bind_loopback(s: &zmq::Socket) -> Res<String> {
-    s.bind("tcp://127.0.0.1:*")
-        .map_err(|e| format!("bind: {e}"))?;
-    match s.get_last_endpoint() {
-        Ok(Ok(ep)) => Ok(ep),
-        other => Err(format!("last endpoint: {other:?}")),
-    }
-}
-
-fn connect(s: &zmq::Socket, ep: &str) -> Res<()> {
-    s.connect(ep).map_err(|e| format!("connect {ep}: {e}"))
-}
-
-/// A receive that may time out (the caller then looks at its stop flag).
-fn recv_or_idle(s: &zmq::Socket, what: &str) -> Option<Res<Vec<Vec<u8>>>> {
-    match s.recv_multipart(0) {
-        Ok(frames) => Some(Ok(frames)),
-        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => None,
-        Err(e) => Some(Err(format!("{what} recv: {e}"))),
     }
 }
 
@@ -461,123 +218,6 @@ fn start(topology: Topology) -> Res<Running> {
     })
 }
 
-/// Starts a raw REP echo worker on `rep` (bound or connected already); with `hop`, each
-/// request goes over an inproc PAIR to a second thread that echoes it.
-fn spawn_raw_rep(stage: &mut Stage, ctx: &zmq::Context, rep: zmq::Socket, hop: bool) -> Res<()> {
-    if !hop {
-        return stage.spawn("raw-rep", move |stop| {
-            while !stop.is_triggered() {
-                match recv_or_idle(&rep, "raw REP") {
-                    None => {}
-                    Some(Ok(frames)) => {
-                        if let Err(e) = rep.send_multipart(frames, 0) {
-                            return eprintln!("raw REP send: {e}");
-                        }
-                    }
-                    Some(Err(e)) => return eprintln!("{e}"),
-                }
-            }
-        });
-    }
-    let name = format!("inproc://bench-hop-{}", fastrand::u64(..));
-    let near = raw_socket(ctx, zmq::PAIR, IO_TIMEOUT_MS)?;
-    near.bind(&name).map_err(|e| format!("bind {name}: {e}"))?;
-    let far = raw_socket(ctx, zmq::PAIR, STOP_CHECK_MS)?;
-    connect(&far, &name)?;
-    stage.spawn("raw-rep-handler", move |stop| {
-        while !stop.is_triggered() {
-            match recv_or_idle(&far, "hop handler") {
-                None => {}
-                Some(Ok(frames)) => {
-                    if let Err(e) = far.send_multipart(frames, 0) {
-                        return eprintln!("hop handler send: {e}");
-                    }
-                }
-                Some(Err(e)) => return eprintln!("{e}"),
-            }
-        }
-    })?;
-    stage.spawn("raw-rep-hop", move |stop| {
-        while !stop.is_triggered() {
-            let frames = match recv_or_idle(&rep, "raw REP") {
-                None => continue,
-                Some(Ok(frames)) => frames,
-                Some(Err(e)) => return eprintln!("{e}"),
-            };
-            let reply = near
-                .send_multipart(frames, 0)
-                .map_err(|e| e.to_string())
-                .and_then(|_| near.recv_multipart(0).map_err(|e| e.to_string()))
-                .and_then(|reply| rep.send_multipart(reply, 0).map_err(|e| e.to_string()));
-            if let Err(e) = reply {
-                return eprintln!("raw REP hop: {e}");
-            }
-        }
-    })
-}
-
-/// Starts a ROUTER frontend / DEALER backend proxy on its own thread and returns
-/// (frontend, backend) endpoints: `zmq::proxy_steerable`, stopped by the stage with
-/// TERMINATE, or with `by_hand` a `zmq::poll` loop that checks the stage's flag.
-fn spawn_raw_proxy(stage: &mut Stage, ctx: &zmq::Context, by_hand: bool) -> Res<(String, String)> {
-    let mut frontend = raw_socket(ctx, zmq::ROUTER, -1)?;
-    let mut backend = raw_socket(ctx, zmq::DEALER, -1)?;
-    let front = bind_loopback(&frontend)?;
-    let back = bind_loopback(&backend)?;
-    if by_hand {
-        stage.spawn("poll-proxy", move |stop| {
-            if let Err(e) = poll_proxy(&frontend, &backend, &stop) {
-                eprintln!("poll proxy: {e}");
-            }
-        })?;
-        return Ok((front, back));
-    }
-    let mut control = raw_socket(ctx, zmq::PAIR, -1)?;
-    let name = format!("inproc://bench-proxy-control-{}", fastrand::u64(..));
-    control
-        .bind(&name)
-        .map_err(|e| format!("bind {name}: {e}"))?;
-    let steer = raw_socket(ctx, zmq::PAIR, -1)?;
-    connect(&steer, &name)?;
-    stage.spawn("raw-proxy", move |_| {
-        if let Err(e) = zmq::proxy_steerable(&mut frontend, &mut backend, &mut control) {
-            eprintln!("raw proxy: {e}");
-        }
-    })?;
-    stage.proxy_control = Some(steer);
-    Ok((front, back))
-}
-
-/// A proxy loop shaped like bosun's queue driver, without its core.
-fn poll_proxy(frontend: &zmq::Socket, backend: &zmq::Socket, stop: &Shutdown) -> Res<()> {
-    let forward = |from: &zmq::Socket, to: &zmq::Socket| -> Res<()> {
-        for _ in 0..256 {
-            match from.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => to
-                    .send_multipart(frames, 0)
-                    .map_err(|e| format!("forward: {e}"))?,
-                Err(_) => break,
-            }
-        }
-        Ok(())
-    };
-    while !stop.is_triggered() {
-        let mut items = [
-            frontend.as_poll_item(zmq::POLLIN),
-            backend.as_poll_item(zmq::POLLIN),
-        ];
-        zmq::poll(&mut items, i64::from(STOP_CHECK_MS)).map_err(|e| format!("poll: {e}"))?;
-        let (front_ready, back_ready) = (items[0].is_readable(), items[1].is_readable());
-        if back_ready {
-            forward(backend, frontend)?;
-        }
-        if front_ready {
-            forward(frontend, backend)?;
-        }
-    }
-    Ok(())
-}
-
 /// Starts a bosun queue on `ctx` and returns (frontend, backend) endpoints.
 fn spawn_bosun_queue(stage: &mut Stage, ctx: &zmq::Context) -> Res<(String, String)> {
     let queue = QueueDriver::bind(
@@ -632,10 +272,6 @@ fn inline_ppp_worker(dealer: &zmq::Socket, stop: &Shutdown) -> Res<()> {
 // ---------------------------------------------------------------------------------------
 // Clients
 
-fn body() -> Vec<u8> {
-    (0..BODY).map(|i| i as u8).collect()
-}
-
 /// A client that sends one request at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Client {
@@ -646,22 +282,6 @@ enum Client {
     RawReqPoll,
     /// bosun `LazyPirateClient`, default retry policy.
     Bosun,
-}
-
-/// Times `n` round trips of `f` after `warm` untimed ones.
-fn timed(warm: usize, n: usize, mut f: impl FnMut() -> Res<()>) -> Res<Figures> {
-    for _ in 0..warm {
-        f()?;
-    }
-    let mut ns = Vec::with_capacity(n);
-    let before = usage();
-    let start = now();
-    for _ in 0..n {
-        let t = now();
-        f()?;
-        ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    }
-    Ok(figures(ns, start.elapsed()).with_usage(before, n))
 }
 
 /// Runs `n` timed round trips of `client` against `topology`, on fresh everything.
@@ -731,54 +351,10 @@ fn round_trips(client: Client, topology: Topology, n: usize) -> Res<Figures> {
     Ok(out)
 }
 
-/// A DEALER client that keeps `window` requests `[""][payload]` outstanding until `n`
-/// replies are in; returns the elapsed time.
-fn pipeline(dealer: &zmq::Socket, n: usize, window: usize, payload: &[u8]) -> Res<Duration> {
-    let send = || -> Res<()> {
-        dealer
-            .send("", zmq::SNDMORE)
-            .and_then(|_| dealer.send(payload, 0))
-            .map_err(|e| format!("DEALER send: {e}"))
-    };
-    let start = now();
-    let mut sent = 0;
-    while sent < window.min(n) {
-        send()?;
-        sent += 1;
-    }
-    let mut empty = zmq::Message::new();
-    let mut reply = zmq::Message::new();
-    for got in 0..n {
-        dealer.recv(&mut empty, 0).map_err(|e| {
-            format!("DEALER recv: no reply within {IO_TIMEOUT_MS} ms after {got} of {n}: {e}")
-        })?;
-        if !empty.is_empty() || !dealer.get_rcvmore().unwrap_or(false) {
-            return Err("reply without its empty delimiter".into());
-        }
-        dealer
-            .recv(&mut reply, 0)
-            .map_err(|e| format!("DEALER recv body: {e}"))?;
-        if reply.is_empty() || dealer.get_rcvmore().unwrap_or(true) {
-            return Err("malformed reply body".into());
-        }
-        if sent < n {
-            send()?;
-            sent += 1;
-        }
-    }
-    Ok(start.elapsed())
-}
-
 /// The one payload of the pipelined client: an encoded envelope, so bosun's worker
 /// treats it as one (and replies with one); raw REP workers echo it unchanged.
 fn envelope_payload() -> Vec<u8> {
     Envelope::new(body()).encode()
-}
-
-fn dealer_client(ctx: &zmq::Context, ep: &str) -> Res<zmq::Socket> {
-    let d = raw_socket(ctx, zmq::DEALER, IO_TIMEOUT_MS)?;
-    connect(&d, ep)?;
-    Ok(d)
 }
 
 /// Runs the pipelined client (`IN_FLIGHT` outstanding) against `topology`: a warm-up,
@@ -791,34 +367,9 @@ fn pipelined(topology: Topology, n: usize) -> Res<Figures> {
     pipeline(&dealer, warmup(n), IN_FLIGHT, &payload)?;
     let before = usage();
     let elapsed = pipeline(&dealer, n, IN_FLIGHT, &payload)?;
-    let out = Figures {
-        p50: f64::NAN,
-        p99: f64::NAN,
-        mean: f64::NAN,
-        per_sec: per_sec(n, elapsed),
-        cpu_us: f64::NAN,
-        sys_us: f64::NAN,
-        switches: f64::NAN,
-    }
-    .with_usage(before, n);
+    let out = Figures::throughput(n, elapsed).with_usage(before, n);
     drop(dealer);
     drop(running);
-    Ok(out)
-}
-
-/// Runs every variant `repeats` times, interleaved (v1, v2, ..., v1, v2, ...); returns
-/// each variant's runs.
-fn interleaved<V: Copy>(
-    repeats: usize,
-    variants: &[V],
-    mut run: impl FnMut(V) -> Res<Figures>,
-) -> Res<Vec<Vec<Figures>>> {
-    let mut out = vec![Vec::new(); variants.len()];
-    for _ in 0..repeats {
-        for (i, v) in variants.iter().enumerate() {
-            out[i].push(run(*v)?);
-        }
-    }
     Ok(out)
 }
 
@@ -921,15 +472,6 @@ fn part_c(s: &Settings) -> Res<()> {
 // ---------------------------------------------------------------------------------------
 // (d) Memory
 
-fn status_field(name: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn part_d(s: &Settings) -> Res<()> {
     let running = start(Topology::Queue(
         Broker::BosunQueue,
@@ -939,11 +481,10 @@ fn part_d(s: &Settings) -> Res<()> {
     let ctx = zmq::Context::new();
     let dealer = dealer_client(&ctx, &running.endpoint)?;
     let payload = envelope_payload();
-    let rss = || status_field("VmRSS:").ok_or("no VmRSS in /proc/self/status");
     pipeline(&dealer, s.n_mem_warmup, IN_FLIGHT, &payload)?;
-    let before = rss()?;
+    let before = rss_kib()?;
     pipeline(&dealer, s.n_mem, IN_FLIGHT, &payload)?;
-    let after = rss()?;
+    let after = rss_kib()?;
     drop(dealer);
     drop(running);
     let growth = (after as f64 - before as f64) / before as f64 * 100.0;
@@ -956,15 +497,6 @@ fn part_d(s: &Settings) -> Res<()> {
 
 // ---------------------------------------------------------------------------------------
 // (x) Diagnostics
-
-/// Nanoseconds per call of `f`, over `n` calls.
-fn ns_per_op(n: usize, mut f: impl FnMut()) -> f64 {
-    let start = now();
-    for _ in 0..n {
-        f();
-    }
-    start.elapsed().as_nanos() as f64 / n as f64
-}
 
 /// The diagnostics: `x` all of them, `r` CPU costs and (a)'s variants, `q` (b)'s, `f` (c)'s.
 fn part_x(s: &Settings, which: &char) -> Res<()> {
@@ -1113,24 +645,6 @@ fn run(s: &Settings) -> Res<()> {
     }
     println!("total {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// Waits (at most 2 s) for every thread this bench started to be gone and reports any
-/// left. `PpWorker` detaches its handler thread, which stops on its own after its
-/// worker; zmq's I/O threads go with their contexts.
-fn check_threads_stopped() {
-    let deadline = now() + Duration::from_secs(2);
-    loop {
-        let threads = status_field("Threads:").unwrap_or(0);
-        if threads <= 1 {
-            return println!("all bench threads stopped");
-        }
-        if now() >= deadline {
-            return eprintln!("warning: {} threads still running at exit", threads - 1);
-        }
-        let mut none: [zmq::PollItem; 0] = [];
-        let _ = zmq::poll(&mut none, 10);
-    }
 }
 
 fn main() {
