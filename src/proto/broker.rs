@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::envelope::Envelope;
@@ -696,14 +695,8 @@ impl Broker {
 
 /// The envelope id of a one-frame envelope body, read without copying the body.
 pub fn body_id(body: &[Vec<u8>]) -> Option<Uuid> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        id: Uuid,
-    }
     match body {
-        [frame] if Envelope::looks_like(frame) => rmp_serde::from_slice::<IdOnly>(frame.get(4..)?)
-            .ok()
-            .map(|e| e.id),
+        [frame] => Envelope::peek_id(frame),
         _ => None,
     }
 }

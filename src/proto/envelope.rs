@@ -92,6 +92,24 @@ impl Envelope {
         rmp_serde::from_slice(payload).map_err(|e| EnvelopeError::Decode(e.to_string()))
     }
 
+    /// The id of an encoded envelope, read without decoding the rest (routers match
+    /// replies by id on every message). The fast path reads the layout
+    /// [`Envelope::encode`] writes (a 5-entry map whose first entry is `id` as 16 bytes of
+    /// bin); anything else falls back to a MessagePack decode of the `id` field alone.
+    /// `None` when `frame` is not an envelope.
+    pub fn peek_id(frame: &[u8]) -> Option<Uuid> {
+        const FAST: &[u8] = &[0x85, 0xa2, b'i', b'd', 0xc4, 0x10];
+        let payload = frame.strip_prefix(MAGIC.as_slice())?;
+        if let Some(bytes) = payload.strip_prefix(FAST).and_then(|r| r.get(..16)) {
+            return Uuid::from_slice(bytes).ok();
+        }
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: Uuid,
+        }
+        rmp_serde::from_slice::<IdOnly>(payload).ok().map(|e| e.id)
+    }
+
     /// True when `frame` starts with the envelope magic (a cheap check before decoding).
     pub fn looks_like(frame: &[u8]) -> bool {
         frame.starts_with(MAGIC)
@@ -154,7 +172,42 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn peek_id_reads_the_id_without_decoding() {
+        let mut e = Envelope::new(vec![1; 300]);
+        e.headers.insert("k".into(), "v".into());
+        assert_eq!(Envelope::peek_id(&e.encode()), Some(e.id));
+        assert_eq!(Envelope::peek_id(b"plain body"), None);
+        assert_eq!(Envelope::peek_id(b"BSN1"), None);
+        assert_eq!(Envelope::peek_id(b"BSN1\x85\xa2id\xc4\x10short"), None);
+        // Another field order (a foreign encoder) takes the slow path.
+        #[derive(Serialize)]
+        struct Reordered<'a> {
+            attempt: u32,
+            id: Uuid,
+            #[serde(with = "serde_bytes")]
+            body: &'a [u8],
+        }
+        let mut other = MAGIC.to_vec();
+        rmp_serde::encode::write_named(
+            &mut other,
+            &Reordered {
+                attempt: 1,
+                id: e.id,
+                body: b"x",
+            },
+        )
+        .unwrap();
+        assert_eq!(Envelope::peek_id(&other), Some(e.id));
+    }
+
     proptest! {
+        #[test]
+        fn peek_id_agrees_with_decode(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let e = Envelope::new(body);
+            prop_assert_eq!(Envelope::peek_id(&e.encode()), Some(e.id));
+        }
+
         #[test]
         fn decode_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut frame = MAGIC.to_vec();
