@@ -82,9 +82,18 @@ pub fn socket(
     Ok(s)
 }
 
+/// Largest frame a bound socket accepts from a peer: the largest envelope plus room for
+/// its header. libzmq drops the connection of a peer that sends more, so no peer can make
+/// a broker, queue or server allocate without bound.
+pub const MAX_FRAME_BYTES: i64 = crate::proto::envelope::MAX_ENVELOPE_BYTES as i64 + 4096;
+
 /// Binds `socket` to `endpoint` and returns the endpoint actually bound (with the
-/// port resolved when `endpoint` asked for `*` or `0`).
+/// port resolved when `endpoint` asked for `*` or `0`). Frames larger than
+/// [`MAX_FRAME_BYTES`] are refused.
 pub fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, TransportError> {
+    socket
+        .set_maxmsgsize(MAX_FRAME_BYTES)
+        .map_err(|e| TransportError::zmq("set maxmsgsize", endpoint, e))?;
     socket
         .bind(endpoint)
         .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
