@@ -116,6 +116,8 @@ enum Answerer {
     BosunServer,
     /// bosun `PpWorker` with the echo handler.
     BosunWorker,
+    /// bosun `PpWorker::inline(true)`: the echo handler on the socket thread.
+    BosunWorkerInline,
     /// A 6/PPP DEALER worker written here that answers inline (no handler thread), with
     /// the same `handler::answer` work as `PpWorker`.
     InlinePpp,
@@ -189,8 +191,9 @@ fn start(topology: Topology) -> Res<Running> {
                         let hop = answerer == Answerer::RawRepHop;
                         spawn_raw_rep(&mut stage, &worker_ctx, rep, hop)?;
                     }
-                    (Broker::BosunQueue, Answerer::BosunWorker) => {
-                        let worker = PpWorker::new(&worker_ctx, &back);
+                    (Broker::BosunQueue, Answerer::BosunWorker | Answerer::BosunWorkerInline) => {
+                        let worker = PpWorker::new(&worker_ctx, &back)
+                            .inline(answerer == Answerer::BosunWorkerInline);
                         stage.spawn("bosun-worker", move |stop| {
                             if let Err(e) = worker.run(handler::echo(), &stop) {
                                 eprintln!("bosun worker: {e}");
@@ -411,10 +414,15 @@ fn part_b(s: &Settings) -> Res<()> {
         &[
             (Client::RawReq, Broker::RawProxy, Answerer::RawRep),
             (Client::Bosun, Broker::BosunQueue, Answerer::BosunWorker),
+            (
+                Client::Bosun,
+                Broker::BosunQueue,
+                Answerer::BosunWorkerInline,
+            ),
         ],
         |(c, b, a)| round_trips(c, Topology::Queue(b, a, 1), s.n_queue),
     )?;
-    let (r, b) = (medians(&runs[0]), medians(&runs[1]));
+    let (r, b, inline) = (medians(&runs[0]), medians(&runs[1]), medians(&runs[2]));
     let ratio = b.per_sec / r.per_sec;
     println!(
         "queue 1 client x 1 in flight, 1 worker, {BODY}B n={}: raw proxy {:.0} req/s (p50 {:.0}us p99 {:.0}us) | bosun queue {:.0} req/s (p50 {:.0}us p99 {:.0}us) | ratio {ratio:.3}x (target >= 0.9x: {})",
@@ -434,6 +442,16 @@ fn part_b(s: &Settings) -> Res<()> {
         paired(&runs[0], &runs[1], |x| x.per_sec),
         cost(&r),
         cost(&b)
+    );
+    println!(
+        "  the same with PpWorker::inline(true) (handler on the socket thread, no hop): {:.0} req/s (p50 {:.0}us p99 {:.0}us) | ratio {:.3}x (paired {:.2}x) | runs {} ; per request {}",
+        inline.per_sec,
+        inline.p50,
+        inline.p99,
+        inline.per_sec / r.per_sec,
+        paired(&runs[0], &runs[2], |x| x.per_sec),
+        list(&runs[2], |x| x.per_sec, ""),
+        cost(&inline)
     );
     Ok(())
 }
