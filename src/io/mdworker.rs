@@ -159,6 +159,11 @@ impl Worker {
         handler: &SharedHandler,
         shutdown: &Shutdown,
     ) -> Result<MdWorkerStats, Error> {
+        // Made once, not per request: the inline path runs on every message.
+        let mut inline_handler: handler::Handler = {
+            let shared = Arc::clone(handler);
+            Box::new(move |b| shared(b))
+        };
         let mut core = MdWorker::new(
             io::now(),
             self.service.as_bytes(),
@@ -206,11 +211,7 @@ impl Worker {
             while let Some(event) = core.poll_event() {
                 match event {
                     Event::Request { client, body } if self.inline => {
-                        let mut h: handler::Handler = {
-                            let shared = Arc::clone(handler);
-                            Box::new(move |b| shared(b))
-                        };
-                        match handler::answer_or_panic(&mut h, body) {
+                        match handler::answer_or_panic(&mut inline_handler, body) {
                             Ok(reply) => {
                                 core.reply(io::now(), &client, reply);
                                 stats.handled += 1;
