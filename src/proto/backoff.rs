@@ -28,6 +28,38 @@ pub fn delay(backoff: &Backoff, attempt: u32, sample: f64) -> Duration {
     nominal.saturating_sub(cut)
 }
 
+/// Consecutive failures to reach a peer, and the jittered pause before the next try:
+/// the reconnect state both worker cores keep.
+#[derive(Debug)]
+pub struct Reconnects {
+    backoff: Backoff,
+    rng: fastrand::Rng,
+    failures: u32,
+}
+
+impl Reconnects {
+    /// No failures yet; `seed` drives the jitter.
+    pub fn new(backoff: Backoff, seed: u64) -> Self {
+        Reconnects {
+            backoff,
+            rng: fastrand::Rng::with_seed(seed),
+            failures: 0,
+        }
+    }
+
+    /// One more failure: returns its number (from 1) and the pause before the next try.
+    pub fn failed(&mut self) -> (u32, Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let after = delay(&self.backoff, self.failures, self.rng.f64());
+        (self.failures, after)
+    }
+
+    /// The peer was heard from: the next failure starts the backoff over.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::backoff;
+use super::backoff::Reconnects;
 use super::frames::mdp::{self, Command, ToWorker};
 use super::frames::Frames;
 use super::timer::Timers;
@@ -67,9 +67,7 @@ pub struct MdWorker {
     service: Vec<u8>,
     capacity: u32,
     heartbeat: Heartbeat,
-    reconnect: Backoff,
-    rng: fastrand::Rng,
-    failures: u32,
+    reconnects: Reconnects,
     connected: bool,
     inflight: usize,
     timers: Timers<Timer>,
@@ -92,9 +90,7 @@ impl MdWorker {
             service: service.to_vec(),
             capacity: capacity.max(1),
             heartbeat,
-            reconnect,
-            rng: fastrand::Rng::with_seed(seed),
-            failures: 0,
+            reconnects: Reconnects::new(reconnect, seed),
             connected: false,
             inflight: 0,
             timers: Timers::new(),
@@ -116,7 +112,7 @@ impl MdWorker {
             Err(e) => return self.events.push_back(Event::Malformed(e)),
         };
         // Any valid command is a sign of life.
-        self.failures = 0;
+        self.reconnects.reset();
         self.timers
             .set(Timer::Expiry, now + self.heartbeat.expiry());
         match msg {
@@ -168,16 +164,12 @@ impl MdWorker {
                         .set(Timer::Heartbeat, now + self.heartbeat.interval);
                 }
                 Timer::Expiry => {
-                    self.failures = self.failures.saturating_add(1);
-                    let after = backoff::delay(&self.reconnect, self.failures, self.rng.f64());
+                    let (attempt, after) = self.reconnects.failed();
                     self.transmits.push_back(Transmit::Disconnect);
                     self.connected = false;
                     self.timers.cancel(Timer::Heartbeat);
                     self.timers.set(Timer::Reconnect, now + after);
-                    self.events.push_back(Event::BrokerLost {
-                        attempt: self.failures,
-                        after,
-                    });
+                    self.events.push_back(Event::BrokerLost { attempt, after });
                 }
                 Timer::Reconnect => {
                     self.connect(now);

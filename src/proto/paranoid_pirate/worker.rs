@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, Heartbeat};
 use crate::error::ProtocolError;
-use crate::proto::backoff;
+use crate::proto::backoff::Reconnects;
 use crate::proto::frames::ppp::{self, Command, FromQueue};
 use crate::proto::frames::Frames;
 use crate::proto::timer::Timers;
@@ -73,10 +73,7 @@ enum Timer {
 #[derive(Debug)]
 pub struct Worker {
     heartbeat: Heartbeat,
-    reconnect: Backoff,
-    rng: fastrand::Rng,
-    /// Reconnects since the queue was last heard from.
-    failures: u32,
+    reconnects: Reconnects,
     connected: bool,
     /// Whether the queue knows this socket (READY was sent on it).
     registered: bool,
@@ -92,9 +89,7 @@ impl Worker {
     pub fn new(now: Instant, heartbeat: Heartbeat, reconnect: Backoff, seed: u64) -> Self {
         let mut w = Worker {
             heartbeat,
-            reconnect,
-            rng: fastrand::Rng::with_seed(seed),
-            failures: 0,
+            reconnects: Reconnects::new(reconnect, seed),
             connected: false,
             registered: false,
             busy: None,
@@ -116,7 +111,7 @@ impl Worker {
             Err(e) => return self.events.push_back(Event::Malformed(e)),
         };
         // Any valid message is a sign of life.
-        self.failures = 0;
+        self.reconnects.reset();
         if self.registered {
             self.timers
                 .set(Timer::Expiry, now + self.heartbeat.expiry());
@@ -159,17 +154,13 @@ impl Worker {
                         .set(Timer::Heartbeat, now + self.heartbeat.interval);
                 }
                 Timer::Expiry => {
-                    self.failures = self.failures.saturating_add(1);
-                    let after = backoff::delay(&self.reconnect, self.failures, self.rng.f64());
+                    let (attempt, after) = self.reconnects.failed();
                     self.transmits.push_back(Transmit::Disconnect);
                     self.connected = false;
                     self.registered = false;
                     self.timers.cancel(Timer::Heartbeat);
                     self.timers.set(Timer::Reconnect, now + after);
-                    self.events.push_back(Event::QueueLost {
-                        attempt: self.failures,
-                        after,
-                    });
+                    self.events.push_back(Event::QueueLost { attempt, after });
                 }
                 Timer::Reconnect => self.connect(now),
             }
