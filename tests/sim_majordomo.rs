@@ -1155,7 +1155,7 @@ fn run_worker(
         if next > clock.at(ms(until)) {
             break;
         }
-        let t = clock.to(next);
+        let t = clock.advance_to(next);
         while inputs.peek().is_some_and(|i| clock.at(ms(i.0)) <= t) {
             let (_, f) = inputs.next().unwrap();
             w.handle_frames(t, f);
@@ -1425,7 +1425,7 @@ fn async_client_retries_each_request_on_its_own_schedule() {
         let Some(next) = [c.poll_timeout(), next_script].into_iter().flatten().min() else {
             break;
         };
-        let t = clock.to(next);
+        let t = clock.advance_to(next);
         let at = (t - clock.t0()).as_millis() as u64;
         while script.peek().is_some_and(|s| clock.at(ms(s.0)) <= t) {
             let (_, is_send, n, attempt) = script.next().unwrap();
@@ -1918,7 +1918,7 @@ proptest! {
         let mut clock = Clock::new();
         let mut w = MdWorker::new(clock.now(), ECHO, capacity, hb(1000, 3), backoff(500, 4000), 3);
         for (d, f) in input {
-            let t = clock.to(clock.now() + ms(d));
+            let t = clock.advance_to(clock.now() + ms(d));
             match f {
                 Some(f) => w.handle_frames(t, f),
                 None => w.handle_timeout(t),
@@ -1966,7 +1966,7 @@ proptest! {
             let t = clock.now();
             match (kind, f) {
                 (0, _) => {
-                    let t = clock.to(t + ms(n));
+                    let t = clock.advance_to(t + ms(n));
                     c.handle_timeout(t);
                 }
                 (1, Some(f)) => c.handle_frames(t, f),
@@ -2379,7 +2379,7 @@ impl World {
                 next <= self.clock.t0() + Duration::from_secs(300),
                 "not done after 300 s of virtual time"
             );
-            let now = self.clock.to(next);
+            let now = self.clock.advance_to(next);
             self.step(now);
             if healed_at.is_none() && self.done() && self.restarted_at.is_some() {
                 healed_at = Some(now);

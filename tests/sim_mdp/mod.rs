@@ -15,81 +15,18 @@ use std::time::{Duration, Instant};
 use bosun::proto::broker::{Broker, Event as BrokerEvent};
 use bosun::proto::frames::mdp::{self, Command, ToWorker};
 use bosun::proto::frames::Frames;
-use bosun::{Envelope, Heartbeat};
-use uuid::Uuid;
+use bosun::Heartbeat;
 
-/// One nanosecond: "just before a deadline" is `deadline - NS`.
-pub const NS: Duration = Duration::from_nanos(1);
-
-/// `n` milliseconds.
-pub fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+// Virtual time and the small helpers are the Lazy Pirate / 6/PPP harness's own.
+#[path = "../sim/mod.rs"]
+mod base;
+pub use base::{envelope, frames, ms, Clock, NS};
 
 /// A heartbeat of `interval_ms` × `liveness`.
 pub fn hb(interval_ms: u64, liveness: u32) -> Heartbeat {
     Heartbeat {
         interval: ms(interval_ms),
         liveness,
-    }
-}
-
-/// A frame list from byte strings.
-pub fn frames(parts: &[&[u8]]) -> Frames {
-    parts.iter().map(|p| p.to_vec()).collect()
-}
-
-/// An envelope with a deterministic id (`Envelope::new` reads the wall clock).
-pub fn envelope(id: u128, body: &[u8]) -> Envelope {
-    Envelope {
-        id: Uuid::from_u128(id),
-        attempt: 1,
-        created_at_ms: 0,
-        headers: BTreeMap::new(),
-        body: body.to_vec(),
-    }
-}
-
-/// Virtual time: a fixed origin and a "now" that only moves forward.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    t0: Instant,
-    now: Instant,
-}
-
-impl Clock {
-    /// A clock at its origin.
-    pub fn new() -> Self {
-        #[allow(clippy::disallowed_methods)] // the one clock read: an arbitrary origin
-        let t0 = Instant::now();
-        Clock { t0, now: t0 }
-    }
-
-    /// The origin.
-    pub fn t0(&self) -> Instant {
-        self.t0
-    }
-
-    /// The current virtual time.
-    pub fn now(&self) -> Instant {
-        self.now
-    }
-
-    /// The instant `offset` after the origin.
-    pub fn at(&self, offset: Duration) -> Instant {
-        self.t0 + offset
-    }
-
-    /// Moves now to `offset` after the origin (forward only) and returns it.
-    pub fn set(&mut self, offset: Duration) -> Instant {
-        self.to(self.t0 + offset)
-    }
-
-    /// Moves now to `t` (forward only) and returns it.
-    pub fn to(&mut self, t: Instant) -> Instant {
-        assert!(t >= self.now, "virtual time must not go backwards");
-        self.now = t;
-        t
     }
 }
 
