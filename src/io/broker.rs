@@ -42,7 +42,7 @@ impl BrokerDriver {
             io::poll(&mut items, timeout)?;
             if items[0].is_readable() {
                 for _ in 0..BATCH {
-                    let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) else {
+                    let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) else {
                         break;
                     };
                     core.handle_message(io::now(), frames);

@@ -101,7 +101,7 @@ impl FreelanceClient {
             let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
             io::poll(&mut items, timeout)?;
             if items[0].is_readable() {
-                while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
+                while let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) {
                     self.core.handle_frames(io::now(), frames);
                 }
             }
@@ -112,7 +112,7 @@ impl FreelanceClient {
     fn flush(&mut self) {
         while let Some(frames) = self.core.poll_transmit() {
             // A server not connected yet is unroutable: the ping round finds it later.
-            let _ = self.socket.send_multipart(frames, zmq::DONTWAIT);
+            let _ = io::send_frames(&self.socket, &frames, zmq::DONTWAIT);
         }
     }
 }
@@ -153,7 +153,7 @@ impl FreelanceServer {
             if !items[0].is_readable() {
                 continue;
             }
-            while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
+            while let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) {
                 let mut handle = |body| handler::answer(&mut handler, body);
                 match freelance::serve(frames, &mut handle) {
                     Ok(reply) => io::send_or_log(&self.socket, reply, "client"),

@@ -101,8 +101,9 @@ pub fn answer(handler: &mut Handler, body: Frames) -> Frames {
     if let [frame] = body.as_slice() {
         if Envelope::looks_like(frame) {
             match Envelope::decode(frame) {
-                Ok(request) => {
-                    let reply = request.reply(handler(request.body.clone()));
+                Ok(mut request) => {
+                    let body = std::mem::take(&mut request.body);
+                    let reply = request.reply(handler(body));
                     return vec![reply.encode()];
                 }
                 Err(e) => tracing::warn!(error = %e, "bad envelope; handled as a plain body"),

@@ -59,8 +59,7 @@ impl MajordomoClient {
                 match t {
                     Transmit::Send(envelope) => {
                         let msg = [mdp::CLIENT.to_vec(), service.as_bytes().to_vec(), envelope];
-                        self.socket
-                            .send_multipart(msg, 0)
+                        io::send_frames(&self.socket, &msg, 0)
                             .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
                     }
                     Transmit::Reset => self.socket = open(&self.ctx, zmq::REQ, &self.endpoint)?,
@@ -231,7 +230,7 @@ impl AsyncMajordomoClient {
             let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
             io::poll(&mut items, io::poll_millis(now, Some(wake)))?;
             if items[0].is_readable() {
-                while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
+                while let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) {
                     self.core.handle_frames(io::now(), frames);
                 }
             }
@@ -242,8 +241,7 @@ impl AsyncMajordomoClient {
 
     fn flush(&mut self) -> Result<(), Error> {
         while let Some(frames) = self.core.poll_transmit() {
-            self.socket
-                .send_multipart(frames, 0)
+            io::send_frames(&self.socket, &frames, 0)
                 .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
             self.transmitted += 1;
         }

@@ -113,8 +113,37 @@ pub fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), TransportErro
 /// Sends a multipart message without blocking; a full pipe or an unroutable peer is
 /// logged and the message dropped (the protocols' retries recover it).
 pub fn send_or_log(socket: &zmq::Socket, frames: Vec<Vec<u8>>, to: &str) {
-    if let Err(e) = socket.send_multipart(frames, zmq::DONTWAIT) {
+    if let Err(e) = send_frames(socket, &frames, zmq::DONTWAIT) {
         tracing::warn!(to, error = %e, "send failed; message dropped");
+    }
+}
+
+/// Sends `frames` as one multipart message. Each frame is copied into its zmq message:
+/// for the short frames of the protocols (identities, signatures, commands) that copy
+/// lands in the message itself with no allocation, where handing over the `Vec`
+/// (`zmq::Socket::send_multipart`) costs an allocation and a cross-thread free per frame.
+pub fn send_frames(socket: &zmq::Socket, frames: &[Vec<u8>], flags: i32) -> zmq::Result<()> {
+    let Some((last, first)) = frames.split_last() else {
+        return Ok(());
+    };
+    for frame in first {
+        socket.send(frame.as_slice(), flags | zmq::SNDMORE)?;
+    }
+    socket.send(last.as_slice(), flags)
+}
+
+/// Receives one multipart message. Like `zmq::Socket::recv_multipart`, but with one zmq
+/// message reused for every frame and the "more" flag read from it, not from a socket
+/// option call per frame.
+pub fn recv_frames(socket: &zmq::Socket, flags: i32) -> zmq::Result<Vec<Vec<u8>>> {
+    let mut msg = zmq::Message::new();
+    let mut frames = Vec::with_capacity(8);
+    loop {
+        socket.recv(&mut msg, flags)?;
+        frames.push(msg.to_vec());
+        if !msg.get_more() {
+            return Ok(frames);
+        }
     }
 }
 

@@ -161,7 +161,7 @@ impl PpWorker {
                             let mut msg = Vec::with_capacity(body.len() + 1);
                             msg.push(REQUEST.to_vec());
                             msg.extend(body);
-                            pair.send_multipart(msg, 0)
+                            io::send_frames(pair, &msg, 0)
                                 .map_err(|e| TransportError::zmq("send", "handler", e))?;
                         }
                         WorkerEvent::QueueLost { attempt, after } => {
@@ -197,7 +197,7 @@ impl PpWorker {
             };
             if sock_ready {
                 if let Some(s) = socket.as_ref() {
-                    while let Ok(frames) = s.recv_multipart(zmq::DONTWAIT) {
+                    while let Ok(frames) = io::recv_frames(s, zmq::DONTWAIT) {
                         core.handle_frames(io::now(), frames);
                     }
                 }
@@ -233,7 +233,7 @@ fn handler_loop(pair: zmq::Socket, mut handler: Handler) {
             Err(panic) => vec![handler::PANICKED.to_vec(), panic.into_bytes()],
         };
         let panicked = msg.first().map(Vec::as_slice) == Some(handler::PANICKED);
-        if pair.send_multipart(msg, 0).is_err() || panicked {
+        if io::send_frames(&pair, &msg, 0).is_err() || panicked {
             return;
         }
     }

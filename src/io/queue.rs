@@ -97,7 +97,7 @@ impl QueueDriver {
 
 /// Up to [`BATCH`] messages waiting on `socket`, without blocking.
 fn drain(socket: &zmq::Socket) -> impl Iterator<Item = Vec<Vec<u8>>> + '_ {
-    (0..BATCH).map_while(move |_| socket.recv_multipart(zmq::DONTWAIT).ok())
+    (0..BATCH).map_while(move |_| io::recv_frames(socket, zmq::DONTWAIT).ok())
 }
 
 fn log_event(event: QueueEvent) {

@@ -86,8 +86,7 @@ impl Server {
                 std::thread::sleep(self.faults.delay);
             }
             let reply = handler::answer(&mut handler, request);
-            self.socket
-                .send_multipart(reply, 0)
+            io::send_frames(&self.socket, &reply, 0)
                 .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
         }
         Ok(Stopped::Shutdown)

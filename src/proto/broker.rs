@@ -5,7 +5,9 @@
 //! and expires requests waiting for a service with no workers, and drops (never
 //! asserts on) malformed input.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -191,6 +193,9 @@ struct Request {
     arrived: Instant,
     /// Key in `Broker::ttl`.
     key: (Instant, u64),
+    /// Whether `key` is in `Broker::ttl`: a request handed to a worker on arrival
+    /// never waits, so it is never put there.
+    in_ttl: bool,
     dispatched: Option<Instant>,
 }
 
@@ -207,8 +212,14 @@ struct Service {
 struct Worker {
     service: Vec<u8>,
     capacity: u32,
-    inflight: Vec<Request>,
+    /// In dispatch order; replies mostly answer the oldest, so removal is cheap.
+    inflight: VecDeque<Request>,
+    /// Key in `Broker::expiries`. It may be earlier than `deadline`: a message from
+    /// the worker only moves `deadline`, and [`Broker::expire`] re-files the entry when
+    /// it comes due, so the hot path never touches the tree.
     expiry: (Instant, u64),
+    /// When the worker expires unless it is heard from.
+    deadline: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,8 +257,8 @@ impl Broker {
         timers.set(Timer::Heartbeat, now + cfg.heartbeat.interval);
         Broker {
             cfg,
-            services: HashMap::new(),
-            workers: HashMap::new(),
+            services: HashMap::default(),
+            workers: HashMap::default(),
             expiries: BTreeMap::new(),
             ttl: BTreeMap::new(),
             next_key: 0,
@@ -263,9 +274,8 @@ impl Broker {
             return self.malformed(Vec::new(), ProtocolError::Empty { protocol: "7/MDP" });
         }
         self.expire(now);
-        let rest = frames.split_off(1);
-        let identity = frames.pop().unwrap_or_default();
-        match mdp::parse_to_broker(rest) {
+        let identity = frames.remove(0);
+        match mdp::parse_to_broker(frames) {
             Err(error) => self.malformed(identity, error),
             Ok(ToBroker::Client { service, body }) => {
                 self.client_request(now, identity, service, body)
@@ -312,11 +322,24 @@ impl Broker {
     /// `handle_timeout`) is never handed to that worker.
     fn expire(&mut self, now: Instant) {
         let mut expired = Vec::new();
+        let mut refreshed = Vec::new();
         while let Some(entry) = self.expiries.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            expired.push(entry.remove());
+            let identity = entry.remove();
+            match self.workers.get(&identity) {
+                Some(w) if w.deadline > now => refreshed.push((w.deadline, identity)),
+                Some(_) => expired.push(identity),
+                None => {}
+            }
+        }
+        for (deadline, identity) in refreshed {
+            let key = self.key(deadline);
+            if let Some(w) = self.workers.get_mut(&identity) {
+                w.expiry = key;
+                self.expiries.insert(key, identity);
+            }
         }
         // Out of dispatch first, all of them: a request re-queued from one expired
         // worker must not be handed to another that expires at the same instant.
@@ -346,7 +369,8 @@ impl Broker {
         self.events.pop_front()
     }
 
-    /// When to call [`Broker::handle_timeout`] next.
+    /// When to call [`Broker::handle_timeout`] next. It may be earlier than needed (a
+    /// worker heard from since its expiry was filed), never later.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
@@ -416,7 +440,7 @@ impl Broker {
         }
         let key = self.key(now + self.cfg.request_ttl);
         let max_queue = self.cfg.max_queue;
-        let s = self.service(now, &service);
+        let s = service_entry(&mut self.services, self.cfg.stats_window, now, &service);
         s.stats.arrived(now);
         if s.requests.len() >= max_queue {
             self.events.push_back(Event::RequestDropped {
@@ -426,16 +450,26 @@ impl Broker {
             return;
         }
         let id = body_id(&body);
+        // Handed to a worker at once (nothing waits ahead of it and a worker has room):
+        // then it never waits, and its TTL need not be filed.
+        let waits = !s.requests.is_empty()
+            || !s
+                .available
+                .front()
+                .is_some_and(|w| self.workers.contains_key(w));
         s.requests.push_back(Request {
             client,
             body,
             id,
             arrived: now,
             key,
+            in_ttl: waits,
             dispatched: None,
         });
-        s.stats.queue_length(now, s.requests.len());
-        self.ttl.insert(key, service.clone());
+        if waits {
+            s.stats.queue_length(now, s.requests.len());
+            self.ttl.insert(key, service.clone());
+        }
         self.dispatch(now, &service);
     }
 
@@ -482,15 +516,17 @@ impl Broker {
         if !self.services.contains_key(&service) && self.services.len() >= self.cfg.max_services {
             return self.disconnect(identity, "too many services");
         }
-        let expiry = self.key(now + self.cfg.heartbeat.expiry());
+        let deadline = now + self.cfg.heartbeat.expiry();
+        let expiry = self.key(deadline);
         self.expiries.insert(expiry, identity.clone());
         self.workers.insert(
             identity.clone(),
             Worker {
                 service: service.clone(),
                 capacity,
-                inflight: Vec::new(),
+                inflight: VecDeque::new(),
                 expiry,
+                deadline,
             },
         );
         let s = self.service(now, &service);
@@ -522,7 +558,7 @@ impl Broker {
             .position(|r| r.client == client && (id.is_none() || r.id == id));
         // `remove`, not `swap_remove`: `inflight` stays in dispatch order, the order in
         // which the requests go back to the queue if the worker dies.
-        let done = pos.map(|p| w.inflight.remove(p));
+        let done = pos.and_then(|p| w.inflight.remove(p));
         let service = w.service.clone();
         let now_free = w.inflight.len() < w.capacity as usize;
         if done.is_some() {
@@ -560,6 +596,7 @@ impl Broker {
             // Back to the front, oldest first, keeping their original TTL.
             for mut req in w.inflight.into_iter().rev() {
                 req.dispatched = None;
+                req.in_ttl = true;
                 self.ttl.insert(req.key, w.service.clone());
                 s.requests.push_front(req);
             }
@@ -588,7 +625,10 @@ impl Broker {
             let Some(mut req) = s.requests.pop_front() else {
                 break;
             };
-            self.ttl.remove(&req.key);
+            if req.in_ttl {
+                self.ttl.remove(&req.key);
+                req.in_ttl = false;
+            }
             s.stats
                 .dispatched(now, now.saturating_duration_since(req.arrived));
             req.dispatched = Some(now);
@@ -598,7 +638,7 @@ impl Broker {
                 &req.client,
                 req.body.clone(),
             ));
-            w.inflight.push(req);
+            w.inflight.push_back(req);
             if w.inflight.len() < w.capacity as usize {
                 s.available.push_back(identity);
             }
@@ -643,15 +683,7 @@ impl Broker {
     }
 
     fn service(&mut self, now: Instant, name: &[u8]) -> &mut Service {
-        let window = self.cfg.stats_window;
-        self.services
-            .entry(name.to_vec())
-            .or_insert_with(|| Service {
-                requests: VecDeque::new(),
-                available: VecDeque::new(),
-                workers: 0,
-                stats: Window::new(now, window),
-            })
+        service_entry(&mut self.services, self.cfg.stats_window, now, name)
     }
 
     /// Drops a service with no workers and no requests, so that names asked for once
@@ -667,12 +699,8 @@ impl Broker {
     }
 
     fn refresh(&mut self, now: Instant, identity: &[u8]) {
-        let key = self.key(now + self.cfg.heartbeat.expiry());
         if let Some(w) = self.workers.get_mut(identity) {
-            if let Some(id) = self.expiries.remove(&w.expiry) {
-                self.expiries.insert(key, id);
-            }
-            w.expiry = key;
+            w.deadline = now + self.cfg.heartbeat.expiry();
         }
     }
 
@@ -691,6 +719,30 @@ impl Broker {
         self.next_key += 1;
         (at, self.next_key)
     }
+}
+
+/// The service `name`, made on first use. Looked up before it is made, so that the
+/// common case (the service exists) copies no name.
+fn service_entry<'a>(
+    services: &'a mut HashMap<Vec<u8>, Service>,
+    window: Duration,
+    now: Instant,
+    name: &[u8],
+) -> &'a mut Service {
+    if !services.contains_key(name) {
+        services.insert(
+            name.to_vec(),
+            Service {
+                requests: VecDeque::new(),
+                available: VecDeque::new(),
+                workers: 0,
+                stats: Window::new(now, window),
+            },
+        );
+    }
+    services
+        .get_mut(name)
+        .expect("the service was inserted just above")
 }
 
 /// The envelope id of a one-frame envelope body, read without copying the body.

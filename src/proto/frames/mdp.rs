@@ -120,25 +120,21 @@ pub enum ToWorker {
 }
 
 /// Parses a message the broker's ROUTER received, its identity frame removed.
-pub fn parse_to_broker(frames: Frames) -> Result<ToBroker, ProtocolError> {
-    let mut it = frames.into_iter();
-    let (Some(empty), Some(header)) = (it.next(), it.next()) else {
+pub fn parse_to_broker(mut frames: Frames) -> Result<ToBroker, ProtocolError> {
+    let Some([empty, header]) = take_front(&mut frames) else {
         return Err(count("message", "at least 3 ([\"\"][header][...])", 0));
     };
     expect_empty(&empty, "first frame")?;
-    let rest: Frames = it.collect();
     match header.as_slice() {
         CLIENT => {
-            let mut rest = rest.into_iter();
-            let service = rest
-                .next()
-                .ok_or_else(|| count("client request", "at least 3", 2))?;
+            let [service] =
+                take_front(&mut frames).ok_or_else(|| count("client request", "at least 3", 2))?;
             Ok(ToBroker::Client {
                 service,
-                body: rest.collect(),
+                body: frames,
             })
         }
-        WORKER => parse_worker_command(rest).map(ToBroker::Worker),
+        WORKER => parse_worker_command(frames).map(ToBroker::Worker),
         other => Err(ProtocolError::UnknownCommand {
             protocol: PROTOCOL,
             command: preview(other),
@@ -146,12 +142,9 @@ pub fn parse_to_broker(frames: Frames) -> Result<ToBroker, ProtocolError> {
     }
 }
 
-fn parse_worker_command(rest: Frames) -> Result<FromWorker, ProtocolError> {
-    let mut it = rest.into_iter();
-    let command = it
-        .next()
-        .ok_or_else(|| count("worker message", "at least 3", 2))?;
-    let args: Frames = it.collect();
+fn parse_worker_command(mut args: Frames) -> Result<FromWorker, ProtocolError> {
+    let [command] =
+        take_front(&mut args).ok_or_else(|| count("worker message", "at least 3", 2))?;
     match (Command::try_from(command.as_slice())?, args.as_slice()) {
         (Command::Ready, [service]) => Ok(FromWorker::Ready {
             service: service.clone(),
@@ -179,10 +172,9 @@ fn parse_worker_command(rest: Frames) -> Result<FromWorker, ProtocolError> {
 }
 
 /// Parses what a worker's DEALER received from the broker.
-pub fn parse_to_worker(frames: Frames) -> Result<ToWorker, ProtocolError> {
+pub fn parse_to_worker(mut frames: Frames) -> Result<ToWorker, ProtocolError> {
     let got = frames.len();
-    let mut it = frames.into_iter();
-    let (Some(empty), Some(header), Some(command)) = (it.next(), it.next(), it.next()) else {
+    let Some([empty, header, command]) = take_front(&mut frames) else {
         return Err(count("broker message", "at least 3", got));
     };
     expect_empty(&empty, "first frame")?;
@@ -192,7 +184,7 @@ pub fn parse_to_worker(frames: Frames) -> Result<ToWorker, ProtocolError> {
             command: preview(&header),
         });
     }
-    let args: Frames = it.collect();
+    let args = frames;
     match (Command::try_from(command.as_slice())?, args.is_empty()) {
         (Command::Request, _) => {
             let (client, body) = split_client(args, "REQUEST")?;
@@ -212,10 +204,9 @@ pub fn parse_to_worker(frames: Frames) -> Result<ToWorker, ProtocolError> {
 
 /// Parses a reply as a client's DEALER receives it: `[""][MDPC01][service][body...]`.
 /// (A REQ client's socket strips the empty frame; put it back before calling.)
-pub fn parse_client_reply(frames: Frames) -> Result<(Vec<u8>, Frames), ProtocolError> {
+pub fn parse_client_reply(mut frames: Frames) -> Result<(Vec<u8>, Frames), ProtocolError> {
     let got = frames.len();
-    let mut it = frames.into_iter();
-    let (Some(empty), Some(header), Some(service)) = (it.next(), it.next(), it.next()) else {
+    let Some([empty, header, service]) = take_front(&mut frames) else {
         return Err(count("client reply", "at least 3", got));
     };
     expect_empty(&empty, "first frame")?;
@@ -225,7 +216,7 @@ pub fn parse_client_reply(frames: Frames) -> Result<(Vec<u8>, Frames), ProtocolE
             command: preview(&header),
         });
     }
-    Ok((service, it.collect()))
+    Ok((service, frames))
 }
 
 /// A client request as a DEALER sends it: `[""][MDPC01][service][body...]`.
@@ -252,7 +243,12 @@ pub fn client_reply(client: Vec<u8>, service: &[u8], body: Frames) -> Frames {
 
 /// A worker command without arguments, optionally routed to `identity` (broker side).
 pub fn command(identity: Option<&[u8]>, cmd: Command) -> Frames {
-    let mut out = Vec::with_capacity(4);
+    command_with_room(identity, cmd, 0)
+}
+
+/// [`command`], with room for `more` frames after it.
+fn command_with_room(identity: Option<&[u8]>, cmd: Command, more: usize) -> Frames {
+    let mut out = Vec::with_capacity(4 + more);
     if let Some(id) = identity {
         out.push(id.to_vec());
     }
@@ -275,8 +271,7 @@ pub fn ready(service: &[u8], capacity: u32) -> Frames {
 /// A REQUEST to the worker at `identity` (broker side), or a REPLY from a worker
 /// (`identity` None): `[""][MDPW01][cmd][client][""][body...]`.
 pub fn routed(identity: Option<&[u8]>, cmd: Command, client: &[u8], body: Frames) -> Frames {
-    let mut out = command(identity, cmd);
-    out.reserve(2 + body.len());
+    let mut out = command_with_room(identity, cmd, 2 + body.len());
     out.push(client.to_vec());
     out.push(Vec::new());
     out.extend(body);
@@ -300,14 +295,24 @@ fn parse_capacity(frame: &[u8]) -> Result<u32, ProtocolError> {
     }
 }
 
-fn split_client(args: Frames, what: &'static str) -> Result<(Vec<u8>, Frames), ProtocolError> {
+fn split_client(mut args: Frames, what: &'static str) -> Result<(Vec<u8>, Frames), ProtocolError> {
     let got = args.len() + 3;
-    let mut it = args.into_iter();
-    let (Some(client), Some(empty)) = (it.next(), it.next()) else {
+    let Some([client, empty]) = take_front(&mut args) else {
         return Err(count(what, "at least 5", got));
     };
     expect_empty(&empty, "delimiter after the client address")?;
-    Ok((client, it.collect()))
+    Ok((client, args))
+}
+
+/// Takes the first `N` frames off `frames` (the rest move down in place, so the
+/// remaining frames need no new vector), or `None`, leaving `frames` as it was, when
+/// there are fewer.
+fn take_front<const N: usize>(frames: &mut Frames) -> Option<[Vec<u8>; N]> {
+    if frames.len() < N {
+        return None;
+    }
+    let mut front = frames.drain(..N);
+    Some(std::array::from_fn(|_| front.next().unwrap_or_default()))
 }
 
 fn expect_empty(frame: &[u8], what: &'static str) -> Result<(), ProtocolError> {
