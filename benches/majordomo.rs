@@ -10,8 +10,8 @@
 //! (a) 1 client, 1 request at a time, 1 worker: `MajordomoClient` -> `BrokerDriver` ->
 //!     `Worker` (capacity 1, echo) vs raw REQ -> `zmq::proxy_steerable` (ROUTER
 //!     frontend, DEALER backend; the control socket only stops it) -> raw REP echo;
-//!     req/s, p50/p99 and the ratio (target >= 0.9x); for reference, also with
-//!     `Worker::inline(true)` (the handler on the socket thread, no pool hop).
+//!     req/s, p50/p99 and the ratio (target >= 0.9x); for reference, also with a
+//!     `Worker` of capacity 2 (the handler on a pool thread: one thread hop each way).
 //! (b) 1 client with 100 in flight (`AsyncMajordomoClient`), 4 workers of capacity 1, vs
 //!     a raw DEALER client keeping 100 in flight through the raw proxy to 4 REP workers;
 //!     req/s and the ratio (for reference, no target).
@@ -145,11 +145,9 @@ enum Answerer {
     /// Raw REP that hands each request over an inproc PAIR to a thread that echoes it:
     /// the hop a bosun `Worker` makes to its handler pool, without anything else.
     RawRepHop,
-    /// bosun `Worker` of this capacity with an echo handler.
+    /// bosun `Worker` of this capacity with an echo handler (capacity 1: the handler on
+    /// the socket thread, a guard thread heartbeating while it runs; more: a pool).
     BosunWorker(u32),
-    /// bosun `Worker` with `inline(true)`: the echo handler runs on the socket thread
-    /// (capacity 1, no handler-pool hop, no heartbeat while it runs).
-    BosunInline,
     /// A 7/MDP DEALER worker written here that answers inline (no handler thread), with
     /// the same `handler::answer` work, declaring this capacity.
     InlineMdp(u32),
@@ -219,16 +217,6 @@ fn start(t: Topology) -> Res<Running> {
                 let worker = Worker::new(&back, SERVICE)
                     .context(&worker_ctx)
                     .capacity(capacity);
-                stage.spawn("bosun-worker", move |stop| {
-                    if let Err(e) = worker.run(echo(), &stop) {
-                        eprintln!("bosun worker: {e}");
-                    }
-                })?;
-            }
-            (Router::Bosun, Answerer::BosunInline) => {
-                let worker = Worker::new(&back, SERVICE)
-                    .context(&worker_ctx)
-                    .inline(true);
                 stage.spawn("bosun-worker", move |stop| {
                     if let Err(e) = worker.run(echo(), &stop) {
                         eprintln!("bosun worker: {e}");
@@ -577,7 +565,10 @@ fn part_a(s: &Settings) -> Res<()> {
                 Client::Bosun,
                 topo(Router::Bosun, Answerer::BosunWorker(1), 1),
             ),
-            (Client::Bosun, topo(Router::Bosun, Answerer::BosunInline, 1)),
+            (
+                Client::Bosun,
+                topo(Router::Bosun, Answerer::BosunWorker(2), 1),
+            ),
         ],
         |(c, t)| round_trips(c, t, s.n_rtt),
     )?;
@@ -605,7 +596,7 @@ fn part_a(s: &Settings) -> Res<()> {
     by_thread_line(&threads);
     let inline = medians(&runs[2]);
     println!(
-        "  for reference, the same with Worker::inline(true) (handler on the socket thread, no pool hop): {:.0} req/s (p50 {:.0}us p99 {:.0}us) | ratio {:.3}x (paired {:.2}x) | runs {} ; per request {} ; by thread {}",
+        "  for reference, the same with a worker of capacity 2 (handler on a pool thread, one hop each way): {:.0} req/s (p50 {:.0}us p99 {:.0}us) | ratio {:.3}x (paired {:.2}x) | runs {} ; per request {} ; by thread {}",
         inline.per_sec,
         inline.p50,
         inline.p99,
@@ -1039,7 +1030,7 @@ fn part_x(s: &Settings) -> Res<()> {
         ),
         (
             Client::RawReq,
-            topo(Router::Bosun, Answerer::BosunInline, 1),
+            topo(Router::Bosun, Answerer::BosunWorker(2), 1),
         ),
         (
             Client::RawReq,
@@ -1112,7 +1103,7 @@ fn part_x(s: &Settings) -> Res<()> {
         ),
         (
             Pipelined::BosunAsync,
-            topo(Router::Bosun, Answerer::BosunInline, WORKERS),
+            topo(Router::Bosun, Answerer::BosunWorker(2), WORKERS),
         ),
         (
             Pipelined::BosunAsync,

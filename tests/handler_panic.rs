@@ -95,15 +95,15 @@ fn pp_worker_stops_when_its_handler_panics(inline: bool) {
 
 #[test]
 fn majordomo_worker_stops_when_its_handler_panics() {
-    md_worker_stops_when_its_handler_panics(false);
+    md_worker_stops_when_its_handler_panics(1);
 }
 
 #[test]
-fn inline_majordomo_worker_stops_when_its_handler_panics() {
-    md_worker_stops_when_its_handler_panics(true);
+fn pooled_majordomo_worker_stops_when_its_handler_panics() {
+    md_worker_stops_when_its_handler_panics(2);
 }
 
-fn md_worker_stops_when_its_handler_panics(inline: bool) {
+fn md_worker_stops_when_its_handler_panics(capacity: u32) {
     let ctx = zmq::Context::new();
     let heartbeat = Heartbeat {
         interval: Duration::from_millis(100),
@@ -127,7 +127,7 @@ fn md_worker_stops_when_its_handler_panics(inline: bool) {
         let result = Worker::new(&worker_endpoint, "poison")
             .context(&worker_ctx)
             .heartbeat(heartbeat)
-            .inline(inline)
+            .capacity(capacity)
             .run(
                 Arc::new(|body: Vec<u8>| {
                     if body == b"poison" {

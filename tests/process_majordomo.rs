@@ -854,3 +854,47 @@ fn a_client_with_many_in_flight_counts_its_retries_and_gives_up_in_one_line() {
         "{summary:?}"
     );
 }
+
+/// A handler that runs for this long is many expiries long with the heartbeat below.
+const LONG_HANDLER: &str = "1500ms";
+
+/// Heartbeats keep flowing while a slow handler runs, on both execution paths
+/// (capacity 1: the socket thread runs the handler and a guard heartbeats; capacity 2:
+/// a pool thread runs it): the broker never expires the worker, the request is
+/// answered once, by the first attempt. With `FAST` (expiry after 300 ms of silence) a
+/// worker that sent nothing while its handler ran would be expired five times over.
+fn slow_handler_keeps_its_worker_registered(capacity: &str) {
+    let (mut b, ep) = fast_broker();
+    let mut w = worker(
+        "worker",
+        &ep,
+        "slow",
+        &["--capacity", capacity, "--delay", LONG_HANDLER],
+    );
+    next_ready(&mut b, "worker");
+    let mut c = one_request(&ep, "slow", "job", "10s");
+    let reply = c
+        .stdout
+        .wait_for(deadline(SECS_10), |_| true)
+        .unwrap_or_else(|| panic!("no reply\nbroker:\n{}", b.stderr.dump()));
+    assert_eq!(reply.text, "job");
+    assert!(c.expect_done(SECS_10).success(), "{}", c.stderr.dump());
+    assert_eq!(c.summary().map(|s| s.retries), Some(0));
+    b.stderr.read_available();
+    let log = b.stderr.dump();
+    assert!(
+        !log.contains("worker gone") && !log.contains("sent DISCONNECT"),
+        "capacity {capacity}: the broker lost the worker while its handler ran\n{log}"
+    );
+    assert!(w.is_running() && b.is_running());
+}
+
+#[test]
+fn slow_handler_on_the_socket_thread_keeps_its_worker_registered() {
+    slow_handler_keeps_its_worker_registered("1");
+}
+
+#[test]
+fn slow_handler_in_the_pool_keeps_its_worker_registered() {
+    slow_handler_keeps_its_worker_registered("2");
+}

@@ -35,8 +35,10 @@ pub struct WorkerArgs {
     /// Run `sh -c CMD` per request, body on stdin, reply from stdout (default: echo).
     #[arg(long)]
     pub exec: Option<String>,
-    /// Run the handler on the socket thread: one thread hop less per request, but no
-    /// heartbeats while it runs (only for handlers much faster than the heartbeat expiry).
+    /// Paranoid Pirate: run the handler on the socket thread, one thread hop less per
+    /// request but no heartbeats while it runs (only for handlers much faster than the
+    /// heartbeat expiry). A Majordomo worker of capacity 1 always runs its handler on the
+    /// socket thread, with a guard thread that heartbeats while it runs.
     #[arg(long)]
     pub inline: bool,
     /// Simulated work: wait this long before answering each request.
@@ -90,6 +92,13 @@ fn run_majordomo(
     ctx: &zmq::Context,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
+    if args.inline && args.capacity > 1 {
+        return Err(crate::error::ConfigError::Invalid {
+            field: "--inline",
+            reason: "runs one request at a time; it cannot go with --capacity above 1".into(),
+        }
+        .into());
+    }
     let exec = args.exec.clone();
     let prefix = args.reply_prefix.clone().unwrap_or_default();
     let delay = args.delay;
@@ -108,7 +117,6 @@ fn run_majordomo(
     let stats = Worker::new(endpoint, service)
         .context(ctx)
         .capacity(args.capacity)
-        .inline(args.inline)
         .heartbeat(
             args.heartbeat
                 .heartbeat_or(BrokerConfig::default().heartbeat),

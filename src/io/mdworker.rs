@@ -1,15 +1,19 @@
-//! Driver of the Majordomo worker: a DEALER to the broker, the core, and a pool of
-//! `capacity` handler threads, so that heartbeats flow while handlers run.
+//! Driver of the Majordomo worker: a DEALER to the broker and the core.
+//!
+//! A worker of capacity 1 runs the handler on its socket thread (no thread hop per
+//! request), and a guard thread keeps heartbeats flowing while the handler runs and says
+//! DISCONNECT at once on Ctrl-C even mid-request. A worker of capacity K > 1 hands
+//! requests to a pool of K handler threads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
 use crate::error::{Error, TransportError};
 use crate::io::{self, handler, Shutdown};
 use crate::proto::broker::BrokerConfig;
-use crate::proto::frames::mdp::MAX_CAPACITY;
+use crate::proto::frames::mdp::{self, Command, MAX_CAPACITY};
 use crate::proto::worker::{Event, MdWorker, Transmit};
 
 /// A request handler that many threads may call at once.
@@ -42,7 +46,64 @@ pub struct Worker {
     capacity: u32,
     heartbeat: Heartbeat,
     reconnect: Backoff,
-    inline: bool,
+}
+
+/// What the socket thread and the heartbeat guard share (capacity 1), or what the
+/// socket thread keeps to itself (capacity K > 1).
+struct Shared {
+    /// The DEALER to the broker. The socket thread holds the lock except while its
+    /// handler runs; only then may the guard take it.
+    socket: Mutex<Option<zmq::Socket>>,
+    /// The context new sockets are made in; taken (and dropped, which flushes the
+    /// DISCONNECT) by the guard when it says goodbye for a busy handler.
+    ctx: Mutex<Option<zmq::Context>>,
+    origin: Instant,
+    /// Microseconds since `origin` when the running handler started; `IDLE` when none
+    /// runs.
+    busy_since: AtomicU64,
+    /// Microseconds since `origin` when the last message went to the broker.
+    last_sent: AtomicU64,
+    /// The guard sent DISCONNECT: the socket thread must send nothing more and stop.
+    farewell: AtomicBool,
+    handled: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+const IDLE: u64 = u64::MAX;
+
+impl Shared {
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_micros()).unwrap_or(IDLE - 1)
+    }
+
+    fn sent(&self) {
+        self.last_sent
+            .store(self.micros(io::now()), Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> MdWorkerStats {
+        MdWorkerStats {
+            handled: self.handled.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Locks `m`, ignoring poisoning: no code panics while holding these locks (handler
+/// panics are caught), and the data stays consistent if one did.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How requests reach the handler.
+enum Exec {
+    /// On the socket thread (capacity 1).
+    Inline(handler::Handler),
+    /// Through the pool of handler threads: jobs out, replies back.
+    Pool {
+        jobs: mpsc::Sender<Job>,
+        replies: zmq::Socket,
+    },
 }
 
 impl Worker {
@@ -56,19 +117,7 @@ impl Worker {
             capacity: 1,
             heartbeat: BrokerConfig::default().heartbeat,
             reconnect: RECONNECT,
-            inline: false,
         }
-    }
-
-    /// Runs the handler on the socket thread instead of a pool (capacity is then 1).
-    /// That saves a thread hop per request, but no heartbeat goes out while the handler
-    /// runs: use it only for handlers much faster than `liveness × interval`.
-    pub fn inline(mut self, inline: bool) -> Self {
-        self.inline = inline;
-        if inline {
-            self.capacity = 1;
-        }
-        self
     }
 
     /// Uses `ctx` instead of a context of its own.
@@ -77,9 +126,11 @@ impl Worker {
         self
     }
 
-    /// Handles up to `k` requests at once (a pool of `k` threads). With `k > 1` READY
-    /// carries the capacity extension; a plain 7/MDP broker gives such a worker one
-    /// request at a time only if it ignores the extra frame, so keep 1 there.
+    /// Handles up to `k` requests at once. With `k = 1` (the default) the handler runs
+    /// on the socket thread, with a guard thread that heartbeats while it runs; with
+    /// `k > 1`, on a pool of `k` threads, and READY carries the capacity extension (a
+    /// plain 7/MDP broker gives such a worker one request at a time only if it ignores
+    /// the extra frame, so keep 1 there).
     pub fn capacity(mut self, k: u32) -> Self {
         self.capacity = k;
         self
@@ -97,7 +148,8 @@ impl Worker {
         self
     }
 
-    /// Serves requests until `shutdown` is triggered, then sends DISCONNECT.
+    /// Serves requests until `shutdown` is triggered, then sends DISCONNECT. A handler
+    /// still running then is not waited for: its request goes back to the broker.
     pub fn run(self, handler: SharedHandler, shutdown: &Shutdown) -> Result<MdWorkerStats, Error> {
         self.heartbeat.validate()?;
         self.reconnect
@@ -120,6 +172,82 @@ impl Worker {
             }
             .into());
         }
+        let Worker {
+            ctx,
+            endpoint,
+            service,
+            capacity,
+            heartbeat,
+            reconnect,
+        } = self;
+        // The context moves into `shared`, never into the socket thread: a guard that
+        // says goodbye for a busy handler drops it to flush the DISCONNECT.
+        let shared = Arc::new(Shared {
+            socket: Mutex::new(None),
+            ctx: Mutex::new(Some(ctx)),
+            origin: io::now(),
+            busy_since: AtomicU64::new(IDLE),
+            last_sent: AtomicU64::new(0),
+            farewell: AtomicBool::new(false),
+            handled: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        });
+        let settings = Settings {
+            endpoint,
+            service,
+            capacity,
+            heartbeat,
+            reconnect,
+        };
+        if capacity == 1 {
+            settings.run_inline(handler, shared, shutdown)
+        } else {
+            settings.run_pool(handler, &shared, shutdown)
+        }
+    }
+}
+
+/// A worker's settings, without its context.
+struct Settings {
+    endpoint: String,
+    service: String,
+    capacity: u32,
+    heartbeat: Heartbeat,
+    reconnect: Backoff,
+}
+
+impl Settings {
+    /// Capacity 1: the socket thread runs the handler; this thread is the guard.
+    fn run_inline(
+        self,
+        handler: SharedHandler,
+        shared: Arc<Shared>,
+        shutdown: &Shutdown,
+    ) -> Result<MdWorkerStats, Error> {
+        let interval = self.heartbeat.interval;
+        let (done_tx, done_rx) = mpsc::channel();
+        let socket_shared = Arc::clone(&shared);
+        let socket_shutdown = shutdown.clone();
+        let this = self;
+        std::thread::Builder::new()
+            .name("bosun-socket".into())
+            .spawn(move || {
+                let inline: handler::Handler = Box::new(move |b| handler(b));
+                let result = this.drive(&socket_shared, Exec::Inline(inline), &socket_shutdown);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| Error::io("spawn worker socket thread", e))?;
+        guard(&shared, &done_rx, interval, shutdown)?;
+        Ok(shared.stats())
+    }
+
+    /// Capacity K > 1: this thread drives the socket and a pool of K threads handles.
+    fn run_pool(
+        self,
+        handler: SharedHandler,
+        shared: &Shared,
+        shutdown: &Shutdown,
+    ) -> Result<MdWorkerStats, Error> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let pipe = format!(
             "inproc://bosun-mdworker-{}-{}",
@@ -137,8 +265,7 @@ impl Worker {
         io::bind(&replies, &pipe)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let threads = if self.inline { 0 } else { self.capacity };
-        for n in 0..threads {
+        for n in 0..self.capacity {
             let push = io::socket(&pool_ctx, zmq::PUSH, Duration::ZERO)?;
             io::connect(&push, &pipe)?;
             let rx = Arc::clone(&rx);
@@ -149,31 +276,20 @@ impl Worker {
                 .map_err(|e| Error::io("spawn handler thread", e))?;
         }
         // Dropping `jobs` at the end stops the pool threads once they are idle.
-        self.drive(&replies, &jobs, &handler, shutdown)
+        self.drive(shared, Exec::Pool { jobs, replies }, shutdown)?;
+        Ok(shared.stats())
     }
 
-    fn drive(
-        &self,
-        replies: &zmq::Socket,
-        jobs: &mpsc::Sender<Job>,
-        handler: &SharedHandler,
-        shutdown: &Shutdown,
-    ) -> Result<MdWorkerStats, Error> {
-        // Made once, not per request: the inline path runs on every message.
-        let mut inline_handler: handler::Handler = {
-            let shared = Arc::clone(handler);
-            Box::new(move |b| shared(b))
-        };
+    fn drive(&self, shared: &Shared, mut exec: Exec, shutdown: &Shutdown) -> Result<(), Error> {
         let mut core = MdWorker::new(
             io::now(),
             self.service.as_bytes(),
-            if self.inline { 1 } else { self.capacity },
+            self.capacity,
             self.heartbeat,
             self.reconnect,
             fastrand::u64(..),
         );
-        let mut socket: Option<zmq::Socket> = None;
-        let mut stats = MdWorkerStats::default();
+        let mut socket = lock(&shared.socket);
         let mut opened = 0u64;
         // Transmits taken from the core while reading the socket, applied first.
         let mut held: Vec<Transmit> = Vec::new();
@@ -190,42 +306,60 @@ impl Worker {
             for t in transmits {
                 match t {
                     Transmit::Connect => {
-                        let s = io::socket(&self.ctx, zmq::DEALER, io::SHUTDOWN_LINGER)?;
+                        let Some(ctx) = lock(&shared.ctx).clone() else {
+                            return Ok(());
+                        };
+                        let s = io::socket(&ctx, zmq::DEALER, io::SHUTDOWN_LINGER)?;
                         io::connect(&s, &self.endpoint)?;
-                        socket = Some(s);
+                        *socket = Some(s);
                         opened += 1;
-                        stats.reconnects = opened - 1;
+                        shared.reconnects.store(opened - 1, Ordering::Relaxed);
                     }
-                    Transmit::Disconnect => socket = None,
+                    Transmit::Disconnect => *socket = None,
                     Transmit::Send(frames) => {
                         if let Some(s) = socket.as_ref() {
                             io::send_or_log(s, frames, "broker");
+                            shared.sent();
                         }
                     }
                 }
             }
             if stopping {
-                return Ok(stats);
+                *socket = None;
+                return Ok(());
             }
             let mut replied_inline = false;
             while let Some(event) = core.poll_event() {
                 match event {
-                    Event::Request { client, body } if self.inline => {
-                        match handler::answer_or_panic(&mut inline_handler, body) {
-                            Ok(reply) => {
-                                core.reply(io::now(), &client, reply);
-                                stats.handled += 1;
-                                replied_inline = true;
+                    Event::Request { client, body } => match &mut exec {
+                        Exec::Inline(handler) => {
+                            // The guard may use the socket (heartbeats, DISCONNECT on
+                            // Ctrl-C) only while the handler runs.
+                            shared
+                                .busy_since
+                                .store(shared.micros(io::now()), Ordering::SeqCst);
+                            drop(socket);
+                            let answer = handler::answer_or_panic(handler, body);
+                            socket = lock(&shared.socket);
+                            shared.busy_since.store(IDLE, Ordering::SeqCst);
+                            if shared.farewell.load(Ordering::SeqCst) {
+                                // The guard said DISCONNECT: the request is the broker's
+                                // again, so the reply must not go out.
+                                return Ok(());
                             }
-                            Err(why) => {
-                                tracing::error!(panic = %why, "request handler panicked; worker stops");
-                                return Err(Error::HandlerPanicked(why));
+                            match answer {
+                                Ok(reply) => {
+                                    core.reply(io::now(), &client, reply);
+                                    shared.handled.fetch_add(1, Ordering::Relaxed);
+                                    replied_inline = true;
+                                }
+                                Err(why) => return Err(panicked(&mut core, &socket, why)),
                             }
                         }
-                    }
-                    Event::Request { client, body } => {
-                        let _ = jobs.send((client, body));
-                    }
+                        Exec::Pool { jobs, .. } => {
+                            let _ = jobs.send((client, body));
+                        }
+                    },
                     Event::BrokerLost { attempt, after } => {
                         tracing::warn!(endpoint = %self.endpoint, attempt, ?after, "broker silent; reconnecting")
                     }
@@ -244,24 +378,14 @@ impl Worker {
             } else {
                 io::poll_millis(io::now(), core.poll_timeout())
             };
-            let (sock_ready, replies_ready) = match socket.as_ref() {
-                Some(s) => {
-                    let mut items = [
-                        s.as_poll_item(zmq::POLLIN),
-                        replies.as_poll_item(zmq::POLLIN),
-                    ];
-                    io::poll(&mut items, timeout)?;
-                    (items[0].is_readable(), items[1].is_readable())
-                }
-                None => {
-                    let mut items = [replies.as_poll_item(zmq::POLLIN)];
-                    io::poll(&mut items, timeout)?;
-                    (false, items[0].is_readable())
-                }
+            let replies = match &exec {
+                Exec::Pool { replies, .. } => Some(replies),
+                Exec::Inline(_) => None,
             };
+            let (sock_ready, replies_ready) = wait(socket.as_ref(), replies, timeout)?;
             if sock_ready {
                 if let Some(s) = socket.as_ref() {
-                    while let Ok(frames) = s.recv_multipart(zmq::DONTWAIT) {
+                    while let Ok(frames) = io::recv_frames(s, zmq::DONTWAIT) {
                         core.handle_frames(io::now(), frames);
                         // After a DISCONNECT the core replaces the socket. What is still
                         // queued on this one belongs to the old registration (a broker
@@ -276,29 +400,118 @@ impl Worker {
                     }
                 }
             }
-            if replies_ready {
-                while let Ok(frames) = replies.recv_multipart(zmq::DONTWAIT) {
+            if let (true, Some(replies)) = (replies_ready, replies) {
+                while let Ok(frames) = io::recv_frames(replies, zmq::DONTWAIT) {
                     match frames.as_slice() {
                         [kind, client, body @ ..] if kind == handler::REPLIED => {
                             core.reply(io::now(), client, body.to_vec());
-                            stats.handled += 1;
+                            shared.handled.fetch_add(1, Ordering::Relaxed);
                         }
                         [kind, why] if kind == handler::PANICKED => {
                             let why = String::from_utf8_lossy(why).into_owned();
-                            tracing::error!(panic = %why, "request handler panicked; worker stops");
-                            core.disconnect();
-                            while let Some(t) = core.poll_transmit() {
-                                if let (Transmit::Send(f), Some(s)) = (t, socket.as_ref()) {
-                                    io::send_or_log(s, f, "broker");
-                                }
-                            }
-                            return Err(Error::HandlerPanicked(why));
+                            return Err(panicked(&mut core, &socket, why));
                         }
                         _ => tracing::error!("unexpected message from a handler thread"),
                     }
                 }
             }
             core.handle_timeout(io::now());
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` for the broker socket (if any) and the pool's reply socket
+/// (if any); which are readable.
+fn wait(
+    socket: Option<&zmq::Socket>,
+    replies: Option<&zmq::Socket>,
+    timeout_ms: i64,
+) -> Result<(bool, bool), TransportError> {
+    let mut items: Vec<zmq::PollItem> = Vec::with_capacity(2);
+    items.extend(socket.map(|s| s.as_poll_item(zmq::POLLIN)));
+    items.extend(replies.map(|s| s.as_poll_item(zmq::POLLIN)));
+    io::poll(&mut items, timeout_ms)?;
+    let mut ready = items.iter().map(|i| i.is_readable());
+    let sock_ready = socket.is_some() && ready.next().unwrap_or(false);
+    let replies_ready = replies.is_some() && ready.next().unwrap_or(false);
+    Ok((sock_ready, replies_ready))
+}
+
+/// A handler panicked: says DISCONNECT (its request goes back to the queue) and gives
+/// the error that stops the worker.
+fn panicked(core: &mut MdWorker, socket: &Option<zmq::Socket>, why: String) -> Error {
+    tracing::error!(panic = %why, "request handler panicked; worker stops");
+    core.disconnect();
+    while let Some(t) = core.poll_transmit() {
+        if let (Transmit::Send(f), Some(s)) = (t, socket.as_ref()) {
+            io::send_or_log(s, f, "broker");
+        }
+    }
+    Error::HandlerPanicked(why)
+}
+
+/// The guard of a capacity-1 worker, on the thread that called [`Worker::run`]: returns
+/// what the socket thread returns; while that thread's handler runs, heartbeats the
+/// broker whenever nothing went to it for an interval, and on `shutdown` says DISCONNECT
+/// at once (so the broker re-queues the request) and returns without waiting for the
+/// handler.
+fn guard(
+    shared: &Shared,
+    done: &mpsc::Receiver<Result<(), Error>>,
+    interval: Duration,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    // A quarter interval keeps the longest silence under 1.25 intervals; never slower
+    // than the drivers look at their shutdown flag.
+    let tick = (interval / 4)
+        .min(io::SHUTDOWN_CHECK)
+        .max(Duration::from_millis(1));
+    let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+    loop {
+        match done.recv_timeout(tick) {
+            Ok(result) => return result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::io(
+                    "worker socket thread",
+                    std::io::Error::other("stopped without a result"),
+                ))
+            }
+        }
+        if shared.busy_since.load(Ordering::SeqCst) == IDLE {
+            continue;
+        }
+        // Free only while the handler runs (or the socket thread is on its way out).
+        let Ok(mut socket) = shared.socket.try_lock() else {
+            continue;
+        };
+        if shared.busy_since.load(Ordering::SeqCst) == IDLE {
+            continue;
+        }
+        if shutdown.is_triggered() {
+            if let Some(s) = socket.take() {
+                let bye = mdp::command(None, Command::Disconnect);
+                if let Err(e) = io::send_frames(&s, &bye, zmq::DONTWAIT) {
+                    tracing::warn!(error = %e, "DISCONNECT not sent");
+                }
+            }
+            shared.farewell.store(true, Ordering::SeqCst);
+            drop(socket);
+            tracing::info!("stopped while a handler runs; its request goes back to the broker");
+            // Dropping the last handle of the context waits (up to the linger) for the
+            // DISCONNECT to leave; the socket thread makes no socket any more.
+            let ctx = lock(&shared.ctx).take();
+            drop(ctx);
+            return Ok(());
+        }
+        let now = shared.micros(io::now());
+        if now.saturating_sub(shared.last_sent.load(Ordering::Relaxed)) >= interval_us {
+            if let Some(s) = socket.as_ref() {
+                let beat = mdp::command(None, Command::Heartbeat);
+                if io::send_frames(s, &beat, zmq::DONTWAIT).is_ok() {
+                    shared.last_sent.store(now, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -320,7 +533,7 @@ fn pool_thread(jobs: &Mutex<mpsc::Receiver<Job>>, push: &zmq::Socket, handler: &
             ),
             Err(panic) => (vec![handler::PANICKED.to_vec(), panic.into_bytes()], true),
         };
-        if let Err(e) = push.send_multipart(msg, 0) {
+        if let Err(e) = io::send_frames(push, &msg, 0) {
             tracing::error!(error = %TransportError::zmq("send", "worker driver", e), "reply lost");
             return;
         }
