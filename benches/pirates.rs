@@ -19,9 +19,9 @@
 //! (d) Memory: VmRSS of this process (which hosts the bosun queue and 4 workers as
 //!     threads) after a warm-up through the bosun queue and after more requests.
 //! (x) Diagnostics, only on request: the CPU cost of the envelope work, and (a)-(c) with
-//!     one side swapped at a time (raw client on a bosun server, bosun queue with a worker
-//!     that answers inline instead of on a handler thread, raw worker with the same
-//!     inproc PAIR hop as `PpWorker`, ...), to show where bosun's time goes.
+//!     one side swapped at a time (raw client on a bosun server, bosun queue with a 6/PPP
+//!     worker written here, raw worker with an inproc PAIR hop to a handler thread,
+//!     ...), to show where bosun's time goes.
 //!
 //! Each measurement is repeated, interleaving raw and bosun (raw, bosun, raw, bosun, ...),
 //! each run on freshly started sockets and threads after a warm-up, and the medians are
@@ -110,14 +110,13 @@ enum Answerer {
     /// Raw REP that echoes.
     RawRep,
     /// Raw REP that hands each request over an inproc PAIR to a thread that echoes it:
-    /// the hop `PpWorker` makes, without anything else of bosun.
+    /// the hop a worker with a handler thread would make, without anything else.
     RawRepHop,
     /// bosun `server::Server` with the echo handler.
     BosunServer,
-    /// bosun `PpWorker` with the echo handler.
+    /// bosun `PpWorker` with the echo handler (on its socket thread, a guard thread
+    /// heartbeating while it runs).
     BosunWorker,
-    /// bosun `PpWorker::inline(true)`: the echo handler on the socket thread.
-    BosunWorkerInline,
     /// A 6/PPP DEALER worker written here that answers inline (no handler thread), with
     /// the same `handler::answer` work as `PpWorker`.
     InlinePpp,
@@ -191,9 +190,8 @@ fn start(topology: Topology) -> Res<Running> {
                         let hop = answerer == Answerer::RawRepHop;
                         spawn_raw_rep(&mut stage, &worker_ctx, rep, hop)?;
                     }
-                    (Broker::BosunQueue, Answerer::BosunWorker | Answerer::BosunWorkerInline) => {
-                        let worker = PpWorker::new(&worker_ctx, &back)
-                            .inline(answerer == Answerer::BosunWorkerInline);
+                    (Broker::BosunQueue, Answerer::BosunWorker) => {
+                        let worker = PpWorker::new(&worker_ctx, &back);
                         stage.spawn("bosun-worker", move |stop| {
                             if let Err(e) = worker.run(handler::echo(), &stop) {
                                 eprintln!("bosun worker: {e}");
@@ -414,15 +412,10 @@ fn part_b(s: &Settings) -> Res<()> {
         &[
             (Client::RawReq, Broker::RawProxy, Answerer::RawRep),
             (Client::Bosun, Broker::BosunQueue, Answerer::BosunWorker),
-            (
-                Client::Bosun,
-                Broker::BosunQueue,
-                Answerer::BosunWorkerInline,
-            ),
         ],
         |(c, b, a)| round_trips(c, Topology::Queue(b, a, 1), s.n_queue),
     )?;
-    let (r, b, inline) = (medians(&runs[0]), medians(&runs[1]), medians(&runs[2]));
+    let (r, b) = (medians(&runs[0]), medians(&runs[1]));
     let ratio = b.per_sec / r.per_sec;
     println!(
         "queue 1 client x 1 in flight, 1 worker, {BODY}B n={}: raw proxy {:.0} req/s (p50 {:.0}us p99 {:.0}us) | bosun queue {:.0} req/s (p50 {:.0}us p99 {:.0}us) | ratio {ratio:.3}x (target >= 0.9x: {})",
@@ -442,16 +435,6 @@ fn part_b(s: &Settings) -> Res<()> {
         paired(&runs[0], &runs[1], |x| x.per_sec),
         cost(&r),
         cost(&b)
-    );
-    println!(
-        "  the same with PpWorker::inline(true) (handler on the socket thread, no hop): {:.0} req/s (p50 {:.0}us p99 {:.0}us) | ratio {:.3}x (paired {:.2}x) | runs {} ; per request {}",
-        inline.per_sec,
-        inline.p50,
-        inline.p99,
-        inline.per_sec / r.per_sec,
-        paired(&runs[0], &runs[2], |x| x.per_sec),
-        list(&runs[2], |x| x.per_sec, ""),
-        cost(&inline)
     );
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! `<pid>: <request>` so that you can tell the workers apart.
 //!
 //! When the queue is silent for three heartbeats, the worker closes its socket and
-//! reconnects on a fresh one, backing off from 1 s up to 32 s. The handler runs on its
-//! own thread, so heartbeats keep flowing while a request is handled.
+//! reconnects on a fresh one, backing off from 1 s up to 32 s. The handler runs on the
+//! socket thread while a guard thread keeps heartbeats flowing.
 //!
 //! ```text
 //! cargo run --release -- queue                        # frontend :5555, backend :5556

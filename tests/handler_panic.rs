@@ -24,15 +24,6 @@ fn quick_retry() -> Retry {
 
 #[test]
 fn paranoid_pirate_worker_stops_when_its_handler_panics() {
-    pp_worker_stops_when_its_handler_panics(false);
-}
-
-#[test]
-fn inline_paranoid_pirate_worker_stops_when_its_handler_panics() {
-    pp_worker_stops_when_its_handler_panics(true);
-}
-
-fn pp_worker_stops_when_its_handler_panics(inline: bool) {
     let ctx = zmq::Context::new();
     let cfg = QueueConfig {
         heartbeat: Heartbeat {
@@ -56,7 +47,6 @@ fn pp_worker_stops_when_its_handler_panics(inline: bool) {
     std::thread::spawn(move || {
         let result = PpWorker::new(&worker_ctx, &back)
             .heartbeat(cfg.heartbeat)
-            .inline(inline)
             .run(
                 Box::new(|body: Vec<u8>| {
                     if body == b"poison" {

@@ -480,3 +480,86 @@ fn worker_survives_garbage_from_its_queue() {
     }
     assert!(w.is_running(), "worker died:\n{}", w.stderr.dump());
 }
+
+/// Heartbeats keep flowing while a slow handler runs: a request handled for 1.5 s (five
+/// expiries) is answered by its first attempt, and the queue never expires the worker.
+#[test]
+fn slow_handler_keeps_its_worker_alive() {
+    let (mut q, frontend, backend) = fast_queue();
+    let mut w = Proc::spawn(
+        "worker",
+        &mut bosun(&[
+            "worker",
+            "--connect",
+            &backend,
+            "--reply-prefix",
+            "S:",
+            "--delay",
+            "1500ms",
+            "--heartbeat-interval",
+            INTERVAL,
+            "--heartbeat-liveness",
+            LIVENESS,
+        ]),
+    );
+    q.stderr
+        .wait_for(deadline(SECS_10), |l| l.contains("worker ready"))
+        .unwrap_or_else(|| panic!("worker never became ready:\n{}", q.stderr.dump()));
+    let mut c = client(&frontend, 1, "10s");
+    let status = c.expect_exit(SECS_10);
+    c.stdout.read_to_end(deadline(ms(2000)));
+    c.stderr.read_to_end(deadline(ms(2000)));
+    assert!(status.success(), "client: {status}\n{}", c.stderr.dump());
+    assert_eq!(c.stdout.texts(), vec!["S:req-1".to_string()]);
+    let summary = c
+        .stderr
+        .texts()
+        .iter()
+        .find_map(|l| parse_summary(l))
+        .expect("a summary line");
+    assert_eq!((summary.answered, summary.retries), (1, 0));
+    q.stderr.read_available();
+    let log = q.stderr.dump();
+    assert!(
+        !log.contains("worker expired"),
+        "the queue expired the worker while its handler ran\n{log}"
+    );
+    assert!(w.is_running() && q.is_running());
+}
+
+/// Ctrl-C stops a worker whose handler is still running within moments, with exit 0:
+/// the guard does not wait for the handler.
+#[test]
+fn ctrl_c_stops_a_busy_worker_at_once() {
+    let (mut q, frontend, backend) = fast_queue();
+    let mut w = Proc::spawn(
+        "worker",
+        &mut bosun(&[
+            "-v",
+            "worker",
+            "--connect",
+            &backend,
+            "--exec",
+            "echo handling >&2; exec sleep 60",
+            "--heartbeat-interval",
+            INTERVAL,
+            "--heartbeat-liveness",
+            LIVENESS,
+        ]),
+    );
+    // The worker exits on Ctrl-C but its handler's `sleep` would not: killed at the end.
+    let _handler = w.group_guard();
+    q.stderr
+        .wait_for(deadline(SECS_10), |l| l.contains("worker ready"))
+        .unwrap_or_else(|| panic!("worker never became ready:\n{}", q.stderr.dump()));
+    let mut c = client(&frontend, 1, "30s");
+    w.expect_stderr("the request reaching the handler", SECS_10, |l| {
+        l == "handling"
+    });
+    let sent = common::now();
+    w.signal(libc::SIGINT);
+    let status = w.expect_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{}", w.stderr.dump());
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    c.kill();
+}

@@ -35,12 +35,6 @@ pub struct WorkerArgs {
     /// Run `sh -c CMD` per request, body on stdin, reply from stdout (default: echo).
     #[arg(long)]
     pub exec: Option<String>,
-    /// Paranoid Pirate: run the handler on the socket thread, one thread hop less per
-    /// request but no heartbeats while it runs (only for handlers much faster than the
-    /// heartbeat expiry). A Majordomo worker of capacity 1 always runs its handler on the
-    /// socket thread, with a guard thread that heartbeats while it runs.
-    #[arg(long)]
-    pub inline: bool,
     /// Simulated work: wait this long before answering each request.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
@@ -74,7 +68,6 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     }
     let endpoint = args.connect.as_deref().unwrap_or(QUEUE_BACKEND);
     let stats = PpWorker::new(&ctx, endpoint)
-        .inline(args.inline)
         .heartbeat(args.heartbeat.heartbeat())
         .reconnect(args.reconnect.backoff())
         .run(handler, shutdown)?;
@@ -92,13 +85,6 @@ fn run_majordomo(
     ctx: &zmq::Context,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
-    if args.inline && args.capacity > 1 {
-        return Err(crate::error::ConfigError::Invalid {
-            field: "--inline",
-            reason: "runs one request at a time; it cannot go with --capacity above 1".into(),
-        }
-        .into());
-    }
     let exec = args.exec.clone();
     let prefix = args.reply_prefix.clone().unwrap_or_default();
     let delay = args.delay;

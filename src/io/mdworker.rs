@@ -5,12 +5,13 @@
 //! DISCONNECT at once on Ctrl-C even mid-request. A worker of capacity K > 1 hands
 //! requests to a pool of K handler threads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
 use crate::error::{Error, TransportError};
+use crate::io::guard::{run_guarded, GuardFrames, Guarded, SocketGuard};
 use crate::io::{self, handler, Shutdown};
 use crate::proto::broker::BrokerConfig;
 use crate::proto::frames::mdp::{self, Command, MAX_CAPACITY};
@@ -46,53 +47,6 @@ pub struct Worker {
     capacity: u32,
     heartbeat: Heartbeat,
     reconnect: Backoff,
-}
-
-/// What the socket thread and the heartbeat guard share (capacity 1), or what the
-/// socket thread keeps to itself (capacity K > 1).
-struct Shared {
-    /// The DEALER to the broker. The socket thread holds the lock except while its
-    /// handler runs; only then may the guard take it.
-    socket: Mutex<Option<zmq::Socket>>,
-    /// The context new sockets are made in; taken (and dropped, which flushes the
-    /// DISCONNECT) by the guard when it says goodbye for a busy handler.
-    ctx: Mutex<Option<zmq::Context>>,
-    origin: Instant,
-    /// Microseconds since `origin` when the running handler started; `IDLE` when none
-    /// runs.
-    busy_since: AtomicU64,
-    /// Microseconds since `origin` when the last message went to the broker.
-    last_sent: AtomicU64,
-    /// The guard sent DISCONNECT: the socket thread must send nothing more and stop.
-    farewell: AtomicBool,
-    handled: AtomicU64,
-    reconnects: AtomicU64,
-}
-
-const IDLE: u64 = u64::MAX;
-
-impl Shared {
-    fn micros(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_micros()).unwrap_or(IDLE - 1)
-    }
-
-    fn sent(&self) {
-        self.last_sent
-            .store(self.micros(io::now()), Ordering::Relaxed);
-    }
-
-    fn stats(&self) -> MdWorkerStats {
-        MdWorkerStats {
-            handled: self.handled.load(Ordering::Relaxed),
-            reconnects: self.reconnects.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Locks `m`, ignoring poisoning: no code panics while holding these locks (handler
-/// panics are caught), and the data stays consistent if one did.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How requests reach the handler.
@@ -182,16 +136,7 @@ impl Worker {
         } = self;
         // The context moves into `shared`, never into the socket thread: a guard that
         // says goodbye for a busy handler drops it to flush the DISCONNECT.
-        let shared = Arc::new(Shared {
-            socket: Mutex::new(None),
-            ctx: Mutex::new(Some(ctx)),
-            origin: io::now(),
-            busy_since: AtomicU64::new(IDLE),
-            last_sent: AtomicU64::new(0),
-            farewell: AtomicBool::new(false),
-            handled: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-        });
+        let shared = Guarded::new(ctx);
         let settings = Settings {
             endpoint,
             service,
@@ -200,10 +145,14 @@ impl Worker {
             reconnect,
         };
         if capacity == 1 {
-            settings.run_inline(handler, shared, shutdown)
+            settings.run_inline(handler, &shared, shutdown)?;
         } else {
-            settings.run_pool(handler, &shared, shutdown)
+            settings.run_pool(handler, &shared, shutdown)?;
         }
+        Ok(MdWorkerStats {
+            handled: shared.handled.load(Ordering::Relaxed),
+            reconnects: shared.reconnects.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -221,33 +170,36 @@ impl Settings {
     fn run_inline(
         self,
         handler: SharedHandler,
-        shared: Arc<Shared>,
+        shared: &Arc<Guarded>,
         shutdown: &Shutdown,
-    ) -> Result<MdWorkerStats, Error> {
+    ) -> Result<(), Error> {
+        let frames = GuardFrames {
+            heartbeat: mdp::command(None, Command::Heartbeat),
+            goodbye: Some(mdp::command(None, Command::Disconnect)),
+        };
         let interval = self.heartbeat.interval;
-        let (done_tx, done_rx) = mpsc::channel();
-        let socket_shared = Arc::clone(&shared);
+        let socket_shared = Arc::clone(shared);
         let socket_shutdown = shutdown.clone();
-        let this = self;
-        std::thread::Builder::new()
-            .name("bosun-socket".into())
-            .spawn(move || {
+        run_guarded(
+            shared,
+            "bosun-socket",
+            interval,
+            frames,
+            shutdown,
+            move || {
                 let inline: handler::Handler = Box::new(move |b| handler(b));
-                let result = this.drive(&socket_shared, Exec::Inline(inline), &socket_shutdown);
-                let _ = done_tx.send(result);
-            })
-            .map_err(|e| Error::io("spawn worker socket thread", e))?;
-        guard(&shared, &done_rx, interval, shutdown)?;
-        Ok(shared.stats())
+                self.drive(&socket_shared, Exec::Inline(inline), &socket_shutdown)
+            },
+        )
     }
 
     /// Capacity K > 1: this thread drives the socket and a pool of K threads handles.
     fn run_pool(
         self,
         handler: SharedHandler,
-        shared: &Shared,
+        shared: &Guarded,
         shutdown: &Shutdown,
-    ) -> Result<MdWorkerStats, Error> {
+    ) -> Result<(), Error> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let pipe = format!(
             "inproc://bosun-mdworker-{}-{}",
@@ -276,11 +228,10 @@ impl Settings {
                 .map_err(|e| Error::io("spawn handler thread", e))?;
         }
         // Dropping `jobs` at the end stops the pool threads once they are idle.
-        self.drive(shared, Exec::Pool { jobs, replies }, shutdown)?;
-        Ok(shared.stats())
+        self.drive(shared, Exec::Pool { jobs, replies }, shutdown)
     }
 
-    fn drive(&self, shared: &Shared, mut exec: Exec, shutdown: &Shutdown) -> Result<(), Error> {
+    fn drive(&self, shared: &Guarded, mut exec: Exec, shutdown: &Shutdown) -> Result<(), Error> {
         let mut core = MdWorker::new(
             io::now(),
             self.service.as_bytes(),
@@ -289,7 +240,7 @@ impl Settings {
             self.reconnect,
             fastrand::u64(..),
         );
-        let mut socket = lock(&shared.socket);
+        let mut socket = shared.socket();
         let mut opened = 0u64;
         // Transmits taken from the core while reading the socket, applied first.
         let mut held: Vec<Transmit> = Vec::new();
@@ -306,7 +257,7 @@ impl Settings {
             for t in transmits {
                 match t {
                     Transmit::Connect => {
-                        let Some(ctx) = lock(&shared.ctx).clone() else {
+                        let Some(ctx) = shared.context() else {
                             return Ok(());
                         };
                         let s = io::socket(&ctx, zmq::DEALER, io::SHUTDOWN_LINGER)?;
@@ -335,14 +286,10 @@ impl Settings {
                         Exec::Inline(handler) => {
                             // The guard may use the socket (heartbeats, DISCONNECT on
                             // Ctrl-C) only while the handler runs.
-                            shared
-                                .busy_since
-                                .store(shared.micros(io::now()), Ordering::SeqCst);
-                            drop(socket);
-                            let answer = handler::answer_or_panic(handler, body);
-                            socket = lock(&shared.socket);
-                            shared.busy_since.store(IDLE, Ordering::SeqCst);
-                            if shared.farewell.load(Ordering::SeqCst) {
+                            let (s, answer) = shared
+                                .while_handling(socket, || handler::answer_or_panic(handler, body));
+                            socket = s;
+                            if shared.farewell() {
                                 // The guard said DISCONNECT: the request is the broker's
                                 // again, so the reply must not go out.
                                 return Ok(());
@@ -439,7 +386,7 @@ fn wait(
 
 /// A handler panicked: says DISCONNECT (its request goes back to the queue) and gives
 /// the error that stops the worker.
-fn panicked(core: &mut MdWorker, socket: &Option<zmq::Socket>, why: String) -> Error {
+fn panicked(core: &mut MdWorker, socket: &SocketGuard<'_>, why: String) -> Error {
     tracing::error!(panic = %why, "request handler panicked; worker stops");
     core.disconnect();
     while let Some(t) = core.poll_transmit() {
@@ -448,72 +395,6 @@ fn panicked(core: &mut MdWorker, socket: &Option<zmq::Socket>, why: String) -> E
         }
     }
     Error::HandlerPanicked(why)
-}
-
-/// The guard of a capacity-1 worker, on the thread that called [`Worker::run`]: returns
-/// what the socket thread returns; while that thread's handler runs, heartbeats the
-/// broker whenever nothing went to it for an interval, and on `shutdown` says DISCONNECT
-/// at once (so the broker re-queues the request) and returns without waiting for the
-/// handler.
-fn guard(
-    shared: &Shared,
-    done: &mpsc::Receiver<Result<(), Error>>,
-    interval: Duration,
-    shutdown: &Shutdown,
-) -> Result<(), Error> {
-    // A quarter interval keeps the longest silence under 1.25 intervals; never slower
-    // than the drivers look at their shutdown flag.
-    let tick = (interval / 4)
-        .min(io::SHUTDOWN_CHECK)
-        .max(Duration::from_millis(1));
-    let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
-    loop {
-        match done.recv_timeout(tick) {
-            Ok(result) => return result,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Error::io(
-                    "worker socket thread",
-                    std::io::Error::other("stopped without a result"),
-                ))
-            }
-        }
-        if shared.busy_since.load(Ordering::SeqCst) == IDLE {
-            continue;
-        }
-        // Free only while the handler runs (or the socket thread is on its way out).
-        let Ok(mut socket) = shared.socket.try_lock() else {
-            continue;
-        };
-        if shared.busy_since.load(Ordering::SeqCst) == IDLE {
-            continue;
-        }
-        if shutdown.is_triggered() {
-            if let Some(s) = socket.take() {
-                let bye = mdp::command(None, Command::Disconnect);
-                if let Err(e) = io::send_frames(&s, &bye, zmq::DONTWAIT) {
-                    tracing::warn!(error = %e, "DISCONNECT not sent");
-                }
-            }
-            shared.farewell.store(true, Ordering::SeqCst);
-            drop(socket);
-            tracing::info!("stopped while a handler runs; its request goes back to the broker");
-            // Dropping the last handle of the context waits (up to the linger) for the
-            // DISCONNECT to leave; the socket thread makes no socket any more.
-            let ctx = lock(&shared.ctx).take();
-            drop(ctx);
-            return Ok(());
-        }
-        let now = shared.micros(io::now());
-        if now.saturating_sub(shared.last_sent.load(Ordering::Relaxed)) >= interval_us {
-            if let Some(s) = socket.as_ref() {
-                let beat = mdp::command(None, Command::Heartbeat);
-                if io::send_frames(s, &beat, zmq::DONTWAIT).is_ok() {
-                    shared.last_sent.store(now, Ordering::Relaxed);
-                }
-            }
-        }
-    }
 }
 
 /// One handler thread: takes `(client, body)` jobs, pushes `[client][reply...]` back.

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod freelance;
+pub(crate) mod guard;
 pub mod handler;
 pub mod lazy_pirate;
 pub mod mdclient;

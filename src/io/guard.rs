@@ -1,0 +1,186 @@
+//! A worker's handler on its socket thread, with a guard thread beside it.
+//!
+//! A worker that runs its handler on the socket thread makes no thread hop per request,
+//! but it cannot heartbeat while the handler runs. So the socket lives behind a mutex
+//! that the socket thread gives up only for the handler's duration, and a guard thread
+//! (the one that called the worker's `run`) takes it then: it sends a heartbeat whenever
+//! nothing went to the peer for an interval, and on shutdown it says goodbye at once and
+//! returns without waiting for the handler, whose reply is then never sent.
+//!
+//! The guard looks every quarter interval (at most every [`io::SHUTDOWN_CHECK`]), so
+//! the longest silence while a handler runs is 1.25 intervals. On the fast path the
+//! socket thread pays two uncontended lock operations and three atomic stores per
+//! request; the guard wakes only on its tick.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::io::{self, Shutdown};
+use crate::proto::frames::Frames;
+
+const IDLE: u64 = u64::MAX;
+
+/// The socket of a worker and what its socket thread and guard share.
+pub(crate) struct Guarded {
+    /// The DEALER to the peer. The socket thread holds the lock except while its
+    /// handler runs; only then may the guard take it.
+    socket: Mutex<Option<zmq::Socket>>,
+    /// The context new sockets are made in. The guard takes it (and drops it, which
+    /// flushes its goodbye within the linger) when it stops for a busy handler, so it
+    /// must be the only handle the worker keeps.
+    ctx: Mutex<Option<zmq::Context>>,
+    origin: Instant,
+    /// Microseconds since `origin` when the running handler started; `IDLE` if none.
+    busy_since: AtomicU64,
+    /// Microseconds since `origin` when the last message went to the peer.
+    last_sent: AtomicU64,
+    /// The guard said goodbye: the socket thread must send nothing more and stop.
+    farewell: AtomicBool,
+    /// Requests handled and replied to.
+    pub handled: AtomicU64,
+    /// Fresh sockets opened after the first.
+    pub reconnects: AtomicU64,
+}
+
+/// The socket as the socket thread holds it.
+pub(crate) type SocketGuard<'a> = MutexGuard<'a, Option<zmq::Socket>>;
+
+/// Locks `m`, ignoring poisoning: no code panics while holding these locks (handler
+/// panics are caught), and the data stays consistent if one did.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Guarded {
+    /// Shared state for a worker whose sockets are made in `ctx`.
+    pub(crate) fn new(ctx: zmq::Context) -> Arc<Self> {
+        Arc::new(Guarded {
+            socket: Mutex::new(None),
+            ctx: Mutex::new(Some(ctx)),
+            origin: io::now(),
+            busy_since: AtomicU64::new(IDLE),
+            last_sent: AtomicU64::new(0),
+            farewell: AtomicBool::new(false),
+            handled: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        })
+    }
+
+    /// The socket, for the socket thread to hold.
+    pub(crate) fn socket(&self) -> SocketGuard<'_> {
+        lock(&self.socket)
+    }
+
+    /// The context to make a new socket in; `None` once the guard has said goodbye.
+    pub(crate) fn context(&self) -> Option<zmq::Context> {
+        lock(&self.ctx).clone()
+    }
+
+    /// Records that a message went to the peer now.
+    pub(crate) fn sent(&self) {
+        self.last_sent
+            .store(self.micros(io::now()), Ordering::Relaxed);
+    }
+
+    /// Whether the guard said goodbye (the socket thread must stop, sending nothing).
+    pub(crate) fn farewell(&self) -> bool {
+        self.farewell.load(Ordering::SeqCst)
+    }
+
+    /// Runs `handle` with the socket released to the guard, and takes it back.
+    pub(crate) fn while_handling<'a, R>(
+        &'a self,
+        socket: SocketGuard<'a>,
+        handle: impl FnOnce() -> R,
+    ) -> (SocketGuard<'a>, R) {
+        self.busy_since
+            .store(self.micros(io::now()), Ordering::SeqCst);
+        drop(socket);
+        let result = handle();
+        let socket = lock(&self.socket);
+        self.busy_since.store(IDLE, Ordering::SeqCst);
+        (socket, result)
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_micros()).unwrap_or(IDLE - 1)
+    }
+}
+
+/// What the guard sends.
+pub(crate) struct GuardFrames {
+    /// The heartbeat, as the worker's DEALER sends it.
+    pub heartbeat: Frames,
+    /// The goodbye on shutdown, if the protocol has one.
+    pub goodbye: Option<Frames>,
+}
+
+/// Runs `socket_thread` on a thread named `name` and guards it from this thread until it
+/// returns, or until `shutdown` while its handler runs (then returns `Ok` at once).
+pub(crate) fn run_guarded(
+    guarded: &Arc<Guarded>,
+    name: &str,
+    interval: Duration,
+    frames: GuardFrames,
+    shutdown: &Shutdown,
+    socket_thread: impl FnOnce() -> Result<(), Error> + Send + 'static,
+) -> Result<(), Error> {
+    let (done_tx, done) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = done_tx.send(socket_thread());
+        })
+        .map_err(|e| Error::io("spawn worker socket thread", e))?;
+    let tick = (interval / 4)
+        .min(io::SHUTDOWN_CHECK)
+        .max(Duration::from_millis(1));
+    let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+    loop {
+        match done.recv_timeout(tick) {
+            Ok(result) => return result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::io(
+                    "worker socket thread",
+                    std::io::Error::other("stopped without a result"),
+                ))
+            }
+        }
+        if guarded.busy_since.load(Ordering::SeqCst) == IDLE {
+            continue;
+        }
+        // Free only while the handler runs (or as the socket thread leaves).
+        let Ok(mut socket) = guarded.socket.try_lock() else {
+            continue;
+        };
+        if guarded.busy_since.load(Ordering::SeqCst) == IDLE {
+            continue;
+        }
+        if shutdown.is_triggered() {
+            if let (Some(s), Some(bye)) = (socket.take(), frames.goodbye.as_ref()) {
+                if let Err(e) = io::send_frames(&s, bye, zmq::DONTWAIT) {
+                    tracing::warn!(error = %e, "goodbye not sent");
+                }
+            }
+            guarded.farewell.store(true, Ordering::SeqCst);
+            drop(socket);
+            tracing::info!("stopped while the handler runs; its reply will not be sent");
+            // Dropping the last handle of the context waits (up to the linger) for the
+            // goodbye to leave; the socket thread makes no socket any more.
+            let ctx = lock(&guarded.ctx).take();
+            drop(ctx);
+            return Ok(());
+        }
+        let now = guarded.micros(io::now());
+        if now.saturating_sub(guarded.last_sent.load(Ordering::Relaxed)) >= interval_us {
+            if let Some(s) = socket.as_ref() {
+                if io::send_frames(s, &frames.heartbeat, zmq::DONTWAIT).is_ok() {
+                    guarded.last_sent.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
