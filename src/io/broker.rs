@@ -46,7 +46,6 @@ impl BrokerDriver {
                         break;
                     };
                     core.handle_message(io::now(), frames);
-                    self.flush(&mut core);
                 }
             }
             core.handle_timeout(io::now());

@@ -72,12 +72,6 @@ pub fn run_command(cmd: &str, body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// First frame of a handler thread's message to its driver: a reply follows.
-pub(crate) const REPLIED: &[u8] = b"OK";
-/// First frame of a handler thread's message to its driver: the handler panicked; the
-/// panic message follows.
-pub(crate) const PANICKED: &[u8] = b"PANIC";
-
 /// [`answer`], with a panic of the handler caught and turned into its message, so that a
 /// handler thread can report it instead of dying silently.
 pub fn answer_or_panic(handler: &mut Handler, body: Frames) -> Result<Frames, String> {

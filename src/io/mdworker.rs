@@ -5,13 +5,13 @@
 //! DISCONNECT at once on Ctrl-C even mid-request. A worker of capacity K > 1 hands
 //! requests to a pool of K handler threads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
 use crate::error::{Error, TransportError};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded, SocketGuard};
+use crate::io::pool::{Outcome, Pool};
 use crate::io::{self, handler, Shutdown};
 use crate::proto::broker::BrokerConfig;
 use crate::proto::frames::mdp::{self, Command, MAX_CAPACITY};
@@ -19,9 +19,6 @@ use crate::proto::worker::{Event, MdWorker, Transmit};
 
 /// A request handler that many threads may call at once.
 pub type SharedHandler = Arc<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
-
-/// A request for the handler pool: the client address and the body frames.
-type Job = (Vec<u8>, Vec<Vec<u8>>);
 
 /// What a worker did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,11 +50,8 @@ pub struct Worker {
 enum Exec {
     /// On the socket thread (capacity 1).
     Inline(handler::Handler),
-    /// Through the pool of handler threads: jobs out, replies back.
-    Pool {
-        jobs: mpsc::Sender<Job>,
-        replies: zmq::Socket,
-    },
+    /// Through the pool of handler threads.
+    Pool(Pool),
 }
 
 impl Worker {
@@ -200,35 +194,9 @@ impl Settings {
         shared: &Guarded,
         shutdown: &Shutdown,
     ) -> Result<(), Error> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let pipe = format!(
-            "inproc://bosun-mdworker-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        // The pool's inproc sockets live in a context of their own. A handler still busy
-        // at shutdown keeps its socket, and so its context, open until the process exits;
-        // in `self.ctx` that would stop the context of the broker socket from being
-        // terminated, and the process could exit before the I/O thread sent the final
-        // DISCONNECT (the broker would hold the request until expiry). Kept apart, the
-        // caller dropping its context flushes the DISCONNECT within the linger.
-        let pool_ctx = zmq::Context::new();
-        let replies = io::socket(&pool_ctx, zmq::PULL, Duration::ZERO)?;
-        io::bind(&replies, &pipe)?;
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for n in 0..self.capacity {
-            let push = io::socket(&pool_ctx, zmq::PUSH, Duration::ZERO)?;
-            io::connect(&push, &pipe)?;
-            let rx = Arc::clone(&rx);
-            let handler = Arc::clone(&handler);
-            std::thread::Builder::new()
-                .name(format!("bosun-handler-{n}"))
-                .spawn(move || pool_thread(&rx, &push, &handler))
-                .map_err(|e| Error::io("spawn handler thread", e))?;
-        }
-        // Dropping `jobs` at the end stops the pool threads once they are idle.
-        self.drive(shared, Exec::Pool { jobs, replies }, shutdown)
+        let pool = Pool::start(self.capacity, &handler)?;
+        // Dropping the pool at the end stops its threads once they are idle.
+        self.drive(shared, Exec::Pool(pool), shutdown)
     }
 
     fn drive(&self, shared: &Guarded, mut exec: Exec, shutdown: &Shutdown) -> Result<(), Error> {
@@ -303,9 +271,7 @@ impl Settings {
                                 Err(why) => return Err(panicked(&mut core, &socket, why)),
                             }
                         }
-                        Exec::Pool { jobs, .. } => {
-                            let _ = jobs.send((client, body));
-                        }
+                        Exec::Pool(pool) => pool.submit(client, body),
                     },
                     Event::BrokerLost { attempt, after } => {
                         tracing::warn!(endpoint = %self.endpoint, attempt, ?after, "broker silent; reconnecting")
@@ -325,11 +291,12 @@ impl Settings {
             } else {
                 io::poll_millis(io::now(), core.poll_timeout())
             };
-            let replies = match &exec {
-                Exec::Pool { replies, .. } => Some(replies),
+            let pool = match &exec {
+                Exec::Pool(pool) => Some(pool),
                 Exec::Inline(_) => None,
             };
-            let (sock_ready, replies_ready) = wait(socket.as_ref(), replies, timeout)?;
+            let (sock_ready, replies_ready) =
+                wait(socket.as_ref(), pool.map(Pool::doorbell), timeout)?;
             if sock_ready {
                 if let Some(s) = socket.as_ref() {
                     while let Ok(frames) = io::recv_frames(s, zmq::DONTWAIT) {
@@ -347,18 +314,14 @@ impl Settings {
                     }
                 }
             }
-            if let (true, Some(replies)) = (replies_ready, replies) {
-                while let Ok(frames) = io::recv_frames(replies, zmq::DONTWAIT) {
-                    match frames.as_slice() {
-                        [kind, client, body @ ..] if kind == handler::REPLIED => {
-                            core.reply(io::now(), client, body.to_vec());
+            if let (true, Some(pool)) = (replies_ready, pool) {
+                for outcome in pool.outcomes() {
+                    match outcome {
+                        Outcome::Replied { client, body } => {
+                            core.reply(io::now(), &client, body);
                             shared.handled.fetch_add(1, Ordering::Relaxed);
                         }
-                        [kind, why] if kind == handler::PANICKED => {
-                            let why = String::from_utf8_lossy(why).into_owned();
-                            return Err(panicked(&mut core, &socket, why));
-                        }
-                        _ => tracing::error!("unexpected message from a handler thread"),
+                        Outcome::Panicked(why) => return Err(panicked(&mut core, &socket, why)),
                     }
                 }
             }
@@ -395,31 +358,4 @@ fn panicked(core: &mut MdWorker, socket: &SocketGuard<'_>, why: String) -> Error
         }
     }
     Error::HandlerPanicked(why)
-}
-
-/// One handler thread: takes `(client, body)` jobs, pushes `[client][reply...]` back.
-fn pool_thread(jobs: &Mutex<mpsc::Receiver<Job>>, push: &zmq::Socket, handler: &SharedHandler) {
-    let shared = Arc::clone(handler);
-    let mut h: handler::Handler = Box::new(move |b| shared(b));
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok((client, body)) = job else { return };
-        let (msg, panicked) = match handler::answer_or_panic(&mut h, body) {
-            Ok(reply) => (
-                [vec![handler::REPLIED.to_vec(), client], reply].concat(),
-                false,
-            ),
-            Err(panic) => (vec![handler::PANICKED.to_vec(), panic.into_bytes()], true),
-        };
-        if let Err(e) = io::send_frames(push, &msg, 0) {
-            tracing::error!(error = %TransportError::zmq("send", "worker driver", e), "reply lost");
-            return;
-        }
-        if panicked {
-            return;
-        }
-    }
 }

@@ -11,6 +11,7 @@ pub mod handler;
 pub mod lazy_pirate;
 pub mod mdclient;
 pub mod mdworker;
+pub(crate) mod pool;
 pub mod ppworker;
 pub mod queue;
 pub mod server;

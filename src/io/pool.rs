@@ -1,0 +1,273 @@
+//! The handler pool of a Majordomo worker of capacity K > 1: K threads behind the socket
+//! thread.
+//!
+//! Jobs go to the threads through one queue under a mutex. A sleeping thread is woken
+//! only when a job is queued and no thread is awake and free to take it (none between
+//! two handlers, none already being woken); a thread that takes a job and leaves more
+//! behind wakes the next in the same way. So a job never waits behind a running handler
+//! while a thread sleeps, yet a burst of fast requests is handled by the threads running
+//! anyway instead of waking one thread per request. Replies come back through a second queue, and a
+//! doorbell (an inproc zmq socket the socket thread polls beside its DEALER) is rung only
+//! when the socket thread has not been rung since it last took the replies.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::io::guard::lock;
+use crate::io::handler;
+use crate::io::mdworker::SharedHandler;
+use crate::io::{self};
+use crate::proto::frames::Frames;
+
+/// What a pool thread hands back.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The reply for the client at `client`.
+    Replied {
+        /// The client's address, from the request.
+        client: Vec<u8>,
+        /// The reply frames.
+        body: Frames,
+    },
+    /// The handler panicked with this message; the thread stopped.
+    Panicked(String),
+}
+
+#[derive(Default)]
+struct Jobs {
+    queue: VecDeque<(Vec<u8>, Frames)>,
+    /// Threads awake and not in a handler: they take queued jobs without being woken.
+    spare: usize,
+    /// Threads waiting on `work`.
+    sleeping: usize,
+    /// Threads notified that have not yet woken.
+    waking: usize,
+    stop: bool,
+}
+
+struct Inner {
+    jobs: Mutex<Jobs>,
+    work: Condvar,
+    outcomes: Mutex<Vec<Outcome>>,
+    /// The doorbell was rung since the socket thread last took the outcomes.
+    rung: AtomicBool,
+}
+
+/// A running pool. Dropping it stops the threads once they finish what they hold.
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+    doorbell: zmq::Socket,
+}
+
+impl Jobs {
+    /// Whether a sleeping thread must be woken for the queued jobs; if so, counts it as
+    /// waking (the caller notifies after unlocking).
+    fn must_wake(&mut self) -> bool {
+        let wake =
+            !self.queue.is_empty() && self.spare + self.waking == 0 && self.sleeping > self.waking;
+        if wake {
+            self.waking += 1;
+        }
+        wake
+    }
+}
+
+impl Pool {
+    /// Starts `k` threads running `handler`.
+    pub(crate) fn start(k: u32, handler: &SharedHandler) -> Result<Pool, Error> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let pipe = format!(
+            "inproc://bosun-pool-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // The pool's inproc sockets live in a context of their own. A handler still busy
+        // at shutdown keeps its socket, and so its context, open until the process exits;
+        // in the worker's context that would stop it from being terminated, and the
+        // process could exit before the I/O thread sent the final DISCONNECT.
+        let ctx = zmq::Context::new();
+        let doorbell = io::socket(&ctx, zmq::PULL, Duration::ZERO)?;
+        io::bind(&doorbell, &pipe)?;
+        let inner = Arc::new(Inner {
+            jobs: Mutex::new(Jobs {
+                spare: k as usize,
+                ..Jobs::default()
+            }),
+            work: Condvar::new(),
+            outcomes: Mutex::new(Vec::new()),
+            rung: AtomicBool::new(false),
+        });
+        for n in 0..k {
+            let ring = io::socket(&ctx, zmq::PUSH, Duration::ZERO)?;
+            io::connect(&ring, &pipe)?;
+            let inner = Arc::clone(&inner);
+            let shared = Arc::clone(handler);
+            std::thread::Builder::new()
+                .name(format!("bosun-handler-{n}"))
+                .spawn(move || {
+                    let h: handler::Handler = Box::new(move |b| shared(b));
+                    pool_thread(&inner, &ring, h)
+                })
+                .map_err(|e| Error::io("spawn handler thread", e))?;
+        }
+        Ok(Pool { inner, doorbell })
+    }
+
+    /// Queues a request; wakes a thread only if none awake is free to take it.
+    pub(crate) fn submit(&self, client: Vec<u8>, body: Frames) {
+        let wake = {
+            let mut jobs = lock(&self.inner.jobs);
+            jobs.queue.push_back((client, body));
+            jobs.must_wake()
+        };
+        if wake {
+            self.inner.work.notify_one();
+        }
+    }
+
+    /// The socket to poll: readable when outcomes may be waiting.
+    pub(crate) fn doorbell(&self) -> &zmq::Socket {
+        &self.doorbell
+    }
+
+    /// Everything the threads handed back since the last call.
+    pub(crate) fn outcomes(&self) -> Vec<Outcome> {
+        while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        // Cleared before the take: an outcome pushed after it rings again.
+        self.inner.rung.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *lock(&self.inner.outcomes))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        lock(&self.inner.jobs).stop = true;
+        self.inner.work.notify_all();
+    }
+}
+
+/// One handler thread: takes jobs until the pool stops (or its handler panics).
+fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler) {
+    let mut jobs = lock(&inner.jobs);
+    loop {
+        if let Some((client, body)) = jobs.queue.pop_front() {
+            jobs.spare -= 1;
+            let wake = jobs.must_wake();
+            drop(jobs);
+            if wake {
+                inner.work.notify_one();
+            }
+            let outcome = match handler::answer_or_panic(&mut handler, body) {
+                Ok(body) => Outcome::Replied { client, body },
+                Err(why) => Outcome::Panicked(why),
+            };
+            let panicked = matches!(outcome, Outcome::Panicked(_));
+            lock(&inner.outcomes).push(outcome);
+            if !inner.rung.swap(true, Ordering::SeqCst) && ring.send("", 0).is_err() {
+                return;
+            }
+            if panicked {
+                return;
+            }
+            jobs = lock(&inner.jobs);
+            jobs.spare += 1;
+            continue;
+        }
+        if jobs.stop {
+            return;
+        }
+        jobs.spare -= 1;
+        jobs.sleeping += 1;
+        jobs = inner.work.wait(jobs).unwrap_or_else(|e| e.into_inner());
+        jobs.sleeping -= 1;
+        jobs.waking = jobs.waking.saturating_sub(1);
+        jobs.spare += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Condvar;
+    use std::time::Instant;
+
+    /// Collects `n` outcomes, waiting on the doorbell until `deadline`.
+    fn collect(pool: &Pool, n: usize, deadline: Instant) -> Vec<Outcome> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(io::now());
+            assert!(!left.is_zero(), "only {} of {n} outcomes", got.len());
+            let mut items = [pool.doorbell().as_poll_item(zmq::POLLIN)];
+            io::poll(&mut items, io::poll_millis(io::now(), Some(deadline))).unwrap();
+            got.extend(pool.outcomes());
+        }
+        got
+    }
+
+    /// A burst of K jobs submitted back to back, to handlers that each wait until all K
+    /// run at once: every one must see the other K - 1, so no job may wait behind a
+    /// running handler while a thread sleeps.
+    #[test]
+    fn a_burst_of_k_jobs_runs_on_k_threads_at_once() {
+        const K: usize = 4;
+        let meeting = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let m = Arc::clone(&meeting);
+        let handler: SharedHandler = Arc::new(move |_body| {
+            let (count, cv) = &*m;
+            let mut n = lock(count);
+            *n += 1;
+            cv.notify_all();
+            let until = io::now() + Duration::from_secs(3);
+            while *n < K {
+                let left = until.saturating_duration_since(io::now());
+                if left.is_zero() {
+                    break;
+                }
+                n = cv.wait_timeout(n, left).unwrap().0;
+            }
+            n.to_string().into_bytes()
+        });
+        let pool = Pool::start(K as u32, &handler).unwrap();
+        for i in 0..K {
+            pool.submit(vec![i as u8], vec![b"x".to_vec()]);
+        }
+        let got = collect(&pool, K, io::now() + Duration::from_secs(10));
+        let seen: Vec<String> = got
+            .iter()
+            .map(|o| match o {
+                Outcome::Replied { body, .. } => String::from_utf8_lossy(&body.concat()).into(),
+                Outcome::Panicked(why) => panic!("handler panicked: {why}"),
+            })
+            .collect();
+        assert!(
+            seen.iter().all(|s| s == &K.to_string()),
+            "handlers saw {seen:?} running at once, want {K} each"
+        );
+    }
+
+    /// Many more fast jobs than threads: every job is answered once, to its client.
+    #[test]
+    fn every_job_is_answered_once() {
+        const JOBS: usize = 2000;
+        let handler: SharedHandler = Arc::new(|body| body);
+        let pool = Pool::start(8, &handler).unwrap();
+        for i in 0..JOBS {
+            pool.submit((i as u32).to_be_bytes().to_vec(), vec![b"x".to_vec()]);
+        }
+        let got = collect(&pool, JOBS, io::now() + Duration::from_secs(20));
+        let mut clients: Vec<u32> = got
+            .iter()
+            .map(|o| match o {
+                Outcome::Replied { client, .. } => {
+                    u32::from_be_bytes(client.as_slice().try_into().unwrap())
+                }
+                Outcome::Panicked(why) => panic!("handler panicked: {why}"),
+            })
+            .collect();
+        clients.sort_unstable();
+        assert_eq!(clients, (0..JOBS as u32).collect::<Vec<_>>());
+    }
+}
