@@ -6,7 +6,9 @@
 //! answer to an earlier attempt, or a worker that ran it twice) is dropped, so the
 //! application gets each reply once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -88,7 +90,7 @@ impl AsyncClient {
         AsyncClient {
             retry,
             rng: fastrand::Rng::with_seed(seed),
-            outstanding: HashMap::new(),
+            outstanding: HashMap::default(),
             deadlines: BTreeMap::new(),
             next_key: 0,
             transmits: VecDeque::new(),

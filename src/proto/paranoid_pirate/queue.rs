@@ -1,6 +1,8 @@
 //! The 6/PPP queue core.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 use std::time::Instant;
 
 use crate::config::Heartbeat;
@@ -134,7 +136,7 @@ impl Queue {
         timers.set(Timer::Heartbeat, now + cfg.heartbeat.interval);
         Queue {
             cfg,
-            workers: HashMap::new(),
+            workers: HashMap::default(),
             idle: VecDeque::new(),
             expiries: BTreeMap::new(),
             next_key: 0,
