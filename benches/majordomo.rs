@@ -35,6 +35,9 @@
 //! (x) Diagnostics, only on request: (a) and (c) with one part swapped at a time (a raw
 //!     client speaking 7/MDP, a worker written here that answers inline instead of on a
 //!     handler thread, raw REP with an inproc hop), to show where bosun's time goes.
+//!     The "floor" router (`FloorMdp`), a minimal 7/MDP router written here (one ROUTER,
+//!     no bookkeeping, bodies forwarded uncopied), shows what the 7/MDP framing alone
+//!     costs on libzmq, apart from bosun's broker bookkeeping.
 //!
 //! Each measurement of (a)-(c) is repeated, interleaving raw and bosun (raw, bosun, raw,
 //! bosun, ...), each run on freshly started sockets and threads after a warm-up (and,
@@ -63,7 +66,7 @@
 mod common;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bosun::io::broker::BrokerDriver;
@@ -136,6 +139,12 @@ enum Router {
     RawProxy,
     /// bosun `BrokerDriver`, default configuration.
     Bosun,
+    /// A minimal 7/MDP router written here: one ROUTER socket for clients and workers, no
+    /// bookkeeping beyond the identity of the one READY worker, every frame received
+    /// into a `zmq::Message` and forwarded without copying the body. Not a broker (no
+    /// queue, no heartbeats, no expiry): only the floor of what 7/MDP routing costs on
+    /// libzmq.
+    FloorMdp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +198,12 @@ fn start(t: Topology) -> Res<Running> {
             named_context("io-bosun-broker")?,
             named_context("io-bosun-worker")?,
         ),
+        Router::FloorMdp => (
+            named_context("io-floor-broker")?,
+            named_context("io-floor-worker")?,
+        ),
     };
+    let mut floor_readies = None;
     let (front, back) = match t.router {
         Router::RawProxy => spawn_raw_proxy(&mut stage, &broker_ctx, false)?,
         Router::Bosun => {
@@ -204,6 +218,11 @@ fn start(t: Topology) -> Res<Running> {
             })?;
             (ep.clone(), ep)
         }
+        Router::FloorMdp => {
+            let (ep, readies) = spawn_floor_mdp(&mut stage, &broker_ctx)?;
+            floor_readies = Some(readies);
+            (ep.clone(), ep)
+        }
     };
     for _ in 0..t.workers {
         match (t.router, t.answerer) {
@@ -213,7 +232,7 @@ fn start(t: Topology) -> Res<Running> {
                 let hop = t.answerer == Answerer::RawRepHop;
                 spawn_raw_rep(&mut stage, &worker_ctx, rep, hop)?;
             }
-            (Router::Bosun, Answerer::BosunWorker(capacity)) => {
+            (Router::Bosun | Router::FloorMdp, Answerer::BosunWorker(capacity)) => {
                 let worker = Worker::new(&back, SERVICE)
                     .context(&worker_ctx)
                     .capacity(capacity);
@@ -223,7 +242,7 @@ fn start(t: Topology) -> Res<Running> {
                     }
                 })?;
             }
-            (Router::Bosun, Answerer::InlineMdp(capacity)) => {
+            (Router::Bosun | Router::FloorMdp, Answerer::InlineMdp(capacity)) => {
                 let dealer = raw_socket(&worker_ctx, zmq::DEALER, STOP_CHECK_MS)?;
                 connect(&dealer, &back)?;
                 stage.spawn("inline-mdp", move |stop| {
@@ -242,7 +261,22 @@ fn start(t: Topology) -> Res<Running> {
     if t.router == Router::Bosun {
         wait_registered(&running, t.workers)?;
     }
+    if let Some(readies) = floor_readies {
+        wait_readies(&readies, t.workers)?;
+    }
     Ok(running)
+}
+
+/// Waits (at most 5 s) until the floor router has seen `workers` READYs (it sends one
+/// `()` on `readies` for each).
+fn wait_readies(readies: &mpsc::Receiver<()>, workers: usize) -> Res<()> {
+    let deadline = now() + Duration::from_secs(5);
+    for seen in 0..workers {
+        readies
+            .recv_timeout(deadline.saturating_duration_since(now()))
+            .map_err(|e| format!("only {seen} of {workers} workers sent READY within 5 s: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Waits (at most 5 s) until the broker reports `workers` workers of `SERVICE`
@@ -279,6 +313,144 @@ fn wait_registered(running: &Running, workers: usize) -> Res<()> {
         }
         pause_ms(5);
     }
+}
+
+/// Messages the floor router takes from its socket per poll.
+const FLOOR_BATCH: usize = 256;
+
+/// Starts the [`Router::FloorMdp`] thread on a ROUTER bound to a free loopback port;
+/// returns the endpoint, and a channel that gets one `()` per READY the router sees.
+fn spawn_floor_mdp(stage: &mut Stage, ctx: &zmq::Context) -> Res<(String, mpsc::Receiver<()>)> {
+    let router = raw_socket(ctx, zmq::ROUTER, STOP_CHECK_MS)?;
+    let ep = bind_loopback(&router)?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    stage.spawn("floor-mdp", move |stop| {
+        if let Err(e) = floor_mdp(&router, &ready_tx, &stop) {
+            eprintln!("floor 7/MDP router: {e}");
+        }
+    })?;
+    Ok((ep, ready_rx))
+}
+
+/// The loop of [`Router::FloorMdp`]: polls (checking `stop` every `STOP_CHECK_MS`), then
+/// routes up to `FLOOR_BATCH` waiting messages.
+fn floor_mdp(router: &zmq::Socket, readies: &mpsc::Sender<()>, stop: &Shutdown) -> Res<()> {
+    let mut worker: Option<Vec<u8>> = None;
+    let mut frames: Vec<zmq::Message> = Vec::with_capacity(8);
+    while !stop.is_triggered() {
+        let mut items = [router.as_poll_item(zmq::POLLIN)];
+        match zmq::poll(&mut items, i64::from(STOP_CHECK_MS)) {
+            Ok(_) => {}
+            Err(zmq::Error::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        if !items[0].is_readable() {
+            continue;
+        }
+        for _ in 0..FLOOR_BATCH {
+            if !recv_frames(router, &mut frames, zmq::DONTWAIT)? {
+                break;
+            }
+            floor_route(router, &mut frames, &mut worker, readies)?;
+        }
+    }
+    Ok(())
+}
+
+/// Receives one whole multipart message into `frames` (cleared first), each frame a
+/// `zmq::Message` of its own; false when none was waiting.
+fn recv_frames(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>, flags: i32) -> Res<bool> {
+    frames.clear();
+    let mut msg = zmq::Message::new();
+    match socket.recv(&mut msg, flags) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => return Ok(false),
+        Err(e) => return Err(format!("recv: {e}")),
+    }
+    loop {
+        let more = msg.get_more();
+        frames.push(msg);
+        if !more {
+            return Ok(true);
+        }
+        // The rest of a multipart message arrives with its first frame.
+        msg = zmq::Message::new();
+        socket
+            .recv(&mut msg, 0)
+            .map_err(|e| format!("recv more: {e}"))?;
+    }
+}
+
+/// Routes one message the floor router received (`frames`, drained):
+/// - `[worker][""][MDPW01][0x01][service]...` (READY): remembers `worker`, the one worker
+///   (a later READY replaces it), and signals `readies`;
+/// - `[client][""][MDPC01][service][body...]`: to the worker, if there is one, as
+///   `[worker][""][MDPW01][0x02][client][""][body...]`, else dropped;
+/// - `[worker][""][MDPW01][0x03][client][""][body...]` (REPLY): to the client as
+///   `[client][""][MDPC01][SERVICE][body...]`;
+/// - anything else (HEARTBEAT, DISCONNECT, malformed): ignored.
+///
+/// The received identity and body frames are sent as they are, not copied.
+fn floor_route(
+    router: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+    worker: &mut Option<Vec<u8>>,
+    readies: &mpsc::Sender<()>,
+) -> Res<()> {
+    const MORE: i32 = zmq::SNDMORE | zmq::DONTWAIT;
+    let send = |data: &[u8]| router.send(data, MORE);
+    if frames.len() < 4 || !frames[1].is_empty() {
+        return Ok(());
+    }
+    let sent = if &frames[2][..] == mdp::CLIENT {
+        let Some(to) = worker.as_deref() else {
+            return Ok(());
+        };
+        let mut parts = frames.drain(..);
+        let client = parts.next().ok_or("no client identity")?;
+        send(to)
+            .and_then(|_| send(b""))
+            .and_then(|_| send(mdp::WORKER))
+            .and_then(|_| send(&[mdp::Command::Request as u8]))
+            .and_then(|_| router.send(client, MORE))
+            .and_then(|_| send_last(router, b"", parts.skip(3)))
+    } else if &frames[2][..] == mdp::WORKER {
+        match frames[3][..] {
+            [c] if c == mdp::Command::Ready as u8 && frames.len() >= 5 => {
+                *worker = Some(frames[0].to_vec());
+                let _ = readies.send(());
+                return Ok(());
+            }
+            [c] if c == mdp::Command::Reply as u8 && frames.len() >= 6 && frames[5].is_empty() => {
+                let mut parts = frames.drain(..).skip(4);
+                let client = parts.next().ok_or("no client address")?;
+                router
+                    .send(client, MORE)
+                    .and_then(|_| send(b""))
+                    .and_then(|_| send(mdp::CLIENT))
+                    .and_then(|_| send_last(router, SERVICE.as_bytes(), parts.skip(1)))
+            }
+            _ => return Ok(()),
+        }
+    } else {
+        return Ok(());
+    };
+    sent.map_err(|e| format!("send: {e}"))
+}
+
+/// Sends `head` and then `body`, the last of them ending the message (`DONTWAIT`).
+fn send_last(
+    socket: &zmq::Socket,
+    head: &[u8],
+    body: impl ExactSizeIterator<Item = zmq::Message>,
+) -> zmq::Result<()> {
+    let more = zmq::SNDMORE | zmq::DONTWAIT;
+    let n = body.len();
+    socket.send(head, if n == 0 { zmq::DONTWAIT } else { more })?;
+    for (i, frame) in body.enumerate() {
+        socket.send(frame, if i + 1 == n { zmq::DONTWAIT } else { more })?;
+    }
+    Ok(())
 }
 
 /// Waits `ms` milliseconds without `thread::sleep` (which clippy.toml disallows).
@@ -346,11 +518,12 @@ enum Pipelined {
 }
 
 /// What a raw client sends through `router`: the body to the raw proxy, 7/MDP with an
-/// envelope to the bosun broker (so a bosun worker treats it as a bosun request).
+/// envelope to the bosun broker or the floor router (so a bosun worker treats it as a
+/// bosun request).
 fn raw_request(router: Router) -> Vec<Vec<u8>> {
     match router {
         Router::RawProxy => vec![body()],
-        Router::Bosun => vec![
+        Router::Bosun | Router::FloorMdp => vec![
             mdp::CLIENT.to_vec(),
             SERVICE.as_bytes().to_vec(),
             Envelope::new(body()).encode(),
@@ -514,7 +687,7 @@ fn pipelined(client: Pipelined, t: Topology, n: usize) -> Res<(Figures, Vec<Thre
                 by_thread(&threads, n),
             )
         }
-        (Pipelined::RawDealer, Router::Bosun) => {
+        (Pipelined::RawDealer, Router::Bosun | Router::FloorMdp) => {
             let dealer = dealer_client(&ctx, ep)?;
             let request = raw_request(t.router);
             raw_mdp_pipeline(&dealer, warmup(n), IN_FLIGHT, &request, 3)?;
@@ -526,7 +699,7 @@ fn pipelined(client: Pipelined, t: Topology, n: usize) -> Res<(Figures, Vec<Thre
                 by_thread(&threads, n),
             )
         }
-        (Pipelined::BosunAsync, Router::Bosun) => {
+        (Pipelined::BosunAsync, Router::Bosun | Router::FloorMdp) => {
             let mut client = AsyncMajordomoClient::new(&ctx, ep, Retry::default())
                 .map_err(|e| format!("client: {e}"))?;
             let body = body();
@@ -1040,6 +1213,10 @@ fn part_x(s: &Settings) -> Res<()> {
             Client::Bosun,
             topo(Router::Bosun, Answerer::BosunWorker(1), 1),
         ),
+        (
+            Client::RawReq,
+            topo(Router::FloorMdp, Answerer::InlineMdp(1), 1),
+        ),
     ];
     let (runs, threads) =
         interleaved_by_thread(s.repeats, &one, |(c, t)| round_trips(c, t, s.n_rtt))?;
@@ -1088,6 +1265,14 @@ fn part_x(s: &Settings) -> Res<()> {
         (
             Pipelined::BosunAsync,
             topo(Router::Bosun, Answerer::BosunWorker(IN_FLIGHT as u32), 1),
+        ),
+        (
+            Pipelined::RawDealer,
+            topo(Router::FloorMdp, Answerer::InlineMdp(IN_FLIGHT as u32), 1),
+        ),
+        (
+            Pipelined::BosunAsync,
+            topo(Router::FloorMdp, Answerer::BosunWorker(IN_FLIGHT as u32), 1),
         ),
         (
             Pipelined::BosunAsync,
