@@ -17,7 +17,8 @@
 //!     req/s and the ratio (for reference, no target).
 //! (c) The same client, 1 worker of capacity 100, vs the raw proxy with 100 in flight
 //!     and 1 REP worker (which answers one at a time); req/s and the ratio (target
-//!     >= 0.6x).
+//!     >= 0.6x); for reference, also the floor router of (x) between a raw 7/MDP client
+//!     and an inline worker: what 7/MDP routing costs on libzmq with no bookkeeping.
 //! (d) The broker core alone (`proto::broker::Broker`, no sockets, virtual time, fake
 //!     worker identities): ns per request (client request in, REQUEST out, worker REPLY
 //!     in, client reply out, `handle_timeout`) with S services of one idle worker each
@@ -800,12 +801,12 @@ fn part_flight(
     raw: Topology,
     bosun: Topology,
     target: Option<f64>,
+    floor: Option<Topology>,
 ) -> Res<()> {
-    let (runs, threads) = interleaved_by_thread(
-        s.repeats,
-        &[(Pipelined::RawDealer, raw), (Pipelined::BosunAsync, bosun)],
-        |(c, t)| pipelined(c, t, s.n_inflight),
-    )?;
+    let mut cases = vec![(Pipelined::RawDealer, raw), (Pipelined::BosunAsync, bosun)];
+    cases.extend(floor.map(|t| (Pipelined::RawDealer, t)));
+    let (runs, threads) =
+        interleaved_by_thread(s.repeats, &cases, |(c, t)| pipelined(c, t, s.n_inflight))?;
     let (r, b) = (medians(&runs[0]), medians(&runs[1]));
     let ratio = b.per_sec / r.per_sec;
     let judged = match target {
@@ -824,7 +825,21 @@ fn part_flight(
         cost(&r),
         cost(&b)
     );
-    by_thread_line(&threads);
+    by_thread_line(&threads[..2]);
+    if let Some(t) = floor {
+        let f = medians(&runs[2]);
+        println!(
+            "  for reference, the floor of 7/MDP routing on libzmq (raw 7/MDP DEALER client -> FloorMdp -> {} x {:?}): {:.0} req/s = {:.3}x raw (paired {:.2}x); bosun = {:.3}x the floor | runs {} ; per request {}",
+            t.workers,
+            t.answerer,
+            f.per_sec,
+            f.per_sec / r.per_sec,
+            paired(&runs[0], &runs[2], |x| x.per_sec),
+            b.per_sec / f.per_sec,
+            list(&runs[2], |x| x.per_sec, ""),
+            cost(&f)
+        );
+    }
     Ok(())
 }
 
@@ -834,6 +849,7 @@ fn part_b(s: &Settings) -> Res<()> {
         &format!("(b) majordomo 1 client x {IN_FLIGHT} in flight, {WORKERS} workers (bosun capacity 1, raw REP)"),
         topo(Router::RawProxy, Answerer::RawRep, WORKERS),
         topo(Router::Bosun, Answerer::BosunWorker(1), WORKERS),
+        None,
         None,
     )
 }
@@ -845,6 +861,11 @@ fn part_c(s: &Settings) -> Res<()> {
         topo(Router::RawProxy, Answerer::RawRep, 1),
         topo(Router::Bosun, Answerer::BosunWorker(IN_FLIGHT as u32), 1),
         Some(0.6),
+        Some(topo(
+            Router::FloorMdp,
+            Answerer::InlineMdp(IN_FLIGHT as u32),
+            1,
+        )),
     )
 }
 
