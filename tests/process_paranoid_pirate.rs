@@ -50,30 +50,39 @@ fn fast_queue() -> (Proc, String, String) {
 
 /// A worker with the fast heartbeat whose replies start with `prefix`.
 fn worker(name: &str, backend: &str, prefix: &str) -> Proc {
-    Proc::spawn(
+    worker_with(
         name,
-        &mut bosun(&[
-            "worker",
-            "--connect",
-            backend,
-            "--reply-prefix",
-            prefix,
-            "--delay",
-            "20ms",
-            "--heartbeat-interval",
-            INTERVAL,
-            "--heartbeat-liveness",
-            LIVENESS,
-            "--reconnect-initial",
-            "100ms",
-        ]),
+        backend,
+        &["--reply-prefix", prefix, "--delay", "20ms"],
     )
+}
+
+/// A worker with `-v`, the fast heartbeat, and `extra` arguments.
+fn worker_with(name: &str, backend: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "-v",
+        "worker",
+        "--connect",
+        backend,
+        "--heartbeat-interval",
+        INTERVAL,
+        "--heartbeat-liveness",
+        LIVENESS,
+        "--reconnect-initial",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(name, &mut bosun(&args))
 }
 
 /// Starts a worker and waits until the queue logs it ready; returns it and the
 /// identity (hex) the queue knows it by.
 fn ready_worker(queue: &mut Proc, name: &str, backend: &str, prefix: &str) -> (Proc, String) {
-    let w = worker(name, backend, prefix);
+    ready(queue, name, worker(name, backend, prefix))
+}
+
+/// Waits until the queue logs `w` ready; returns it and its identity (hex).
+fn ready(queue: &mut Proc, name: &str, w: Proc) -> (Proc, String) {
     let line = queue
         .stderr
         .wait_for(deadline(SECS_10), |l| l.contains("worker ready"))
@@ -486,25 +495,12 @@ fn worker_survives_garbage_from_its_queue() {
 #[test]
 fn slow_handler_keeps_its_worker_alive() {
     let (mut q, frontend, backend) = fast_queue();
-    let mut w = Proc::spawn(
+    let slow = worker_with(
         "worker",
-        &mut bosun(&[
-            "worker",
-            "--connect",
-            &backend,
-            "--reply-prefix",
-            "S:",
-            "--delay",
-            "1500ms",
-            "--heartbeat-interval",
-            INTERVAL,
-            "--heartbeat-liveness",
-            LIVENESS,
-        ]),
+        &backend,
+        &["--reply-prefix", "S:", "--delay", "1500ms"],
     );
-    q.stderr
-        .wait_for(deadline(SECS_10), |l| l.contains("worker ready"))
-        .unwrap_or_else(|| panic!("worker never became ready:\n{}", q.stderr.dump()));
+    let (mut w, _) = ready(&mut q, "worker", slow);
     let mut c = client(&frontend, 1, "10s");
     let status = c.expect_exit(SECS_10);
     c.stdout.read_to_end(deadline(ms(2000)));
@@ -532,26 +528,14 @@ fn slow_handler_keeps_its_worker_alive() {
 #[test]
 fn ctrl_c_stops_a_busy_worker_at_once() {
     let (mut q, frontend, backend) = fast_queue();
-    let mut w = Proc::spawn(
+    let busy = worker_with(
         "worker",
-        &mut bosun(&[
-            "-v",
-            "worker",
-            "--connect",
-            &backend,
-            "--exec",
-            "echo handling >&2; exec sleep 60",
-            "--heartbeat-interval",
-            INTERVAL,
-            "--heartbeat-liveness",
-            LIVENESS,
-        ]),
+        &backend,
+        &["--exec", "echo handling >&2; exec sleep 60"],
     );
+    let (mut w, _) = ready(&mut q, "worker", busy);
     // The worker exits on Ctrl-C but its handler's `sleep` would not: killed at the end.
     let _handler = w.group_guard();
-    q.stderr
-        .wait_for(deadline(SECS_10), |l| l.contains("worker ready"))
-        .unwrap_or_else(|| panic!("worker never became ready:\n{}", q.stderr.dump()));
     let mut c = client(&frontend, 1, "30s");
     w.expect_stderr("the request reaching the handler", SECS_10, |l| {
         l == "handling"

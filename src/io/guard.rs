@@ -17,6 +17,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::io::ppworker::WorkerStats;
 use crate::io::{self, Shutdown};
 use crate::proto::frames::Frames;
 
@@ -78,6 +79,14 @@ impl Guarded {
         lock(&self.ctx).clone()
     }
 
+    /// What the worker did so far.
+    pub(crate) fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            handled: self.handled.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
     /// Records that a message went to the peer now.
     pub(crate) fn sent(&self) {
         self.last_sent
@@ -117,21 +126,21 @@ pub(crate) struct GuardFrames {
     pub goodbye: Option<Frames>,
 }
 
-/// Runs `socket_thread` on a thread named `name` and guards it from this thread until it
+/// Runs `socket_thread` on a thread of its own and guards it from this thread until it
 /// returns, or until `shutdown` while its handler runs (then returns `Ok` at once).
 pub(crate) fn run_guarded(
     guarded: &Arc<Guarded>,
-    name: &str,
     interval: Duration,
     frames: GuardFrames,
     shutdown: &Shutdown,
-    socket_thread: impl FnOnce() -> Result<(), Error> + Send + 'static,
+    socket_thread: impl FnOnce(&Guarded, &Shutdown) -> Result<(), Error> + Send + 'static,
 ) -> Result<(), Error> {
     let (done_tx, done) = mpsc::channel();
+    let (shared, stop) = (Arc::clone(guarded), shutdown.clone());
     std::thread::Builder::new()
-        .name(name.into())
+        .name("bosun-socket".into())
         .spawn(move || {
-            let _ = done_tx.send(socket_thread());
+            let _ = done_tx.send(socket_thread(&shared, &stop));
         })
         .map_err(|e| Error::io("spawn worker socket thread", e))?;
     let tick = (interval / 4)

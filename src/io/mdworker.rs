@@ -20,14 +20,8 @@ use crate::proto::worker::{Event, MdWorker, Transmit};
 /// A request handler that many threads may call at once.
 pub type SharedHandler = Arc<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
 
-/// What a worker did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MdWorkerStats {
-    /// Requests handled and replied to.
-    pub handled: u64,
-    /// Fresh sockets opened after the first (broker lost or DISCONNECT).
-    pub reconnects: u64,
-}
+/// What a worker did before it stopped (the same as a Paranoid Pirate worker's).
+pub type MdWorkerStats = crate::io::ppworker::WorkerStats;
 
 /// A Majordomo (7/MDP) worker for one service.
 ///
@@ -39,11 +33,7 @@ pub struct MdWorkerStats {
 /// ```
 pub struct Worker {
     ctx: zmq::Context,
-    endpoint: String,
-    service: String,
-    capacity: u32,
-    heartbeat: Heartbeat,
-    reconnect: Backoff,
+    settings: Settings,
 }
 
 /// How requests reach the handler.
@@ -60,11 +50,13 @@ impl Worker {
     pub fn new(endpoint: &str, service: &str) -> Self {
         Worker {
             ctx: zmq::Context::new(),
-            endpoint: endpoint.to_string(),
-            service: service.to_string(),
-            capacity: 1,
-            heartbeat: BrokerConfig::default().heartbeat,
-            reconnect: RECONNECT,
+            settings: Settings {
+                endpoint: endpoint.to_string(),
+                service: service.to_string(),
+                capacity: 1,
+                heartbeat: BrokerConfig::default().heartbeat,
+                reconnect: RECONNECT,
+            },
         }
     }
 
@@ -80,36 +72,38 @@ impl Worker {
     /// plain 7/MDP broker gives such a worker one request at a time only if it ignores
     /// the extra frame, so keep 1 there).
     pub fn capacity(mut self, k: u32) -> Self {
-        self.capacity = k;
+        self.settings.capacity = k;
         self
     }
 
     /// Sets the heartbeat (must match the broker's).
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
-        self.heartbeat = heartbeat;
+        self.settings.heartbeat = heartbeat;
         self
     }
 
     /// Sets the reconnect backoff.
     pub fn reconnect(mut self, reconnect: Backoff) -> Self {
-        self.reconnect = reconnect;
+        self.settings.reconnect = reconnect;
         self
     }
 
     /// Serves requests until `shutdown` is triggered, then sends DISCONNECT. A handler
     /// still running then is not waited for: its request goes back to the broker.
     pub fn run(self, handler: SharedHandler, shutdown: &Shutdown) -> Result<MdWorkerStats, Error> {
-        self.heartbeat.validate()?;
-        self.reconnect
+        let Worker { ctx, settings } = self;
+        settings.heartbeat.validate()?;
+        settings
+            .reconnect
             .validate("--reconnect-initial/--reconnect-max")?;
-        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+        if settings.capacity == 0 || settings.capacity > MAX_CAPACITY {
             return Err(crate::error::ConfigError::Invalid {
                 field: "--capacity",
                 reason: format!("must be between 1 and {MAX_CAPACITY}"),
             }
             .into());
         }
-        if self
+        if settings
             .service
             .as_bytes()
             .starts_with(crate::proto::broker::MMI_PREFIX)
@@ -120,33 +114,15 @@ impl Worker {
             }
             .into());
         }
-        let Worker {
-            ctx,
-            endpoint,
-            service,
-            capacity,
-            heartbeat,
-            reconnect,
-        } = self;
         // The context moves into `shared`, never into the socket thread: a guard that
         // says goodbye for a busy handler drops it to flush the DISCONNECT.
         let shared = Guarded::new(ctx);
-        let settings = Settings {
-            endpoint,
-            service,
-            capacity,
-            heartbeat,
-            reconnect,
-        };
-        if capacity == 1 {
+        if settings.capacity == 1 {
             settings.run_inline(handler, &shared, shutdown)?;
         } else {
             settings.run_pool(handler, &shared, shutdown)?;
         }
-        Ok(MdWorkerStats {
-            handled: shared.handled.load(Ordering::Relaxed),
-            reconnects: shared.reconnects.load(Ordering::Relaxed),
-        })
+        Ok(shared.stats())
     }
 }
 
@@ -172,19 +148,10 @@ impl Settings {
             goodbye: Some(mdp::command(None, Command::Disconnect)),
         };
         let interval = self.heartbeat.interval;
-        let socket_shared = Arc::clone(shared);
-        let socket_shutdown = shutdown.clone();
-        run_guarded(
-            shared,
-            "bosun-socket",
-            interval,
-            frames,
-            shutdown,
-            move || {
-                let inline: handler::Handler = Box::new(move |b| handler(b));
-                self.drive(&socket_shared, Exec::Inline(inline), &socket_shutdown)
-            },
-        )
+        run_guarded(shared, interval, frames, shutdown, move |s, stop| {
+            let inline: handler::Handler = Box::new(move |b| handler(b));
+            self.drive(s, Exec::Inline(inline), stop)
+        })
     }
 
     /// Capacity K > 1: this thread drives the socket and a pool of K threads handles.

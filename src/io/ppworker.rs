@@ -3,7 +3,6 @@
 //! heartbeats flowing (see `io::guard`).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
 use crate::error::Error;
@@ -13,21 +12,19 @@ use crate::io::{self, Shutdown};
 use crate::proto::frames::ppp::Command;
 use crate::proto::paranoid_pirate::{Worker, WorkerEvent, WorkerTransmit};
 
-/// What a worker did before it stopped.
+/// What a worker (Paranoid Pirate or Majordomo) did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Requests handled and replied to.
     pub handled: u64,
-    /// Times the queue was lost and a fresh socket connected.
+    /// Fresh sockets opened after the first (the queue or broker lost, or DISCONNECT).
     pub reconnects: u64,
 }
 
 /// A Paranoid Pirate (6/PPP) worker.
 pub struct PpWorker {
     ctx: zmq::Context,
-    endpoint: String,
-    heartbeat: Heartbeat,
-    reconnect: Backoff,
+    settings: Settings,
 }
 
 /// A worker's settings, without its context.
@@ -43,21 +40,23 @@ impl PpWorker {
     pub fn new(ctx: &zmq::Context, endpoint: &str) -> Self {
         PpWorker {
             ctx: ctx.clone(),
-            endpoint: endpoint.to_string(),
-            heartbeat: Heartbeat::default(),
-            reconnect: RECONNECT,
+            settings: Settings {
+                endpoint: endpoint.to_string(),
+                heartbeat: Heartbeat::default(),
+                reconnect: RECONNECT,
+            },
         }
     }
 
     /// Sets the heartbeat interval and liveness (must match the queue's).
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
-        self.heartbeat = heartbeat;
+        self.settings.heartbeat = heartbeat;
         self
     }
 
     /// Sets the reconnect backoff (default [`RECONNECT`]: 1 s doubling to 32 s).
     pub fn reconnect(mut self, reconnect: Backoff) -> Self {
-        self.reconnect = reconnect;
+        self.settings.reconnect = reconnect;
         self
     }
 
@@ -66,39 +65,24 @@ impl PpWorker {
     /// `shutdown` returns without waiting for it (6/PPP has no goodbye: the queue expires
     /// the worker and the client retries the request).
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<WorkerStats, Error> {
-        self.heartbeat.validate()?;
-        self.reconnect
+        let PpWorker { ctx, settings } = self;
+        settings.heartbeat.validate()?;
+        settings
+            .reconnect
             .validate("--reconnect-initial/--reconnect-max")?;
-        let PpWorker {
-            ctx,
-            endpoint,
-            heartbeat,
-            reconnect,
-        } = self;
         let shared = Guarded::new(ctx);
-        let settings = Settings {
-            endpoint,
-            heartbeat,
-            reconnect,
-        };
         let frames = GuardFrames {
             heartbeat: Command::Heartbeat.frames(),
             goodbye: None,
         };
-        let socket_shared = Arc::clone(&shared);
-        let socket_shutdown = shutdown.clone();
         run_guarded(
             &shared,
-            "bosun-socket",
-            heartbeat.interval,
+            settings.heartbeat.interval,
             frames,
             shutdown,
-            move || settings.drive(&socket_shared, handler, &socket_shutdown),
+            move |s, stop| settings.drive(s, handler, stop),
         )?;
-        Ok(WorkerStats {
-            handled: shared.handled.load(Ordering::Relaxed),
-            reconnects: shared.reconnects.load(Ordering::Relaxed),
-        })
+        Ok(shared.stats())
     }
 }
 
