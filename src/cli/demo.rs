@@ -220,10 +220,11 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             // Everything written is answered: send one request and kill the broker
             // while it is in flight, then start a new broker on the same endpoint.
             feed.write_up_to(feed.written + 1)?;
-            // Half the simulated work: by then the request has reached a worker, so the
-            // broker dies holding it and the client must retry on the new broker.
-            #[allow(clippy::disallowed_methods)] // staging the fault, not synchronising
-            std::thread::sleep(args.work / 2);
+            // Once a worker holds it (the broker's mmi.stats says so), the broker dies
+            // holding it and the client must retry on the new broker.
+            if !wait_until_busy(&client_endpoint, io::now() + args.work) {
+                println!("demo: no worker was seen holding the request; killing the broker anyway");
+            }
             if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == "broker") {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -269,6 +270,42 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Asks the broker at `endpoint` (`mmi.stats`) until a worker of the demo's service holds
+/// a request, or `deadline` passes; whether one did.
+fn wait_until_busy(endpoint: &str, deadline: std::time::Instant) -> bool {
+    let ctx = zmq::Context::new();
+    let retry = crate::config::Retry {
+        timeout: Duration::from_millis(200),
+        retries: 1,
+        ..crate::config::Retry::default()
+    };
+    let Ok(mut stats) = crate::io::mdclient::MajordomoClient::new(&ctx, endpoint, retry) else {
+        return false;
+    };
+    while io::now() < deadline {
+        let busy = stats
+            .request("mmi.stats", SERVICE.as_bytes().to_vec())
+            .ok()
+            .and_then(|reply| busy_of(&String::from_utf8_lossy(&reply)));
+        if busy.is_some_and(|n| n > 0) {
+            return true;
+        }
+        // Between probes: a few milliseconds, so the probes do not load the broker.
+        let _ = io::poll(&mut [], 5);
+    }
+    false
+}
+
+/// The `busy=` count of an `mmi.stats` reply's first service line.
+fn busy_of(stats: &str) -> Option<u64> {
+    stats
+        .lines()
+        .skip(1)
+        .flat_map(str::split_whitespace)
+        .find_map(|kv| kv.strip_prefix("busy="))
+        .and_then(|n| n.parse().ok())
 }
 
 /// The requests written to the client's stdin so far; stdin is closed (the client's
@@ -466,5 +503,11 @@ mod tests {
             Some(1)
         );
         assert_eq!(requeued_of("INFO worker ready requeued=1"), None);
+        assert_eq!(
+            busy_of("200\nservice=echo idle=1 busy=1 capacity=2 queued=0"),
+            Some(1)
+        );
+        assert_eq!(busy_of("200"), None);
+        assert_eq!(busy_of("404\n"), None);
     }
 }
