@@ -29,7 +29,7 @@ pub struct WorkerArgs {
     /// Speak Majordomo (7/MDP) and serve this service; without it, Paranoid Pirate.
     #[arg(long, env = "BOSUN_SERVICE")]
     pub service: Option<String>,
-    /// Majordomo only: handle up to K requests at once (a pool of K threads).
+    /// Majordomo only: handle up to K requests at once (a pool of K threads; 1 to 1000).
     #[arg(long, default_value_t = 1)]
     pub capacity: u32,
     /// Run `sh -c CMD` per request, body on stdin, reply from stdout (default: echo).

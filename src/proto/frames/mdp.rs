@@ -28,9 +28,13 @@ pub const CLIENT: &[u8] = b"MDPC01";
 pub const WORKER: &[u8] = b"MDPW01";
 /// Prefix of the READY frame by which a bosun worker declares its capacity.
 pub const CAPACITY_PREFIX: &[u8] = b"capacity=";
-/// Largest capacity a worker may declare; more is a protocol error. 65,536 bounds what
-/// one worker can make the broker track.
-pub const MAX_CAPACITY: u32 = 1 << 16;
+/// Largest capacity a worker may declare; more is a protocol error. 1000 is libzmq's
+/// default high-water mark: the broker's ROUTER silently drops messages to a peer whose
+/// pipe holds that many, and a request dropped there would hold one of the worker's
+/// slots for as long as it lives. With at most this many requests in flight to one
+/// worker, only heartbeats can ever reach the mark (a worker that reads nothing for
+/// about a thousand intervals), never a request.
+pub const MAX_CAPACITY: u32 = 1000;
 
 /// The worker commands of 7/MDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,6 +429,14 @@ mod tests {
         assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x01"])).is_err());
         assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x01", b"s", b"capacity=0"])).is_err());
         assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x01", b"s", b"capacity=x"])).is_err());
+        assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x01", b"s", b"capacity=1001"])).is_err());
+        assert_eq!(
+            parse_to_broker(f(&[b"", b"MDPW01", b"\x01", b"s", b"capacity=1000"])),
+            Ok(ToBroker::Worker(FromWorker::Ready {
+                service: b"s".to_vec(),
+                capacity: MAX_CAPACITY
+            }))
+        );
         assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x01", b"s", b"junk"])).is_err());
         assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x03", b"C"])).is_err());
         assert!(parse_to_broker(f(&[b"", b"MDPW01", b"\x03", b"C", b"x", b"r"])).is_err());
