@@ -153,6 +153,11 @@ impl Drop for Pool {
 fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler) {
     let mut jobs = lock(&inner.jobs);
     loop {
+        // A stopped pool's queued jobs are the broker's again (it re-queues what the
+        // worker held when the worker goes): none is started.
+        if jobs.stop {
+            return;
+        }
         if let Some((client, body)) = jobs.queue.pop_front() {
             jobs.spare -= 1;
             let wake = jobs.must_wake();
@@ -166,7 +171,9 @@ fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler)
             };
             let panicked = matches!(outcome, Outcome::Panicked(_));
             lock(&inner.outcomes).push(outcome);
-            if !inner.rung.swap(true, Ordering::SeqCst) && ring.send("", 0).is_err() {
+            // Never blocks: at most one ring is outstanding, so a failed send means the
+            // pool (and its doorbell) is gone.
+            if !inner.rung.swap(true, Ordering::SeqCst) && ring.send("", zmq::DONTWAIT).is_err() {
                 return;
             }
             if panicked {
@@ -175,9 +182,6 @@ fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler)
             jobs = lock(&inner.jobs);
             jobs.spare += 1;
             continue;
-        }
-        if jobs.stop {
-            return;
         }
         jobs.spare -= 1;
         jobs.sleeping += 1;
@@ -246,6 +250,43 @@ mod tests {
             seen.iter().all(|s| s == &K.to_string()),
             "handlers saw {seen:?} running at once, want {K} each"
         );
+    }
+
+    /// A dropped pool's threads all end, the one still in a handler once it returns
+    /// (its reply has nowhere to go and must not block it).
+    #[test]
+    fn a_dropped_pool_lets_every_thread_end() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = Arc::clone(&gate);
+        let handler: SharedHandler = Arc::new(move |body| {
+            let (open, cv) = &*g;
+            let mut open = lock(open);
+            let until = io::now() + Duration::from_secs(5);
+            while !*open && io::now() < until {
+                open = cv.wait_timeout(open, until - io::now()).unwrap().0;
+            }
+            body
+        });
+        let pool = Pool::start(3, &handler).unwrap();
+        pool.submit(b"c".to_vec(), vec![b"x".to_vec()]);
+        // Wait until a thread holds the job (the queue is empty again).
+        let until = io::now() + Duration::from_secs(5);
+        while !lock(&pool.inner.jobs).queue.is_empty() {
+            assert!(io::now() < until, "no thread took the job");
+            std::thread::yield_now();
+        }
+        drop(pool);
+        *lock(&gate.0) = true;
+        gate.1.notify_all();
+        let until = io::now() + Duration::from_secs(10);
+        while Arc::strong_count(&handler) > 1 {
+            assert!(
+                io::now() < until,
+                "{} pool threads never ended",
+                Arc::strong_count(&handler) - 1
+            );
+            std::thread::yield_now();
+        }
     }
 
     /// Many more fast jobs than threads: every job is answered once, to its client.
