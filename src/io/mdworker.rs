@@ -252,12 +252,13 @@ impl Settings {
                     Event::Malformed(e) => tracing::warn!(error = %e, "malformed message dropped"),
                 }
             }
-            // An inline reply is waiting in the core: send it before waiting on anything.
-            let timeout = if replied_inline {
-                0
-            } else {
-                io::poll_millis(io::now(), core.poll_timeout())
-            };
+            // An inline reply is waiting in the core: round again to send it before
+            // waiting on anything (the socket is read, and then the timers run, next
+            // time round).
+            if replied_inline {
+                continue;
+            }
+            let timeout = io::poll_millis(io::now(), core.poll_timeout());
             let pool = match &exec {
                 Exec::Pool(pool) => Some(pool),
                 Exec::Inline(_) => None,
