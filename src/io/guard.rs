@@ -7,6 +7,12 @@
 //! nothing went to the peer for an interval, and on shutdown it says goodbye at once and
 //! returns without waiting for the handler, whose reply is then never sent.
 //!
+//! A zmq socket is not thread-safe, but libzmq lets it move between threads across a
+//! full memory barrier (zmq(7), "Thread safety"). The mutex is that barrier: exactly one
+//! thread holds the socket at any time, and each hand-over is a lock release followed by
+//! a lock acquire. The guard never waits for the lock (it only tries it), so it can
+//! never hold up the socket thread for longer than one send.
+//!
 //! The guard looks every quarter interval (at most every [`io::SHUTDOWN_CHECK`]), so
 //! the longest silence while a handler runs is 1.25 intervals. On the fast path the
 //! socket thread pays two uncontended lock operations and three atomic stores per
