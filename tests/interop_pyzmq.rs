@@ -11,15 +11,17 @@
 //! them always.
 //!
 //! Every wait is a condition with a deadline, and every child process is killed and
-//! reaped when its [`Peer`] guard drops, also when an assertion fails half way.
+//! reaped when its guard (`common::Proc`) drops, also when an assertion fails half way.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{bosun, command, deadline, field, free_port, now, spawn_piped, Proc};
 
 const SECS_5: Duration = Duration::from_secs(5);
 const SECS_10: Duration = Duration::from_secs(10);
@@ -57,10 +59,9 @@ fn interop_available(test: &str) -> bool {
 }
 
 fn check_pyzmq() -> Result<(), String> {
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", "import zmq; print('pyzmq', zmq.__version__)"])
-        .stdin(Stdio::null());
-    let mut probe = Peer::try_spawn("python3 -c 'import zmq'", &mut cmd)
+    let mut cmd = command("python3");
+    cmd.args(["-c", "import zmq; print('pyzmq', zmq.__version__)"]);
+    let mut probe = Proc::try_spawn("python3 -c 'import zmq'", &mut cmd)
         .map_err(|e| format!("cannot start `python3`: {e}"))?;
     let status = probe
         .wait_exit(SECS_10)
@@ -71,305 +72,40 @@ fn check_pyzmq() -> Result<(), String> {
         probe.drain(SECS_5);
         Err(format!(
             "`python3 -c \"import zmq\"` failed ({status}): {}",
-            probe.err.dump()
+            probe.stderr.dump()
         ))
     }
 }
 
 // ---------------------------------------------------------------------------------
-// Time. Tests read the real clock; only bounded waits pause.
+// Child processes: the shared [`Proc`] guard, and what these tests check of them.
 
-#[allow(clippy::disallowed_methods)] // process tests run on the real clock
-fn now() -> Instant {
-    Instant::now()
-}
-
-/// One polling interval inside a loop that re-checks its condition and gives up at a
-/// deadline. Not synchronisation.
-#[allow(clippy::disallowed_methods)] // the polling interval of a bounded wait
-fn pause() {
-    std::thread::sleep(Duration::from_millis(5));
-}
-
-// ---------------------------------------------------------------------------------
-// Child processes.
-
-/// The lines of one output stream of a child, read on a thread so that the child never
-/// blocks on a full pipe and the test can wait for a line with a deadline.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    eof: bool,
-}
-
-impl Lines {
-    fn read<R: Read + Send + 'static>(stream: Option<R>) -> Lines {
-        let (tx, rx) = mpsc::channel();
-        if let Some(stream) = stream {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf)
-                                .trim_end_matches(['\n', '\r'])
-                                .to_string();
-                            if tx.send(line).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        Lines {
-            rx,
-            seen: Vec::new(),
-            eof: false,
-        }
-    }
-
-    /// The next line, waiting until `until` at most; `None` at the deadline or the end.
-    fn next(&mut self, until: Instant) -> Option<String> {
-        if self.eof {
-            return None;
-        }
-        match self.rx.recv_timeout(until.saturating_duration_since(now())) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                self.eof = true;
-                None
-            }
-        }
-    }
-
-    fn read_available(&mut self) {
-        while !self.eof {
-            match self.rx.try_recv() {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::TryRecvError::Empty) => return,
-                Err(mpsc::TryRecvError::Disconnected) => self.eof = true,
-            }
-        }
-    }
-
-    fn dump(&self) -> String {
-        self.seen.join("\n")
-    }
-}
-
-/// A running child (bosun or a python peer) in a process group of its own. Dropping it
-/// SIGKILLs the group and reaps the child, so a failed assertion leaves nothing behind.
-struct Peer {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Lines,
-    err: Lines,
-    status: Option<ExitStatus>,
-}
-
-impl Peer {
-    fn try_spawn(name: &str, cmd: &mut Command) -> std::io::Result<Peer> {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd.spawn()?;
-        let stdin = child.stdin.take();
-        Ok(Peer {
-            name: name.to_string(),
-            out: Lines::read(child.stdout.take()),
-            err: Lines::read(child.stderr.take()),
-            child,
-            stdin,
-            status: None,
-        })
-    }
-
-    fn spawn(name: &str, cmd: &mut Command) -> Peer {
-        Peer::try_spawn(name, cmd).unwrap_or_else(|e| panic!("start {name}: {e}"))
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    /// Waits up to `limit` for the child to exit.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let end = now() + limit;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
-            }
-            if now() >= end {
-                return None;
-            }
-            pause();
-        }
-    }
-
-    /// Reads both streams to their end (the child has exited), for `limit` at most.
-    fn drain(&mut self, limit: Duration) {
-        let end = now() + limit;
-        while self.out.next(end).is_some() {}
-        while self.err.next(end).is_some() {}
-    }
-
-    /// Everything the child printed so far, for assertion messages.
-    fn dump(&mut self) -> String {
-        self.out.read_available();
-        self.err.read_available();
-        format!(
-            "--- {} stdout:\n{}\n--- {} stderr:\n{}",
-            self.name,
-            self.out.dump(),
-            self.name,
-            self.err.dump()
-        )
-    }
-
-    /// Reads stdout until a line starting with `prefix`, within `limit`; panics with
-    /// the child's output otherwise.
-    fn expect_line(&mut self, prefix: &str, limit: Duration) -> String {
-        let end = now() + limit;
-        while let Some(line) = self.out.next(end) {
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
-        panic!(
-            "no stdout line starting {prefix:?} within {limit:?}\n{}",
-            self.dump()
-        )
-    }
-
-    /// Reads stderr until `count` lines (seen before or now) contain `needle`.
-    fn expect_stderr_count(&mut self, needle: &str, count: usize, limit: Duration) {
-        let end = now() + limit;
-        let mut n = self.err.seen.iter().filter(|l| l.contains(needle)).count();
-        while n < count {
-            match self.err.next(end) {
-                Some(line) if line.contains(needle) => n += 1,
-                Some(_) => {}
-                None => panic!(
-                    "{n} of {count} stderr lines with {needle:?} within {limit:?}\n{}",
-                    self.dump()
-                ),
-            }
-        }
-    }
-
-    /// Waits up to `limit` for the child to exit on its own and reads all its output;
-    /// panics with that output if it does not exit in time or exits unsuccessfully.
-    fn finish(&mut self, limit: Duration) -> Vec<String> {
-        let Some(status) = self.wait_exit(limit) else {
-            panic!("still running after {limit:?}\n{}", self.dump())
-        };
-        self.drain(SECS_5);
-        if !status.success() {
-            panic!("exited with {status}\n{}", self.dump());
-        }
-        self.out.seen.clone()
-    }
-
-    /// Sends SIGTERM, unless the child has already been reaped.
-    fn terminate(&mut self) {
-        if self.try_status().is_none() {
-            // SAFETY: kill(2) on our own unreaped child has no memory effects.
-            unsafe {
-                libc::kill(self.pid(), libc::SIGTERM);
-            }
-        }
-    }
-
-    /// SIGKILLs the child (no goodbye on the wire) and reaps it.
-    fn kill(&mut self) {
-        if self.try_status().is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-
-    /// Writes `text` to stdin and closes it (end of input).
-    fn feed(&mut self, text: &str) {
-        let mut stdin = self.stdin.take().expect("stdin was piped");
-        stdin
-            .write_all(text.as_bytes())
-            .and_then(|_| stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.name));
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if self.try_status().is_none() {
-            // SAFETY: kill(2) on the process group of our own unreaped child (its pid is
-            // the group id, see `try_spawn`), so no stranger is hit.
-            unsafe {
-                libc::kill(-self.pid(), libc::SIGKILL);
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A `bosun` command, isolated from the caller's `BOSUN_*` and `RUST_LOG`, stdin closed.
-fn bosun(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bosun"));
-    cmd.args(args);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOSUN_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// A pyzmq peer from `tests/interop/`, unbuffered, stdin closed.
+/// A pyzmq peer from `tests/interop/`, unbuffered, stdin closed, output piped, in a
+/// process group of its own (see [`command`]).
 fn python(script: &str, args: &[&str]) -> Command {
     let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "interop", script]
         .iter()
         .collect();
-    let mut cmd = Command::new("python3");
+    let mut cmd = command("python3");
     cmd.arg("-u")
         .arg(path)
         .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null());
+        .env("PYTHONUNBUFFERED", "1");
     cmd
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released), for a broker that must come
-/// back at the same address.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// The value of the `key=VALUE` word of `line`.
-fn field(line: &str, key: &str) -> Option<String> {
-    let prefix = format!("{key}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(prefix.as_str()))
-        .map(str::to_string)
+/// Waits up to `limit` for `peer` to exit on its own and reads all its output; returns
+/// its stdout lines. Panics with that output if it does not exit in time or exits
+/// unsuccessfully.
+fn finish(peer: &mut Proc, limit: Duration) -> Vec<String> {
+    let Some(status) = peer.wait_exit(limit) else {
+        panic!("still running after {limit:?}\n{}", peer.dump())
+    };
+    peer.drain(SECS_5);
+    if !status.success() {
+        panic!("exited with {status}\n{}", peer.dump());
+    }
+    peer.stdout.texts()
 }
 
 /// The numeric `key=N` of `line`, or a panic naming the line.
@@ -390,38 +126,38 @@ fn line_with<'a>(lines: &'a [String], prefix: &str) -> &'a str {
 // Starting the pieces.
 
 /// A bosun broker on a free loopback port (or at `bind`): the guard and its endpoint.
-fn bosun_broker(bind: &str, extra: &[&str]) -> (Peer, String) {
+fn bosun_broker(bind: &str, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["broker", "--bind", bind];
     args.extend_from_slice(extra);
-    let mut broker = Peer::spawn("bosun broker", &mut bosun(&args));
-    let line = broker.expect_line("broker bound=", SECS_10);
+    let mut broker = Proc::spawn("bosun broker", &mut bosun(&args));
+    let line = broker.expect_stdout("broker bound=", SECS_10);
     let endpoint = field(&line, "bound").expect("bound=");
     (broker, endpoint)
 }
 
 /// The pyzmq broker on a free loopback port (or at `bind`): the guard and its endpoint.
-fn py_broker(bind: &str, args: &[&str]) -> (Peer, String) {
+fn py_broker(bind: &str, args: &[&str]) -> (Proc, String) {
     let mut all = vec![bind];
     all.extend_from_slice(args);
-    let mut broker = Peer::spawn("pyzmq broker", &mut python("mdp_broker.py", &all));
-    let line = broker.expect_line("broker bound=", SECS_10);
+    let mut broker = Proc::spawn("pyzmq broker", &mut python("mdp_broker.py", &all));
+    let line = broker.expect_stdout("broker bound=", SECS_10);
     let endpoint = field(&line, "bound").expect("bound=");
     (broker, endpoint)
 }
 
 /// The pyzmq echo worker.
-fn py_worker(name: &str, endpoint: &str, service: &str, count: usize, extra: &[&str]) -> Peer {
+fn py_worker(name: &str, endpoint: &str, service: &str, count: usize, extra: &[&str]) -> Proc {
     let count = count.to_string();
     let mut args = vec![endpoint, service, count.as_str()];
     args.extend_from_slice(extra);
-    Peer::spawn(name, &mut python("mdp_worker.py", &args))
+    Proc::spawn(name, &mut python("mdp_worker.py", &args))
 }
 
 /// A bosun Majordomo worker.
-fn bosun_worker(name: &str, endpoint: &str, service: &str, extra: &[&str]) -> Peer {
+fn bosun_worker(name: &str, endpoint: &str, service: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["worker", "--connect", endpoint, "--service", service];
     args.extend_from_slice(extra);
-    Peer::spawn(name, &mut bosun(&args))
+    Proc::spawn(name, &mut bosun(&args))
 }
 
 /// Runs the pyzmq client to completion; returns its reply lines by request number
@@ -437,8 +173,8 @@ fn py_client(
     let mut args = vec![endpoint, service, n.as_str()];
     args.extend_from_slice(extra);
     let name = format!("pyzmq client {service} {extra:?}");
-    let mut client = Peer::spawn(&name, &mut python("mdp_client.py", &args));
-    let lines = client.finish(SECS_15);
+    let mut client = Proc::spawn(&name, &mut python("mdp_client.py", &args));
+    let lines = finish(&mut client, SECS_15);
     let done = line_with(&lines, "client done");
     for (key, want) in [
         ("answered", count as u64),
@@ -484,7 +220,7 @@ fn bosun_client_echo(
     service: &str,
     lines: &[String],
     extra: &[&str],
-    others: &mut [&mut Peer],
+    others: &mut [&mut Proc],
 ) {
     let mut args = vec![
         "client",
@@ -495,22 +231,20 @@ fn bosun_client_echo(
         "--summary",
     ];
     args.extend_from_slice(extra);
-    let mut cmd = bosun(&args);
-    cmd.stdin(Stdio::piped());
-    let mut client = Peer::spawn(&format!("bosun client {extra:?}"), &mut cmd);
-    client.feed(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+    let mut client = spawn_piped(&format!("bosun client {extra:?}"), &args);
+    client.write_stdin(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+    client.close_stdin();
     let status = client.wait_exit(SECS_15);
     client.drain(SECS_5);
     let summary = client
-        .err
-        .seen
-        .iter()
+        .stderr
+        .texts()
+        .into_iter()
         .find(|l| l.starts_with("client: "))
-        .cloned()
         .unwrap_or_default();
     let want = format!("client: sent {0}, answered {0}, retries 0,", lines.len());
     let ok = status.is_some_and(|s| s.success())
-        && client.out.seen == lines
+        && client.stdout.texts() == lines
         && summary.starts_with(&want);
     if !ok {
         let context: Vec<String> = others.iter_mut().map(|p| p.dump()).collect();
@@ -530,7 +264,7 @@ fn numbered(prefix: &str, n: usize) -> Vec<String> {
 
 /// Checks a pyzmq worker's `worker done` line: stayed registered (one READY, no
 /// DISCONNECT, never thought the broker silent), nothing malformed. Returns `handled`.
-fn assert_worker_clean(worker: &mut Peer, lines: &[String], min_heartbeats: u64) -> u64 {
+fn assert_worker_clean(worker: &mut Proc, lines: &[String], min_heartbeats: u64) -> u64 {
     let done = line_with(lines, "worker done").to_string();
     for (key, want) in [
         ("readies", 1),
@@ -597,7 +331,7 @@ fn bosun_clients_and_pyzmq_worker_via_bosun_broker() {
     bosun_client_echo(&ep, "echo", &one, &[], &mut [&mut broker, &mut worker]);
     let others = &mut [&mut broker, &mut worker];
     bosun_client_echo(&ep, "echo", &many, &["--in-flight", "8"], others);
-    let lines = worker.finish(SECS_10);
+    let lines = finish(&mut worker, SECS_10);
     let handled = assert_worker_clean(&mut worker, &lines, 3);
     assert_eq!(handled, total as u64, "{}", worker.dump());
 }
@@ -618,15 +352,22 @@ fn pyzmq_client_and_pyzmq_workers_via_bosun_broker() {
     let mut w1 = py_worker("pyzmq worker 1", &ep, "echo", 0, &opts);
     let mut w2 = py_worker("pyzmq worker 2", &ep, "echo", 0, &opts);
     // Both registered before the first request, so that both get work.
-    broker.expect_stderr_count("worker ready", 2, SECS_10);
+    let ready = broker
+        .stderr
+        .wait_count(deadline(SECS_10), 2, |l| l.contains("worker ready"));
+    assert!(
+        ready >= 2,
+        "{ready} of 2 stderr lines with \"worker ready\" within {SECS_10:?}\n{}",
+        broker.dump()
+    );
 
     let replies = py_client(&ep, "echo", 100, &["--socket", "dealer"]);
     assert_each_once(&replies, 100, |i| format!("req-{i}"));
     let replies = py_client(&ep, "echo", 10, &["--socket", "req"]);
     assert_each_once(&replies, 10, |i| format!("req-{i}"));
 
-    let lines1 = w1.finish(SECS_10);
-    let lines2 = w2.finish(SECS_10);
+    let lines1 = finish(&mut w1, SECS_10);
+    let lines2 = finish(&mut w2, SECS_10);
     let h1 = assert_worker_clean(&mut w1, &lines1, 3);
     let h2 = assert_worker_clean(&mut w2, &lines2, 3);
     assert_eq!(h1 + h2, 110, "handled {h1} + {h2}");
@@ -668,8 +409,8 @@ fn mmi_from_a_pyzmq_client() {
 
     // DISCONNECT from the pyzmq worker, then 404 within 3 s (expiry would take 7.5 s).
     let started = now();
-    py.terminate();
-    let lines = py.finish(SECS_5);
+    py.signal(libc::SIGTERM);
+    let lines = finish(&mut py, SECS_5);
     assert!(
         lines.iter().any(|l| l == "worker stopped by SIGTERM"),
         "{}",
@@ -711,7 +452,7 @@ fn bosun_clients_and_bosun_workers_via_pyzmq_broker() {
     bosun_client_echo(&ep, "echo", &one, &[], others);
     bosun_client_echo(&ep, "echo", &many, &["--in-flight", "8"], others);
 
-    let lines = broker.finish(SECS_10);
+    let lines = finish(&mut broker, SECS_10);
     let ready: Vec<&String> = lines
         .iter()
         .filter(|l| l.starts_with("broker worker-ready"))
@@ -787,20 +528,20 @@ fn pyzmq_worker_registers_again_after_bosun_broker_restart() {
         0,
         &["--heartbeat", "250", "--liveness", "20"],
     );
-    py.expect_line("worker ready n=1", SECS_10);
+    py.expect_stdout("worker ready n=1", SECS_10);
     let replies = py_client(&ep, "echo", 2, &[]);
     assert_each_once(&replies, 2, |i| format!("req-{i}"));
 
     first.kill();
     let (_second, ep2) = bosun_broker(&bind, &hb);
     assert_eq!(ep2, ep);
-    py.expect_line("worker disconnect-received", SECS_5);
-    py.expect_line("worker ready n=2", SECS_5);
+    py.expect_stdout("worker disconnect-received", SECS_5);
+    py.expect_stdout("worker ready n=2", SECS_5);
     let replies = py_client(&ep, "echo", 2, &["--socket", "dealer"]);
     assert_each_once(&replies, 2, |i| format!("req-{i}"));
 
-    py.terminate();
-    let lines = py.finish(SECS_5);
+    py.signal(libc::SIGTERM);
+    let lines = finish(&mut py, SECS_5);
     let done = line_with(&lines, "worker done");
     assert_eq!(num(done, "disconnects_in"), 1, "{done}");
     assert_eq!(num(done, "silences"), 0, "{done}");
@@ -834,23 +575,23 @@ fn bosun_worker_registers_again_after_pyzmq_broker_restart() {
     let others = &mut [&mut first, &mut worker];
     bosun_client_echo(&ep, "echo", &numbered("first", 1), &[], others);
     // The first broker stops on its own after one reply.
-    let lines = first.finish(SECS_10);
+    let lines = finish(&mut first, SECS_10);
     assert_eq!(num(line_with(&lines, "broker done"), "workers_ready"), 1);
 
     // Back 800 ms later: the worker's socket has queued several HEARTBEATs by then, and
     // the broker answers each with a DISCONNECT. Only the first may count.
     let (mut second, ep2) = py_broker(&bind, &["1", "--heartbeat", "250", "--bind-after", "800"]);
     assert_eq!(ep2, ep);
-    let line = second.expect_line("broker sent-disconnect", SECS_5);
+    let line = second.expect_stdout("broker sent-disconnect", SECS_5);
     assert_eq!(
         field(&line, "reason").as_deref(),
         Some("HEARTBEAT-from-an-unknown-worker"),
         "{line}"
     );
-    second.expect_line("broker worker-ready", SECS_5);
+    second.expect_stdout("broker worker-ready", SECS_5);
     let others = &mut [&mut second, &mut worker];
     bosun_client_echo(&ep, "echo", &numbered("second", 1), &[], others);
-    let lines = second.finish(SECS_10);
+    let lines = finish(&mut second, SECS_10);
     let done = line_with(&lines, "broker done");
     assert_eq!(num(done, "replies"), 1, "{done}");
     assert_eq!(num(done, "workers_ready"), 1, "{done}");

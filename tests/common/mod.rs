@@ -73,6 +73,19 @@ pub fn bosun(args: &[&str]) -> Command {
     cmd
 }
 
+/// A command for any `program` (such as `python3`), set up like [`bosun`]'s for [`Proc`]:
+/// stdout and stderr piped, stdin closed, in a process group of its own so that
+/// [`Proc`]'s drop can kill its children too. Unlike [`bosun`] it keeps the caller's
+/// environment.
+pub fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released). Something else may take it
 /// before it is used; only tests that need a port *nobody* listens on use this.
 pub fn free_port() -> u16 {
@@ -254,18 +267,25 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` (normally made by [`bosun`]).
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc::try_spawn(name, cmd).unwrap_or_else(|e| panic!("start {name}: {e}"))
+    }
+
+    /// Like [`Proc::spawn`], but returns the error when `cmd` cannot be started (such as
+    /// a program that is not on PATH) instead of panicking. `cmd` is normally made by
+    /// [`bosun`] or [`command`].
+    pub fn try_spawn(name: &str, cmd: &mut Command) -> std::io::Result<Proc> {
+        let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = Lines::read(child.stdout.take());
         let stderr = Lines::read(child.stderr.take());
-        Proc {
+        Ok(Proc {
             name: name.to_string(),
             child,
             stdin,
             stdout,
             stderr,
             status: None,
-        }
+        })
     }
 
     /// The child's pid.
@@ -534,5 +554,28 @@ impl Drop for GroupGuard {
         unsafe {
             libc::kill(-self.0, libc::SIGKILL);
         }
+    }
+}
+
+impl Proc {
+    /// Reads both streams to their end, for `limit` at most in all (the child has
+    /// exited, or is about to); false when the deadline came first.
+    pub fn drain(&mut self, limit: Duration) -> bool {
+        let until = deadline(limit);
+        let out = self.stdout.read_to_end(until);
+        self.stderr.read_to_end(until) && out
+    }
+
+    /// Everything the child printed so far, both streams under its name, for assertion
+    /// messages.
+    pub fn dump(&mut self) -> String {
+        self.stdout.read_available();
+        self.stderr.read_available();
+        format!(
+            "--- {0} stdout:\n{1}\n--- {0} stderr:\n{2}",
+            self.name,
+            self.stdout.dump(),
+            self.stderr.dump()
+        )
     }
 }
