@@ -143,7 +143,7 @@ pub(crate) fn run_guarded(
 ) -> Result<(), Error> {
     let (done_tx, done) = mpsc::channel();
     let (shared, stop) = (Arc::clone(guarded), shutdown.clone());
-    std::thread::Builder::new()
+    let socket = std::thread::Builder::new()
         .name("bosun-socket".into())
         .spawn(move || {
             let _ = done_tx.send(socket_thread(&shared, &stop));
@@ -155,7 +155,13 @@ pub(crate) fn run_guarded(
     let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
     loop {
         match done.recv_timeout(tick) {
-            Ok(result) => return result,
+            Ok(result) => {
+                // Let it drop its handle first: the last handle of the context must go
+                // here, where the caller waits, so that the linger can flush the goodbye
+                // before the process may exit.
+                let _ = socket.join();
+                return result;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(Error::io(

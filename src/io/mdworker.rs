@@ -60,7 +60,9 @@ impl Worker {
         }
     }
 
-    /// Uses `ctx` instead of a context of its own.
+    /// Uses `ctx` instead of a context of its own. The DISCONNECT sent on shutdown leaves
+    /// when the last handle of the context is dropped (libzmq flushes within the linger,
+    /// 200 ms): drop yours after `run` returns rather than exit the process with it.
     pub fn context(mut self, ctx: &zmq::Context) -> Self {
         self.ctx = ctx.clone();
         self

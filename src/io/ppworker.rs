@@ -36,7 +36,8 @@ struct Settings {
 
 impl PpWorker {
     /// A worker for the queue backend at `endpoint`, with default heartbeat and
-    /// reconnect settings.
+    /// reconnect settings. What it sends last leaves when the last handle of `ctx` is
+    /// dropped (libzmq flushes within the linger): drop yours after `run` returns.
     pub fn new(ctx: &zmq::Context, endpoint: &str) -> Self {
         PpWorker {
             ctx: ctx.clone(),
