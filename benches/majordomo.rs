@@ -759,14 +759,7 @@ fn part_a(s: &Settings) -> Res<()> {
         b.p99,
         verdict(ratio >= 0.9)
     );
-    println!(
-        "  runs req/s: raw {} | bosun {} (paired ratio {:.2}x) ; per request: raw {} | bosun {}",
-        list(&runs[0], |x| x.per_sec, ""),
-        list(&runs[1], |x| x.per_sec, ""),
-        paired(&runs[0], &runs[1], |x| x.per_sec),
-        cost(&r),
-        cost(&b)
-    );
+    print_runs(&runs[0], &runs[1], "req/s", |x| x.per_sec, "");
     by_thread_line(&threads);
     let inline = medians(&runs[2]);
     println!(
@@ -817,14 +810,7 @@ fn part_flight(
         "{label}, {BODY}B n={}: raw proxy {:.0} req/s | bosun broker {:.0} req/s | ratio {ratio:.3}x ({judged})",
         s.n_inflight, r.per_sec, b.per_sec
     );
-    println!(
-        "  runs req/s: raw {} | bosun {} (paired ratio {:.2}x) ; per request: raw {} | bosun {}",
-        list(&runs[0], |x| x.per_sec, ""),
-        list(&runs[1], |x| x.per_sec, ""),
-        paired(&runs[0], &runs[1], |x| x.per_sec),
-        cost(&r),
-        cost(&b)
-    );
+    print_runs(&runs[0], &runs[1], "req/s", |x| x.per_sec, "");
     by_thread_line(&threads[..2]);
     if let Some(t) = floor {
         let f = medians(&runs[2]);

@@ -392,14 +392,7 @@ fn part_a(s: &Settings) -> Res<()> {
         "lazy-pirate rtt {BODY}B n={}: raw p50 {:.0}us p99 {:.0}us mean {:.0}us | bosun p50 {:.0}us p99 {:.0}us mean {:.0}us | p50 ratio {ratio:.3}x (target <= 1.15x: {})",
         s.n_rtt, r.p50, r.p99, r.mean, b.p50, b.p99, b.mean, verdict(ratio <= 1.15)
     );
-    println!(
-        "  runs p50: raw {} | bosun {} (paired ratio {:.2}x) ; per request: raw {} | bosun {}",
-        list(&runs[0], |x| x.p50, "us"),
-        list(&runs[1], |x| x.p50, "us"),
-        paired(&runs[0], &runs[1], |x| x.p50),
-        cost(&r),
-        cost(&b)
-    );
+    print_runs(&runs[0], &runs[1], "p50", |x| x.p50, "us");
     Ok(())
 }
 
@@ -428,14 +421,7 @@ fn part_b(s: &Settings) -> Res<()> {
         b.p99,
         verdict(ratio >= 0.9)
     );
-    println!(
-        "  runs req/s: raw {} | bosun {} (paired ratio {:.2}x) ; per request: raw {} | bosun {}",
-        list(&runs[0], |x| x.per_sec, ""),
-        list(&runs[1], |x| x.per_sec, ""),
-        paired(&runs[0], &runs[1], |x| x.per_sec),
-        cost(&r),
-        cost(&b)
-    );
+    print_runs(&runs[0], &runs[1], "req/s", |x| x.per_sec, "");
     Ok(())
 }
 
@@ -459,14 +445,7 @@ fn part_c(s: &Settings) -> Res<()> {
         b.per_sec,
         b.per_sec / r.per_sec
     );
-    println!(
-        "  runs req/s: raw {} | bosun {} (paired ratio {:.2}x) ; per request: raw {} | bosun {}",
-        list(&runs[0], |x| x.per_sec, ""),
-        list(&runs[1], |x| x.per_sec, ""),
-        paired(&runs[0], &runs[1], |x| x.per_sec),
-        cost(&r),
-        cost(&b)
-    );
+    print_runs(&runs[0], &runs[1], "req/s", |x| x.per_sec, "");
     Ok(())
 }
 

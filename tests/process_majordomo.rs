@@ -113,29 +113,57 @@ const KILL_HB: [&str; 4] = [
 ];
 const KILL_EXPIRY: Duration = ms(1000);
 
-#[test]
-fn worker_sigkilled_holding_a_request_is_requeued_without_a_client_retry() {
-    let (mut b, ep) = broker(ANY, &KILL_HB);
+/// Worker A (replies `A:`) holding a request its handler never finishes, the client
+/// (`timeout` per attempt) waiting for it, and worker B (replies `B:`) ready behind A;
+/// both workers with heartbeat `hb`.
+struct Held {
+    a: Proc,
+    id_a: String,
+    client: Proc,
+    b: Proc,
+    id_b: String,
+}
+
+fn held_by_a_with_b_ready(broker: &mut Proc, ep: &str, hb: &[&str], timeout: &str) -> Held {
     let mut a = worker(
         "worker-a",
-        &ep,
+        ep,
         "echo",
-        &[&KILL_HB[..], &["--reply-prefix", "A:", "--exec", HOLD]].concat(),
+        &[hb, &["--reply-prefix", "A:", "--exec", HOLD]].concat(),
     );
-    let id_a = next_ready(&mut b, "worker A");
+    let id_a = next_ready(broker, "worker A");
     // A is the only worker, so the request is A's; its handler says when it has it.
-    let mut c = one_request(&ep, "echo", "job", "8s");
+    let client = one_request(ep, "echo", "job", timeout);
     a.expect_stderr("the request reaching worker A", SECS_10, |l| {
         l == "handling"
     });
-    let mut wb = worker(
+    let b = worker(
         "worker-b",
-        &ep,
+        ep,
         "echo",
-        &[&KILL_HB[..], &["--reply-prefix", "B:"]].concat(),
+        &[hb, &["--reply-prefix", "B:"]].concat(),
     );
-    let id_b = next_ready(&mut b, "worker B");
+    let id_b = next_ready(broker, "worker B");
     assert_ne!(id_a, id_b);
+    Held {
+        a,
+        id_a,
+        client,
+        b,
+        id_b,
+    }
+}
+
+#[test]
+fn worker_sigkilled_holding_a_request_is_requeued_without_a_client_retry() {
+    let (mut b, ep) = broker(ANY, &KILL_HB);
+    let Held {
+        mut a,
+        id_a,
+        client: mut c,
+        b: mut wb,
+        id_b,
+    } = held_by_a_with_b_ready(&mut b, &ep, &KILL_HB, "8s");
 
     a.kill_group();
     let killed_at = now();
@@ -751,26 +779,15 @@ fn ctrl_c_on_an_idle_worker_says_goodbye_to_the_broker() {
 #[test]
 fn ctrl_c_on_a_busy_worker_hands_its_request_back_at_once() {
     let (mut b, ep) = broker(ANY, &SLOW);
-    let mut a = worker(
-        "worker-a",
-        &ep,
-        "echo",
-        &[&SLOW[..], &["--reply-prefix", "A:", "--exec", HOLD]].concat(),
-    );
+    let Held {
+        mut a,
+        id_a,
+        client: mut c,
+        b: mut wb,
+        ..
+    } = held_by_a_with_b_ready(&mut b, &ep, &SLOW, "20s");
     // A exits on Ctrl-C but its handler's `sleep` would not: killed at the end.
     let _handler = a.group_guard();
-    let id_a = next_ready(&mut b, "worker A");
-    let mut c = one_request(&ep, "echo", "job", "20s");
-    a.expect_stderr("the request reaching worker A", SECS_10, |l| {
-        l == "handling"
-    });
-    let mut wb = worker(
-        "worker-b",
-        &ep,
-        "echo",
-        &[&SLOW[..], &["--reply-prefix", "B:"]].concat(),
-    );
-    next_ready(&mut b, "worker B");
 
     let sent = ctrl_c(&mut a);
     let gone = b

@@ -160,6 +160,26 @@ pub fn paired(raw: &[Figures], bosun: &[Figures], f: fn(&Figures) -> f64) -> f64
     median(raw.iter().zip(bosun).map(|(r, b)| f(b) / f(r)).collect())
 }
 
+/// The second line of a raw-vs-bosun measurement: each run's figure `what` (read by `f`,
+/// printed with `unit`), the paired ratio, and the CPU and wake-ups per request of the
+/// medians.
+pub fn print_runs(
+    raw: &[Figures],
+    bosun: &[Figures],
+    what: &str,
+    f: fn(&Figures) -> f64,
+    unit: &str,
+) {
+    println!(
+        "  runs {what}: raw {} | bosun {} (paired ratio {:.2}x) ; per request: raw {} | bosun {}",
+        list(raw, f, unit),
+        list(bosun, f, unit),
+        paired(raw, bosun, f),
+        cost(&medians(raw)),
+        cost(&medians(bosun))
+    );
+}
+
 pub fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
