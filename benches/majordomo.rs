@@ -67,15 +67,16 @@
 mod common;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bosun::io::broker::BrokerDriver;
 use bosun::io::handler;
 use bosun::io::mdclient::{AsyncMajordomoClient, MajordomoClient, Outcome};
 use bosun::proto::broker::{Broker, BrokerConfig};
+use bosun::proto::envelope::{self, Request};
 use bosun::proto::frames::mdp;
-use bosun::{Envelope, Retry, Shutdown, Worker};
+use bosun::{Retry, Shutdown, Worker};
 
 use common::*;
 
@@ -159,7 +160,8 @@ enum Answerer {
     /// the socket thread, a guard thread heartbeating while it runs; more: a pool).
     BosunWorker(u32),
     /// A 7/MDP DEALER worker written here that answers inline (no handler thread), with
-    /// the same `handler::answer` work, declaring this capacity.
+    /// the same request work as a bosun `Worker` (`Request::parse`, `handler::call`,
+    /// `envelope::answer`), declaring this capacity.
     InlineMdp(u32),
 }
 
@@ -182,10 +184,6 @@ fn topo(router: Router, answerer: Answerer, workers: usize) -> Topology {
 struct Running {
     endpoint: String,
     stage: Stage,
-}
-
-fn echo() -> bosun::io::mdworker::SharedHandler {
-    Arc::new(|body| body)
 }
 
 fn start(t: Topology) -> Res<Running> {
@@ -211,7 +209,7 @@ fn start(t: Topology) -> Res<Running> {
             let driver =
                 BrokerDriver::bind(&broker_ctx, "tcp://127.0.0.1:*", BrokerConfig::default())
                     .map_err(|e| format!("broker bind: {e}"))?;
-            let ep = driver.endpoint().to_string();
+            let ep = driver.endpoint();
             stage.spawn("bosun-broker", move |stop| {
                 if let Err(e) = driver.run(&stop) {
                     eprintln!("bosun broker: {e}");
@@ -238,7 +236,7 @@ fn start(t: Topology) -> Res<Running> {
                     .context(&worker_ctx)
                     .capacity(capacity);
                 stage.spawn("bosun-worker", move |stop| {
-                    if let Err(e) = worker.run(echo(), &stop) {
+                    if let Err(e) = worker.run(handler::echo(), &stop) {
                         eprintln!("bosun worker: {e}");
                     }
                 })?;
@@ -461,10 +459,12 @@ fn pause_ms(ms: i64) {
 }
 
 /// A minimal 7/MDP worker on a connected DEALER: READY (with the capacity frame when
-/// `capacity > 1`), a HEARTBEAT every 2.5 s, each REQUEST answered inline with
-/// `handler::answer` (the envelope work a bosun `Worker` does), DISCONNECT at the end.
+/// `capacity > 1`), a HEARTBEAT every 2.5 s, each REQUEST answered inline with the
+/// envelope work a bosun `Worker` does (`Request::parse`, the echo handler through
+/// `handler::call`, `envelope::answer`), DISCONNECT at the end.
 fn inline_mdp_worker(dealer: &zmq::Socket, capacity: u32, stop: &Shutdown) -> Res<()> {
-    let mut echo = handler::echo();
+    let echo = handler::echo();
+    let service = SERVICE.as_bytes().to_vec();
     let interval = BrokerConfig::default().heartbeat.interval;
     dealer
         .send_multipart(mdp::ready(SERVICE.as_bytes(), capacity), 0)
@@ -472,12 +472,17 @@ fn inline_mdp_worker(dealer: &zmq::Socket, capacity: u32, stop: &Shutdown) -> Re
     let mut next_heartbeat = now() + interval;
     while !stop.is_triggered() {
         if let Some(frames) = recv_or_idle(dealer, "inline worker") {
-            // [""][MDPW01][0x02][client][""][body...]
+            // [""][MDPW01][0x02][client][""][payload...][metadata]
             let mut frames = frames?;
             if frames.len() >= 6 && frames[2] == [mdp::Command::Request as u8] {
                 let body = frames.split_off(5);
                 frames[2] = vec![mdp::Command::Reply as u8];
-                frames.extend(handler::answer(&mut echo, body));
+                let (request, _malformed) = Request::parse(Some(service.clone()), body);
+                let meta = request.meta.clone();
+                frames.extend(envelope::answer(
+                    meta.as_ref(),
+                    handler::call(&echo, request),
+                ));
                 dealer
                     .send_multipart(frames, 0)
                     .map_err(|e| format!("REPLY: {e}"))?;
@@ -502,7 +507,7 @@ fn inline_mdp_worker(dealer: &zmq::Socket, capacity: u32, stop: &Shutdown) -> Re
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Client {
     /// Raw REQ, blocking send and receive: the body alone to the raw proxy, or
-    /// `[MDPC01][service][envelope]` to the bosun broker.
+    /// `[MDPC01][service][body][metadata]` to the bosun broker.
     RawReq,
     /// bosun `MajordomoClient`, default retry policy.
     Bosun,
@@ -511,24 +516,25 @@ enum Client {
 /// A client that keeps `IN_FLIGHT` requests outstanding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pipelined {
-    /// Raw DEALER: `[""][body]` to the raw proxy, or `[""][MDPC01][service][envelope]`
-    /// (one envelope, sent again and again) to the bosun broker.
+    /// Raw DEALER: `[""][body]` to the raw proxy, or
+    /// `[""][MDPC01][service][body][metadata]` (one request, sent again and again) to the
+    /// bosun broker.
     RawDealer,
     /// bosun `AsyncMajordomoClient`, default retry policy.
     BosunAsync,
 }
 
-/// What a raw client sends through `router`: the body to the raw proxy, 7/MDP with an
-/// envelope to the bosun broker or the floor router (so a bosun worker treats it as a
-/// bosun request).
+/// What a raw client sends through `router`: the body to the raw proxy, 7/MDP with the
+/// body and a metadata frame to the bosun broker or the floor router (so a bosun worker
+/// treats it as a bosun request, and answers with the body and metadata).
 fn raw_request(router: Router) -> Vec<Vec<u8>> {
     match router {
         Router::RawProxy => vec![body()],
-        Router::Bosun | Router::FloorMdp => vec![
-            mdp::CLIENT.to_vec(),
-            SERVICE.as_bytes().to_vec(),
-            Envelope::new(body()).encode(),
-        ],
+        Router::Bosun | Router::FloorMdp => {
+            let mut request = vec![mdp::CLIENT.to_vec(), SERVICE.as_bytes().to_vec()];
+            request.extend(bosun::io::envelope(vec![body()]).encode());
+            request
+        }
     }
 }
 
@@ -612,6 +618,9 @@ fn async_pipeline(
             Some(Outcome::Reply { body, .. }) => {
                 return Err(format!("bosun reply of {} bytes", body.len()))
             }
+            Some(Outcome::Failed { message, .. }) => {
+                return Err(format!("a request failed: {message}"))
+            }
             Some(Outcome::GaveUp { attempts, .. }) => {
                 return Err(format!("a request gave up after {attempts} attempts"))
             }
@@ -678,7 +687,7 @@ fn pipelined(client: Pipelined, t: Topology, n: usize) -> Res<(Figures, Vec<Thre
     let out = match (client, t.router) {
         (Pipelined::RawDealer, Router::RawProxy) => {
             let dealer = dealer_client(&ctx, ep)?;
-            let payload = body();
+            let payload = [body()];
             pipeline(&dealer, warmup(n), IN_FLIGHT, &payload)?;
             let threads = thread_usage();
             let before = usage();
@@ -691,10 +700,12 @@ fn pipelined(client: Pipelined, t: Topology, n: usize) -> Res<(Figures, Vec<Thre
         (Pipelined::RawDealer, Router::Bosun | Router::FloorMdp) => {
             let dealer = dealer_client(&ctx, ep)?;
             let request = raw_request(t.router);
-            raw_mdp_pipeline(&dealer, warmup(n), IN_FLIGHT, &request, 3)?;
+            // The reply: [MDPC01][service][body][metadata], as many frames as the request.
+            let want = request.len();
+            raw_mdp_pipeline(&dealer, warmup(n), IN_FLIGHT, &request, want)?;
             let threads = thread_usage();
             let before = usage();
-            let elapsed = raw_mdp_pipeline(&dealer, n, IN_FLIGHT, &request, 3)?;
+            let elapsed = raw_mdp_pipeline(&dealer, n, IN_FLIGHT, &request, want)?;
             (
                 Figures::throughput(n, elapsed).with_usage(before, n),
                 by_thread(&threads, n),
@@ -872,7 +883,8 @@ struct Core {
     now: Instant,
     names: Vec<Vec<u8>>,
     client: Vec<u8>,
-    envelope: Vec<u8>,
+    /// The request's payload and metadata frames (one request id, sent again and again).
+    envelope: Vec<Vec<u8>>,
     workers: usize,
     /// REQUESTs sent to the workers and not answered yet, oldest first.
     pending: VecDeque<Vec<Vec<u8>>>,
@@ -881,7 +893,8 @@ struct Core {
 
 impl Core {
     fn new(origin: Instant, services: usize, per_service: usize, capacity: usize) -> Res<Self> {
-        let mut broker = Broker::new(origin, BrokerConfig::default());
+        let mut broker =
+            Broker::new(origin, BrokerConfig::default()).map_err(|e| format!("broker: {e}"))?;
         let names: Vec<Vec<u8>> = (0..services)
             .map(|i| format!("service-{i:05}").into_bytes())
             .collect();
@@ -907,7 +920,7 @@ impl Core {
             now: origin,
             names,
             client: identity(b'c', 0),
-            envelope: Envelope::new(body()).encode(),
+            envelope: bosun::io::envelope(vec![body()]).encode(),
             workers: services * per_service,
             pending: VecDeque::with_capacity(capacity + 1),
             depth: capacity,
@@ -920,19 +933,21 @@ impl Core {
     /// out, then `handle_timeout`. Until `depth` requests are in flight, no reply.
     fn round(&mut self, k: usize) -> Res<()> {
         self.now += CORE_TICK;
-        let request = vec![
+        let mut request = Vec::with_capacity(4 + self.envelope.len());
+        request.extend([
             self.client.clone(),
             Vec::new(),
             mdp::CLIENT.to_vec(),
             self.names[k].clone(),
-            self.envelope.clone(),
-        ];
+        ]);
+        request.extend(self.envelope.iter().cloned());
         self.broker.handle_message(self.now, request);
         let to_worker = self.broker.poll_transmit().ok_or("no REQUEST dispatched")?;
         self.pending.push_back(to_worker);
         if self.pending.len() >= self.depth {
             let mut answered = self.pending.pop_front().ok_or("nothing in flight")?;
-            // [worker][""][MDPW01][0x02][client][""][body] -> the worker's REPLY.
+            // [worker][""][MDPW01][0x02][client][""][body][metadata] -> the worker's
+            // REPLY (an echo's reply metadata is the request's, byte for byte).
             answered[3] = vec![mdp::Command::Reply as u8];
             self.broker.handle_message(self.now, answered);
             let reply = self

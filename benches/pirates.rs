@@ -14,7 +14,7 @@
 //!     backend; the control socket only stops it) -> raw REP echo; req/s and the ratio
 //!     (target >= 0.9x).
 //! (c) Queue, 100 requests in flight, 4 workers: one raw DEALER client sending
-//!     `[""][envelope]` for both sides; bosun queue + 4 `PpWorker`s vs `zmq::proxy` + 4 raw
+//!     `[""][body][metadata]` (a bosun request on the wire) for both sides; bosun queue + 4 `PpWorker`s vs `zmq::proxy` + 4 raw
 //!     REP workers; req/s and the ratio.
 //! (d) Memory: VmRSS of this process (which hosts the bosun queue and 4 workers as
 //!     threads) after a warm-up through the bosun queue and after more requests.
@@ -57,6 +57,7 @@ use common::*;
 use bosun::io::handler;
 use bosun::io::queue::QueueDriver;
 use bosun::io::server::{Faults, Server};
+use bosun::proto::envelope::{self, Request};
 use bosun::proto::paranoid_pirate::QueueConfig;
 use bosun::{Envelope, LazyPirateClient, PpWorker, Retry, Shutdown};
 
@@ -118,7 +119,8 @@ enum Answerer {
     /// heartbeating while it runs).
     BosunWorker,
     /// A 6/PPP DEALER worker written here that answers inline (no handler thread), with
-    /// the same `handler::answer` work as `PpWorker`.
+    /// the same request work as `PpWorker` (`Request::parse`, `handler::call`,
+    /// `envelope::answer`).
     InlinePpp,
 }
 
@@ -161,7 +163,7 @@ fn start(topology: Topology) -> Res<Running> {
                 Answerer::BosunServer => {
                     let server = Server::bind(&ctx, "tcp://127.0.0.1:*", Faults::default())
                         .map_err(|e| format!("server bind: {e}"))?;
-                    let ep = server.endpoint().to_string();
+                    let ep = server.endpoint();
                     stage.spawn("bosun-server", move |stop| {
                         if let Err(e) = server.run(handler::echo(), &stop) {
                             eprintln!("bosun server: {e}");
@@ -228,10 +230,7 @@ fn spawn_bosun_queue(stage: &mut Stage, ctx: &zmq::Context) -> Res<(String, Stri
         QueueConfig::default(),
     )
     .map_err(|e| format!("queue bind: {e}"))?;
-    let eps = (
-        queue.frontend_endpoint().to_string(),
-        queue.backend_endpoint().to_string(),
-    );
+    let eps = (queue.frontend_endpoint(), queue.backend_endpoint());
     stage.spawn("bosun-queue", move |stop| {
         if let Err(e) = queue.run(&stop) {
             eprintln!("bosun queue: {e}");
@@ -241,9 +240,11 @@ fn spawn_bosun_queue(stage: &mut Stage, ctx: &zmq::Context) -> Res<(String, Stri
 }
 
 /// A minimal 6/PPP worker on a connected DEALER: READY, a HEARTBEAT every second, and
-/// each request `[address...][""][body]` answered inline with `handler::answer`.
+/// each request `[address...][""][payload...][metadata]` answered inline as `PpWorker`
+/// answers it: `Request::parse`, the echo handler through `handler::call`, and
+/// `envelope::answer`.
 fn inline_ppp_worker(dealer: &zmq::Socket, stop: &Shutdown) -> Res<()> {
-    let mut echo = handler::echo();
+    let echo = handler::echo();
     let second = Duration::from_secs(1);
     dealer
         .send(&[PPP_READY][..], 0)
@@ -254,7 +255,7 @@ fn inline_ppp_worker(dealer: &zmq::Socket, stop: &Shutdown) -> Res<()> {
             let mut frames = frames?;
             if let Some(at) = frames.iter().position(Vec::is_empty) {
                 let body = frames.split_off(at + 1);
-                frames.extend(handler::answer(&mut echo, body));
+                frames.extend(echo_answer(&echo, body));
                 dealer
                     .send_multipart(frames, 0)
                     .map_err(|e| format!("reply: {e}"))?;
@@ -268,6 +269,15 @@ fn inline_ppp_worker(dealer: &zmq::Socket, stop: &Shutdown) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// What a bosun worker does with a request's frames: parses them, calls `echo` (a
+/// panic becomes a failed request), and makes the answer (with metadata for a bosun
+/// client).
+fn echo_answer(echo: &handler::Handler, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let (request, _malformed) = Request::parse(None, frames);
+    let meta = request.meta.clone();
+    envelope::answer(meta.as_ref(), handler::call(echo, request))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -352,10 +362,11 @@ fn round_trips(client: Client, topology: Topology, n: usize) -> Res<Figures> {
     Ok(out)
 }
 
-/// The one payload of the pipelined client: an encoded envelope, so bosun's worker
-/// treats it as one (and replies with one); raw REP workers echo it unchanged.
-fn envelope_payload() -> Vec<u8> {
-    Envelope::new(body()).encode()
+/// The one request of the pipelined client: a bosun request on the wire (the body, then
+/// the metadata frame), so bosun's worker treats it as one (and replies with the body
+/// and metadata); raw REP workers echo both frames unchanged.
+fn envelope_payload() -> Vec<Vec<u8>> {
+    bosun::io::envelope(vec![body()]).encode()
 }
 
 /// Runs the pipelined client (`IN_FLIGHT` outstanding) against `topology`: a warm-up,
@@ -495,25 +506,48 @@ fn part_x(s: &Settings, which: &char) -> Res<()> {
 }
 
 fn diag_rtt(s: &Settings) -> Res<()> {
-    // CPU cost of the envelope work bosun adds per request, single-threaded.
+    // CPU cost of the envelope work bosun adds per request, single-threaded. The calls
+    // that consume their frames get copies made outside the timed part.
     let n = 100_000;
-    let frame = envelope_payload();
-    let mut echo = handler::echo();
+    let frames = envelope_payload();
+    let echo = handler::echo();
     let new_encode = ns_per_op(n, || {
-        std::hint::black_box(Envelope::new(std::hint::black_box(body())).encode());
+        std::hint::black_box(bosun::io::envelope(vec![std::hint::black_box(body())]).encode());
     });
-    let decode = ns_per_op(n, || {
-        std::hint::black_box(Envelope::decode(std::hint::black_box(&frame)).ok());
+    let decode = ns_per_call_on(
+        n,
+        || frames.clone(),
+        |f| {
+            std::hint::black_box(Envelope::decode(std::hint::black_box(f)).ok());
+        },
+    );
+    let split = ns_per_call_on(
+        n,
+        || frames.clone(),
+        |f| {
+            std::hint::black_box(Envelope::split(std::hint::black_box(f)).ok());
+        },
+    );
+    let peek = ns_per_op(n, || {
+        std::hint::black_box(envelope::peek_id(std::hint::black_box(&frames)));
     });
-    let answer = ns_per_op(n, || {
-        std::hint::black_box(handler::answer(&mut echo, vec![frame.clone()]));
-    });
+    let answer = ns_per_call_on(
+        n,
+        || frames.clone(),
+        |f| {
+            std::hint::black_box(echo_answer(&echo, std::hint::black_box(f)));
+        },
+    );
     let clock = ns_per_op(n, || {
         std::hint::black_box(now());
     });
+    let (payload, meta) = frames.split_at(frames.len() - 1);
+    let payload_bytes: usize = payload.iter().map(Vec::len).sum();
+    let meta_bytes: usize = meta.iter().map(Vec::len).sum();
     println!(
-        "  cpu per call: Envelope::new+encode {new_encode:.0}ns | Envelope::decode {decode:.0}ns | handler::answer(echo) {answer:.0}ns | io::now {clock:.0}ns | envelope of {BODY}B body = {} bytes on the wire",
-        frame.len()
+        "  cpu per call: io::envelope+encode {new_encode:.0}ns | Envelope::decode {decode:.0}ns | Envelope::split {split:.0}ns | envelope::peek_id {peek:.0}ns | Request::parse+handler::call(echo)+envelope::answer {answer:.0}ns | io::now {clock:.0}ns | {BODY}B body = {} bytes on the wire ({payload_bytes} B payload in {} frame(s) + {meta_bytes} B metadata frame)",
+        payload_bytes + meta_bytes,
+        payload.len()
     );
 
     // (a) with one side swapped at a time.

@@ -4,7 +4,8 @@
 //! Each request waits up to 2.5 s for its reply; on a timeout the client closes its
 //! socket, opens a fresh one, backs off and sends the same request again, three attempts
 //! in all ([`bosun::Retry::default`]). When a request gets no reply after every attempt,
-//! the client prints the error and exits with status 1.
+//! or the server answers that its handler failed on it, the client prints the error and
+//! exits with status 1.
 //!
 //! ```text
 //! cargo run --example lazy_pirate_server             # in one terminal
@@ -79,6 +80,8 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
             }
             // ClientError::GaveUp: the server is down or too slow. Its message says
             // where and after how many attempts; it also hands the request body back.
+            // ClientError::Remote: the server's handler failed on this request (an
+            // error, a panic, a failed command); its message says why.
             Err(e) => return Err(e.into()),
         }
         if n < REQUESTS && interrupted.recv_timeout(PAUSE).is_ok() {

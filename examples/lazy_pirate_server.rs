@@ -17,7 +17,7 @@
 
 use std::process::ExitCode;
 
-use bosun::io::handler::Handler;
+use bosun::io::handler::{self, Handler};
 use bosun::io::server::{Faults, Server};
 use bosun::Shutdown;
 use tracing_subscriber::EnvFilter;
@@ -63,9 +63,10 @@ fn run(endpoint: &str, fail_every: Option<u64>) -> Result<(), Box<dyn std::error
         println!("server: 1 request in {n} received will be dropped unanswered");
     }
 
-    // The handler sees only the request body. The server wraps the reply in an envelope
-    // with the request's id and attempt, so the client can match it to its request.
-    let handler: Handler = Box::new(|body: Vec<u8>| {
+    // The handler sees only the request body (its payload frames joined). The server
+    // sends the reply back with the request's id and attempt in a trailing metadata
+    // frame, so the client can match it to its request.
+    let handler: Handler = handler::bytes(|body: Vec<u8>| {
         let text = String::from_utf8_lossy(&body);
         println!("server: answering {text:?}");
         format!("echo: {text}").into_bytes()

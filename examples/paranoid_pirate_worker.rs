@@ -19,7 +19,7 @@
 
 use std::process::ExitCode;
 
-use bosun::io::handler::Handler;
+use bosun::io::handler::{self, Handler};
 use bosun::{Heartbeat, PpWorker, Shutdown};
 use tracing_subscriber::EnvFilter;
 
@@ -47,9 +47,10 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
     ctrlc::set_handler(move || flag.trigger())?;
 
     let pid = std::process::id();
-    // The handler sees only the request body. The worker keeps the client's address and
-    // wraps the reply in an envelope with the request's id and attempt.
-    let handler: Handler = Box::new(move |body: Vec<u8>| {
+    // The handler sees only the request body (its payload frames joined). The worker
+    // keeps the client's address and sends the reply back with the request's id and
+    // attempt in a trailing metadata frame.
+    let handler: Handler = handler::bytes(move |body: Vec<u8>| {
         let text = String::from_utf8_lossy(&body);
         println!("worker {pid}: handling {text:?}");
         format!("{pid}: {text}").into_bytes()

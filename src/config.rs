@@ -1,7 +1,7 @@
 //! Typed configuration: every duration is a [`Duration`], every default is
 //! documented once, here, and every struct validates itself before use.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::ConfigError;
 
@@ -19,6 +19,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Checks that `initial <= max`, `initial > 0` and `jitter` is in `0.0..=1.0`.
+    /// `name` is the field in errors (`retry.backoff`, `reconnect`).
     pub fn validate(&self, name: &'static str) -> Result<(), ConfigError> {
         if self.initial.is_zero() {
             return Err(invalid(name, "initial backoff must be greater than zero"));
@@ -40,6 +41,28 @@ impl Backoff {
         }
         Ok(())
     }
+
+    /// [`Backoff::validate`], and that the longest pause still lands on a clock reading
+    /// after `now` (a pause of 10^19 s would overflow an `Instant`).
+    pub fn validate_at(&self, name: &'static str, now: Instant) -> Result<(), ConfigError> {
+        self.validate(name)?;
+        fits(name, now, self.max)
+    }
+}
+
+/// The longest duration any setting may have: 100 years. Far beyond any real use,
+/// and small enough that adding it to any clock reading cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks that `d` is at most [`MAX_DURATION`] and that `now + d` is a valid instant.
+pub fn fits(field: &'static str, now: Instant, d: Duration) -> Result<(), ConfigError> {
+    if d > MAX_DURATION || now.checked_add(d).is_none() {
+        return Err(invalid(
+            field,
+            format!("{d:?} is longer than the most allowed, {MAX_DURATION:?} (100 years)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Two-way heartbeating between a worker and its queue or broker.
@@ -70,12 +93,19 @@ impl Heartbeat {
     /// Checks that the interval is non-zero and liveness is at least 1.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval.is_zero() {
-            return Err(invalid("--heartbeat-interval", "must be greater than zero"));
+            return Err(invalid("heartbeat.interval", "must be greater than zero"));
         }
         if self.liveness == 0 {
-            return Err(invalid("--heartbeat-liveness", "must be at least 1"));
+            return Err(invalid("heartbeat.liveness", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// [`Heartbeat::validate`], and that the expiry lands on a valid clock reading
+    /// after `now`.
+    pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
+        self.validate()?;
+        fits("heartbeat.interval", now, self.expiry())
     }
 }
 
@@ -113,15 +143,23 @@ impl Retry {
     /// backoff is sane.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.timeout.is_zero() {
-            return Err(invalid("--timeout", "must be greater than zero"));
+            return Err(invalid("retry.timeout", "must be greater than zero"));
         }
         if self.retries == 0 {
             return Err(invalid(
-                "--retries",
+                "retry.retries",
                 "must be at least 1 (the first attempt)",
             ));
         }
-        self.backoff.validate("--backoff")
+        self.backoff.validate("retry.backoff")
+    }
+
+    /// [`Retry::validate`], and that every timeout and pause lands on a valid clock
+    /// reading after `now`.
+    pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
+        self.validate()?;
+        fits("retry.timeout", now, self.timeout)?;
+        self.backoff.validate_at("retry.backoff", now)
     }
 }
 
@@ -162,7 +200,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--heartbeat-interval"));
+            .contains("heartbeat.interval"));
         let hb = Heartbeat {
             interval: Duration::from_secs(1),
             liveness: 0,
@@ -171,17 +209,25 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--heartbeat-liveness"));
+            .contains("heartbeat.liveness"));
         let r = Retry {
             retries: 0,
             ..Retry::default()
         };
-        assert!(r.validate().unwrap_err().to_string().contains("--retries"));
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("retry.retries"));
         let r = Retry {
             timeout: Duration::ZERO,
             ..Retry::default()
         };
-        assert!(r.validate().unwrap_err().to_string().contains("--timeout"));
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("retry.timeout"));
         let b = Backoff {
             initial: Duration::from_secs(5),
             max: Duration::from_secs(1),
@@ -193,5 +239,33 @@ mod tests {
             ..RECONNECT
         };
         assert!(b.validate("--reconnect").is_err());
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_clock_reading_are_refused() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin
+        let now = Instant::now();
+        let huge = Duration::from_secs(u64::MAX);
+        let hb = Heartbeat {
+            interval: huge,
+            liveness: 3,
+        };
+        assert!(hb.validate().is_ok());
+        assert!(hb
+            .validate_at(now)
+            .unwrap_err()
+            .to_string()
+            .contains("heartbeat.interval"));
+        let r = Retry {
+            timeout: huge,
+            ..Retry::default()
+        };
+        assert!(r.validate_at(now).is_err());
+        let b = Backoff {
+            max: huge,
+            ..RECONNECT
+        };
+        assert!(b.validate_at("reconnect", now).is_err());
+        assert!(Retry::default().validate_at(now).is_ok());
     }
 }

@@ -1,4 +1,4 @@
-//! Errors, one enum per layer, joined into [`Error`].
+//! Errors, one enum per layer, joined into [`Error`](enum@Error).
 //!
 //! Expected outcomes (a duplicate, a stale reply, no worker yet) are not errors:
 //! they are events of the protocol cores. These enums are for what a caller must act on.
@@ -65,23 +65,36 @@ pub enum ProtocolError {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
-    /// The frame does not start with the envelope magic `BSN1`.
-    #[error("envelope: missing magic BSN1 (frame of {len} bytes)")]
+    /// The frame does not start with the metadata magic `\xffBSN`.
+    #[error("metadata: missing magic \\xffBSN (frame of {len} bytes)")]
     BadMagic {
         /// Length of the rejected frame.
         len: usize,
     },
-    /// The frame is larger than [`crate::proto::envelope::MAX_ENVELOPE_BYTES`].
-    #[error("envelope: {len} bytes exceeds the limit of {max}")]
+    /// The frame is larger than [`crate::proto::envelope::MAX_META_BYTES`].
+    #[error("metadata: {len} bytes exceeds the limit of {max}")]
     TooLarge {
         /// Length of the rejected frame.
         len: usize,
         /// The limit.
         max: usize,
     },
-    /// The MessagePack payload is malformed.
-    #[error("envelope: malformed MessagePack: {0}")]
-    Decode(String),
+    /// The frame ends before a field it announces.
+    #[error("metadata: truncated: {len} bytes, a field needs {needed}")]
+    Truncated {
+        /// Length of the frame.
+        len: usize,
+        /// Bytes the next field needs.
+        needed: usize,
+    },
+    /// A field has a value the layout does not allow.
+    #[error("metadata: bad {field}: {reason}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A configuration value that cannot work.
@@ -113,6 +126,9 @@ pub enum TransportError {
         #[source]
         source: zmq::Error,
     },
+    /// The transport was closed (its peer is stopping); no socket can be made.
+    #[error("the transport is closed")]
+    Closed,
 }
 
 impl TransportError {
@@ -139,6 +155,27 @@ pub enum ClientError {
         endpoint: String,
         /// The request body, handed back so it is not lost.
         body: Vec<u8>,
+    },
+    /// The peer answered with an error: its handler failed (an error, a panic, a
+    /// failed command) or it refused the request unhandled.
+    #[error("{peer} answered request {id} with {status:?}: {message}")]
+    Remote {
+        /// The request id.
+        id: uuid::Uuid,
+        /// Where it was sent.
+        peer: String,
+        /// What kind of failure.
+        status: crate::proto::envelope::Status,
+        /// The peer's message.
+        message: String,
+    },
+    /// The request is larger than a bosun peer accepts; it was not sent.
+    #[error("request of {len} bytes exceeds the limit of {max} bytes; not sent")]
+    TooLarge {
+        /// Payload bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
     },
     /// A request is already outstanding; Lazy Pirate has one at a time.
     #[error("a request is already in flight")]
@@ -167,11 +204,6 @@ pub enum Error {
     /// See [`ClientError`].
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The application's request handler panicked. The worker stops rather than keep
-    /// heartbeating without a handler: its queue or broker then expires it and the
-    /// request is retried elsewhere.
-    #[error("request handler panicked: {0}")]
-    HandlerPanicked(String),
     /// Reading stdin, writing stdout, or running a handler command failed.
     #[error("{context}: {source}")]
     Io {
@@ -193,5 +225,5 @@ impl Error {
     }
 }
 
-/// `Result` with [`Error`].
+/// `Result` with [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,15 +7,22 @@
 //! # Layout
 //! - [`config`]: typed settings ([`Heartbeat`], [`Retry`], [`Backoff`]) and their defaults.
 //! - [`error`]: one error enum per layer, joined into [`Error`].
-//! - [`proto`]: pure state machines (no sockets, no clock): [`proto::lazy_pirate`],
-//!   [`proto::paranoid_pirate`] (queue and worker), [`proto::broker`],
-//!   [`proto::worker`] and [`proto::client`] (Majordomo), [`proto::freelance`], the
-//!   frame parsers in [`proto::frames`] (6/PPP, 7/MDP), the [`Envelope`],
-//!   [`proto::stats`], [`proto::backoff`] and [`proto::timer`].
-//! - [`io`]: the thin drivers that own the zmq sockets and the clock:
-//!   [`LazyPirateClient`], [`io::server`], [`io::queue`], [`PpWorker`],
-//!   [`io::broker`], [`Worker`] ([`io::mdworker`]), [`io::mdclient`],
-//!   [`io::freelance`], and the request handlers in [`io::handler`].
+//! - [`proto`]: pure state machines (no sockets, no clock), one core per pattern:
+//!   [`proto::lazy_pirate`], [`proto::paranoid_pirate`] (queue and worker),
+//!   [`proto::broker`], [`proto::worker`] and [`proto::client`] (Majordomo; both
+//!   Majordomo clients drive [`proto::client::MdpClient`]), [`proto::freelance`] (the
+//!   Freelance client), [`proto::server`] (the REP and Freelance servers), the frame
+//!   parsers in [`proto::frames`] (6/PPP, 7/MDP), the message format in
+//!   [`proto::envelope`] (the payload frames unchanged plus one metadata frame; see
+//!   [`Envelope`]), [`proto::stats`], [`proto::backoff`] and [`proto::timer`].
+//! - [`io`]: the thin drivers that own the zmq sockets and the clock. Every core runs in
+//!   the one loop of [`io::driver`], over an arrangement of sockets that all come from
+//!   one [`io::Transport`] ([`io::transport`]: context, linger, high-water marks,
+//!   largest frame). The drivers: [`LazyPirateClient`], [`io::server`], [`io::queue`],
+//!   [`PpWorker`], [`io::broker`], [`Worker`] ([`io::mdworker`]), [`io::mdclient`],
+//!   [`io::freelance`]. Every worker and server takes one handler type,
+//!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
+//!   its worker.
 //! - [`cli`]: the `bosun` command line (option structs and one run function each).
 //!
 //! # Example

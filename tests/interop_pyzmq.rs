@@ -162,7 +162,9 @@ fn bosun_worker(name: &str, endpoint: &str, service: &str, extra: &[&str]) -> Pr
 
 /// Runs the pyzmq client to completion; returns its reply lines by request number
 /// (each with its body) after checking its `client done` line: `count` answered, no
-/// duplicate, no unexpected body, no malformed reply, exit status 0.
+/// duplicate, no unexpected body, no malformed reply, exit status 0; and that every
+/// reply is one plain body frame: a foreign client, which sent no bosun metadata, never
+/// gets a metadata frame back (from a bosun worker or from the bosun broker's 8/MMI).
 fn py_client(
     endpoint: &str,
     service: &str,
@@ -188,6 +190,7 @@ fn py_client(
     let mut replies: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for line in lines.iter().filter(|l| l.starts_with("reply ")) {
         assert_eq!(field(line, "service").as_deref(), Some(service), "{line}");
+        assert_eq!(num(line, "frames"), 1, "one plain body frame: {line}");
         let body = line.split_once(" body=").map_or("", |(_, b)| b).to_string();
         replies.entry(num(line, "n")).or_default().push(body);
     }
@@ -263,14 +266,26 @@ fn numbered(prefix: &str, n: usize) -> Vec<String> {
 }
 
 /// Checks a pyzmq worker's `worker done` line: stayed registered (one READY, no
-/// DISCONNECT, never thought the broker silent), nothing malformed. Returns `handled`.
-fn assert_worker_clean(worker: &mut Proc, lines: &[String], min_heartbeats: u64) -> u64 {
+/// DISCONNECT, never thought the broker silent), nothing malformed, no request with a
+/// broken bosun metadata frame; every request carried bosun's metadata (read by the
+/// worker from the published layout) when `from_bosun`, none when not (the broker adds
+/// none to a foreign client's request). Returns `handled`.
+fn assert_worker_clean(
+    worker: &mut Proc,
+    lines: &[String],
+    min_heartbeats: u64,
+    from_bosun: bool,
+) -> u64 {
     let done = line_with(lines, "worker done").to_string();
+    let handled = num(&done, "handled");
+    let with_meta = if from_bosun { handled } else { 0 };
     for (key, want) in [
         ("readies", 1),
         ("disconnects_in", 0),
         ("silences", 0),
         ("malformed", 0),
+        ("bad_meta", 0),
+        ("bosun_meta", with_meta),
     ] {
         assert_eq!(
             num(&done, key),
@@ -283,7 +298,7 @@ fn assert_worker_clean(worker: &mut Proc, lines: &[String], min_heartbeats: u64)
         num(&done, "heartbeats_in") >= min_heartbeats,
         "heartbeats from the bosun broker: {done:?}"
     );
-    num(&done, "handled")
+    handled
 }
 
 // ---------------------------------------------------------------------------------
@@ -311,7 +326,8 @@ fn pyzmq_client_and_bosun_workers_via_bosun_broker() {
 /// (2) bosun clients (one at a time over REQ, then eight in flight over DEALER) get
 /// answers from a pyzmq echo worker through the bosun broker, with a 250 ms heartbeat
 /// on both sides: the worker stays registered throughout and hears the broker's
-/// heartbeats.
+/// heartbeats. Every request reaches it as the body frame plus one metadata frame that
+/// it reads by bosun's published layout, and echoing both is a valid bosun reply.
 #[test]
 fn bosun_clients_and_pyzmq_worker_via_bosun_broker() {
     if !interop_available("bosun_clients_and_pyzmq_worker_via_bosun_broker") {
@@ -332,7 +348,7 @@ fn bosun_clients_and_pyzmq_worker_via_bosun_broker() {
     let others = &mut [&mut broker, &mut worker];
     bosun_client_echo(&ep, "echo", &many, &["--in-flight", "8"], others);
     let lines = finish(&mut worker, SECS_10);
-    let handled = assert_worker_clean(&mut worker, &lines, 3);
+    let handled = assert_worker_clean(&mut worker, &lines, 3, true);
     assert_eq!(handled, total as u64, "{}", worker.dump());
 }
 
@@ -368,8 +384,8 @@ fn pyzmq_client_and_pyzmq_workers_via_bosun_broker() {
 
     let lines1 = finish(&mut w1, SECS_10);
     let lines2 = finish(&mut w2, SECS_10);
-    let h1 = assert_worker_clean(&mut w1, &lines1, 3);
-    let h2 = assert_worker_clean(&mut w2, &lines2, 3);
+    let h1 = assert_worker_clean(&mut w1, &lines1, 3, false);
+    let h2 = assert_worker_clean(&mut w2, &lines2, 3, false);
     assert_eq!(h1 + h2, 110, "handled {h1} + {h2}");
     assert!(h1 > 0 && h2 > 0, "both workers get work: {h1}, {h2}");
 }
@@ -546,6 +562,8 @@ fn pyzmq_worker_registers_again_after_bosun_broker_restart() {
     assert_eq!(num(done, "disconnects_in"), 1, "{done}");
     assert_eq!(num(done, "silences"), 0, "{done}");
     assert_eq!(num(done, "handled"), 4, "{done}");
+    assert_eq!(num(done, "bosun_meta"), 0, "{done}");
+    assert_eq!(num(done, "bad_meta"), 0, "{done}");
 }
 
 /// The pyzmq broker restarted at the same address does not know the bosun worker: the

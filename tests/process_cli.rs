@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bosun, deadline, field, ms, now, raw_socket, recv_until, run, send, Outcome, Proc};
+use common::{
+    bosun, deadline, field, ms, now, raw_socket, recv_until, run, send, spawn_piped, Outcome, Proc,
+};
 
 const SECS_10: Duration = Duration::from_secs(10);
 /// How soon a process must exit after Ctrl-C.
@@ -464,6 +466,133 @@ fn ctrl_c_stops_a_worker_in_the_middle_of_a_slow_request() {
                          // A client waiting for a reply stops promptly too.
     client.signal(libc::SIGINT);
     client.expect_exit(CTRL_C_EXIT);
+}
+
+/// `bosun -v queue` on free ports with one Paranoid Pirate `bosun worker extra...`
+/// behind it, ready: the queue, the worker and the frontend endpoint.
+fn queue_with_worker(extra: &[&str]) -> (Proc, Proc, String) {
+    let mut queue = Proc::spawn(
+        "queue",
+        &mut bosun(&[
+            "-v",
+            "queue",
+            "--frontend",
+            "tcp://127.0.0.1:*",
+            "--backend",
+            "tcp://127.0.0.1:*",
+        ]),
+    );
+    let line = queue.expect_stdout("queue frontend=", SECS_10);
+    let (frontend, backend) = (
+        field(&line, "frontend").unwrap(),
+        field(&line, "backend").unwrap(),
+    );
+    let mut args = vec!["worker", "--connect", backend.as_str()];
+    args.extend_from_slice(extra);
+    let worker = Proc::spawn("worker", &mut bosun(&args));
+    queue.expect_stderr("worker ready", SECS_10, |l| l.contains("worker ready"));
+    (queue, worker, frontend)
+}
+
+/// A 1 MiB body through `--exec 'tr a-z A-Z'`: far more than a pipe holds, so a worker
+/// that wrote all of stdin before reading stdout would deadlock with `tr` (both blocked
+/// on a full pipe) and the client would time out.
+#[test]
+fn exec_handler_pipes_a_body_larger_than_a_pipe_without_deadlock() {
+    const LEN: usize = 1 << 20;
+    let (mut queue, mut worker, frontend) = queue_with_worker(&["--exec", "tr a-z A-Z"]);
+    let body: String = (0..LEN)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let want = body.to_ascii_uppercase();
+    let mut client = spawn_piped(
+        "client",
+        &[
+            "client",
+            "--connect",
+            &frontend,
+            "--timeout",
+            "10s",
+            "--retries",
+            "1",
+            "--summary",
+        ],
+    );
+    client.write_stdin(&format!("{body}\n"));
+    client.close_stdin();
+    let status = client.expect_done(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "client: {status}\n{}\n{}",
+        client.stderr.dump(),
+        worker.dump()
+    );
+    let replies = client.stdout.texts();
+    let lens: Vec<usize> = replies.iter().map(String::len).collect();
+    assert_eq!(lens, vec![LEN], "one reply of the body's length");
+    assert!(replies[0] == want, "the reply is the body uppercased");
+    let summary = client.summary().expect("summary line");
+    assert_eq!(
+        (summary.sent, summary.answered, summary.retries),
+        (1, 1, 0),
+        "answered by the first attempt: {summary:?}"
+    );
+    assert!(worker.is_running() && queue.is_running());
+}
+
+/// A Lazy Pirate `bosun client` whose request fails in the worker's handler (through
+/// `bosun queue`) exits 1 at once with the worker's message, and the worker serves on.
+#[test]
+fn client_exits_non_zero_with_the_message_when_the_handler_fails() {
+    const TIMEOUT: Duration = ms(3000);
+    let (mut queue, mut worker, frontend) = queue_with_worker(&["--exec", "exit 3"]);
+    for n in 1..=2 {
+        let out = run(
+            &[
+                "client",
+                "--connect",
+                &frontend,
+                "--request",
+                "x",
+                "--timeout",
+                "3s",
+                "--retries",
+                "2",
+                "--summary",
+            ],
+            &[],
+            SECS_10,
+        );
+        assert_eq!(out.status.code(), Some(1), "request {n}: {out:?}");
+        assert!(out.stdout.is_empty(), "request {n}: {out:?}");
+        let errors: Vec<&String> = out
+            .stderr
+            .iter()
+            .filter(|l| l.starts_with("bosun client:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "request {n}: one line of error: {out:?}");
+        assert!(
+            errors[0].contains("failed") && errors[0].contains("exit status: 3"),
+            "request {n}: the error names the failed command: {out:?}"
+        );
+        let summary = out
+            .stderr
+            .iter()
+            .find_map(|l| common::parse_summary(l))
+            .expect("summary line");
+        assert_eq!(
+            (summary.sent, summary.retries),
+            (1, 0),
+            "request {n}: one attempt: {summary:?}"
+        );
+        assert!(
+            out.elapsed < TIMEOUT,
+            "request {n}: failed after {:?}; a timed-out attempt takes {TIMEOUT:?}",
+            out.elapsed
+        );
+        assert!(worker.is_running(), "request {n}: {}", worker.dump());
+    }
+    assert!(queue.is_running(), "{}", queue.dump());
 }
 
 /// Runs `bosun demo` with `args` and returns its stdout lines and the named counts of

@@ -174,21 +174,44 @@ fn after_an_idle_spell_the_client_does_not_spend_its_one_attempt_on_a_dead_serve
 /// Waits until the Freelance server at `endpoint` has worked through what was queued
 /// for it: two PING/PONG round trips over a connection of our own. The server reads
 /// its connections in turn and each time drains what is there, so by the second PONG
-/// it has read (and answered) what waited on the other connections.
+/// it has read (and answered) what waited on the other connections. A Freelance server
+/// speaks only when spoken to (no hello on a new connection), so the first message on
+/// the connection is the first PONG.
 fn drain_server(endpoint: &str) {
     let ctx = zmq::Context::new();
     let probe = raw_socket(&ctx, zmq::DEALER);
     probe.connect(endpoint).expect("connect");
     let until = deadline(SECS_10);
-    for _ in 0..2 {
+    for n in 1..=2 {
         send(&probe, &frames(&[b"PING"]));
-        loop {
-            let msg = recv_until(&probe, until).expect("PONG from the server");
-            if msg == frames(&[b"PONG"]) {
-                break;
-            }
-        }
+        let msg = recv_until(&probe, until).unwrap_or_else(|| panic!("no PONG {n}"));
+        assert_eq!(msg, frames(&[b"PONG"]), "PONG {n}, and nothing before it");
     }
+}
+
+/// A foreign Freelance client (a raw DEALER, no bosun metadata): the server says
+/// nothing on a new connection, answers PING with exactly PONG, and echoes a request's
+/// payload frames as they came (not joined), after the control frame and with no
+/// metadata frame added.
+#[test]
+fn server_speaks_only_when_spoken_to_and_answers_a_foreign_client_plainly() {
+    let (mut s, ep) = server("server");
+    let ctx = zmq::Context::new();
+    let client = raw_socket(&ctx, zmq::DEALER);
+    client.connect(&ep).expect("connect");
+    let until = deadline(SECS_10);
+    send(&client, &frames(&[b"PING"]));
+    let first = recv_until(&client, until).expect("PONG");
+    assert_eq!(first, frames(&[b"PONG"]), "the first message is the PONG");
+    let request = frames(&[b"ctl-1", b"a", b"", b"b"]);
+    send(&client, &request);
+    let reply = recv_until(&client, until).expect("a reply to the request");
+    assert_eq!(reply, request, "[control][payload frames], unchanged");
+    // Nothing else is on the way: a second PING is answered by exactly one PONG.
+    send(&client, &frames(&[b"PING"]));
+    let next = recv_until(&client, until).expect("PONG");
+    assert_eq!(next, frames(&[b"PONG"]));
+    assert!(s.is_running(), "{}", s.dump());
 }
 
 #[test]

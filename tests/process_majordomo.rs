@@ -915,3 +915,93 @@ fn slow_handler_on_the_socket_thread_keeps_its_worker_registered() {
 fn slow_handler_in_the_pool_keeps_its_worker_registered() {
     slow_handler_keeps_its_worker_registered("2");
 }
+
+/// A handler command that fails (`--exec 'exit 3'`) fails its request: the client is
+/// answered at once with the worker's reason and exits 1 (no timeout, no retry), and
+/// the worker, registered once, goes on serving: a second request is answered the same
+/// way by the same worker.
+#[test]
+fn a_failing_exec_handler_fails_the_request_and_the_worker_keeps_serving() {
+    const TIMEOUT: Duration = ms(3000);
+    let (mut b, ep) = broker(ANY, &STEADY);
+    let mut w = worker(
+        "worker",
+        &ep,
+        "S",
+        &[&STEADY[..], &["--exec", "exit 3"]].concat(),
+    );
+    let id = next_ready(&mut b, "worker");
+    for n in 1..=2 {
+        let out = run(
+            &[
+                "client",
+                "--connect",
+                &ep,
+                "--service",
+                "S",
+                "--request",
+                "x",
+                "--timeout",
+                "3s",
+                "--retries",
+                "2",
+                "--summary",
+            ],
+            &[],
+            SECS_10,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "request {n}: {out:?}\n{}",
+            w.dump()
+        );
+        assert!(out.stdout.is_empty(), "request {n}: {out:?}");
+        let errors: Vec<&String> = out
+            .stderr
+            .iter()
+            .filter(|l| l.starts_with("bosun client:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "request {n}: one line of error: {out:?}");
+        assert!(
+            errors[0].contains("failed") && errors[0].contains("exit status: 3"),
+            "request {n}: the error names the failed command: {out:?}"
+        );
+        assert!(
+            !errors[0].contains("attempts"),
+            "request {n}: answered with the failure, not given up on: {out:?}"
+        );
+        let summary = out
+            .stderr
+            .iter()
+            .find_map(|l| common::parse_summary(l))
+            .expect("summary line");
+        assert_eq!(
+            (summary.sent, summary.answered, summary.retries),
+            (1, 0, 0),
+            "request {n}: one attempt, failed: {summary:?}"
+        );
+        // Within the first attempt's timeout, let alone the retry budget (2 × 3 s).
+        assert!(
+            out.elapsed < TIMEOUT,
+            "request {n}: failed after {:?}; a timed-out attempt takes {TIMEOUT:?}",
+            out.elapsed
+        );
+        assert!(w.is_running(), "request {n}: the worker died\n{}", w.dump());
+    }
+    b.stderr.read_available();
+    let log = b.stderr.dump();
+    assert!(
+        !log.contains("worker gone") && !log.contains("sent DISCONNECT"),
+        "the broker lost the worker\n{log}"
+    );
+    let ready: Vec<String> = b
+        .stderr
+        .seen
+        .iter()
+        .filter(|l| l.text.contains("worker ready"))
+        .filter_map(|l| field(&l.text, "worker"))
+        .collect();
+    assert_eq!(ready, vec![id], "one worker, registered once, served both");
+    assert!(b.is_running());
+}

@@ -1,23 +1,27 @@
 //! The Majordomo cores (7/MDP broker with 8/MMI and the capacity extension, worker,
-//! asynchronous client) in virtual time: routing rules, exact heartbeat and expiry
-//! times, re-queueing, bounds, MMI and its statistics, the worker's reconnect schedule,
-//! the client's per-request retries; property tests over random input; and an
-//! end-to-end run of clients, a broker and three workers over a seeded lossy network
-//! with a worker killed and the broker restarted.
+//! client in its pipelined and blocking modes) in virtual time: routing rules, exact
+//! heartbeat and expiry times, re-queueing, bounds, MMI and its statistics, the
+//! worker's reconnect schedule, the client's per-request retries, bosun's metadata frame
+//! through the broker (added to a foreign worker's plain reply, carrying a handler's
+//! failure), configuration checks; property tests over random input; and an end-to-end
+//! run of clients, a broker and three workers over a seeded lossy network with a worker
+//! killed and the broker restarted.
 
 mod sim_mdp;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use bosun::error::{ClientError, ConfigError};
 use bosun::proto::broker::{
     body_id, Broker, BrokerConfig, DropReason, Event as BEvent, GoneReason,
 };
-use bosun::proto::client::{AsyncClient, Event as CEvent};
+use bosun::proto::client::{Event as CEvent, MdpClient, Mode, Transmit as CTx};
+use bosun::proto::envelope::{Answer, HandlerError, Meta, Request, Status, MAGIC};
 use bosun::proto::frames::mdp::{self, Command};
 use bosun::proto::frames::Frames;
 use bosun::proto::worker::{Event as WEvent, MdWorker, Transmit as WTx};
-use bosun::{Backoff, Envelope, Retry};
+use bosun::{Backoff, Envelope, Heartbeat, Retry};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -87,7 +91,7 @@ fn req_of(worker: &[u8], body: &[u8]) -> (Vec<u8>, Vec<u8>) {
 fn broker_dispatches_lru_and_fifo_per_service() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     for w in [W1, W2, W3] {
         b.handle_message(t, ready(w, ECHO, 1));
     }
@@ -194,7 +198,7 @@ fn broker_dispatches_lru_and_fifo_per_service() {
 fn broker_heartbeats_idle_and_busy_workers_every_interval() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W1, ECHO, 1));
     b.handle_message(t, ready(W2, ECHO, 1));
     b.handle_message(t, plain(C1, ECHO, b"r1"));
@@ -234,7 +238,7 @@ fn broker_heartbeats_idle_and_busy_workers_every_interval() {
 fn broker_expires_silent_workers_and_requeues_at_the_front() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     let mut all = Vec::new();
     b.handle_message(t, ready(W1, ECHO, 1)); // will die holding r1
     b.handle_message(t, ready(W3, ECHO, 1)); // stays alive, busy with r2
@@ -311,7 +315,7 @@ fn broker_expires_silent_workers_and_requeues_at_the_front() {
 fn broker_requeues_when_a_worker_disconnects() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W1, ECHO, 1));
     b.handle_message(t, plain(C1, ECHO, b"r1"));
     b.handle_message(t, plain(C1, ECHO, b"r2"));
@@ -338,7 +342,7 @@ fn broker_purges_dead_workers_behind_a_live_one() {
     let dead_a: &[u8] = b"dead-a";
     let live: &[u8] = b"live";
     let dead_b: &[u8] = b"dead-b";
-    let mut b = Broker::new(clock.now(), bcfg());
+    let mut b = Broker::new(clock.now(), bcfg()).unwrap();
     for (at, w) in [(0, dead_a), (1, live), (2, dead_b)] {
         let t = clock.set(ms(at));
         b.handle_message(t, ready(w, ECHO, 1));
@@ -378,7 +382,7 @@ fn broker_purges_dead_workers_behind_a_live_one() {
 fn broker_disconnects_a_second_ready_and_requeues_its_work() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W1, ECHO, 1));
     b.handle_message(t, plain(C1, ECHO, b"r1"));
     assert_eq!(sent(&mut b), vec![Out::req(W1, C1, b"r1")]);
@@ -406,7 +410,7 @@ fn broker_disconnects_a_second_ready_and_requeues_its_work() {
 fn broker_disconnects_unknown_workers() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, cmd(b"ghost", Command::Heartbeat));
     let (out, events) = drain(&mut b);
     assert_eq!(out, vec![Out::Disconnect(b"ghost".to_vec())]);
@@ -438,7 +442,7 @@ fn broker_disconnects_unknown_workers() {
     // The same after a broker restart: a fresh broker answers an old worker's heartbeat
     // with DISCONNECT, and its READY then registers it and drains the queue.
     let t = clock.set(ms(5000));
-    let mut fresh = Broker::new(t, bcfg());
+    let mut fresh = Broker::new(t, bcfg()).unwrap();
     fresh.handle_message(t, plain(C1, ECHO, b"r2"));
     fresh.handle_message(t, cmd(W1, Command::Heartbeat));
     assert_eq!(sent(&mut fresh), vec![Out::Disconnect(W1.to_vec())]);
@@ -452,7 +456,7 @@ fn broker_disconnects_unknown_workers() {
 fn broker_refuses_mmi_services_but_not_mmi_like_identities() {
     let clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     for service in [&b"mmi.service"[..], b"mmi.echo", b"mmi."] {
         b.handle_message(t, ready(W1, service, 1));
         let (out, events) = drain(&mut b);
@@ -486,7 +490,7 @@ fn broker_bounds_queues_and_expires_waiting_requests() {
         request_ttl: ms(5000),
         ..bcfg()
     };
-    let mut b = Broker::new(t, cfg);
+    let mut b = Broker::new(t, cfg).unwrap();
     for r in [b"a1", b"a2", b"a3"] {
         b.handle_message(t, plain(C1, b"a", r));
     }
@@ -548,7 +552,7 @@ fn broker_bounds_services_and_forgets_empty_ones() {
         request_ttl: ms(1000),
         ..bcfg()
     };
-    let mut b = Broker::new(t, cfg);
+    let mut b = Broker::new(t, cfg).unwrap();
     b.handle_message(t, plain(C1, b"a", b"x"));
     b.handle_message(t, plain(C1, b"b", b"x"));
     b.handle_message(t, plain(C1, b"c", b"x"));
@@ -605,12 +609,13 @@ fn broker_bounds_services_and_forgets_empty_ones() {
 
 /// `mmi.service` answers 200 exactly while a worker is registered (404 before and after
 /// it expires); another `mmi.*` answers 501; plain bodies get `[client][""][MDPC01]
-/// [mmi.x][code]`, envelope bodies an envelope with the same id and attempt.
+/// [mmi.x][code]`, requests with bosun metadata `[code][metadata]` with the same id and
+/// attempt.
 #[test]
 fn mmi_service_and_unknown_mmi() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, plain(C1, b"mmi.service", ECHO));
     assert_eq!(
         b.poll_transmit(),
@@ -636,10 +641,10 @@ fn mmi_service_and_unknown_mmi() {
     b.handle_message(t, request(C1, b"mmi.", vec![]));
     assert_eq!(sent(&mut b), vec![Out::rep(C1, b"mmi.", b"501")]);
 
-    // An envelope in, an envelope out: same id and attempt, the code as body.
+    // Metadata in, metadata out: `[code][metadata]` with the same id and attempt.
     let mut asked = envelope(7, ECHO);
-    asked.attempt = 3;
-    b.handle_message(t, request(C1, b"mmi.service", vec![asked.encode()]));
+    asked.meta.attempt = 3;
+    b.handle_message(t, request(C1, b"mmi.service", asked.encode()));
     let out = sent(&mut b);
     let [Out::Reply {
         client,
@@ -653,17 +658,20 @@ fn mmi_service_and_unknown_mmi() {
         (client.as_slice(), service.as_slice()),
         (C1, &b"mmi.service"[..])
     );
-    let [frame] = body.as_slice() else {
-        panic!("{body:?}")
-    };
-    let answer = Envelope::decode(frame).unwrap();
-    assert_eq!((answer.id, answer.attempt), (asked.id, 3));
-    assert_eq!(answer.body, b"200");
+    assert_eq!(body.len(), 2, "[code][metadata]: {body:?}");
+    let answer = Envelope::decode(body.clone()).unwrap();
+    assert_eq!(
+        (answer.meta.id, answer.meta.attempt, answer.meta.status),
+        (asked.id(), 3, Status::Ok)
+    );
+    assert_eq!(answer.payload, vec![b"200".to_vec()]);
 
-    // The AsyncClient understands it end to end.
-    let mut client = AsyncClient::new(Retry::default(), 1);
-    let id = client.send(t, b"mmi.nope", envelope(8, ECHO));
-    let msg = client.poll_transmit().unwrap();
+    // The MdpClient understands it end to end.
+    let mut client = MdpClient::new(t, Mode::Pipelined, Retry::default(), 1).unwrap();
+    let id = client.send(t, b"mmi.nope", envelope(8, ECHO)).unwrap();
+    let Some(CTx::Send(msg)) = client.poll_transmit() else {
+        panic!("the request was not sent")
+    };
     let mut routed = vec![C2.to_vec()];
     routed.extend(msg);
     b.handle_message(t, routed);
@@ -674,7 +682,7 @@ fn mmi_service_and_unknown_mmi() {
         Some(CEvent::Reply {
             id,
             service: b"mmi.nope".to_vec(),
-            body: b"501".to_vec()
+            answer: Answer::Ok(vec![b"501".to_vec()])
         })
     );
 
@@ -724,7 +732,7 @@ fn mmi_stats(b: &mut Broker, t: Instant, only: &[u8]) -> Vec<String> {
 fn mmi_stats_lists_services() {
     let clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W1, b"a", 1));
     b.handle_message(t, ready(W2, b"b", 1));
     for r in [b"1", b"2", b"3"] {
@@ -820,7 +828,7 @@ fn steady_load(
         heartbeat: hb(60_000, 3),
         ..bcfg()
     };
-    let mut b = Broker::new(clock.now(), cfg);
+    let mut b = Broker::new(clock.now(), cfg).unwrap();
     b.handle_message(clock.now(), ready(W1, ECHO, 1));
     let mut serving: Option<(u64, Vec<u8>, Frames)> = None;
     let mut next = 0u64;
@@ -864,7 +872,7 @@ fn steady_load(
 fn capacity_bounds_inflight_and_plain_ready_is_one() {
     let clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     let msg = ready(W3, ECHO, 3);
     assert_eq!(msg.last(), Some(&b"capacity=3".to_vec()));
     b.handle_message(t, msg);
@@ -924,14 +932,14 @@ fn capacity_bounds_inflight_and_plain_ready_is_one() {
 fn capacity_replies_match_by_client_and_envelope_id() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     let (e1, e2) = (envelope(1, b"one"), envelope(2, b"two"));
     b.handle_message(t, ready(W1, ECHO, 2));
-    b.handle_message(t, request(C1, ECHO, vec![e1.encode()]));
-    b.handle_message(t, request(C1, ECHO, vec![e2.encode()]));
+    b.handle_message(t, request(C1, ECHO, e1.encode()));
+    b.handle_message(t, request(C1, ECHO, e2.encode()));
     assert_eq!(requests(&sent(&mut b)).len(), 2);
     let t = clock.set(ms(10));
-    b.handle_message(t, reply(W1, C1, vec![e2.reply(b"TWO".to_vec()).encode()]));
+    b.handle_message(t, reply(W1, C1, e2.reply(vec![b"TWO".to_vec()]).encode()));
     assert_eq!(b.inflight(W1), Some(1));
     b.handle_message(t, cmd(W1, Command::Disconnect));
     assert_eq!(
@@ -944,7 +952,7 @@ fn capacity_replies_match_by_client_and_envelope_id() {
         vec![Out::Request {
             worker: W2.to_vec(),
             client: C1.to_vec(),
-            body: vec![e1.encode()]
+            body: e1.encode()
         }]
     );
 
@@ -970,14 +978,14 @@ fn capacity_replies_match_by_client_and_envelope_id() {
 fn capacity_a_reply_that_matches_nothing_completes_nothing() {
     let clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W1, ECHO, 1));
-    b.handle_message(t, request(C1, ECHO, vec![envelope(2, b"new").encode()]));
+    b.handle_message(t, request(C1, ECHO, envelope(2, b"new").encode()));
     b.handle_message(t, plain(C2, ECHO, b"next"));
     assert_eq!(requests(&sent(&mut b)).len(), 1);
     // Stale: same client, envelope id 1, which this worker does not hold.
     let stale = envelope(1, b"old").encode();
-    b.handle_message(t, reply(W1, C1, vec![stale.clone()]));
+    b.handle_message(t, reply(W1, C1, stale.clone()));
     // Dropped, not forwarded: a plain client could take it for its current answer.
     assert_eq!(sent(&mut b), vec![]);
     assert_eq!((b.inflight(W1), b.queued(ECHO)), (Some(1), 1));
@@ -986,14 +994,14 @@ fn capacity_a_reply_that_matches_nothing_completes_nothing() {
     assert_eq!(requests(&sent(&mut b)), vec![]);
     assert_eq!((b.inflight(W1), b.queued(ECHO)), (Some(1), 1));
     // The real answer frees it.
-    b.handle_message(t, reply(W1, C1, vec![envelope(2, b"NEW").encode()]));
+    b.handle_message(t, reply(W1, C1, envelope(2, b"NEW").encode()));
     assert_eq!(requests(&sent(&mut b)), vec![req_of(W1, b"next")]);
 
     // K = 2: an unknown id from a client with two requests in flight completes neither.
     b.handle_message(t, ready(W2, b"k2", 2));
-    b.handle_message(t, request(C1, b"k2", vec![envelope(3, b"a").encode()]));
-    b.handle_message(t, request(C1, b"k2", vec![envelope(4, b"b").encode()]));
-    b.handle_message(t, reply(W2, C1, vec![envelope(5, b"?").encode()]));
+    b.handle_message(t, request(C1, b"k2", envelope(3, b"a").encode()));
+    b.handle_message(t, request(C1, b"k2", envelope(4, b"b").encode()));
+    b.handle_message(t, reply(W2, C1, envelope(5, b"?").encode()));
     sent(&mut b);
     assert_eq!(b.inflight(W2), Some(2));
 }
@@ -1005,7 +1013,7 @@ fn capacity_a_reply_that_matches_nothing_completes_nothing() {
 fn capacity_expiry_requeues_everything_in_order() {
     let mut clock = Clock::new();
     let t = clock.now();
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W3, ECHO, 3));
     for r in [b"r1", b"r2", b"r3", b"r4"] {
         b.handle_message(t, plain(C1, ECHO, r));
@@ -1033,7 +1041,7 @@ fn capacity_expiry_requeues_everything_in_order() {
 
     // Hold r1..r3 (one client each, so replies match unambiguously), answer r1, take r4,
     // then leave: r2, r3, r4 come back in that order.
-    let mut b = Broker::new(t, bcfg());
+    let mut b = Broker::new(t, bcfg()).unwrap();
     let clients: [&[u8]; 5] = [b"k1", b"k2", b"k3", b"k4", b"k5"];
     b.handle_message(t, ready(W3, ECHO, 3));
     for (i, c) in clients.iter().enumerate().take(4) {
@@ -1104,7 +1112,7 @@ fn w_heartbeat() -> WTx {
 fn worker_sends_ready_then_heartbeats_every_interval() {
     let mut clock = Clock::new();
     let t0 = clock.now();
-    let mut w = MdWorker::new(t0, ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7);
+    let mut w = MdWorker::new(t0, ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
     assert_eq!(
         wdrain(&mut w),
         (vec![WTx::Connect, w_ready(ECHO)], vec![WEvent::Connected])
@@ -1123,7 +1131,7 @@ fn worker_sends_ready_then_heartbeats_every_interval() {
     }
     assert!(w.is_connected());
 
-    let mut w = MdWorker::new(t0, ECHO, 4, hb(1000, 3), backoff(1000, 4000), 7);
+    let mut w = MdWorker::new(t0, ECHO, 4, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
     assert_eq!(
         wdrain(&mut w).0,
         vec![
@@ -1176,7 +1184,7 @@ fn run_worker(
 #[test]
 fn worker_reconnects_with_capped_doubling_backoff() {
     let mut clock = Clock::new();
-    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7);
+    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
     wdrain(&mut w);
     let inputs = vec![
         (3500, to_worker(0x04)),   // during the first backoff: ignored
@@ -1252,11 +1260,97 @@ fn worker_reconnects_with_capped_doubling_backoff() {
     assert_eq!(beats, beats_want);
 }
 
+/// The reconnect backoff starts over after ANY valid command from the broker, not only
+/// a HEARTBEAT: here a REQUEST, and later a DISCONNECT, each heard after the backoff has
+/// grown, make the next BrokerLost attempt 1 with the initial pause again. A malformed
+/// message in between does not: the schedule carries on where it was. Catches: a reset
+/// on HEARTBEAT alone, a reset on any input at all, a DISCONNECT that reconnects without
+/// restarting the backoff.
+#[test]
+fn worker_backoff_restarts_after_any_valid_command() {
+    let mut clock = Clock::new();
+    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
+    wdrain(&mut w);
+    let inputs = vec![
+        // After the 3rd connect (at 16 s): a REQUEST, the only thing the broker says.
+        (17_000, frames(&[b"", b"MDPW01", &[0x02], C1, b"", b"x"])),
+        // After the 6th connect (at 33 s): junk, which must not reset anything.
+        (33_500, frames(&[b"", b"MDPW01", &[0x09]])),
+        // After the 7th connect (at 40 s): DISCONNECT.
+        (40_500, to_worker(0x05)),
+    ];
+    let (txs, evs) = run_worker(&mut clock, &mut w, inputs, 48_000);
+    let lifecycle: Vec<(u64, WTx)> = txs
+        .iter()
+        .filter(|(_, x)| *x != w_heartbeat())
+        .cloned()
+        .collect();
+    let mut want = Vec::new();
+    for (lost, back) in [
+        (3000, 4000),
+        (7000, 9000),
+        (12_000, 16_000),
+        (20_000, 21_000),
+        (24_000, 26_000),
+        (29_000, 33_000),
+        (36_000, 40_000),
+        (40_500, 40_500),
+        (43_500, 44_500),
+    ] {
+        want.push((lost, WTx::Disconnect));
+        want.push((back, WTx::Connect));
+        want.push((back, w_ready(ECHO)));
+    }
+    want.push((47_500, WTx::Disconnect));
+    assert_eq!(lifecycle, want);
+    let lost: Vec<(u64, u32, Duration)> = evs
+        .iter()
+        .filter_map(|(at, e)| match e {
+            WEvent::BrokerLost { attempt, after } => Some((*at, *attempt, *after)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lost,
+        vec![
+            (3000, 1, ms(1000)),
+            (7000, 2, ms(2000)),
+            (12_000, 3, ms(4000)),
+            // The REQUEST at 17 s reset it.
+            (20_000, 1, ms(1000)),
+            (24_000, 2, ms(2000)),
+            (29_000, 3, ms(4000)),
+            // The junk at 33.5 s did not.
+            (36_000, 4, ms(4000)),
+            // The DISCONNECT at 40.5 s reset it.
+            (43_500, 1, ms(1000)),
+            (47_500, 2, ms(2000)),
+        ]
+    );
+    let others: Vec<(u64, &str)> = evs
+        .iter()
+        .filter_map(|(at, e)| match e {
+            WEvent::Request { .. } => Some((*at, "request")),
+            WEvent::Malformed(_) => Some((*at, "malformed")),
+            WEvent::DisconnectedByBroker => Some((*at, "disconnected")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        others,
+        vec![
+            (17_000, "request"),
+            (33_500, "malformed"),
+            (40_500, "disconnected")
+        ]
+    );
+}
+
 /// DISCONNECT from the broker: close, reconnect and READY at once, with fresh timers.
 #[test]
 fn worker_reconnects_at_once_on_disconnect_from_broker() {
     let mut clock = Clock::new();
-    let mut w = MdWorker::new(clock.now(), ECHO, 2, hb(1000, 3), backoff(1000, 4000), 7);
+    let mut w = MdWorker::new(clock.now(), ECHO, 2, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
     wdrain(&mut w);
     let t = clock.set(ms(1500));
     w.handle_frames(t, to_worker(0x05));
@@ -1289,25 +1383,34 @@ fn worker_reconnects_at_once_on_disconnect_from_broker() {
 #[test]
 fn worker_liveness_is_refreshed_by_valid_commands_only() {
     let mut clock = Clock::new();
-    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7);
+    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
     wdrain(&mut w);
     let t = clock.set(ms(2000));
     w.handle_frames(t, frames(&[b"", b"MDPW01", &[0x02], C1, b"", b"x"]));
+    let ev = wdrain(&mut w).1;
+    let [WEvent::Request { token, request }] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
     assert_eq!(
-        wdrain(&mut w).1,
-        vec![WEvent::Request {
-            client: C1.to_vec(),
-            body: vec![b"x".to_vec()]
-        }]
+        *request,
+        Request {
+            meta: None,
+            service: Some(ECHO.to_vec()),
+            payload: vec![b"x".to_vec()]
+        }
     );
     assert_eq!(w.inflight(), 1);
     let t = clock.set(ms(2100));
-    w.reply(t, C1, vec![b"y".to_vec()]);
+    w.reply(t, *token, Ok(vec![b"y".to_vec()]));
+    // A plain request (a foreign client's) gets a plain REPLY: no metadata frame.
     assert_eq!(
         wdrain(&mut w).0,
         vec![WTx::Send(frames(&[b"", b"MDPW01", &[0x03], C1, b"", b"y"]))]
     );
     assert_eq!(w.inflight(), 0);
+    // Answered once: the same token again sends nothing.
+    w.reply(t, *token, Ok(vec![b"again".to_vec()]));
+    assert_eq!(wdrain(&mut w), (vec![], vec![]));
 
     let t = clock.set(ms(4500));
     let junk = [
@@ -1347,8 +1450,18 @@ fn worker_liveness_is_refreshed_by_valid_commands_only() {
 #[test]
 fn worker_disconnect_says_goodbye_and_goes_quiet() {
     let mut clock = Clock::new();
-    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7);
+    let mut w = MdWorker::new(clock.now(), ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
     wdrain(&mut w);
+    // A request is still being handled when the worker says goodbye.
+    w.handle_frames(
+        clock.now(),
+        frames(&[b"", b"MDPW01", &[0x02], C1, b"", b"x"]),
+    );
+    let ev = wdrain(&mut w).1;
+    let [WEvent::Request { token, .. }] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
+    let token = *token;
     w.disconnect();
     assert_eq!(
         wdrain(&mut w),
@@ -1365,32 +1478,60 @@ fn worker_disconnect_says_goodbye_and_goes_quiet() {
     let t = clock.set(ms(60_000));
     w.handle_timeout(t);
     w.handle_frames(t, to_worker(0x04));
-    w.reply(t, C1, vec![b"late".to_vec()]);
+    // Its late answer goes nowhere.
+    w.reply(t, token, Ok(vec![b"late".to_vec()]));
     assert_eq!(wdrain(&mut w), (vec![], vec![]));
 }
 
 // ======================================================================================
-// 8. AsyncClient
+// 8. MdpClient
 // ======================================================================================
 
+/// A reply as the client's DEALER receives it: `[""][MDPC01][service][frames...]`.
 fn client_reply(service: &[u8], e: &Envelope) -> Frames {
-    mdp::client_request(service, vec![e.encode()])
+    mdp::client_request(service, e.encode())
+}
+
+/// A reply of `frames` as they are, with or without metadata.
+fn client_reply_frames(service: &[u8], frames: Frames) -> Frames {
+    mdp::client_request(service, frames)
+}
+
+/// Drains the client: what it asked of the socket, and what it said.
+fn cdrain(c: &mut MdpClient) -> (Vec<CTx>, Vec<CEvent>) {
+    let tx = std::iter::from_fn(|| c.poll_transmit()).collect();
+    let ev = std::iter::from_fn(|| c.poll_event()).collect();
+    (tx, ev)
+}
+
+/// The request in a client transmit: its service and envelope.
+fn sent_request(x: &CTx) -> (Vec<u8>, Envelope) {
+    let CTx::Send(m) = x else {
+        panic!("not a send: {x:?}")
+    };
+    let [empty, header, service, body @ ..] = &m[..] else {
+        panic!("{m:?}")
+    };
+    assert!(empty.is_empty());
+    assert_eq!(header.as_slice(), mdp::CLIENT);
+    (service.clone(), Envelope::decode(body.to_vec()).unwrap())
 }
 
 /// Five requests in flight at once, each on its own clock: exact resend times
-/// (timeout 1 s, backoff 100 ms doubling, no jitter), replies in any order matched by
-/// id, a late answer to an earlier attempt of an answered request is a Duplicate, a
-/// request with no answer gives up after exactly 3 attempts with its body handed back,
-/// and an answer after that is a Duplicate too, never a Reply.
+/// (timeout 1 s, backoff 100 ms doubling, no jitter), a Retrying event at each timeout,
+/// replies in any order matched by id, a late answer to an earlier attempt of an
+/// answered request is a Duplicate, a request with no answer gives up after exactly 3
+/// attempts with its payload handed back, and an answer after that is a Duplicate too,
+/// never a Reply.
 #[test]
-fn async_client_retries_each_request_on_its_own_schedule() {
+fn pipelined_client_retries_each_request_on_its_own_schedule() {
     let mut clock = Clock::new();
     let retry = Retry {
         timeout: ms(1000),
         retries: 3,
         backoff: backoff(100, 1000),
     };
-    let mut c = AsyncClient::new(retry, 1);
+    let mut c = MdpClient::new(clock.now(), Mode::Pipelined, retry, 1).unwrap();
     let names = ["a", "b", "c", "d", "e"];
     let send_at = [0u64, 50, 100, 200, 201];
     // (when, request, attempt answered)
@@ -1431,26 +1572,28 @@ fn async_client_retries_each_request_on_its_own_schedule() {
             let (_, is_send, n, attempt) = script.next().unwrap();
             let n: &'static str = names.iter().find(|x| **x == n).unwrap();
             if is_send {
-                let id = c.send(t, ECHO, envelope(1000 + at as u128, n.as_bytes()));
+                let id = c
+                    .send(t, ECHO, envelope(1000 + at as u128, n.as_bytes()))
+                    .unwrap();
                 ids.insert(n, id);
             } else {
                 let mut e = envelope(0, format!("re:{n}").as_bytes());
-                e.id = ids[n];
-                e.attempt = attempt;
+                e.meta.id = ids[n];
+                e.meta.attempt = attempt;
                 c.handle_frames(t, client_reply(ECHO, &e));
             }
         }
         c.handle_timeout(t);
-        while let Some(m) = c.poll_transmit() {
-            let [empty, header, service, frame] = &m[..] else {
-                panic!("{m:?}")
-            };
-            assert!(empty.is_empty());
-            assert_eq!((header.as_slice(), service.as_slice()), (mdp::CLIENT, ECHO));
-            let e = Envelope::decode(frame).unwrap();
-            let n = name_of(&ids, e.id);
-            assert_eq!(e.body, n.as_bytes(), "the same body on every attempt");
-            sent_log.push((at, n, e.attempt));
+        while let Some(x) = c.poll_transmit() {
+            let (service, e) = sent_request(&x);
+            assert_eq!(service, ECHO);
+            let n = name_of(&ids, e.id());
+            assert_eq!(
+                e.payload,
+                vec![n.as_bytes().to_vec()],
+                "the same payload on every attempt"
+            );
+            sent_log.push((at, n, e.meta.attempt));
         }
         while let Some(e) = c.poll_event() {
             events.push((at, e));
@@ -1472,7 +1615,12 @@ fn async_client_retries_each_request_on_its_own_schedule() {
     let reply = |n: &str| CEvent::Reply {
         id: ids[n],
         service: ECHO.to_vec(),
-        body: format!("re:{n}").into_bytes(),
+        answer: Answer::Ok(vec![format!("re:{n}").into_bytes()]),
+    };
+    let retrying = |n: &str, attempt: u32, after: u64| CEvent::Retrying {
+        id: ids[n],
+        attempt,
+        after: ms(after),
     };
     assert_eq!(
         events,
@@ -1480,14 +1628,17 @@ fn async_client_retries_each_request_on_its_own_schedule() {
             (300, reply("e")),
             (400, reply("d")),
             (500, reply("c")),
+            (1000, retrying("a", 1, 100)),
+            (1050, retrying("b", 1, 100)),
             (1200, reply("b")),
             (1300, CEvent::Duplicate { id: ids["b"] }),
+            (2100, retrying("a", 2, 200)),
             (
                 3300,
                 CEvent::GaveUp {
                     id: ids["a"],
                     attempts: 3,
-                    body: b"a".to_vec()
+                    payload: vec![b"a".to_vec()]
                 }
             ),
             (3400, CEvent::Duplicate { id: ids["a"] }),
@@ -1497,33 +1648,597 @@ fn async_client_retries_each_request_on_its_own_schedule() {
     assert_eq!(c.poll_timeout(), None);
 }
 
-/// What is not an envelope reply is reported as malformed and changes nothing; the
-/// reply cancels the request's timer.
+/// What is not a Majordomo reply, or carries a metadata frame that does not decode, is
+/// reported as malformed and changes nothing; in pipelined mode a reply without
+/// metadata (the old one-frame envelope included, which is not metadata now) cannot be
+/// matched and is reported as Unmatched, changing nothing either; the reply cancels the
+/// request's timer.
 #[test]
-fn async_client_reports_malformed_replies() {
+fn pipelined_client_reports_malformed_and_unmatched_replies() {
     let clock = Clock::new();
     let t = clock.now();
-    let mut c = AsyncClient::new(Retry::default(), 1);
-    let id = c.send(t, ECHO, envelope(1, b"q"));
+    let mut c = MdpClient::new(t, Mode::Pipelined, Retry::default(), 1).unwrap();
+    let id = c.send(t, ECHO, envelope(1, b"q")).unwrap();
     let _ = c.poll_transmit();
+    let good = envelope(1, b"a").encode();
+    let meta = good.last().unwrap().clone();
+    let with_last = |f: Vec<u8>| client_reply_frames(ECHO, vec![b"a".to_vec(), f]);
+    let mut bad_status = meta.clone();
+    bad_status[5] = 9;
+    let mut version_zero = meta.clone();
+    version_zero[4] = 0;
+    let mut short_fixed = meta.clone();
+    short_fixed[7] = 10;
+    let mut huge_header = meta[..44].to_vec();
+    huge_header.extend_from_slice(&[0, 1, 0, 1, b'k', 0xff, 0xff, 0xff, 0xff]);
     for f in [
         vec![],
         frames(&[b"", b"MDPC01"]),
         frames(&[b"", b"MDPW01", ECHO, b"x"]),
         frames(&[b"x", b"MDPC01", ECHO, b"x"]),
+        with_last(MAGIC.to_vec()),
+        with_last(meta[..meta.len() - 1].to_vec()),
+        with_last(bad_status),
+        with_last(version_zero),
+        with_last(short_fixed),
+        with_last(huge_header),
+    ] {
+        c.handle_frames(t, f.clone());
+        let ev = cdrain(&mut c);
+        assert!(
+            matches!(&ev.1[..], [CEvent::Malformed(_)]) && ev.0.is_empty(),
+            "{f:?}: {ev:?}"
+        );
+    }
+    assert_eq!(c.outstanding(), 1);
+    for f in [
         frames(&[b"", b"MDPC01", ECHO]),
         frames(&[b"", b"MDPC01", ECHO, b"plain"]),
+        // The old format's one-frame envelope is plain payload now.
         frames(&[b"", b"MDPC01", ECHO, b"BSN1\xc1"]),
-        mdp::client_request(ECHO, vec![envelope(1, b"a").encode(), b"extra".to_vec()]),
+        // Metadata that is not the last frame is payload.
+        client_reply_frames(ECHO, [good.clone(), vec![b"extra".to_vec()]].concat()),
     ] {
-        c.handle_frames(t, f);
-        assert!(matches!(c.poll_event(), Some(CEvent::Malformed(_))));
+        c.handle_frames(t, f.clone());
+        assert_eq!(
+            cdrain(&mut c),
+            (
+                vec![],
+                vec![CEvent::Unmatched {
+                    service: ECHO.to_vec()
+                }]
+            ),
+            "{f:?}"
+        );
     }
     assert_eq!(c.outstanding(), 1);
     c.handle_frames(t, client_reply(ECHO, &envelope(1, b"a")));
-    assert!(matches!(c.poll_event(), Some(CEvent::Reply { id: got, .. }) if got == id));
+    assert_eq!(
+        c.poll_event(),
+        Some(CEvent::Reply {
+            id,
+            service: ECHO.to_vec(),
+            answer: Answer::Ok(vec![b"a".to_vec()])
+        })
+    );
     // Its timer went with it: nothing out, nothing to wake up for.
     assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
+}
+
+/// Blocking mode: one request at a time (a second send while one is outstanding is
+/// refused with Busy), every timed-out attempt makes the driver re-make its socket
+/// (Reset, before the Retrying or GaveUp), and a plain reply (from a foreign broker, no
+/// metadata) answers the one outstanding request while its attempt waits, never during
+/// the backoff. In pipelined mode the same plain reply is Unmatched.
+#[test]
+fn blocking_client_resets_after_a_timeout_and_takes_plain_replies() {
+    let mut clock = Clock::new();
+    let retry = Retry {
+        timeout: ms(1000),
+        retries: 3,
+        backoff: backoff(100, 1000),
+    };
+    let mut c = MdpClient::new(clock.now(), Mode::Blocking, retry, 1).unwrap();
+    let t = clock.now();
+    let id = c.send(t, ECHO, envelope(1, b"q")).unwrap();
+    assert!(matches!(
+        c.send(t, ECHO, envelope(2, b"other")),
+        Err(ClientError::Busy)
+    ));
+    let (tx, ev) = cdrain(&mut c);
+    assert_eq!(tx.len(), 1, "only the first request went out: {tx:?}");
+    let (service, e) = sent_request(&tx[0]);
+    assert_eq!(
+        (
+            service.as_slice(),
+            e.id(),
+            e.meta.attempt,
+            e.payload.clone()
+        ),
+        (ECHO, id, 1, vec![b"q".to_vec()])
+    );
+    assert!(ev.is_empty(), "{ev:?}");
+
+    // The attempt times out at 1 s, not before: Reset, then Retrying.
+    let t = clock.set(ms(1000) - NS);
+    c.handle_timeout(t);
+    assert_eq!(cdrain(&mut c), (vec![], vec![]));
+    let t = clock.set(ms(1000));
+    c.handle_timeout(t);
+    assert_eq!(
+        cdrain(&mut c),
+        (
+            vec![CTx::Reset],
+            vec![CEvent::Retrying {
+                id,
+                attempt: 1,
+                after: ms(100)
+            }]
+        )
+    );
+    // Still one at a time during the backoff.
+    assert!(matches!(
+        c.send(t, ECHO, envelope(3, b"other")),
+        Err(ClientError::Busy)
+    ));
+    // A plain reply during the backoff answers nothing: no attempt is waiting.
+    c.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"early"]));
+    assert_eq!(
+        cdrain(&mut c),
+        (
+            vec![],
+            vec![CEvent::Unmatched {
+                service: ECHO.to_vec()
+            }]
+        )
+    );
+    assert_eq!(c.outstanding(), 1);
+    let t = clock.set(ms(1100));
+    c.handle_timeout(t);
+    let (tx, ev) = cdrain(&mut c);
+    assert!(ev.is_empty(), "{ev:?}");
+    let [x] = &tx[..] else { panic!("{tx:?}") };
+    let (_, e) = sent_request(x);
+    assert_eq!((e.id(), e.meta.attempt), (id, 2));
+
+    // A plain two-frame reply (no metadata) answers the outstanding request.
+    let t = clock.set(ms(1200));
+    c.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"A", b"B"]));
+    assert_eq!(
+        cdrain(&mut c),
+        (
+            vec![],
+            vec![CEvent::Reply {
+                id,
+                service: ECHO.to_vec(),
+                answer: Answer::Ok(vec![b"A".to_vec(), b"B".to_vec()])
+            }]
+        )
+    );
+    assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
+    // Once answered, a second plain reply has nothing to answer.
+    c.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"again"]));
+    assert!(matches!(&cdrain(&mut c).1[..], [CEvent::Unmatched { .. }]));
+
+    // Free again: the next send goes out; with no answer it gives up after 3 attempts,
+    // each timeout resetting the socket, the last one too.
+    let id2 = c.send(t, ECHO, envelope(4, b"r")).unwrap();
+    let mut resets = 0;
+    let mut sends = 0;
+    let mut gave_up = None;
+    for _ in 0..100 {
+        let (tx, ev) = cdrain(&mut c);
+        for x in &tx {
+            match x {
+                CTx::Reset => resets += 1,
+                CTx::Send(_) => sends += 1,
+            }
+        }
+        if let Some(g) = ev.into_iter().find(|e| matches!(e, CEvent::GaveUp { .. })) {
+            gave_up = Some(g);
+            break;
+        }
+        let Some(next) = c.poll_timeout() else { break };
+        let t = clock.advance_to(next);
+        c.handle_timeout(t);
+    }
+    assert_eq!(
+        gave_up,
+        Some(CEvent::GaveUp {
+            id: id2,
+            attempts: 3,
+            payload: vec![b"r".to_vec()]
+        })
+    );
+    assert_eq!((sends, resets), (3, 3));
+    // A bosun reply for an id no longer outstanding is a duplicate, in blocking mode too.
+    c.handle_frames(clock.now(), client_reply(ECHO, &envelope(4, b"late")));
+    assert_eq!(cdrain(&mut c).1, vec![CEvent::Duplicate { id: id2 }]);
+
+    // Pipelined: the same plain reply to a waiting request cannot be matched.
+    let t = clock.now();
+    let mut p = MdpClient::new(t, Mode::Pipelined, retry, 1).unwrap();
+    let pid = p.send(t, ECHO, envelope(5, b"q")).unwrap();
+    // Pipelined takes more than one at a time.
+    p.send(t, ECHO, envelope(6, b"q2")).unwrap();
+    let _ = cdrain(&mut p);
+    p.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"A"]));
+    assert_eq!(
+        cdrain(&mut p),
+        (
+            vec![],
+            vec![CEvent::Unmatched {
+                service: ECHO.to_vec()
+            }]
+        )
+    );
+    assert_eq!(p.outstanding(), 2);
+    p.handle_frames(t, client_reply(ECHO, &envelope(5, b"A")));
+    assert!(matches!(&cdrain(&mut p).1[..], [CEvent::Reply { id, .. }] if *id == pid));
+    assert_eq!(p.outstanding(), 1);
+}
+
+// ======================================================================================
+// 8b. bosun's metadata through the broker
+// ======================================================================================
+
+/// Hands `msg` (as a DEALER sends it) to the broker as its ROUTER receives it from
+/// `identity`.
+fn from(identity: &[u8], msg: Frames) -> Frames {
+    let mut out = vec![identity.to_vec()];
+    out.extend(msg);
+    out
+}
+
+/// A foreign worker (one that knows nothing of bosun's metadata) sees the request's
+/// metadata as one more trailing frame and answers with a plain payload; the broker
+/// appends the metadata of the request it answers (same id, attempt and creation time,
+/// status Ok), so a pipelined MdpClient, which matches replies by id, takes it, and a
+/// two-frame payload comes back as two frames. A foreign client's plain request gets
+/// the plain reply, nothing appended; a bosun worker's reply is forwarded as it is.
+/// Catches: a plain reply forwarded bare (the pipelined client could never match it),
+/// metadata of the wrong attempt, payload frames joined.
+#[test]
+fn broker_gives_a_foreign_workers_plain_reply_the_requests_metadata() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    b.handle_message(t, ready(W1, ECHO, 1));
+    let retry = Retry {
+        timeout: ms(1000),
+        retries: 3,
+        backoff: backoff(100, 1000),
+    };
+    let mut c = MdpClient::new(t, Mode::Pipelined, retry, 1).unwrap();
+    let e = Envelope::new(Uuid::from_u128(77), 5, frames(&[b"p1", b"p2"]));
+    let id = c.send(t, ECHO, e).unwrap();
+    // The first attempt is lost on the way; the second reaches the broker.
+    assert_eq!(cdrain(&mut c).0.len(), 1);
+    let t = clock.set(ms(1000));
+    c.handle_timeout(t);
+    let t = clock.set(ms(1100));
+    c.handle_timeout(t);
+    let (tx, _) = cdrain(&mut c);
+    let [CTx::Send(msg)] = &tx[..] else {
+        panic!("{tx:?}")
+    };
+    b.handle_message(t, from(C1, msg.clone()));
+    let out = sent(&mut b);
+    let [Out::Request {
+        worker,
+        client,
+        body,
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((worker.as_slice(), client.as_slice()), (W1, C1));
+    // What the foreign worker sees: the payload frames as sent, then one more frame.
+    assert_eq!(body.len(), 3, "{body:?}");
+    assert_eq!(&body[..2], &frames(&[b"p1", b"p2"])[..]);
+    let request_meta = Meta::decode(&body[2]).unwrap();
+    assert_eq!(
+        (
+            request_meta.id,
+            request_meta.attempt,
+            request_meta.created_at_ms
+        ),
+        (id, 2, 5)
+    );
+
+    // It answers with two plain frames; the broker appends the request's metadata.
+    let t = clock.set(ms(1150));
+    b.handle_message(t, reply(W1, C1, frames(&[b"A", b"B"])));
+    let to_client = b.poll_transmit().expect("the reply is forwarded");
+    assert_eq!(b.poll_transmit(), None);
+    let mut want = frames(&[C1, b"", b"MDPC01", ECHO, b"A", b"B"]);
+    want.push(request_meta.reply(Status::Ok).encode());
+    assert_eq!(to_client, want);
+    let appended = Meta::decode(to_client.last().unwrap()).unwrap();
+    assert_eq!(
+        (appended.id, appended.attempt, appended.status),
+        (id, 2, Status::Ok)
+    );
+    assert_eq!(
+        b.inflight(W1),
+        Some(0),
+        "the plain reply completed the request"
+    );
+    let (_, to_client) = route(to_client);
+    c.handle_frames(t, to_client);
+    assert_eq!(
+        cdrain(&mut c),
+        (
+            vec![],
+            vec![CEvent::Reply {
+                id,
+                service: ECHO.to_vec(),
+                answer: Answer::Ok(frames(&[b"A", b"B"]))
+            }]
+        )
+    );
+    assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
+
+    // A foreign client's plain request: the plain reply goes back as it is.
+    b.handle_message(t, request(C2, ECHO, frames(&[b"x", b"y"])));
+    assert_eq!(
+        sent(&mut b),
+        vec![Out::Request {
+            worker: W1.to_vec(),
+            client: C2.to_vec(),
+            body: frames(&[b"x", b"y"])
+        }]
+    );
+    b.handle_message(t, reply(W1, C2, frames(&[b"X", b"Y"])));
+    assert_eq!(
+        b.poll_transmit(),
+        Some(frames(&[C2, b"", b"MDPC01", ECHO, b"X", b"Y"]))
+    );
+
+    // A bosun worker's reply carries its own metadata: forwarded unchanged, no second
+    // metadata frame.
+    let e = envelope(78, b"q");
+    b.handle_message(t, request(C1, ECHO, e.encode()));
+    sent(&mut b);
+    let answer = e.reply(frames(&[b"Q"])).encode();
+    b.handle_message(t, reply(W1, C1, answer.clone()));
+    let mut want = frames(&[C1, b"", b"MDPC01", ECHO]);
+    want.extend(answer);
+    assert_eq!(b.poll_transmit(), Some(want));
+}
+
+/// A handler that failed: the worker core answers a bosun client with the message as
+/// the one payload frame and metadata of status Error (the request's id and attempt);
+/// the broker forwards it, and the MdpClient reads Answer::Failed with that message.
+/// A foreign client gets one plain frame, `error: <message>`. The worker goes on: the
+/// next request is served.
+#[test]
+fn a_failed_handler_reaches_the_client_as_a_failed_answer() {
+    let clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    let mut w = MdWorker::new(t, ECHO, 1, hb(1000, 3), backoff(1000, 4000), 7).unwrap();
+    // Worker -> broker: every Send, as W1.
+    let pump_worker = |w: &mut MdWorker, b: &mut Broker| {
+        for x in wdrain(w).0 {
+            if let WTx::Send(f) = x {
+                b.handle_message(t, from(W1, f));
+            }
+        }
+    };
+    pump_worker(&mut w, &mut b);
+    assert_eq!(b.workers(), 1);
+    drain(&mut b);
+
+    let mut c = MdpClient::new(t, Mode::Pipelined, Retry::default(), 1).unwrap();
+    let id = c.send(t, ECHO, envelope(9, b"q")).unwrap();
+    let (tx, _) = cdrain(&mut c);
+    let [CTx::Send(msg)] = &tx[..] else {
+        panic!("{tx:?}")
+    };
+    b.handle_message(t, from(C1, msg.clone()));
+    let (to, rest) = route(b.poll_transmit().unwrap());
+    assert_eq!(to, W1);
+    w.handle_frames(t, rest);
+    let ev = wdrain(&mut w).1;
+    let [WEvent::Request { token, request }] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (request.id(), request.attempt(), request.payload.clone()),
+        (Some(id), 1, frames(&[b"q"]))
+    );
+    w.reply(t, *token, Err(HandlerError::new("disk on fire")));
+    let tx = wdrain(&mut w).0;
+    let [WTx::Send(f)] = &tx[..] else {
+        panic!("{tx:?}")
+    };
+    let mut want = frames(&[b"", b"MDPW01", &[0x03], C1, b"", b"disk on fire"]);
+    want.push(request.meta.as_ref().unwrap().reply(Status::Error).encode());
+    assert_eq!(*f, want);
+    let meta = Meta::decode(f.last().unwrap()).unwrap();
+    assert_eq!((meta.id, meta.attempt, meta.status), (id, 1, Status::Error));
+    b.handle_message(t, from(W1, f.clone()));
+    let (to, rest) = route(b.poll_transmit().unwrap());
+    assert_eq!(to, C1);
+    c.handle_frames(t, rest);
+    assert_eq!(
+        cdrain(&mut c),
+        (
+            vec![],
+            vec![CEvent::Reply {
+                id,
+                service: ECHO.to_vec(),
+                answer: Answer::Failed {
+                    status: Status::Error,
+                    message: "disk on fire".into()
+                }
+            }]
+        )
+    );
+    assert_eq!(c.outstanding(), 0);
+
+    // A foreign client: the failure as one plain frame.
+    b.handle_message(t, plain(C2, ECHO, b"q"));
+    let (_, rest) = route(b.poll_transmit().unwrap());
+    w.handle_frames(t, rest);
+    let ev = wdrain(&mut w).1;
+    let [WEvent::Request { token, request }] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(request.meta, None);
+    w.reply(t, *token, Err(HandlerError::new("disk on fire")));
+    pump_worker(&mut w, &mut b);
+    assert_eq!(
+        b.poll_transmit(),
+        Some(frames(&[C2, b"", b"MDPC01", ECHO, b"error: disk on fire"]))
+    );
+    assert_eq!(b.inflight(W1), Some(0));
+}
+
+// ======================================================================================
+// 8c. Configuration
+// ======================================================================================
+
+/// The field a constructor's error names ("accepted" when there is none), checking that
+/// its message names it too.
+fn rejected<T>(r: Result<T, ConfigError>) -> &'static str {
+    match r {
+        Ok(_) => "accepted",
+        Err(e) => {
+            let ConfigError::Invalid { field, .. } = &e else {
+                panic!("{e:?}")
+            };
+            assert!(e.to_string().contains(field), "{e} does not name {field}");
+            field
+        }
+    }
+}
+
+/// Every core constructor refuses a setting that would stop all traffic, spin, or
+/// overflow the clock, and names the field: the broker's max_queue, max_services and
+/// stats_window of 0, a zero heartbeat, a request_ttl of zero or of u64::MAX seconds; the
+/// worker's capacity outside 1..=1000, an `mmi.` service, a zero reconnect backoff; the
+/// client's zero timeout, zero attempts and overflowing timeout.
+#[test]
+fn constructors_reject_settings_that_stop_traffic_or_overflow() {
+    let t = Clock::new().now();
+    let broker = |cfg: BrokerConfig| rejected(Broker::new(t, cfg));
+    assert_eq!(broker(bcfg()), "accepted");
+    assert_eq!(broker(BrokerConfig::default()), "accepted");
+    let cases = [
+        (
+            BrokerConfig {
+                max_queue: 0,
+                ..bcfg()
+            },
+            "max_queue",
+        ),
+        (
+            BrokerConfig {
+                max_services: 0,
+                ..bcfg()
+            },
+            "max_services",
+        ),
+        (
+            BrokerConfig {
+                stats_window: Duration::ZERO,
+                ..bcfg()
+            },
+            "stats_window",
+        ),
+        (
+            BrokerConfig {
+                stats_window: Duration::from_secs(u64::MAX),
+                ..bcfg()
+            },
+            "stats_window",
+        ),
+        (
+            BrokerConfig {
+                heartbeat: hb(0, 3),
+                ..bcfg()
+            },
+            "heartbeat.interval",
+        ),
+        (
+            BrokerConfig {
+                heartbeat: hb(1000, 0),
+                ..bcfg()
+            },
+            "heartbeat.liveness",
+        ),
+        (
+            BrokerConfig {
+                heartbeat: Heartbeat {
+                    interval: Duration::from_secs(u64::MAX),
+                    liveness: 3,
+                },
+                ..bcfg()
+            },
+            "heartbeat.interval",
+        ),
+        (
+            BrokerConfig {
+                request_ttl: Duration::from_secs(u64::MAX),
+                ..bcfg()
+            },
+            "request_ttl",
+        ),
+        (
+            BrokerConfig {
+                request_ttl: Duration::ZERO,
+                ..bcfg()
+            },
+            "request_ttl",
+        ),
+    ];
+    for (cfg, field) in cases {
+        assert_eq!(broker(cfg), field, "{cfg:?}");
+    }
+
+    let worker = |service: &[u8], capacity: u32, heartbeat: Heartbeat, reconnect: Backoff| {
+        rejected(MdWorker::new(t, service, capacity, heartbeat, reconnect, 1))
+    };
+    let (h, r) = (hb(1000, 3), backoff(1000, 4000));
+    assert_eq!(worker(ECHO, 1, h, r), "accepted");
+    assert_eq!(worker(ECHO, 1000, h, r), "accepted");
+    assert_eq!(worker(ECHO, 0, h, r), "capacity");
+    assert_eq!(worker(ECHO, 1001, h, r), "capacity");
+    assert_eq!(worker(b"mmi.echo", 1, h, r), "service");
+    assert_eq!(worker(ECHO, 1, hb(0, 3), r), "heartbeat.interval");
+    assert_eq!(worker(ECHO, 1, hb(1000, 0), r), "heartbeat.liveness");
+    assert_eq!(worker(ECHO, 1, h, backoff(0, 4000)), "reconnect");
+    let forever = Backoff {
+        initial: ms(1000),
+        max: Duration::from_secs(u64::MAX),
+        jitter: 0.0,
+    };
+    assert_eq!(worker(ECHO, 1, h, forever), "reconnect");
+
+    let client = |mode: Mode, retry: Retry| rejected(MdpClient::new(t, mode, retry, 1));
+    let ok = Retry::default();
+    for mode in [Mode::Blocking, Mode::Pipelined] {
+        assert_eq!(client(mode, ok), "accepted");
+        let zero = Retry {
+            timeout: Duration::ZERO,
+            ..ok
+        };
+        assert_eq!(client(mode, zero), "retry.timeout");
+        let none = Retry { retries: 0, ..ok };
+        assert_eq!(client(mode, none), "retry.retries");
+        let huge = Retry {
+            timeout: Duration::from_secs(u64::MAX),
+            ..ok
+        };
+        assert_eq!(client(mode, huge), "retry.timeout");
+        let no_pause = Retry {
+            backoff: backoff(0, 1000),
+            ..ok
+        };
+        assert_eq!(client(mode, no_pause), "retry.backoff");
+    }
 }
 
 // ======================================================================================
@@ -1564,6 +2279,8 @@ enum Op {
     Request(usize, usize, bool),
     /// The worker answers (echoes) one of the requests the broker says it holds.
     Answer(usize, usize),
+    /// As a foreign worker would: the payload of one of them back, metadata left off.
+    AnswerPlain(usize, usize),
     /// The worker echoes any request the broker ever sent to anyone (stale, foreign).
     Stale(usize, usize),
     /// A REPLY with a chosen client and random body.
@@ -1585,7 +2302,15 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
         Just(b"echo".to_vec()),
         any::<u8>().prop_map(|b| vec![b]),
         bytes_strategy(),
-        bytes_strategy().prop_map(|tail| [&b"BSN1"[..], &tail].concat()),
+        // Looks like metadata, rarely decodes.
+        bytes_strategy().prop_map(|tail| [&MAGIC[..], &tail].concat()),
+        // Valid metadata with a random id, status and attempt.
+        (any::<u128>(), 0u8..3, any::<u32>()).prop_map(|(id, status, attempt)| {
+            let mut m = Meta::new(Uuid::from_u128(id), 0);
+            m.attempt = attempt;
+            m.status = [Status::Ok, Status::Error, Status::Refused][usize::from(status)];
+            m.encode()
+        }),
     ]
 }
 
@@ -1628,6 +2353,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (id.clone(), svc(), cap_any()).prop_map(|(i, s, c)| Op::Ready(i, s, c)),
         6 => (id.clone(), svc(), any::<bool>()).prop_map(|(i, s, e)| Op::Request(i, s, e)),
         6 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::Answer(i, k)),
+        3 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::AnswerPlain(i, k)),
         1 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::Stale(i, k)),
         1 => (id.clone(), id.clone(), frames_strategy(3))
             .prop_map(|(i, c, f)| Op::JunkReply(i, c, f)),
@@ -1673,7 +2399,7 @@ impl BrokerModel {
         };
         BrokerModel {
             now,
-            b: Broker::new(now, cfg),
+            b: Broker::new(now, cfg).unwrap(),
             cap: HashMap::new(),
             held: HashMap::new(),
             ever_sent: Vec::new(),
@@ -1725,14 +2451,27 @@ impl BrokerModel {
                 let body = if *env {
                     envelope(self.next_id, b"q").encode()
                 } else {
-                    format!("plain-{}", self.next_id).into_bytes()
+                    vec![format!("plain-{}", self.next_id).into_bytes()]
                 };
-                request(IDS[*i], SERVICES[*s], vec![body])
+                request(IDS[*i], SERVICES[*s], body)
             }
             Op::Answer(i, k) => {
                 let held = self.held.get(IDS[*i]).cloned().unwrap_or_default();
                 match held.get(k % held.len().max(1)) {
                     Some((client, body)) => reply(IDS[*i], client, body.clone()),
+                    None => cmd(IDS[*i], Command::Heartbeat),
+                }
+            }
+            Op::AnswerPlain(i, k) => {
+                let held = self.held.get(IDS[*i]).cloned().unwrap_or_default();
+                match held.get(k % held.len().max(1)) {
+                    Some((client, body)) => {
+                        let mut payload = body.clone();
+                        if payload.last().is_some_and(|f| Meta::looks_like(f)) {
+                            payload.pop();
+                        }
+                        reply(IDS[*i], client, payload)
+                    }
                     None => cmd(IDS[*i], Command::Heartbeat),
                 }
             }
@@ -1756,39 +2495,47 @@ impl BrokerModel {
         };
         let mut accepted = 0;
         let mut expect_completed = 0;
-        let mut reply_to = None;
+        let mut expect_reply = None;
         match parsed {
             Some(mdp::ToBroker::Client { service, .. }) if !service.starts_with(b"mmi.") => {
                 self.services.insert(service);
                 accepted = 1;
             }
-            Some(mdp::ToBroker::Worker(mdp::FromWorker::Reply { client, body })) => {
-                if self.b.inflight(&sender).is_some() {
-                    // The matching rule.
-                    let id = body_id(&body);
-                    let held = self.held.entry(sender.clone()).or_default();
-                    if let Some(p) = held
-                        .iter()
-                        .position(|(c, b)| *c == client && (id.is_none() || body_id(b) == id))
-                    {
-                        held.remove(p);
-                        expect_completed = 1;
+            Some(mdp::ToBroker::Worker(mdp::FromWorker::Reply { client, body }))
+                if self.b.inflight(&sender).is_some() =>
+            {
+                // The matching rule.
+                let id = body_id(&body);
+                let held = self.held.entry(sender.clone()).or_default();
+                if let Some(p) = held
+                    .iter()
+                    .position(|(c, b)| *c == client && (id.is_none() || body_id(b) == id))
+                {
+                    let (_, request) = held.remove(p);
+                    expect_completed = 1;
+                    // Forwarded as it came; a plain reply to a request that carried
+                    // metadata gets that metadata (status Ok) appended.
+                    let mut body = body;
+                    if id.is_none() {
+                        if let Some(m) = request.last().and_then(|f| Meta::decode(f).ok()) {
+                            body.push(m.reply(Status::Ok).encode());
+                        }
                     }
+                    expect_reply = Some((client, body));
                 }
-                reply_to = Some(client);
             }
             _ => {}
         }
         let before = self.pending();
         self.b.handle_message(self.now, msg);
-        self.settle(before, accepted, reply_to, expect_completed)
+        self.settle(before, accepted, expect_reply, expect_completed)
     }
 
     fn settle(
         &mut self,
         before: usize,
         accepted: usize,
-        reply_to: Option<Vec<u8>>,
+        mut expect_reply: Option<(Vec<u8>, Frames)>,
         expect_completed: usize,
     ) -> Result<(), TestCaseError> {
         let (out, events) = drain(&mut self.b);
@@ -1830,10 +2577,18 @@ impl BrokerModel {
                     self.held.entry(worker).or_default().push((client, body));
                 }
                 Out::Reply {
-                    client, service, ..
+                    client,
+                    service,
+                    body,
                 } => {
                     if !service.starts_with(b"mmi.") {
-                        prop_assert_eq!(Some(&client), reply_to.as_ref(), "reply to whom?");
+                        // Only the reply that completes a request is forwarded, once,
+                        // to its client, with the body the matching rule says.
+                        prop_assert_eq!(
+                            Some((client, body)),
+                            expect_reply.take(),
+                            "reply to whom, with what?"
+                        );
                         worker_replies += 1;
                     }
                 }
@@ -1851,7 +2606,7 @@ impl BrokerModel {
             dropped,
             expect_completed
         );
-        prop_assert!(expect_completed <= worker_replies);
+        prop_assert_eq!(expect_completed, worker_replies);
         for w in IDS {
             let n = self.b.inflight(w);
             let model = self.held.get(w).map_or(0, Vec::len);
@@ -1913,10 +2668,13 @@ proptest! {
             ],
             1..80,
         ),
-        capacity in 0u32..4,
+        capacity in 1u32..4,
+        fail in any::<bool>(),
     ) {
+        // (Capacity 0 is refused by the constructor now: see
+        // `constructors_reject_settings_that_stop_traffic_or_overflow`.)
         let mut clock = Clock::new();
-        let mut w = MdWorker::new(clock.now(), ECHO, capacity, hb(1000, 3), backoff(500, 4000), 3);
+        let mut w = MdWorker::new(clock.now(), ECHO, capacity, hb(1000, 3), backoff(500, 4000), 3).unwrap();
         for (d, f) in input {
             let t = clock.advance_to(clock.now() + ms(d));
             match f {
@@ -1933,33 +2691,53 @@ proptest! {
                 }
             }
             for e in ev {
-                if let WEvent::Request { client, .. } = e {
-                    w.reply(t, &client, vec![b"ok".to_vec()]);
-                    let _ = wdrain(&mut w);
+                if let WEvent::Request { token, .. } = e {
+                    let answer = if fail {
+                        Err(HandlerError::new("failed"))
+                    } else {
+                        Ok(vec![b"ok".to_vec()])
+                    };
+                    w.reply(t, token, answer);
+                    for x in wdrain(&mut w).0 {
+                        if let WTx::Send(f) = x {
+                            prop_assert!(
+                                matches!(
+                                    mdp::parse_to_broker(f),
+                                    Ok(mdp::ToBroker::Worker(mdp::FromWorker::Reply { .. }))
+                                ),
+                                "the worker answered with something other than REPLY"
+                            );
+                        }
+                    }
                 }
             }
             prop_assert!(w.poll_timeout().is_some(), "a worker always has a timer armed");
         }
     }
 
-    /// Random frames, sends and time steps to a client: no panic; each id gets at most
-    /// one Reply or GaveUp, and every request sent ends in exactly one of them or is
-    /// still outstanding.
+    /// Random frames, sends and time steps to a client in either mode: no panic; each id
+    /// gets at most one Reply or GaveUp, and every request sent ends in exactly one of
+    /// them or is still outstanding; a blocking client refuses (Busy) exactly the sends
+    /// made while a request is outstanding, and only it ever asks for a Reset.
     #[test]
-    fn async_client_survives_random_frames(
+    fn mdp_client_survives_random_frames(
         input in proptest::collection::vec(
             prop_oneof![
                 (0u64..3000).prop_map(|d| (0, d, None)),
                 frames_strategy(6).prop_map(|f| (1, 0, Some(f))),
                 (any::<u8>(), 1u32..5).prop_map(|(k, a)| (2, u64::from(k) * 8 + u64::from(a), None)),
                 Just((3, 0, None)),
+                // A reply with any body: plain, junk metadata, or valid metadata.
+                frames_strategy(3).prop_map(|f| (4, 0, Some(f))),
             ],
             1..80,
         ),
+        blocking in any::<bool>(),
     ) {
         let mut clock = Clock::new();
         let retry = Retry { timeout: ms(1000), retries: 3, backoff: backoff(100, 1000) };
-        let mut c = AsyncClient::new(retry, 9);
+        let mode = if blocking { Mode::Blocking } else { Mode::Pipelined };
+        let mut c = MdpClient::new(clock.now(), mode, retry, 9).unwrap();
         let mut ids: Vec<Uuid> = Vec::new();
         let mut done: HashMap<Uuid, usize> = HashMap::new();
         for (kind, n, f) in input {
@@ -1973,13 +2751,28 @@ proptest! {
                 (2, _) if !ids.is_empty() => {
                     // A reply (any attempt) to some request sent so far.
                     let mut e = envelope(0, b"r");
-                    e.id = ids[(n / 8) as usize % ids.len()];
-                    e.attempt = (n % 8) as u32;
+                    e.meta.id = ids[(n / 8) as usize % ids.len()];
+                    e.meta.attempt = (n % 8) as u32;
                     c.handle_frames(t, client_reply(ECHO, &e));
                 }
-                _ => ids.push(c.send(t, ECHO, envelope(ids.len() as u128 + 1, b"q"))),
+                (4, Some(f)) => c.handle_frames(t, client_reply_frames(ECHO, f)),
+                _ => {
+                    let busy = c.outstanding() > 0;
+                    match c.send(t, ECHO, envelope(ids.len() as u128 + 1, b"q")) {
+                        Ok(id) => {
+                            prop_assert!(!(blocking && busy), "a second request in blocking mode");
+                            ids.push(id);
+                        }
+                        Err(ClientError::Busy) => {
+                            prop_assert!(blocking && busy, "Busy with nothing outstanding");
+                        }
+                        Err(e) => prop_assert!(false, "send failed: {}", e),
+                    }
+                }
             }
-            while c.poll_transmit().is_some() {}
+            while let Some(x) = c.poll_transmit() {
+                prop_assert!(blocking || x != CTx::Reset, "Reset in pipelined mode");
+            }
             while let Some(e) = c.poll_event() {
                 match e {
                     CEvent::Reply { id, .. } | CEvent::GaveUp { id, .. } => {
@@ -1988,6 +2781,7 @@ proptest! {
                     _ => {}
                 }
             }
+            prop_assert!(!blocking || c.outstanding() <= 1);
         }
         prop_assert!(done.values().all(|n| *n == 1));
         prop_assert_eq!(done.len() + c.outstanding(), ids.len());
@@ -2029,16 +2823,17 @@ struct SimWorker {
     resets: u32,
     connected: bool,
     alive: bool,
-    jobs: Vec<(Instant, Vec<u8>, Frames)>,
+    /// (when it is done, the core's token, the payload to echo).
+    jobs: Vec<(Instant, u64, Frames)>,
     disconnected_by_broker: Vec<Instant>,
 }
 
 /// A client process: the core, what it will send and when, and what it heard.
 struct SimClient {
-    core: AsyncClient,
+    core: MdpClient,
     identity: Vec<u8>,
     to_send: Vec<(Instant, Envelope)>,
-    bodies: HashMap<Uuid, Vec<u8>>,
+    bodies: HashMap<Uuid, Frames>,
     replies: HashMap<Uuid, usize>,
     gave_up: usize,
     duplicates: usize,
@@ -2081,7 +2876,8 @@ impl World {
         };
         let workers = (0..N_WORKERS)
             .map(|i| SimWorker {
-                core: MdWorker::new(t0, ECHO, CAPACITY[i], heartbeat, reconnect, seed ^ i as u64),
+                core: MdWorker::new(t0, ECHO, CAPACITY[i], heartbeat, reconnect, seed ^ i as u64)
+                    .unwrap(),
                 identity: Vec::new(),
                 generation: 0,
                 resets: 0,
@@ -2111,7 +2907,13 @@ impl World {
                     .collect();
                 to_send.sort_by_key(|(at, _)| *at);
                 SimClient {
-                    core: AsyncClient::new(retry, seed.wrapping_mul(31) + j as u64),
+                    core: MdpClient::new(
+                        t0,
+                        Mode::Pipelined,
+                        retry,
+                        seed.wrapping_mul(31) + j as u64,
+                    )
+                    .unwrap(),
                     identity: format!("client-{j}").into_bytes(),
                     to_send,
                     bodies: HashMap::new(),
@@ -2136,7 +2938,7 @@ impl World {
             clock,
             net,
             cfg,
-            broker: Broker::new(t0, cfg),
+            broker: Broker::new(t0, cfg).unwrap(),
             down_until: None,
             restart_at: Some(restart_at),
             restarted_at: None,
@@ -2186,7 +2988,7 @@ impl World {
         if self.down_until.is_some_and(|t| t <= now) {
             self.down_until = None;
             self.restarted_at = Some(now);
-            self.broker = Broker::new(now, self.cfg);
+            self.broker = Broker::new(now, self.cfg).unwrap();
         }
         while let Some((_, to, msg)) = self.net.pop_due(now) {
             self.deliver(now, to, msg);
@@ -2196,9 +2998,9 @@ impl World {
                 .into_iter()
                 .partition(|j| j.0 <= now);
             self.workers[i].jobs = rest;
-            for (_, client, body) in due {
-                // Echo: the envelope back as it came, so the id and attempt match.
-                self.workers[i].core.reply(now, &client, body);
+            for (_, token, payload) in due {
+                // Echo: the payload back; the core adds the request's id and attempt.
+                self.workers[i].core.reply(now, token, Ok(payload));
             }
             self.drain_worker(i);
         }
@@ -2206,8 +3008,8 @@ impl World {
             let c = &mut self.clients[j];
             while c.to_send.first().is_some_and(|s| s.0 <= now) {
                 let (_, e) = c.to_send.remove(0);
-                c.bodies.insert(e.id, e.body.clone());
-                c.core.send(now, ECHO, e);
+                c.bodies.insert(e.id(), e.payload.clone());
+                c.core.send(now, ECHO, e).unwrap();
             }
             self.drain_client(j);
         }
@@ -2313,7 +3115,7 @@ impl World {
         }
         while let Some(e) = self.workers[i].core.poll_event() {
             match e {
-                WEvent::Request { client, body } => {
+                WEvent::Request { token, request } => {
                     if i == 0 && self.killed_at.is_none() && now >= self.kill_after {
                         // Killed mid-request: it never answers, never heartbeats again.
                         let w = &mut self.workers[i];
@@ -2324,7 +3126,10 @@ impl World {
                         return;
                     }
                     let work = ms(self.rng.u64(10..200));
-                    self.workers[i].jobs.push((now + work, client, body));
+                    assert!(request.meta.is_some(), "worker {i} lost the metadata");
+                    self.workers[i]
+                        .jobs
+                        .push((now + work, token, request.payload));
                 }
                 WEvent::DisconnectedByBroker => {
                     self.workers[i].disconnected_by_broker.push(now);
@@ -2349,19 +3154,27 @@ impl World {
         let now = self.clock.now();
         let node = client_node(j);
         let c = &mut self.clients[j];
-        while let Some(f) = c.core.poll_transmit() {
+        while let Some(x) = c.core.poll_transmit() {
+            let CTx::Send(f) = x else {
+                panic!("a pipelined client never resets its socket: {x:?}")
+            };
             let mut msg = vec![c.identity.clone()];
             msg.extend(f);
             self.net.send(now, node, BROKER, msg);
         }
         while let Some(e) = c.core.poll_event() {
             match e {
-                CEvent::Reply { id, body, .. } => {
-                    assert_eq!(Some(&body), c.bodies.get(&id), "a reply to what?");
+                CEvent::Reply { id, answer, .. } => {
+                    let Answer::Ok(payload) = answer else {
+                        panic!("client {j}: an echo failed: {answer:?}")
+                    };
+                    assert_eq!(Some(&payload), c.bodies.get(&id), "a reply to what?");
                     *c.replies.entry(id).or_default() += 1;
                 }
                 CEvent::GaveUp { .. } => c.gave_up += 1,
                 CEvent::Duplicate { .. } => c.duplicates += 1,
+                CEvent::Retrying { .. } => {}
+                CEvent::Unmatched { .. } => panic!("client {j} got a reply without metadata"),
                 CEvent::Malformed(e) => panic!("client {j} got malformed input: {e}"),
             }
         }

@@ -9,6 +9,8 @@ mod sim;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use bosun::error::{ConfigError, ProtocolError};
+use bosun::proto::envelope::{Answer, HandlerError, Meta, Request, Status, MAGIC};
 use bosun::proto::frames::ppp::{self, FromQueue, FromWorker};
 use bosun::proto::frames::Frames;
 use bosun::proto::lazy_pirate::{self, LazyPirate};
@@ -16,7 +18,7 @@ use bosun::proto::paranoid_pirate::{
     NotBusy, Queue, QueueConfig, QueueEvent, QueueTransmit, Side, Worker, WorkerEvent,
     WorkerTransmit,
 };
-use bosun::{Backoff, Heartbeat, Retry};
+use bosun::{Backoff, Envelope, Heartbeat, Retry};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -40,6 +42,16 @@ fn qcfg(heartbeat: Heartbeat, max_queue: usize) -> QueueConfig {
         heartbeat,
         max_queue,
     }
+}
+
+/// A queue; every configuration in these tests is valid.
+fn new_queue(now: Instant, cfg: QueueConfig) -> Queue {
+    Queue::new(now, cfg).expect("a valid queue configuration")
+}
+
+/// A worker core; every configuration in these tests is valid.
+fn new_worker(now: Instant, heartbeat: Heartbeat, reconnect: Backoff, seed: u64) -> Worker {
+    Worker::new(now, heartbeat, reconnect, seed).expect("a valid worker configuration")
 }
 
 /// `[identity][cmd]`, as the backend ROUTER delivers a worker's one-byte command.
@@ -108,7 +120,7 @@ fn expired(e: &[QueueEvent]) -> Vec<(Vec<u8>, bool)> {
 fn expiry_case(interval_ms: u64, liveness: u32, busy: bool) {
     let ctx = format!("interval {interval_ms} ms, liveness {liveness}, busy {busy}");
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(interval_ms, liveness), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(interval_ms, liveness), 10));
     // Heartbeats to nobody until the worker arrives.
     q.handle_timeout(c.set(ms(500)));
     assert_eq!(q_drain(&mut q), (vec![], vec![]));
@@ -176,7 +188,7 @@ fn busy_worker_expires_after_exactly_liveness_intervals() {
 #[test]
 fn heartbeats_go_to_every_worker_idle_and_busy_every_interval() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     for w in [A, B, C] {
         q.handle_backend(c.now(), command(w, READY));
     }
@@ -204,7 +216,7 @@ fn heartbeats_go_to_every_worker_idle_and_busy_every_interval() {
 #[test]
 fn a_heartbeat_or_a_reply_refreshes_liveness_and_a_malformed_message_does_not() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     for w in [A, B, C] {
         q.handle_backend(c.now(), command(w, READY));
     }
@@ -258,7 +270,7 @@ fn a_heartbeat_or_a_reply_refreshes_liveness_and_a_malformed_message_does_not() 
 #[test]
 fn a_busy_worker_is_never_handed_a_second_request() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(A, READY));
     q.handle_frontend(c.now(), request(b"c1", b"one"));
     let (t, _) = q_drain(&mut q);
@@ -291,7 +303,7 @@ fn a_busy_worker_is_never_handed_a_second_request() {
 #[test]
 fn idle_workers_are_used_least_recently_used_first() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     for w in [A, B, C] {
         q.handle_backend(c.now(), command(w, READY));
     }
@@ -320,7 +332,7 @@ fn idle_workers_are_used_least_recently_used_first() {
 #[test]
 fn requests_wait_in_order_until_a_worker_is_ready() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     for body in [b"1", b"2", b"3"] {
         q.handle_frontend(c.advance(ms(1)), request(b"c", body));
     }
@@ -344,7 +356,7 @@ fn requests_wait_in_order_until_a_worker_is_ready() {
 #[test]
 fn a_full_queue_drops_new_requests_with_an_event() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 2));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 2));
     for body in [b"1", b"2", b"3", b"4"] {
         q.handle_frontend(c.advance(ms(1)), request(b"c", body));
     }
@@ -370,7 +382,7 @@ fn a_full_queue_drops_new_requests_with_an_event() {
 #[test]
 fn a_heartbeat_from_an_unknown_worker_is_ignored() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(A, HEARTBEAT));
     let (t, e) = q_drain(&mut q);
     assert!(t.is_empty());
@@ -400,7 +412,7 @@ fn a_heartbeat_from_an_unknown_worker_is_ignored() {
 #[test]
 fn a_duplicate_ready_makes_a_busy_worker_idle_and_an_idle_one_stays_single() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(A, READY));
     q.handle_backend(c.now(), command(A, READY));
     let (_, e) = q_drain(&mut q);
@@ -437,7 +449,7 @@ fn a_duplicate_ready_makes_a_busy_worker_idle_and_an_idle_one_stays_single() {
 #[test]
 fn an_expired_worker_is_never_routed_to() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(A, READY));
     q.handle_backend(c.set(ms(1000)), command(B, READY));
     q.handle_timeout(c.set(ms(3000)));
@@ -455,7 +467,7 @@ fn an_expired_worker_is_never_routed_to() {
 #[test]
 fn a_worker_past_its_deadline_is_dead_even_before_handle_timeout() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(A, READY));
     let _ = q_drain(&mut q);
     q.handle_frontend(c.set(ms(3000) - NS), request(b"c", b"in time"));
@@ -469,7 +481,7 @@ fn a_worker_past_its_deadline_is_dead_even_before_handle_timeout() {
     assert_eq!(expired(&e), vec![(A.to_vec(), false)]);
     assert_eq!((q.workers(), q.queued()), (0, 1));
 
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(B, READY));
     let _ = q_drain(&mut q);
     q.handle_backend(c.advance(ms(3000)), command(B, HEARTBEAT));
@@ -492,7 +504,7 @@ fn a_worker_past_its_deadline_is_dead_even_before_handle_timeout() {
 #[test]
 fn malformed_client_requests_are_dropped_with_an_event() {
     let mut c = Clock::new();
-    let mut q = Queue::new(c.now(), qcfg(hb(1000, 3), 10));
+    let mut q = new_queue(c.now(), qcfg(hb(1000, 3), 10));
     q.handle_backend(c.now(), command(A, READY));
     let _ = q_drain(&mut q);
     for junk in [
@@ -561,6 +573,17 @@ fn connected() -> Vec<WStep> {
     ]
 }
 
+/// The event of a request from a foreign client (no metadata) with these payload frames.
+fn foreign_request(payload: &[&[u8]]) -> WStep {
+    WStep::E(WorkerEvent::Request {
+        request: Request {
+            meta: None,
+            service: None,
+            payload: frames(payload),
+        },
+    })
+}
+
 fn from_queue_heartbeat() -> Frames {
     vec![vec![HEARTBEAT]]
 }
@@ -591,7 +614,7 @@ fn walk(w: &mut Worker, c: &mut Clock, until: Duration) -> Vec<(Duration, WStep)
 #[test]
 fn a_worker_connects_with_ready_and_heartbeats_every_interval_idle_and_busy() {
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     assert_eq!(w_drain(&mut w), connected());
     assert!(w.is_connected() && !w.is_busy());
     for k in 1..=12u64 {
@@ -617,7 +640,7 @@ fn a_worker_connects_with_ready_and_heartbeats_every_interval_idle_and_busy() {
 #[test]
 fn a_silent_queue_is_lost_after_liveness_intervals_and_reconnects_with_doubling_backoff() {
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     assert_eq!(w_drain(&mut w), connected());
     let mut expected = Vec::new();
     let mut connected_at = 0;
@@ -646,7 +669,7 @@ fn a_silent_queue_is_lost_after_liveness_intervals_and_reconnects_with_doubling_
 #[test]
 fn the_reconnect_backoff_starts_over_once_the_queue_is_heard() {
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     let _ = w_drain(&mut w);
     // Lost at 3 s (retry after 0.5 s), at 6.5 s (after 1 s): reconnected at 7.5 s.
     let log = walk(&mut w, &mut c, ms(7500));
@@ -671,7 +694,7 @@ fn the_reconnect_backoff_starts_over_once_the_queue_is_heard() {
 
     // The same, but what arrives is malformed: no sign of life, the backoff goes on.
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     let _ = w_drain(&mut w);
     let _ = walk(&mut w, &mut c, ms(7500));
     for junk in [
@@ -705,7 +728,7 @@ fn the_reconnect_backoff_starts_over_once_the_queue_is_heard() {
 fn anything_valid_from_the_queue_postpones_the_expiry() {
     for refresh in [from_queue_heartbeat(), request(b"client", b"job")] {
         let mut c = Clock::new();
-        let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+        let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
         let _ = w_drain(&mut w);
         let _ = walk(&mut w, &mut c, ms(2000));
         w.handle_frames(c.now(), refresh.clone());
@@ -724,27 +747,23 @@ fn anything_valid_from_the_queue_postpones_the_expiry() {
 #[test]
 fn one_request_at_a_time() {
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     let _ = w_drain(&mut w);
-    assert_eq!(w.reply(c.now(), frames(&[b"r"])), Err(NotBusy));
+    assert_eq!(w.reply(c.now(), Ok(frames(&[b"r"]))), Err(NotBusy));
     assert_eq!(w_drain(&mut w), vec![], "a reply to nothing was sent");
     w.handle_frames(
         c.advance(ms(10)),
         frames(&[b"c1", b"c2", b"", b"b1", b"b2"]),
     );
-    assert_eq!(
-        w_drain(&mut w),
-        vec![WStep::E(WorkerEvent::Request {
-            body: frames(&[b"b1", b"b2"])
-        })]
-    );
+    assert_eq!(w_drain(&mut w), vec![foreign_request(&[b"b1", b"b2"])]);
     w.handle_frames(c.advance(ms(10)), request(b"other", b"second"));
     assert_eq!(
         w_drain(&mut w),
         vec![WStep::E(WorkerEvent::DroppedWhileBusy)]
     );
     assert!(w.is_busy());
-    w.reply(c.advance(ms(10)), frames(&[b"r1", b"r2"])).unwrap();
+    w.reply(c.advance(ms(10)), Ok(frames(&[b"r1", b"r2"])))
+        .unwrap();
     assert_eq!(
         w_drain(&mut w),
         vec![WStep::T(WorkerTransmit::Send(frames(&[
@@ -752,15 +771,228 @@ fn one_request_at_a_time() {
         ])))],
         "the reply goes to the first request's address, and no READY follows it"
     );
-    assert_eq!(w.reply(c.now(), frames(&[b"again"])), Err(NotBusy));
+    assert_eq!(w.reply(c.now(), Ok(frames(&[b"again"]))), Err(NotBusy));
     assert_eq!(w_drain(&mut w), vec![]);
     w.handle_frames(c.advance(ms(10)), request(b"third", b"x"));
+    assert_eq!(w_drain(&mut w), vec![foreign_request(&[b"x"])]);
+}
+
+/// The core hands the handler the payload frames exactly as the client sent them (the
+/// metadata frame taken off), and its reply carries the request's id and attempt in the
+/// metadata frame after the handler's payload frames, also unchanged.
+#[test]
+fn the_worker_hands_over_the_payload_unchanged_and_replies_with_the_request_id_and_attempt() {
+    let mut c = Clock::new();
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let _ = w_drain(&mut w);
+    let mut meta = Meta::new(Uuid::from_u128(0xabc), 1_700_000_000_000);
+    meta.attempt = 3;
+    meta.deadline_ms = Some(1_700_000_009_000);
+    meta.headers.insert("trace".into(), "t-1".into());
+    let payload = frames(&[b"first", b"", b"\xff\x00binary", b"last"]);
+    let mut msg = frames(&[b"c1", b"c2", b""]);
+    msg.extend(payload.clone());
+    msg.push(meta.encode());
+    w.handle_frames(c.advance(ms(10)), msg);
+    let out = w_drain(&mut w);
+    let [WStep::E(WorkerEvent::Request { request })] = out.as_slice() else {
+        panic!("expected one request: {out:?}");
+    };
+    assert_eq!(
+        *request,
+        Request {
+            meta: Some(meta.clone()),
+            service: None,
+            payload: payload.clone(),
+        }
+    );
+    assert_eq!((request.id(), request.attempt()), (Some(meta.id), 3));
+    assert_eq!(request.header("trace"), Some("t-1"));
+    assert_eq!(request.body(), b"first\xff\x00binarylast".to_vec());
+
+    w.reply(c.advance(ms(10)), Ok(frames(&[b"r1", b"", b"r3"])))
+        .unwrap();
+    let out = w_drain(&mut w);
+    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
+        panic!("expected one reply: {out:?}");
+    };
+    assert_eq!(sent.len(), 7, "{sent:?}");
+    assert_eq!(
+        sent[..6],
+        frames(&[b"c1", b"c2", b"", b"r1", b"", b"r3"])[..],
+        "the address, the delimiter, the handler's frames unchanged"
+    );
+    let reply = Meta::decode(&sent[6]).expect("the reply's metadata frame");
+    assert_eq!(
+        (reply.id, reply.attempt, reply.status),
+        (meta.id, 3, Status::Ok)
+    );
+    assert_eq!(
+        bosun::proto::envelope::peek_id(sent),
+        Some(meta.id),
+        "a router finds the id in the last frame"
+    );
+
+    // The same with the harness's envelope, attempt 2, and a one-frame echo.
+    let mut e = envelope(0xdef, b"job");
+    e.meta.attempt = 2;
+    let mut msg = frames(&[b"c3", b""]);
+    msg.extend(e.encode());
+    w.handle_frames(c.advance(ms(10)), msg);
+    let out = w_drain(&mut w);
+    let [WStep::E(WorkerEvent::Request { request })] = out.as_slice() else {
+        panic!("expected one request: {out:?}");
+    };
+    assert_eq!(request.payload, frames(&[b"job"]));
+    w.reply(c.advance(ms(10)), Ok(request.payload.clone()))
+        .unwrap();
+    let out = w_drain(&mut w);
+    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
+        panic!("expected one reply: {out:?}");
+    };
+    assert_eq!(sent[..3], frames(&[b"c3", b"", b"job"])[..]);
+    let reply = Envelope::decode(sent[2..].to_vec()).expect("a bosun reply");
+    assert_eq!(
+        (reply.meta.id, reply.meta.attempt, reply.meta.status),
+        (e.meta.id, 2, Status::Ok)
+    );
+    assert_eq!(reply.payload, frames(&[b"job"]));
+}
+
+/// A handler's error answers the request: a bosun client gets the message and
+/// metadata with status Error; a foreign one gets one frame `error: <message>`. The
+/// worker is free for the next request either way.
+#[test]
+fn a_handler_error_is_answered_with_its_message() {
+    let mut c = Clock::new();
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let _ = w_drain(&mut w);
+    let mut e = envelope(0x51, b"job");
+    e.meta.attempt = 4;
+    let mut msg = frames(&[b"client", b""]);
+    msg.extend(e.encode());
+    w.handle_frames(c.advance(ms(10)), msg);
+    let _ = w_drain(&mut w);
+    w.reply(
+        c.advance(ms(10)),
+        Err(HandlerError::new("handler panicked: boom")),
+    )
+    .unwrap();
+    let out = w_drain(&mut w);
+    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
+        panic!("expected one reply: {out:?}");
+    };
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(
+        sent[..3],
+        frames(&[b"client", b"", b"handler panicked: boom"])[..]
+    );
+    let meta = Meta::decode(&sent[3]).expect("the reply's metadata frame");
+    assert_eq!(
+        (meta.id, meta.attempt, meta.status),
+        (e.meta.id, 4, Status::Error)
+    );
+    assert!(!w.is_busy());
+
+    w.handle_frames(c.advance(ms(10)), request(b"foreign", b"job"));
+    assert_eq!(w_drain(&mut w), vec![foreign_request(&[b"job"])]);
+    w.reply(c.advance(ms(10)), Err(HandlerError::new("no")))
+        .unwrap();
     assert_eq!(
         w_drain(&mut w),
-        vec![WStep::E(WorkerEvent::Request {
-            body: frames(&[b"x"])
-        })]
+        vec![WStep::T(WorkerTransmit::Send(frames(&[
+            b"foreign",
+            b"",
+            b"error: no"
+        ])))]
     );
+    assert!(!w.is_busy());
+}
+
+/// A last frame that starts with the metadata magic but does not decode is reported as
+/// malformed, and the request is still served, as a foreign one: its frames, the bad
+/// one included, go to the handler, and the reply has no metadata.
+#[test]
+fn a_request_with_corrupt_metadata_is_reported_and_served_as_foreign() {
+    let mut c = Clock::new();
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let _ = w_drain(&mut w);
+    let good = envelope(0x77, b"job").encode();
+    let mut bad = good[1].clone();
+    bad[5] = 9; // an unknown status
+    let why = Meta::decode(&bad).unwrap_err();
+    let mut msg = frames(&[b"client", b"", b"job"]);
+    msg.push(bad.clone());
+    w.handle_frames(c.advance(ms(10)), msg);
+    assert_eq!(
+        w_drain(&mut w),
+        vec![
+            WStep::E(WorkerEvent::Malformed(ProtocolError::Envelope(why))),
+            WStep::E(WorkerEvent::Request {
+                request: Request {
+                    meta: None,
+                    service: None,
+                    payload: vec![b"job".to_vec(), bad],
+                },
+            }),
+        ]
+    );
+    assert!(w.is_busy());
+    w.reply(c.advance(ms(10)), Ok(frames(&[b"r"]))).unwrap();
+    assert_eq!(
+        w_drain(&mut w),
+        vec![WStep::T(WorkerTransmit::Send(frames(&[
+            b"client", b"", b"r"
+        ])))]
+    );
+}
+
+/// Each constructor refuses a configuration that could spin or overflow the clock.
+#[test]
+fn the_cores_refuse_invalid_configurations() {
+    let c = Clock::new();
+    let invalid = |field: &'static str| {
+        move |e: ConfigError| {
+            assert!(
+                matches!(&e, ConfigError::Invalid { field: f, .. } if *f == field),
+                "{field}: {e:?}"
+            )
+        }
+    };
+    let zero = Heartbeat {
+        interval: Duration::ZERO,
+        liveness: 3,
+    };
+    let dead = Heartbeat {
+        interval: ms(1000),
+        liveness: 0,
+    };
+    let huge = Heartbeat {
+        interval: Duration::from_secs(u64::MAX),
+        liveness: 1,
+    };
+    for (heartbeat, field) in [
+        (zero, "heartbeat.interval"),
+        (dead, "heartbeat.liveness"),
+        (huge, "heartbeat.interval"),
+    ] {
+        invalid(field)(Queue::new(c.now(), qcfg(heartbeat, 10)).unwrap_err());
+        invalid(field)(Worker::new(c.now(), heartbeat, backoff(500, 4000), 0).unwrap_err());
+    }
+    invalid("max_queue")(Queue::new(c.now(), qcfg(hb(1000, 3), 0)).unwrap_err());
+    for reconnect in [
+        backoff(0, 4000),
+        backoff(500, 100),
+        Backoff {
+            initial: ms(500),
+            max: Duration::from_secs(u64::MAX),
+            jitter: 0.0,
+        },
+    ] {
+        invalid("reconnect")(Worker::new(c.now(), hb(1000, 3), reconnect, 0).unwrap_err());
+    }
+    assert!(Queue::new(c.now(), qcfg(hb(1000, 3), 1)).is_ok());
+    assert!(Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0).is_ok());
 }
 
 /// A worker that loses the queue while it handles a request reconnects but must not
@@ -768,7 +1000,7 @@ fn one_request_at_a_time() {
 #[test]
 fn a_worker_that_reconnects_while_busy_says_ready_only_after_its_reply() {
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     let _ = w_drain(&mut w);
     w.handle_frames(c.set(ms(500)), request(b"client", b"slow"));
     let _ = w_drain(&mut w);
@@ -794,7 +1026,7 @@ fn a_worker_that_reconnects_while_busy_says_ready_only_after_its_reply() {
     assert_eq!(w.poll_timeout(), None);
     w.handle_timeout(c.set(ms(20_000)));
     assert_eq!(w_drain(&mut w), vec![]);
-    w.reply(c.now(), frames(&[b"done"])).unwrap();
+    w.reply(c.now(), Ok(frames(&[b"done"]))).unwrap();
     assert_eq!(
         w_drain(&mut w),
         vec![
@@ -812,7 +1044,7 @@ fn a_worker_that_reconnects_while_busy_says_ready_only_after_its_reply() {
 #[test]
 fn a_reply_finished_while_disconnected_is_dropped_and_ready_follows_the_reconnect() {
     let mut c = Clock::new();
-    let mut w = Worker::new(c.now(), hb(1000, 3), backoff(500, 4000), 0);
+    let mut w = new_worker(c.now(), hb(1000, 3), backoff(500, 4000), 0);
     let _ = w_drain(&mut w);
     w.handle_frames(c.set(ms(500)), request(b"client", b"slow"));
     let _ = w_drain(&mut w);
@@ -821,7 +1053,7 @@ fn a_reply_finished_while_disconnected_is_dropped_and_ready_follows_the_reconnec
     // A message still arriving for the closed socket is not seen.
     w.handle_frames(c.set(ms(3600)), request(b"client", b"late"));
     assert_eq!(w_drain(&mut w), vec![]);
-    w.reply(c.set(ms(3700)), frames(&[b"done"])).unwrap();
+    w.reply(c.set(ms(3700)), Ok(frames(&[b"done"]))).unwrap();
     assert_eq!(w_drain(&mut w), vec![], "sent on a closed socket");
     let log = walk(&mut w, &mut c, ms(4000));
     assert_eq!(
@@ -844,6 +1076,9 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
         2 => Just(Vec::new()),
         3 => any::<u8>().prop_map(|b| vec![b]),
         1 => proptest::collection::vec(any::<u8>(), 0..10),
+        // The metadata magic and a few bytes: corrupt metadata.
+        1 => proptest::collection::vec(any::<u8>(), 0..6)
+            .prop_map(|v| [&MAGIC[..], &v].concat()),
     ]
 }
 
@@ -1116,7 +1351,7 @@ proptest! {
     ) {
         let cfg = qcfg(hb(100, liveness), max_queue);
         let mut c = Clock::new();
-        let mut q = Queue::new(c.now(), cfg);
+        let mut q = new_queue(c.now(), cfg);
         let mut m = QModel {
             cfg,
             registered: HashMap::new(),
@@ -1165,26 +1400,44 @@ proptest! {
 
 #[derive(Debug, Clone)]
 enum WOp {
-    /// A well-formed request with an address of 1 to 3 frames.
-    Request(u8, u8),
+    /// A well-formed request with an address of 1 to 3 frames, 1 to 3 payload frames,
+    /// and metadata as said.
+    Request(u8, u8, ReqMeta),
     /// A HEARTBEAT from the queue.
     Heartbeat,
     /// Anything (every 1-byte command included).
     Raw(Frames),
-    /// The handler finishes (or `reply` is called with nothing to answer).
-    Reply,
+    /// The handler finishes, successfully or with an error (or `reply` is called with
+    /// nothing to answer).
+    Reply(bool),
     /// Time passes; the driver then calls `handle_timeout` unless the flag is false.
     Advance(u16, bool),
     /// The last message fed, again.
     Duplicate,
 }
 
+/// What follows a request's payload.
+#[derive(Debug, Clone, Copy)]
+enum ReqMeta {
+    /// Nothing: a foreign client's request.
+    None,
+    /// A bosun client's metadata frame with this attempt.
+    Valid(u32),
+    /// A frame that starts with the magic and does not decode.
+    Corrupt,
+}
+
 fn wop() -> impl Strategy<Value = WOp> {
+    let meta = prop_oneof![
+        Just(ReqMeta::None),
+        (1u32..10).prop_map(ReqMeta::Valid),
+        Just(ReqMeta::Corrupt),
+    ];
     prop_oneof![
-        3 => (1u8..4, any::<u8>()).prop_map(|(a, b)| WOp::Request(a, b)),
+        3 => (1u8..4, 1u8..4, meta).prop_map(|(a, p, m)| WOp::Request(a, p, m)),
         3 => Just(WOp::Heartbeat),
         2 => raw().prop_map(WOp::Raw),
-        2 => Just(WOp::Reply),
+        2 => any::<bool>().prop_map(WOp::Reply),
         5 => (0u16..700, prop_oneof![3 => Just(true), 1 => Just(false)])
             .prop_map(|(t, call)| WOp::Advance(t, call)),
         1 => Just(WOp::Duplicate),
@@ -1198,8 +1451,8 @@ struct WModel {
     connected: bool,
     /// READY was sent on the current socket.
     registered: bool,
-    /// The address of the request being handled.
-    busy: Option<Frames>,
+    /// The address and metadata of the request being handled.
+    busy: Option<(Frames, Option<Meta>)>,
     /// Queue losses since the queue was last heard.
     failures: u32,
     expiry_at: Option<Instant>,
@@ -1295,6 +1548,39 @@ impl WModel {
     }
 }
 
+/// Checks the reply `sent` to a request from `address` with `meta`, whose handler
+/// returned `[r][""]` (`ok`) or the error "no": the address, the delimiter, then for a
+/// bosun client the payload (or the message) and metadata of the request's id and
+/// attempt with the status; for a foreign one the payload, or `error: no`.
+fn check_answer(sent: &Frames, address: &Frames, meta: Option<&Meta>, ok: bool) {
+    assert_eq!(
+        &sent[..address.len()],
+        &address[..],
+        "the request's address"
+    );
+    assert_eq!(sent[address.len()], Vec::<u8>::new(), "the delimiter");
+    let body = sent[address.len() + 1..].to_vec();
+    match meta {
+        None if ok => assert_eq!(body, frames(&[b"r", b""])),
+        None => assert_eq!(body, frames(&[b"error: no"])),
+        Some(m) => {
+            let (last, payload) = body.split_last().expect("an empty reply");
+            let reply = Meta::decode(last).expect("the reply's metadata");
+            let status = if ok { Status::Ok } else { Status::Error };
+            assert_eq!(
+                (reply.id, reply.attempt, reply.status),
+                (m.id, m.attempt, status)
+            );
+            let want = if ok {
+                frames(&[b"r", b""])
+            } else {
+                frames(&[b"no"])
+            };
+            assert_eq!(payload, &want[..]);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(sim::cases(128))]
 
@@ -1308,7 +1594,7 @@ proptest! {
         let heartbeat = hb(100, liveness);
         let reconnect = Backoff { initial: ms(50), max: ms(400), jitter };
         let mut c = Clock::new();
-        let mut w = Worker::new(c.now(), heartbeat, reconnect, seed);
+        let mut w = new_worker(c.now(), heartbeat, reconnect, seed);
         let mut m = WModel {
             heartbeat,
             reconnect,
@@ -1323,39 +1609,59 @@ proptest! {
         m.timed(&mut w, c.now());
         m.check(&w, c.now(), true);
         let mut last: Option<Frames> = None;
+        let mut next_id = 0u128;
         for op in ops {
             let now = c.now();
             let fed = match op {
-                WOp::Request(a, b) => {
+                WOp::Request(a, p, meta) => {
                     let mut f: Frames = (0..a).map(|i| vec![b'a', i]).collect();
                     f.push(Vec::new());
-                    f.push(vec![b]);
+                    // Payload frames, an empty one among them when there are several.
+                    f.extend((0..p).map(|i| vec![b'p'; usize::from(i)]));
+                    match meta {
+                        ReqMeta::None => {}
+                        ReqMeta::Valid(attempt) => {
+                            next_id += 1;
+                            let mut m = Meta::new(Uuid::from_u128(next_id), 1);
+                            m.attempt = attempt;
+                            f.push(m.encode());
+                        }
+                        ReqMeta::Corrupt => f.push([&MAGIC[..], b"junk"].concat()),
+                    }
                     Some(f)
                 }
                 WOp::Heartbeat => Some(vec![vec![HEARTBEAT]]),
                 WOp::Raw(f) => Some(f),
                 WOp::Duplicate => last.clone(),
-                WOp::Reply => {
-                    let res = w.reply(now, vec![b"r".to_vec()]);
+                WOp::Reply(ok) => {
+                    let reply = if ok {
+                        Ok(frames(&[b"r", b""]))
+                    } else {
+                        Err(HandlerError::new("no"))
+                    };
+                    let res = w.reply(now, reply);
                     let out = w_drain(&mut w);
                     match m.busy.take() {
                         None => {
                             prop_assert_eq!(res, Err(NotBusy));
                             prop_assert_eq!(out, vec![]);
                         }
-                        Some(mut address) => {
+                        Some((address, meta)) => {
                             prop_assert_eq!(res, Ok(()));
-                            let mut want = Vec::new();
+                            let mut want = 0;
                             if m.connected {
-                                address.push(Vec::new());
-                                address.push(b"r".to_vec());
-                                want.push(WStep::T(WorkerTransmit::Send(address)));
+                                let Some(WStep::T(WorkerTransmit::Send(sent))) = out.first() else {
+                                    panic!("no reply sent: {out:?}");
+                                };
+                                check_answer(sent, &address, meta.as_ref(), ok);
+                                want += 1;
                                 if !m.registered {
                                     m.register(now);
-                                    want.push(sent_ready());
+                                    prop_assert_eq!(out.get(1), Some(&sent_ready()));
+                                    want += 1;
                                 }
                             }
-                            prop_assert_eq!(out, want);
+                            prop_assert_eq!(out.len(), want, "{:?}", out);
                         }
                     }
                     m.check(&w, now, false);
@@ -1375,6 +1681,7 @@ proptest! {
             last = Some(f.clone());
             w.handle_frames(now, f.clone());
             let mut want = Vec::new();
+            let mut want_request = None;
             if m.connected {
                 match ppp::parse_from_queue(f) {
                     Err(_) => want.push("malformed"),
@@ -1383,12 +1690,28 @@ proptest! {
                         if m.registered {
                             m.expiry_at = Some(now + heartbeat.expiry());
                         }
-                        if let FromQueue::Request { address, .. } = msg {
+                        if let FromQueue::Request { address, body } = msg {
                             if m.busy.is_some() {
                                 want.push("dropped while busy");
                             } else {
-                                m.busy = Some(address);
+                                // A last frame with the magic is metadata; one that
+                                // does not decode is reported, and handed over as
+                                // payload with no metadata.
+                                let (payload, meta) = match body.split_last() {
+                                    Some((last, rest)) if last.starts_with(&MAGIC) => {
+                                        match Meta::decode(last) {
+                                            Ok(meta) => (rest.to_vec(), Some(meta)),
+                                            Err(_) => {
+                                                want.push("malformed");
+                                                (body.clone(), None)
+                                            }
+                                        }
+                                    }
+                                    _ => (body.clone(), None),
+                                };
+                                m.busy = Some((address, meta.clone()));
                                 want.push("request");
+                                want_request = Some(Request { meta, service: None, payload });
                             }
                         }
                     }
@@ -1399,7 +1722,10 @@ proptest! {
                 .map(|s| match s {
                     WStep::E(WorkerEvent::Malformed(_)) => "malformed",
                     WStep::E(WorkerEvent::DroppedWhileBusy) => "dropped while busy",
-                    WStep::E(WorkerEvent::Request { .. }) => "request",
+                    WStep::E(WorkerEvent::Request { request }) => {
+                        assert_eq!(Some(request), want_request.take(), "the request handed over");
+                        "request"
+                    }
                     other => panic!("unexpected reaction to a message: {other:?}"),
                 })
                 .collect();
@@ -1428,9 +1754,10 @@ proptest! {
 /// A message on a link, named by where it goes.
 #[derive(Debug, Clone)]
 enum Msg {
-    /// To the frontend ROUTER: `[client identity][""][envelope]`.
+    /// To the frontend ROUTER: `[client identity][""][payload...][metadata]`.
     Frontend(Frames),
-    /// From the frontend ROUTER to the REQ socket `identity`: `[""][envelope]`.
+    /// From the frontend ROUTER to the REQ socket `identity`:
+    /// `[""][payload...][metadata]`.
     Client(Vec<u8>, Frames),
     /// To the backend ROUTER: `[worker identity][6/PPP message...]`.
     Backend(Frames),
@@ -1517,7 +1844,7 @@ struct SimClient {
     sockets: u32,
     next_send: Option<Instant>,
     sent: u32,
-    bodies: HashMap<Uuid, Vec<u8>>,
+    bodies: HashMap<Uuid, Frames>,
     /// (replies, give-ups) per request.
     outcomes: BTreeMap<Uuid, (u32, u32)>,
 }
@@ -1553,7 +1880,7 @@ impl World {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_0fb0_5eed_0fb0);
         let workers = (0..2u64)
             .map(|i| SimWorker {
-                core: Worker::new(now, sc.heartbeat, sc.reconnect, seed.wrapping_add(i)),
+                core: new_worker(now, sc.heartbeat, sc.reconnect, seed.wrapping_add(i)),
                 socket: None,
                 sockets: 0,
                 dead: false,
@@ -1571,7 +1898,7 @@ impl World {
             wlink: Link::new(sc.worker_link, !seed),
             broken: HashSet::new(),
             rng,
-            queue: Queue::new(
+            queue: new_queue(
                 now,
                 QueueConfig {
                     heartbeat: sc.heartbeat,
@@ -1580,7 +1907,7 @@ impl World {
             ),
             workers,
             client: SimClient {
-                core: LazyPirate::new(sc.retry, seed),
+                core: LazyPirate::new(now, sc.retry, seed).expect("a valid retry policy"),
                 req: ReqSocket::new(b"client-0".to_vec()),
                 sockets: 0,
                 // Workers get a moment to say READY first.
@@ -1610,8 +1937,8 @@ impl World {
         for _ in 0..1000 {
             while let Some(t) = self.client.core.poll_transmit() {
                 match t {
-                    lazy_pirate::Transmit::Send(frame) => {
-                        let msg = self.client.req.send(vec![frame]);
+                    lazy_pirate::Transmit::Send(frames) => {
+                        let msg = self.client.req.send(frames);
                         self.link.send(now, Msg::Frontend(msg));
                     }
                     lazy_pirate::Transmit::Reset => {
@@ -1626,19 +1953,26 @@ impl World {
             }
             while let Some(e) = self.client.core.poll_event() {
                 match e {
-                    lazy_pirate::Event::Reply { id, body, .. } => {
+                    lazy_pirate::Event::Reply { id, answer, .. } => {
+                        let Answer::Ok(payload) = answer else {
+                            panic!("an echo cannot fail: {answer:?}");
+                        };
                         assert_eq!(
-                            Some(&body),
+                            Some(&payload),
                             self.client.bodies.get(&id),
                             "echo of another request"
                         );
                         self.outcome(id, (1, 0));
                         self.tally.replies += 1;
                     }
-                    lazy_pirate::Event::GaveUp { id, attempts, body } => {
+                    lazy_pirate::Event::GaveUp {
+                        id,
+                        attempts,
+                        payload,
+                    } => {
                         assert_eq!(attempts, self.sc.retry.retries);
                         assert_eq!(
-                            Some(&body),
+                            Some(&payload),
                             self.client.bodies.get(&id),
                             "GaveUp lost the body"
                         );
@@ -1767,10 +2101,11 @@ impl World {
         let w = &mut self.workers[i];
         while let Some(e) = w.core.poll_event() {
             match e {
-                WorkerEvent::Request { body } => {
+                WorkerEvent::Request { request } => {
                     assert!(w.job.is_none(), "a second request handed to a busy handler");
+                    assert!(request.meta.is_some(), "the client's metadata was lost");
                     let work = self.sc.work.mul_f64(self.rng.f64());
-                    w.job = Some((now + work, body));
+                    w.job = Some((now + work, request.payload));
                 }
                 WorkerEvent::DroppedWhileBusy => self.tally.dropped_while_busy += 1,
                 _ => {}
@@ -1877,12 +2212,13 @@ impl World {
             if w.dead || !w.job.as_ref().is_some_and(|j| j.0 <= now) {
                 continue;
             }
-            let Some((_, body)) = w.job.take() else {
+            let Some((_, payload)) = w.job.take() else {
                 continue;
             };
-            // An echo server: the reply is the request envelope, same id and attempt.
+            // An echo server: the reply is the request's payload; the core adds the
+            // request's id and attempt.
             w.core
-                .reply(now, body)
+                .reply(now, Ok(payload))
                 .expect("the worker forgot its request");
             self.flush_worker(i);
         }
@@ -1890,11 +2226,14 @@ impl World {
             self.client.next_send = None;
             self.client.sent += 1;
             let n = u128::from(self.client.sent);
-            let e = envelope(
-                u128::from(self.seed) << 64 | n,
-                format!("request {n}").as_bytes(),
+            // Several payload frames, an empty one among them: the echo must return
+            // them all, unchanged.
+            let e = Envelope::new(
+                Uuid::from_u128(u128::from(self.seed) << 64 | n),
+                0,
+                vec![format!("request {n}").into_bytes(), Vec::new(), vec![0xff]],
             );
-            self.client.bodies.insert(e.id, e.body.clone());
+            self.client.bodies.insert(e.id(), e.payload.clone());
             self.client.core.send(now, e).expect("the client is idle");
             self.tally.requests += 1;
             self.flush_client();

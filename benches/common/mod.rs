@@ -426,14 +426,20 @@ pub fn timed_by_thread(
     Ok((figures, by_thread(&threads, n)))
 }
 
-/// A DEALER client that keeps `window` requests `[""][payload]` outstanding until `n`
-/// replies are in; returns the elapsed time.
-pub fn pipeline(dealer: &zmq::Socket, n: usize, window: usize, payload: &[u8]) -> Res<Duration> {
+/// A DEALER client that keeps `window` requests `[""][payload frames...]` outstanding
+/// until `n` replies are in, each `[""]` and as many frames as the request (an echo);
+/// returns the elapsed time.
+pub fn pipeline(
+    dealer: &zmq::Socket,
+    n: usize,
+    window: usize,
+    payload: &[Vec<u8>],
+) -> Res<Duration> {
     let send = || -> Res<()> {
         dealer
             .send("", zmq::SNDMORE)
-            .and_then(|_| dealer.send(payload, 0))
-            .map_err(|e| format!("DEALER send: {e}"))
+            .map_err(|e| format!("DEALER send: {e}"))?;
+        bosun::io::send_frames(dealer, payload, 0).map_err(|e| format!("DEALER send: {e}"))
     };
     let start = now();
     let mut sent = 0;
@@ -447,14 +453,25 @@ pub fn pipeline(dealer: &zmq::Socket, n: usize, window: usize, payload: &[u8]) -
         dealer.recv(&mut empty, 0).map_err(|e| {
             format!("DEALER recv: no reply within {IO_TIMEOUT_MS} ms after {got} of {n}: {e}")
         })?;
-        if !empty.is_empty() || !dealer.get_rcvmore().unwrap_or(false) {
+        if !empty.is_empty() || !empty.get_more() {
             return Err("reply without its empty delimiter".into());
         }
-        dealer
-            .recv(&mut reply, 0)
-            .map_err(|e| format!("DEALER recv body: {e}"))?;
-        if reply.is_empty() || dealer.get_rcvmore().unwrap_or(true) {
-            return Err("malformed reply body".into());
+        let (mut frames, mut bytes) = (0, 0);
+        loop {
+            dealer
+                .recv(&mut reply, 0)
+                .map_err(|e| format!("DEALER recv body: {e}"))?;
+            frames += 1;
+            bytes += reply.len();
+            if !reply.get_more() {
+                break;
+            }
+        }
+        if frames != payload.len() || bytes == 0 {
+            return Err(format!(
+                "malformed reply: {frames} frames of {bytes} bytes, expected {} frames",
+                payload.len()
+            ));
         }
         if sent < n {
             send()?;
@@ -494,6 +511,24 @@ pub fn status_field(name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Nanoseconds per call of `f` on an input made by `make`, over `n` calls: the inputs
+/// are made in batches outside the timed part (for calls that consume their input).
+pub fn ns_per_call_on<T>(n: usize, mut make: impl FnMut() -> T, mut f: impl FnMut(T)) -> f64 {
+    const BATCH: usize = 1024;
+    let mut spent = Duration::ZERO;
+    let mut done = 0;
+    while done < n {
+        let batch: Vec<T> = (0..BATCH.min(n - done)).map(|_| make()).collect();
+        done += batch.len();
+        let start = now();
+        for input in batch {
+            f(input);
+        }
+        spent += start.elapsed();
+    }
+    spent.as_nanos() as f64 / n.max(1) as f64
 }
 
 /// Nanoseconds per call of `f`, over `n` calls.

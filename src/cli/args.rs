@@ -8,9 +8,38 @@ use clap::Args;
 
 use crate::config::{Backoff, Heartbeat, Retry};
 
-/// Parses a human duration: `250ms`, `2s`, `1m30s`.
+/// Parses a human duration: `250ms`, `2s`, `1m30s`; at most
+/// [`MAX_DURATION`](crate::config::MAX_DURATION) (100 years), so that no deadline
+/// computed from it can overflow the clock.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 250ms, 2s, 1m)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 250ms, 2s, 1m)"))?;
+    if d > crate::config::MAX_DURATION {
+        return Err(format!(
+            "{s} is longer than the most allowed, {} (100 years)",
+            humantime::format_duration(crate::config::MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
+/// The command-line flag of a configuration field named in a library error.
+pub fn flag_of(field: &str) -> &str {
+    match field {
+        "heartbeat.interval" => "--heartbeat-interval",
+        "heartbeat.liveness" => "--heartbeat-liveness",
+        "retry.timeout" => "--timeout",
+        "retry.retries" => "--retries",
+        "retry.backoff" => "--backoff-initial/--backoff-max",
+        "reconnect" => "--reconnect-initial/--reconnect-max",
+        "capacity" => "--capacity",
+        "service" => "--service",
+        "max_queue" => "--max-queue",
+        "max_services" => "--max-services",
+        "request_ttl" => "--request-ttl",
+        "stats_window" => "--stats-window",
+        "servers" => "--connect",
+        other => other,
+    }
 }
 
 /// `--heartbeat-interval` and `--heartbeat-liveness`.

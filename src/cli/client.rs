@@ -47,7 +47,7 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let requests = match args.request.clone() {
         Some(one) => {
             let (tx, rx) = mpsc::channel();
-            let _ = tx.send(one);
+            let _ = tx.send(one.into_bytes());
             rx
         }
         None => stdin_lines(),
@@ -74,7 +74,7 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
 fn run_freelance(
     ctx: &zmq::Context,
     args: &ClientArgs,
-    requests: mpsc::Receiver<String>,
+    requests: mpsc::Receiver<Vec<u8>>,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
     let endpoints: Vec<String> = args
@@ -104,7 +104,7 @@ fn run_freelance(
 /// the first request that fails (a one-line reason on stderr, exit 1). Returns the exit
 /// code and how many requests were sent and answered.
 pub(super) fn request_lines(
-    requests: &mpsc::Receiver<String>,
+    requests: &mpsc::Receiver<Vec<u8>>,
     shutdown: &Shutdown,
     mut request: impl FnMut(Vec<u8>) -> Result<Vec<u8>, Error>,
 ) -> Result<(ExitCode, u64, u64), Error> {
@@ -116,7 +116,7 @@ pub(super) fn request_lines(
             Err(_) => break ExitCode::SUCCESS,
         };
         sent += 1;
-        match request(line.into_bytes()) {
+        match request(line) {
             Ok(reply) => {
                 answered += 1;
                 print_reply(&reply)?;
@@ -141,14 +141,29 @@ pub(super) fn print_reply(reply: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::io("write reply to stdout", e))
 }
 
-/// Lines of stdin, read on a thread so that Ctrl-C is seen while stdin is quiet.
-fn stdin_lines() -> mpsc::Receiver<String> {
+/// Lines of stdin as bytes (any bytes: a line need not be UTF-8), without their
+/// `\n` (nothing else is changed), read on a thread so that Ctrl-C is seen while stdin is quiet. A
+/// read error ends the input with a message on stderr.
+fn stdin_lines() -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::sync_channel(64);
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
+        let mut input = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bosun client: reading stdin: {e}");
+                    return;
+                }
             }
         }
     });

@@ -15,7 +15,7 @@ pub fn run(
     ctx: &zmq::Context,
     args: &ClientArgs,
     service: &str,
-    requests: mpsc::Receiver<String>,
+    requests: mpsc::Receiver<Vec<u8>>,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
     if args.in_flight > 1 {
@@ -38,7 +38,7 @@ fn run_async(
     ctx: &zmq::Context,
     args: &ClientArgs,
     service: &str,
-    requests: mpsc::Receiver<String>,
+    requests: mpsc::Receiver<Vec<u8>>,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
     let mut client = AsyncMajordomoClient::new(ctx, &args.connect, args.retry.retry())?;
@@ -57,7 +57,7 @@ fn run_async(
             };
             match requests.recv_timeout(wait) {
                 Ok(line) => {
-                    let id = client.send(service, line.into_bytes())?;
+                    let id = client.send(service, line)?;
                     order.insert(id, sent);
                     sent += 1;
                 }
@@ -70,6 +70,14 @@ fn run_async(
                 if let Some(n) = order.remove(&id) {
                     done.insert(n, body);
                 }
+            }
+            Some(Outcome::Failed { id, message }) => {
+                failure = Some(ClientError::Remote {
+                    id,
+                    peer: format!("{} (service {service})", args.connect),
+                    status: crate::proto::envelope::Status::Error,
+                    message,
+                });
             }
             Some(Outcome::GaveUp { attempts, .. }) => {
                 failure = Some(ClientError::GaveUp {

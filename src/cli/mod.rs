@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use args::{parse_duration, HeartbeatArgs, ReconnectArgs, RetryArgs};
+pub use args::{flag_of, parse_duration, HeartbeatArgs, ReconnectArgs, RetryArgs};
 
 use crate::io::Shutdown;
 
@@ -71,8 +71,18 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bosun: {e}");
+            eprintln!("bosun: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error as the command line tells it: a configuration field by its flag.
+pub fn describe(e: &crate::Error) -> String {
+    match e {
+        crate::Error::Config(crate::error::ConfigError::Invalid { field, reason }) => {
+            format!("invalid {}: {reason}", args::flag_of(field))
+        }
+        other => other.to_string(),
     }
 }

@@ -8,11 +8,10 @@ use clap::Args;
 use super::{parse_duration, HeartbeatArgs, ReconnectArgs};
 use crate::error::Error;
 use crate::io::handler::{self, Handler};
-use crate::io::mdworker::{SharedHandler, Worker};
+use crate::io::mdworker::Worker;
 use crate::io::ppworker::PpWorker;
 use crate::io::Shutdown;
 use crate::proto::broker::BrokerConfig;
-use std::sync::Arc;
 
 /// Where a Paranoid Pirate worker connects by default: `bosun queue`'s backend.
 const QUEUE_BACKEND: &str = "tcp://127.0.0.1:5556";
@@ -49,66 +48,47 @@ pub struct WorkerArgs {
     pub reconnect: ReconnectArgs,
 }
 
+/// The handler the flags describe: echo or `--exec`, then `--reply-prefix`, then
+/// `--delay`.
+fn handler_of(args: &WorkerArgs) -> Handler {
+    let mut h = match &args.exec {
+        Some(cmd) => handler::exec(cmd.clone()),
+        None => handler::echo(),
+    };
+    if let Some(prefix) = &args.reply_prefix {
+        h = handler::prefix(prefix.clone().into_bytes(), h);
+    }
+    if let Some(delay) = args.delay {
+        h = handler::slow(delay, h);
+    }
+    h
+}
+
 /// Serves until Ctrl-C.
 pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let ctx = zmq::Context::new();
-    if let Some(service) = &args.service {
-        return run_majordomo(&args, service, &ctx, shutdown);
-    }
-    let mut handler: Handler = match args.exec {
-        Some(cmd) => handler::exec(cmd),
-        None => handler::echo(),
-    };
-    if let Some(prefix) = args.reply_prefix {
-        let mut inner = handler;
-        handler = Box::new(move |body| [prefix.as_bytes(), &inner(body)].concat());
-    }
-    if let Some(delay) = args.delay {
-        handler = handler::slow(delay, handler);
-    }
-    let endpoint = args.connect.as_deref().unwrap_or(QUEUE_BACKEND);
-    let stats = PpWorker::new(&ctx, endpoint)
-        .heartbeat(args.heartbeat.heartbeat())
-        .reconnect(args.reconnect.backoff())
-        .run(handler, shutdown)?;
-    tracing::info!(
-        handled = stats.handled,
-        reconnects = stats.reconnects,
-        "worker stopped"
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn run_majordomo(
-    args: &WorkerArgs,
-    service: &str,
-    ctx: &zmq::Context,
-    shutdown: &Shutdown,
-) -> Result<ExitCode, Error> {
-    let exec = args.exec.clone();
-    let prefix = args.reply_prefix.clone().unwrap_or_default();
-    let delay = args.delay;
-    let handler: SharedHandler = Arc::new(move |body: Vec<u8>| {
-        if let Some(d) = delay {
-            #[allow(clippy::disallowed_methods)] // simulated work, not synchronisation
-            std::thread::sleep(d);
+    let handler = handler_of(&args);
+    let stats = match &args.service {
+        Some(service) => {
+            let endpoint = args.connect.as_deref().unwrap_or(BROKER_ENDPOINT);
+            Worker::new(endpoint, service)
+                .context(&ctx)
+                .capacity(args.capacity)
+                .heartbeat(
+                    args.heartbeat
+                        .heartbeat_or(BrokerConfig::default().heartbeat),
+                )
+                .reconnect(args.reconnect.backoff())
+                .run(handler, shutdown)?
         }
-        let reply = match &exec {
-            Some(cmd) => handler::run_command(cmd, &body),
-            None => body,
-        };
-        [prefix.as_bytes(), &reply].concat()
-    });
-    let endpoint = args.connect.as_deref().unwrap_or(BROKER_ENDPOINT);
-    let stats = Worker::new(endpoint, service)
-        .context(ctx)
-        .capacity(args.capacity)
-        .heartbeat(
-            args.heartbeat
-                .heartbeat_or(BrokerConfig::default().heartbeat),
-        )
-        .reconnect(args.reconnect.backoff())
-        .run(handler, shutdown)?;
+        None => {
+            let endpoint = args.connect.as_deref().unwrap_or(QUEUE_BACKEND);
+            PpWorker::new(&ctx, endpoint)
+                .heartbeat(args.heartbeat.heartbeat())
+                .reconnect(args.reconnect.backoff())
+                .run(handler, shutdown)?
+        }
+    };
     tracing::info!(
         handled = stats.handled,
         reconnects = stats.reconnects,

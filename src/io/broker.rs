@@ -1,67 +1,76 @@
 //! Driver of the Majordomo broker: one ROUTER socket for clients and workers.
 
+use std::time::Instant;
+
 use crate::error::Error;
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::broker::{Broker, BrokerConfig, Event};
+use crate::proto::frames::Frames;
 
-/// Most messages read in one go before timers get a turn.
-const BATCH: usize = 256;
+impl Core for Broker {
+    type Event = Event;
+    fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        self.handle_message(now, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Broker::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|f| Op::Send(0, f))
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        Broker::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Broker::poll_timeout(self)
+    }
+}
 
 /// A bound Majordomo broker, ready to [`BrokerDriver::run`].
 pub struct BrokerDriver {
-    socket: zmq::Socket,
-    endpoint: String,
-    cfg: BrokerConfig,
+    core: Broker,
+    sockets: Sockets,
 }
 
 impl BrokerDriver {
-    /// Binds the broker's ROUTER socket at `endpoint`.
+    /// Binds the broker's ROUTER socket at `endpoint`, in `ctx`.
     pub fn bind(ctx: &zmq::Context, endpoint: &str, cfg: BrokerConfig) -> Result<Self, Error> {
-        cfg.heartbeat.validate()?;
-        let socket = io::socket(ctx, zmq::ROUTER, io::SHUTDOWN_LINGER)?;
-        let endpoint = io::bind(&socket, endpoint)?;
-        Ok(BrokerDriver {
-            socket,
-            endpoint,
-            cfg,
-        })
+        Self::bind_with(&Transport::with_context(ctx), endpoint, cfg)
+    }
+
+    /// Binds the broker's ROUTER socket at `endpoint`, made by `transport`.
+    pub fn bind_with(
+        transport: &Transport,
+        endpoint: &str,
+        cfg: BrokerConfig,
+    ) -> Result<Self, Error> {
+        let core = Broker::new(io::now(), cfg)?;
+        let sockets = Sockets::bound(transport, &[(zmq::ROUTER, endpoint)])?;
+        Ok(BrokerDriver { core, sockets })
     }
 
     /// The bound endpoint, with its port resolved.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    pub fn endpoint(&self) -> String {
+        self.sockets.endpoint(0)
     }
 
     /// Routes until `shutdown` is triggered.
     pub fn run(self, shutdown: &Shutdown) -> Result<(), Error> {
-        let mut core = Broker::new(io::now(), self.cfg);
-        tracing::info!(endpoint = %self.endpoint, "broker running");
-        while !shutdown.is_triggered() {
-            let timeout = io::poll_millis(io::now(), core.poll_timeout());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, timeout)?;
-            if items[0].is_readable() {
-                for _ in 0..BATCH {
-                    let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) else {
-                        break;
-                    };
-                    core.handle_message(io::now(), frames);
-                }
+        let endpoint = self.endpoint();
+        let mut driver = Driver::new(self.core, self.sockets, shutdown);
+        tracing::info!(%endpoint, "broker running");
+        driver.run(None, None, |_, input| match input {
+            Input::Event(e) => {
+                log_event(e);
+                Flow::Continue
             }
-            core.handle_timeout(io::now());
-            self.flush(&mut core);
-        }
+            Input::Wake => Flow::Continue,
+            Input::Stop => Flow::Break(()),
+        })?;
         tracing::info!("broker stopped");
         Ok(())
-    }
-
-    fn flush(&self, core: &mut Broker) {
-        while let Some(frames) = core.poll_transmit() {
-            io::send_or_log(&self.socket, frames, "peer");
-        }
-        while let Some(event) = core.poll_event() {
-            log_event(event);
-        }
     }
 }
 

@@ -1,20 +1,42 @@
 //! Drivers of Freelance (10/FLP): [`FreelanceClient`] (a ROUTER connected to every
 //! server) and [`FreelanceServer`] (a ROUTER whose identity is its endpoint).
 
-use std::time::Duration;
+use std::time::Instant;
 
 use crate::error::{ClientError, Error, TransportError};
-use crate::io::handler::{self, Handler};
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::handler::Handler;
+use crate::io::lazy_pirate::answer_to_result;
+use crate::io::server::{serve, Stopped};
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
-use crate::proto::envelope::Envelope;
-use crate::proto::freelance::{self, Event, Freelance, FreelanceConfig};
+use crate::proto::frames::Frames;
+use crate::proto::freelance::{Event, Freelance, FreelanceConfig};
+use crate::proto::server::{self as core, Dialect, Faults};
+
+impl Core for Freelance {
+    type Event = Event;
+    fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        self.handle_frames(now, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Freelance::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|f| Op::Send(0, f))
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        Freelance::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Freelance::poll_timeout(self)
+    }
+}
 
 /// A brokerless client that fails over between servers.
 pub struct FreelanceClient {
     endpoints: String,
-    socket: zmq::Socket,
-    core: Freelance,
-    shutdown: Shutdown,
+    driver: Driver<Freelance>,
     failovers: u64,
 }
 
@@ -25,34 +47,39 @@ impl FreelanceClient {
         endpoints: &[String],
         cfg: FreelanceConfig,
     ) -> Result<Self, Error> {
-        cfg.retry.validate()?;
-        if endpoints.is_empty() {
-            return Err(crate::error::ConfigError::Invalid {
-                field: "--connect",
-                reason: "no server endpoint given".into(),
-            }
-            .into());
-        }
-        let socket = io::socket(ctx, zmq::ROUTER, Duration::ZERO)?;
-        for e in endpoints {
-            io::connect(&socket, e)?;
-        }
-        let mut client = FreelanceClient {
+        Self::with_transport(&Transport::with_context(ctx), endpoints, cfg)
+    }
+
+    /// [`FreelanceClient::new`], with sockets made by `transport`.
+    pub fn with_transport(
+        transport: &Transport,
+        endpoints: &[String],
+        cfg: FreelanceConfig,
+    ) -> Result<Self, Error> {
+        let core = Freelance::new(io::now(), endpoints, cfg, fastrand::u64(..))?;
+        let sockets = Sockets::connecting(transport, zmq::ROUTER, endpoints, true)?;
+        let mut driver = Driver::new(core, sockets, &Shutdown::new());
+        driver.flush()?;
+        Ok(FreelanceClient {
             endpoints: endpoints.join(","),
-            socket,
-            core: Freelance::new(io::now(), endpoints, cfg, fastrand::u64(..)),
-            shutdown: Shutdown::new(),
+            driver,
             failovers: 0,
-        };
-        client.flush();
-        Ok(client)
+        })
     }
 
     /// Makes a pending request return [`ClientError::Interrupted`] once `shutdown` is
     /// triggered.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
+    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
+        let FreelanceClient {
+            endpoints,
+            driver,
+            failovers,
+        } = self;
+        FreelanceClient {
+            endpoints,
+            driver: Driver::new(driver.core, driver.sockets, &shutdown),
+            failovers,
+        }
     }
 
     /// Times a server was found down (by ping silence or a timed-out attempt).
@@ -60,107 +87,101 @@ impl FreelanceClient {
         self.failovers
     }
 
-    /// Sends `body` to a server that is up and returns the reply, failing over to
-    /// another server when one dies.
+    /// Sends `body` as one frame and returns the reply's frames joined.
     pub fn request(&mut self, body: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.request_frames(vec![body]).map(|f| f.concat())
+    }
+
+    /// Sends `payload` to a server that is up and returns the reply's payload frames,
+    /// failing over to another server when one dies.
+    pub fn request_frames(&mut self, payload: Frames) -> Result<Frames, Error> {
         // Time passed with no request out, and with it no pings: let the core see it
         // before choosing a server, so that one silent for longer than its TTL is down
         // (and pinged again) instead of being handed the request and a whole attempt.
-        self.core.handle_timeout(io::now());
-        self.core.send(io::now(), Envelope::new(body))?;
-        loop {
-            self.flush();
-            while let Some(event) = self.core.poll_event() {
-                match event {
-                    Event::Reply { body, .. } => return Ok(body),
-                    Event::GaveUp { attempts, body, .. } => {
-                        return Err(ClientError::GaveUp {
-                            attempts,
-                            endpoint: self.endpoints.clone(),
-                            body,
-                        }
-                        .into())
-                    }
-                    Event::ServerUp { server } => {
-                        tracing::info!(server = %String::from_utf8_lossy(&server), "server up")
-                    }
-                    Event::ServerDown { server } => {
-                        self.failovers += 1;
-                        tracing::warn!(server = %String::from_utf8_lossy(&server), "server down")
-                    }
-                    Event::Duplicate { id } => tracing::debug!(?id, "duplicate reply dropped"),
-                    Event::Malformed { server, error } => {
-                        tracing::warn!(server = %String::from_utf8_lossy(&server), %error, "malformed message dropped")
-                    }
-                }
+        self.driver.core.handle_timeout(io::now());
+        let id = self.driver.core.send(io::now(), io::envelope(payload))?;
+        let endpoints = self.endpoints.clone();
+        let failovers = &mut self.failovers;
+        let outcome = self.driver.run(None, None, |_, input| match input {
+            Input::Event(Event::Reply { answer, server, .. }) => Flow::Break(answer_to_result(
+                answer,
+                id,
+                &String::from_utf8_lossy(&server),
+            )),
+            Input::Event(Event::GaveUp {
+                attempts, payload, ..
+            }) => Flow::Break(Err(ClientError::GaveUp {
+                attempts,
+                endpoint: endpoints.clone(),
+                body: payload.concat(),
             }
-            if self.shutdown.is_triggered() {
-                return Err(ClientError::Interrupted.into());
+            .into())),
+            Input::Event(Event::ServerUp { server }) => {
+                tracing::info!(server = %String::from_utf8_lossy(&server), "server up");
+                Flow::Continue
             }
-            let timeout = io::poll_millis(io::now(), self.core.poll_timeout());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, timeout)?;
-            if items[0].is_readable() {
-                while let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) {
-                    self.core.handle_frames(io::now(), frames);
-                }
+            Input::Event(Event::ServerDown { server }) => {
+                *failovers += 1;
+                tracing::warn!(server = %String::from_utf8_lossy(&server), "server down");
+                Flow::Continue
             }
-            self.core.handle_timeout(io::now());
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Some(frames) = self.core.poll_transmit() {
-            // A server not connected yet is unroutable: the ping round finds it later.
-            let _ = io::send_frames(&self.socket, &frames, zmq::DONTWAIT);
-        }
+            Input::Event(Event::Duplicate { id }) => {
+                tracing::debug!(?id, "duplicate reply dropped");
+                Flow::Continue
+            }
+            Input::Event(Event::UnknownServer { identity }) => {
+                tracing::warn!(
+                    identity = %String::from_utf8_lossy(&identity),
+                    connected = %endpoints,
+                    "a server answered under an identity that is none of the endpoints connected to; its server must bind the exact endpoint text clients use (not * or another host name)"
+                );
+                Flow::Continue
+            }
+            Input::Event(Event::Malformed { server, error }) => {
+                tracing::warn!(server = %String::from_utf8_lossy(&server), %error, "malformed message dropped");
+                Flow::Continue
+            }
+            Input::Wake => Flow::Continue,
+            Input::Stop => Flow::Break(Err(ClientError::Interrupted.into())),
+        })?;
+        outcome.unwrap_or(Err(ClientError::Interrupted.into()))
     }
 }
 
-/// A Freelance server: answers PING with PONG and each request with the handler.
+/// A Freelance server: answers PING with PONG and each request with the handler. It
+/// speaks only when spoken to (10/FLP): nothing reaches a client before it sends.
 pub struct FreelanceServer {
-    socket: zmq::Socket,
-    endpoint: String,
+    sockets: Sockets,
 }
 
 impl FreelanceServer {
     /// Binds at `endpoint`, which is also the server's identity, so clients must connect
     /// to exactly this text. A `*` port is resolved to a free port first.
     pub fn bind(ctx: &zmq::Context, endpoint: &str) -> Result<Self, Error> {
+        Self::bind_with(&Transport::with_context(ctx), endpoint)
+    }
+
+    /// [`FreelanceServer::bind`], with the socket made by `transport`.
+    pub fn bind_with(transport: &Transport, endpoint: &str) -> Result<Self, Error> {
         let endpoint = resolve_port(endpoint)?;
-        let socket = io::socket(ctx, zmq::ROUTER, io::SHUTDOWN_LINGER)?;
+        let socket = transport.socket(zmq::ROUTER)?;
         socket
             .set_identity(endpoint.as_bytes())
             .map_err(|e| TransportError::zmq("set identity", &endpoint, e))?;
-        // Say hello on every new connection so clients ping at once.
-        socket
-            .set_probe_router(true)
-            .map_err(|e| TransportError::zmq("set probe_router", &endpoint, e))?;
-        io::bind(&socket, &endpoint)?;
-        Ok(FreelanceServer { socket, endpoint })
+        let sockets = Sockets::bound_socket(transport, zmq::ROUTER, socket, &endpoint)?;
+        Ok(FreelanceServer { sockets })
     }
 
     /// The endpoint (and identity) of this server.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    pub fn endpoint(&self) -> String {
+        self.sockets.endpoint(0)
     }
 
     /// Serves until `shutdown` is triggered.
-    pub fn run(self, mut handler: Handler, shutdown: &Shutdown) -> Result<(), Error> {
-        while !shutdown.is_triggered() {
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, io::poll_millis(io::now(), None))?;
-            if !items[0].is_readable() {
-                continue;
-            }
-            while let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) {
-                let mut handle = |body| handler::answer(&mut handler, body);
-                match freelance::serve(frames, &mut handle) {
-                    Ok(reply) => io::send_or_log(&self.socket, reply, "client"),
-                    Err(e) => tracing::warn!(error = %e, "malformed message dropped"),
-                }
-            }
-        }
+    pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<(), Error> {
+        let core = core::Server::new(Dialect::Freelance, Faults::default());
+        let stopped = serve(Driver::new(core, self.sockets, shutdown), &handler)?;
+        debug_assert_eq!(stopped, Stopped::Shutdown);
         Ok(())
     }
 }

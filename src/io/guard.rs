@@ -23,21 +23,22 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::io::driver::Sockets;
 use crate::io::ppworker::WorkerStats;
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::frames::Frames;
 
 const IDLE: u64 = u64::MAX;
 
-/// The socket of a worker and what its socket thread and guard share.
+/// What a worker's socket thread and guard share.
 pub(crate) struct Guarded {
-    /// The DEALER to the peer. The socket thread holds the lock except while its
-    /// handler runs; only then may the guard take it.
+    /// The DEALER to the peer while a handler runs (lent by the socket thread); empty
+    /// otherwise. Only then may the guard use it.
     socket: Mutex<Option<zmq::Socket>>,
-    /// The context new sockets are made in. The guard takes it (and drops it, which
-    /// flushes its goodbye within the linger) when it stops for a busy handler, so it
-    /// must be the only handle the worker keeps.
-    ctx: Mutex<Option<zmq::Context>>,
+    /// Where the worker's sockets come from. The guard closes it (which flushes its
+    /// goodbye within the linger) when it stops for a busy handler.
+    transport: Transport,
     origin: Instant,
     /// Microseconds since `origin` when the running handler started; `IDLE` if none.
     busy_since: AtomicU64,
@@ -51,9 +52,6 @@ pub(crate) struct Guarded {
     pub reconnects: AtomicU64,
 }
 
-/// The socket as the socket thread holds it.
-pub(crate) type SocketGuard<'a> = MutexGuard<'a, Option<zmq::Socket>>;
-
 /// Locks `m`, ignoring poisoning: no code panics while holding these locks (handler
 /// panics are caught), and the data stays consistent if one did.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,11 +59,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Guarded {
-    /// Shared state for a worker whose sockets are made in `ctx`.
-    pub(crate) fn new(ctx: zmq::Context) -> Arc<Self> {
+    /// Shared state for a worker whose sockets come from `transport`.
+    pub(crate) fn new(transport: Transport) -> Arc<Self> {
         Arc::new(Guarded {
             socket: Mutex::new(None),
-            ctx: Mutex::new(Some(ctx)),
+            transport,
             origin: io::now(),
             busy_since: AtomicU64::new(IDLE),
             last_sent: AtomicU64::new(0),
@@ -73,16 +71,6 @@ impl Guarded {
             handled: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
         })
-    }
-
-    /// The socket, for the socket thread to hold.
-    pub(crate) fn socket(&self) -> SocketGuard<'_> {
-        lock(&self.socket)
-    }
-
-    /// The context to make a new socket in; `None` once the guard has said goodbye.
-    pub(crate) fn context(&self) -> Option<zmq::Context> {
-        lock(&self.ctx).clone()
     }
 
     /// What the worker did so far.
@@ -104,19 +92,20 @@ impl Guarded {
         self.farewell.load(Ordering::SeqCst)
     }
 
-    /// Runs `handle` with the socket released to the guard, and takes it back.
-    pub(crate) fn while_handling<'a, R>(
-        &'a self,
-        socket: SocketGuard<'a>,
-        handle: impl FnOnce() -> R,
-    ) -> (SocketGuard<'a>, R) {
+    /// Runs `handle` with socket 0 of `sockets` lent to the guard, and takes it back
+    /// (gone if the guard said goodbye meanwhile: see [`Guarded::farewell`]).
+    pub(crate) fn while_handling<R>(&self, sockets: &mut Sockets, handle: impl FnOnce() -> R) -> R {
+        *lock(&self.socket) = sockets.take(0);
         self.busy_since
             .store(self.micros(io::now()), Ordering::SeqCst);
-        drop(socket);
         let result = handle();
-        let socket = lock(&self.socket);
+        // Idle again under the lock: a guard that takes the lock after this sees idle
+        // and leaves the socket alone; one that took it before has finished with it.
+        let mut slot = lock(&self.socket);
         self.busy_since.store(IDLE, Ordering::SeqCst);
-        (socket, result)
+        sockets.put(0, slot.take());
+        drop(slot);
+        result
     }
 
     fn micros(&self, at: Instant) -> u64 {
@@ -139,7 +128,7 @@ pub(crate) fn run_guarded(
     interval: Duration,
     frames: GuardFrames,
     shutdown: &Shutdown,
-    socket_thread: impl FnOnce(&Guarded, &Shutdown) -> Result<(), Error> + Send + 'static,
+    socket_thread: impl FnOnce(&Arc<Guarded>, &Shutdown) -> Result<(), Error> + Send + 'static,
 ) -> Result<(), Error> {
     let (done_tx, done) = mpsc::channel();
     let (shared, stop) = (Arc::clone(guarded), shutdown.clone());
@@ -191,8 +180,7 @@ pub(crate) fn run_guarded(
             tracing::info!("stopped while the handler runs; its reply will not be sent");
             // Dropping the last handle of the context waits (up to the linger) for the
             // goodbye to leave; the socket thread makes no socket any more.
-            let ctx = lock(&guarded.ctx).take();
-            drop(ctx);
+            guarded.transport.close();
             return Ok(());
         }
         let now = guarded.micros(io::now());

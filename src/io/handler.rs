@@ -1,152 +1,178 @@
-//! Request handlers for the worker and server drivers, and the envelope handling
-//! around them.
+//! Request handlers: one type for every worker and server.
+//!
+//! A [`Handler`] sees the whole [`Request`] (id, attempt, service, headers, payload
+//! frames) and returns the reply's payload frames or a [`HandlerError`]. An error, a
+//! panic, or an `exec` command that fails reaches a bosun client as a typed remote error
+//! with its message ([`crate::error::ClientError::Remote`]); the worker goes on serving.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::proto::envelope::Envelope;
+pub use crate::proto::envelope::{HandlerError, Reply, Request};
 use crate::proto::frames::Frames;
 
-/// Turns a request body into a reply body.
-pub type Handler = Box<dyn FnMut(Vec<u8>) -> Vec<u8> + Send>;
+/// Answers one request. Shared by every thread of a worker's pool, so `Fn + Sync`: a
+/// handler with state keeps it behind a `Mutex` or atomics.
+pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
 
-/// Replies with the request body unchanged.
+/// A handler from a function of the request.
+pub fn from_fn(f: impl Fn(Request) -> Reply + Send + Sync + 'static) -> Handler {
+    Arc::new(f)
+}
+
+/// A handler from a function of the request's payload joined into bytes, whose
+/// result is the one-frame reply (for handlers that think in bytes).
+pub fn bytes(f: impl Fn(Vec<u8>) -> Vec<u8> + Send + Sync + 'static) -> Handler {
+    Arc::new(move |req: Request| Ok(vec![f(req.body())]))
+}
+
+/// Replies with the request's payload frames unchanged.
 pub fn echo() -> Handler {
-    Box::new(|body| body)
+    Arc::new(|req: Request| Ok(req.payload))
 }
 
-/// Runs `sh -c cmd` per request with the body on stdin; the reply is its stdout, less
-/// one trailing newline (so `echo`-style commands give one reply per line).
-/// A command that cannot start, or exits non-zero, is logged; its stdout (possibly
-/// empty) is still the reply, so the client is never left waiting.
+/// Runs `sh -c cmd` per request with the payload (frames joined) on stdin; the reply is
+/// its stdout, less one trailing newline (so `echo`-style commands give one reply per
+/// line). A command that cannot start, exits non-zero or is killed is a failed request:
+/// its client gets the reason (and the command's stderr goes to the worker's stderr).
 pub fn exec(cmd: String) -> Handler {
-    Box::new(move |body| run_command(&cmd, &body))
+    Arc::new(move |req: Request| run_command(&cmd, &req.body()).map(|out| vec![out]))
 }
 
-/// Wraps `inner` so that every call first waits `delay` (simulated work, for demos
-/// and tests of slow handlers).
-pub fn slow(delay: Duration, mut inner: Handler) -> Handler {
-    Box::new(move |body| {
-        #[allow(clippy::disallowed_methods)] // simulated work, not synchronisation
-        std::thread::sleep(delay);
-        inner(body)
+/// Puts `prefix` in front of the first frame of every successful reply.
+pub fn prefix(prefix: Vec<u8>, inner: Handler) -> Handler {
+    Arc::new(move |req: Request| {
+        let mut reply = inner(req)?;
+        match reply.first_mut() {
+            Some(first) => first.splice(0..0, prefix.iter().copied()).for_each(drop),
+            None => reply.push(prefix.clone()),
+        }
+        Ok(reply)
     })
 }
 
-/// Runs `sh -c cmd` with `body` on stdin and returns its stdout (see [`exec`]).
-pub fn run_command(cmd: &str, body: &[u8]) -> Vec<u8> {
-    let child = Command::new("sh")
+/// Wraps `inner` so that every call first waits `delay` (simulated work, for demos and
+/// tests of slow handlers).
+pub fn slow(delay: Duration, inner: Handler) -> Handler {
+    Arc::new(move |req: Request| {
+        #[allow(clippy::disallowed_methods)] // simulated work, not synchronisation
+        std::thread::sleep(delay);
+        inner(req)
+    })
+}
+
+/// Calls `handler`, turning a panic into a [`HandlerError`] that names it, so that one
+/// bad request neither kills the worker nor leaves its client without an answer.
+pub fn call(handler: &Handler, request: Request) -> Reply {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request))).unwrap_or_else(
+        |panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic".to_string());
+            tracing::error!(panic = %why, "request handler panicked; the request fails");
+            Err(HandlerError::new(format!("handler panicked: {why}")))
+        },
+    )
+}
+
+/// Runs `sh -c cmd` with `input` on stdin and returns its stdout (see [`exec`]). Stdin
+/// is written from a thread of its own while stdout is read, so a command that writes
+/// more than a pipe holds before it has read all its input cannot deadlock.
+pub fn run_command(cmd: &str, input: &[u8]) -> Result<Vec<u8>, HandlerError> {
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(cmd, error = %e, "handler command failed to start");
-            return Vec::new();
-        }
+        .spawn()
+        .map_err(|e| HandlerError::new(format!("command `{cmd}` did not start: {e}")))?;
+    let writer = child.stdin.take().map(|mut stdin| {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            // A command that does not read its stdin closes the pipe early: not an error.
+            let _ = stdin.write_all(&input);
+        })
+    });
+    let mut out = Vec::new();
+    let read = match child.stdout.take() {
+        Some(mut stdout) => stdout.read_to_end(&mut out).map(|_| ()),
+        None => Ok(()),
     };
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its stdin closes the pipe early: not an error.
-        let _ = stdin.write_all(body);
+    let status = child.wait();
+    if let Some(w) = writer {
+        let _ = w.join();
     }
-    match child.wait_with_output() {
-        Ok(out) => {
-            if !out.status.success() {
-                tracing::warn!(cmd, status = %out.status, "handler command failed");
-            }
-            let mut reply = out.stdout;
-            if reply.last() == Some(&b'\n') {
-                reply.pop();
-            }
-            reply
-        }
-        Err(e) => {
-            tracing::error!(cmd, error = %e, "handler command lost");
-            Vec::new()
-        }
+    read.map_err(|e| HandlerError::new(format!("command `{cmd}`: reading its output: {e}")))?;
+    let status = status.map_err(|e| HandlerError::new(format!("command `{cmd}` was lost: {e}")))?;
+    if !status.success() {
+        return Err(HandlerError::new(format!(
+            "command `{cmd}` failed: {status}"
+        )));
     }
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    Ok(out)
 }
 
-/// [`answer`], with a panic of the handler caught and turned into its message, so that a
-/// handler thread can report it instead of dying silently.
-pub fn answer_or_panic(handler: &mut Handler, body: Frames) -> Result<Frames, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(handler, body))).map_err(
-        |panic| {
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic".to_string())
-        },
-    )
-}
-
-/// Answers one request with `handler`.
-///
-/// A request of one frame holding a bosun [`Envelope`] is answered with an envelope of
-/// the same id and attempt. Anything else comes from a foreign peer: the handler gets
-/// its frames joined, and the reply is one plain frame.
-pub fn answer(handler: &mut Handler, body: Frames) -> Frames {
-    if let [frame] = body.as_slice() {
-        if Envelope::looks_like(frame) {
-            match Envelope::decode(frame) {
-                Ok(mut request) => {
-                    let body = std::mem::take(&mut request.body);
-                    let reply = request.reply(handler(body));
-                    return vec![reply.encode()];
-                }
-                Err(e) => tracing::warn!(error = %e, "bad envelope; handled as a plain body"),
-            }
-        }
+/// The payload frames of a request with no metadata (for tests and examples).
+pub fn plain(payload: Frames) -> Request {
+    Request {
+        meta: None,
+        service: None,
+        payload,
     }
-    vec![handler(body.concat())]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn one(body: &[u8]) -> Request {
+        plain(vec![body.to_vec()])
+    }
+
     #[test]
-    fn answers_envelopes_with_envelopes() {
-        let mut h: Handler = Box::new(|b: Vec<u8>| [b.as_slice(), b"!"].concat());
-        let mut req = Envelope::new(b"hi".to_vec());
-        req.attempt = 2;
-        let out = answer(&mut h, vec![req.encode()]);
-        let reply = Envelope::decode(&out[0]).unwrap();
-        assert_eq!((reply.id, reply.attempt), (req.id, 2));
-        assert_eq!(reply.body, b"hi!");
+    fn a_panicking_handler_is_a_failed_request_not_a_dead_worker() {
+        let h = from_fn(|_| panic!("boom"));
+        let err = call(&h, one(b"x")).unwrap_err();
+        assert_eq!(err.message, "handler panicked: boom");
+        assert_eq!(call(&echo(), one(b"x")), Ok(vec![b"x".to_vec()]));
+    }
+
+    #[test]
+    fn echo_keeps_frames_and_prefix_touches_the_first() {
+        let req = plain(vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(echo()(req.clone()), Ok(vec![b"a".to_vec(), b"b".to_vec()]));
         assert_eq!(
-            answer(&mut h, vec![b"a".to_vec(), b"b".to_vec()]),
-            vec![b"ab!".to_vec()]
+            prefix(b"w1:".to_vec(), echo())(req),
+            Ok(vec![b"w1:a".to_vec(), b"b".to_vec()])
         );
     }
 
     #[test]
-    fn a_panicking_handler_is_reported_not_fatal() {
-        let mut h: Handler = Box::new(|_| panic!("boom"));
+    fn exec_pipes_payload_through_a_command_and_fails_loudly() {
+        let h = exec("tr a-z A-Z".into());
+        assert_eq!(h(one(b"shout")), Ok(vec![b"SHOUT".to_vec()]));
         assert_eq!(
-            answer_or_panic(&mut h, vec![b"x".to_vec()]),
-            Err("boom".to_string())
+            exec("cat; echo".into())(one(b"line")),
+            Ok(vec![b"line".to_vec()])
         );
-        let mut ok = echo();
-        assert_eq!(
-            answer_or_panic(&mut ok, vec![b"x".to_vec()]),
-            Ok(vec![b"x".to_vec()])
-        );
+        let err = exec("exit 3".into())(one(b"x")).unwrap_err();
+        assert!(err.message.contains("exit status: 3"), "{err}");
+        let err = exec("kill -9 $$".into())(one(b"x")).unwrap_err();
+        assert!(err.message.contains("signal"), "{err}");
     }
 
     #[test]
-    fn exec_pipes_body_through_a_command() {
-        let mut h = exec("tr a-z A-Z".into());
-        assert_eq!(h(b"shout".to_vec()), b"SHOUT");
-        let mut echo = exec("cat; echo".into());
-        assert_eq!(echo(b"line".to_vec()), b"line");
-        let mut bad = exec("exit 3".into());
-        assert_eq!(bad(b"x".to_vec()), b"");
+    fn exec_does_not_deadlock_on_a_body_larger_than_a_pipe() {
+        let big = vec![b'y'; 1 << 20];
+        let out = exec("tr a-z A-Z".into())(one(&big)).unwrap();
+        assert_eq!(out, vec![vec![b'Y'; 1 << 20]]);
     }
 }

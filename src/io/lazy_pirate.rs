@@ -1,10 +1,38 @@
-//! Driver of the Lazy Pirate client: a REQ socket and the core.
+//! Driver of the Lazy Pirate client: a REQ socket, re-made for every attempt, and the
+//! core.
+
+use std::time::Instant;
 
 use crate::config::Retry;
-use crate::error::{ClientError, Error, TransportError};
+use crate::error::{ClientError, Error};
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
-use crate::proto::envelope::Envelope;
+use crate::proto::envelope::Answer;
+use crate::proto::frames::Frames;
 use crate::proto::lazy_pirate::{Discard, Event, LazyPirate, Transmit};
+
+impl Core for LazyPirate {
+    type Event = Event;
+    fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        self.handle_reply(now, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        LazyPirate::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|t| match t {
+            Transmit::Send(f) => Op::Send(0, f),
+            Transmit::Reset => Op::Reset(0),
+        })
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        LazyPirate::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        LazyPirate::poll_timeout(self)
+    }
+}
 
 /// What a [`LazyPirateClient`] has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,34 +50,45 @@ pub struct ClientStats {
 /// A Lazy Pirate client: one request at a time, retried on a fresh socket until it is
 /// answered or `retries` attempts have timed out.
 pub struct LazyPirateClient {
-    ctx: zmq::Context,
     endpoint: String,
-    socket: zmq::Socket,
-    core: LazyPirate,
-    shutdown: Shutdown,
+    driver: Driver<LazyPirate>,
     stats: ClientStats,
 }
 
 impl LazyPirateClient {
     /// A client of the REQ/REP server (or Paranoid Pirate queue frontend) at `endpoint`.
     pub fn new(ctx: &zmq::Context, endpoint: &str, retry: Retry) -> Result<Self, Error> {
-        retry.validate()?;
-        let socket = Self::open(ctx, endpoint)?;
+        Self::with_transport(&Transport::with_context(ctx), endpoint, retry)
+    }
+
+    /// [`LazyPirateClient::new`], with sockets made by `transport`.
+    pub fn with_transport(
+        transport: &Transport,
+        endpoint: &str,
+        retry: Retry,
+    ) -> Result<Self, Error> {
+        let core = LazyPirate::new(io::now(), retry, fastrand::u64(..))?;
+        let sockets = Sockets::connecting(transport, zmq::REQ, &[endpoint.to_string()], true)?;
         Ok(LazyPirateClient {
-            ctx: ctx.clone(),
             endpoint: endpoint.to_string(),
-            socket,
-            core: LazyPirate::new(retry, fastrand::u64(..)),
-            shutdown: Shutdown::new(),
+            driver: Driver::new(core, sockets, &Shutdown::new()),
             stats: ClientStats::default(),
         })
     }
 
     /// Makes [`LazyPirateClient::request`] return [`ClientError::Interrupted`] soon
     /// after `shutdown` is triggered.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
+    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
+        let LazyPirateClient {
+            endpoint,
+            driver,
+            stats,
+        } = self;
+        LazyPirateClient {
+            endpoint,
+            driver: Driver::new(driver.core, driver.sockets, &shutdown),
+            stats,
+        }
     }
 
     /// What this client has done so far.
@@ -62,75 +101,77 @@ impl LazyPirateClient {
         &self.endpoint
     }
 
-    /// Sends `body` and returns the reply, retrying as the [`Retry`] policy says.
-    /// Fails with [`ClientError::GaveUp`] (carrying `body` back) when every attempt
-    /// timed out.
+    /// Sends `body` as one frame and returns the reply's frames joined.
     pub fn request(&mut self, body: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.core.send(io::now(), Envelope::new(body))?;
-        self.stats.requests += 1;
-        loop {
-            while let Some(t) = self.core.poll_transmit() {
-                match t {
-                    Transmit::Send(frame) => self
-                        .socket
-                        .send(frame, 0)
-                        .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?,
-                    Transmit::Reset => {
-                        self.socket = Self::open(&self.ctx, &self.endpoint)?;
-                    }
-                }
-            }
-            while let Some(event) = self.core.poll_event() {
-                match event {
-                    Event::Reply { body, .. } => {
-                        self.stats.answered += 1;
-                        return Ok(body);
-                    }
-                    Event::GaveUp { attempts, body, .. } => {
-                        return Err(ClientError::GaveUp {
-                            attempts,
-                            endpoint: self.endpoint.clone(),
-                            body,
-                        }
-                        .into())
-                    }
-                    Event::Retrying { id, attempt, after } => {
-                        self.stats.retries += 1;
-                        tracing::warn!(%id, attempt, endpoint = %self.endpoint, ?after, "no reply, retrying");
-                    }
-                    Event::Discarded(why) => {
-                        self.stats.discarded += 1;
-                        match why {
-                            Discard::Malformed(e) => tracing::warn!(error = %e, "reply dropped"),
-                            other => tracing::debug!(?other, "reply discarded"),
-                        }
-                    }
-                }
-            }
-            if self.shutdown.is_triggered() {
-                // Leave the socket usable for nobody: a half-done REQ exchange.
-                self.socket = Self::open(&self.ctx, &self.endpoint)?;
-                self.core = LazyPirate::new(*self.core.retry(), fastrand::u64(..));
-                return Err(ClientError::Interrupted.into());
-            }
-            let timeout = io::poll_millis(io::now(), self.core.poll_timeout());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, timeout)?;
-            if items[0].is_readable() {
-                let frames = self
-                    .socket
-                    .recv_multipart(0)
-                    .map_err(|e| TransportError::zmq("recv", &self.endpoint, e))?;
-                self.core.handle_reply(io::now(), frames);
-            }
-            self.core.handle_timeout(io::now());
-        }
+        self.request_frames(vec![body]).map(|f| f.concat())
     }
 
-    fn open(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, Error> {
-        // Linger 0: a retried request must not be sent later by a socket we discarded.
-        let s = io::socket(ctx, zmq::REQ, std::time::Duration::ZERO)?;
-        io::connect(&s, endpoint)?;
-        Ok(s)
+    /// Sends `payload` and returns the reply's payload frames, retrying as the [`Retry`]
+    /// policy says. Fails with [`ClientError::GaveUp`] (carrying the payload back) when
+    /// every attempt timed out, and with [`ClientError::Remote`] when the server's
+    /// handler failed.
+    pub fn request_frames(&mut self, payload: Frames) -> Result<Frames, Error> {
+        let id = self.driver.core.send(io::now(), io::envelope(payload))?;
+        self.stats.requests += 1;
+        let endpoint = self.endpoint.clone();
+        let stats = &mut self.stats;
+        let outcome = self.driver.run(None, None, |d, input| match input {
+            Input::Event(Event::Reply { answer, .. }) => {
+                stats.answered += 1;
+                Flow::Break(answer_to_result(answer, id, &endpoint))
+            }
+            Input::Event(Event::GaveUp {
+                attempts, payload, ..
+            }) => Flow::Break(Err(ClientError::GaveUp {
+                attempts,
+                endpoint: endpoint.clone(),
+                body: payload.concat(),
+            }
+            .into())),
+            Input::Event(Event::Retrying { id, attempt, after }) => {
+                stats.retries += 1;
+                tracing::warn!(%id, attempt, endpoint = %endpoint, ?after, "no reply, retrying");
+                Flow::Continue
+            }
+            Input::Event(Event::Discarded(why)) => {
+                stats.discarded += 1;
+                match why {
+                    Discard::Malformed(e) => tracing::warn!(error = %e, "reply dropped"),
+                    other => tracing::debug!(?other, "reply discarded"),
+                }
+                Flow::Continue
+            }
+            Input::Wake => Flow::Continue,
+            Input::Stop => {
+                // A REQ socket mid-exchange is of use to nobody: start over.
+                match LazyPirate::new(io::now(), *d.core.retry(), fastrand::u64(..)) {
+                    Ok(fresh) => d.core = fresh,
+                    Err(e) => return Flow::Break(Err(e.into())),
+                }
+                if let Err(e) = d.sockets.apply(Op::Reset(0)) {
+                    return Flow::Break(Err(e));
+                }
+                Flow::Break(Err(ClientError::Interrupted.into()))
+            }
+        })?;
+        outcome.unwrap_or(Err(ClientError::Interrupted.into()))
+    }
+}
+
+/// A reply's answer as a client returns it.
+pub(crate) fn answer_to_result(
+    answer: Answer,
+    id: uuid::Uuid,
+    peer: &str,
+) -> Result<Frames, Error> {
+    match answer {
+        Answer::Ok(frames) => Ok(frames),
+        Answer::Failed { status, message } => Err(ClientError::Remote {
+            id,
+            peer: peer.to_string(),
+            status,
+            message,
+        }
+        .into()),
     }
 }

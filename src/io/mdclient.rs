@@ -1,49 +1,112 @@
-//! Drivers of the Majordomo clients: [`MajordomoClient`] (one request at a time, Lazy
-//! Pirate reliability over a REQ socket) and [`AsyncMajordomoClient`] (many in flight
-//! over a DEALER, replies matched by id).
+//! Drivers of the Majordomo clients, both over the one 7/MDP client core
+//! ([`MdpClient`]): [`MajordomoClient`] (one request at a time, a fresh socket for every
+//! attempt) and [`AsyncMajordomoClient`] (many in flight over one DEALER, replies
+//! matched by id).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use crate::config::Retry;
-use crate::error::{ClientError, Error, TransportError};
+use crate::error::{ClientError, Error};
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::lazy_pirate::answer_to_result;
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
-use crate::proto::client::{AsyncClient, Event as AsyncEvent};
-use crate::proto::envelope::Envelope;
-use crate::proto::frames::mdp;
-use crate::proto::lazy_pirate::{Event, LazyPirate, Transmit};
+use crate::proto::client::{Event, MdpClient, Mode, Transmit};
+use crate::proto::envelope::Answer;
+use crate::proto::frames::Frames;
+
+impl Core for MdpClient {
+    type Event = Event;
+    fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        self.handle_frames(now, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        MdpClient::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|t| match t {
+            Transmit::Send(f) => Op::Send(0, f),
+            Transmit::Reset => Op::Reset(0),
+        })
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        MdpClient::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        MdpClient::poll_timeout(self)
+    }
+}
+
+fn driver(
+    transport: &Transport,
+    endpoint: &str,
+    mode: Mode,
+    retry: Retry,
+) -> Result<Driver<MdpClient>, Error> {
+    let core = MdpClient::new(io::now(), mode, retry, fastrand::u64(..))?;
+    let sockets = Sockets::connecting(transport, zmq::DEALER, &[endpoint.to_string()], true)?;
+    Ok(Driver::new(core, sockets, &Shutdown::new()))
+}
+
+/// Logs what the application does not see: retries, duplicates, unmatched and
+/// malformed replies.
+fn log_event(event: &Event) {
+    match event {
+        Event::Retrying { id, attempt, after } => {
+            tracing::warn!(%id, attempt, ?after, "no reply, retrying")
+        }
+        Event::Duplicate { id } => tracing::debug!(%id, "late or duplicate reply dropped"),
+        Event::Unmatched { service } => tracing::warn!(
+            service = %String::from_utf8_lossy(service),
+            "reply without bosun metadata dropped: with many requests in flight it cannot be matched to one (a foreign broker?); use one request at a time"
+        ),
+        Event::Malformed(e) => tracing::warn!(error = %e, "malformed reply dropped"),
+        Event::Reply { .. } | Event::GaveUp { .. } => {}
+    }
+}
 
 /// A Majordomo client with Lazy Pirate reliability: each request is retried on a
 /// fresh socket until answered or `retries` attempts have timed out.
 pub struct MajordomoClient {
-    ctx: zmq::Context,
     endpoint: String,
-    socket: zmq::Socket,
-    core: LazyPirate,
-    shutdown: Shutdown,
+    driver: Driver<MdpClient>,
     retries: u64,
 }
 
 impl MajordomoClient {
     /// A client of the broker at `endpoint`.
     pub fn new(ctx: &zmq::Context, endpoint: &str, retry: Retry) -> Result<Self, Error> {
-        retry.validate()?;
+        Self::with_transport(&Transport::with_context(ctx), endpoint, retry)
+    }
+
+    /// [`MajordomoClient::new`], with sockets made by `transport`.
+    pub fn with_transport(
+        transport: &Transport,
+        endpoint: &str,
+        retry: Retry,
+    ) -> Result<Self, Error> {
         Ok(MajordomoClient {
-            ctx: ctx.clone(),
             endpoint: endpoint.to_string(),
-            socket: open(ctx, zmq::REQ, endpoint)?,
-            core: LazyPirate::new(retry, fastrand::u64(..)),
-            shutdown: Shutdown::new(),
+            driver: driver(transport, endpoint, Mode::Blocking, retry)?,
             retries: 0,
         })
     }
 
     /// Makes a pending request return [`ClientError::Interrupted`] once `shutdown` is
     /// triggered.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
+    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
+        let MajordomoClient {
+            endpoint,
+            driver,
+            retries,
+        } = self;
+        MajordomoClient {
+            endpoint,
+            driver: Driver::new(driver.core, driver.sockets, &shutdown),
+            retries,
+        }
     }
 
     /// Attempts retried so far.
@@ -51,62 +114,50 @@ impl MajordomoClient {
         self.retries
     }
 
-    /// Sends `body` to `service` and returns the reply body.
+    /// Sends `body` (one frame) to `service` and returns the reply's frames joined.
     pub fn request(&mut self, service: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.core.send(io::now(), Envelope::new(body))?;
-        loop {
-            while let Some(t) = self.core.poll_transmit() {
-                match t {
-                    Transmit::Send(envelope) => {
-                        let msg = [mdp::CLIENT.to_vec(), service.as_bytes().to_vec(), envelope];
-                        io::send_frames(&self.socket, &msg, 0)
-                            .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
-                    }
-                    Transmit::Reset => self.socket = open(&self.ctx, zmq::REQ, &self.endpoint)?,
+        self.request_frames(service, vec![body]).map(|f| f.concat())
+    }
+
+    /// Sends `payload` to `service` and returns the reply's payload frames. Fails with
+    /// [`ClientError::GaveUp`] when every attempt timed out and with
+    /// [`ClientError::Remote`] when the worker's handler failed.
+    pub fn request_frames(&mut self, service: &str, payload: Frames) -> Result<Frames, Error> {
+        let id = self
+            .driver
+            .core
+            .send(io::now(), service.as_bytes(), io::envelope(payload))?;
+        let peer = format!("{} (service {service})", self.endpoint);
+        let retries = &mut self.retries;
+        let outcome = self.driver.run(None, None, |d, input| match input {
+            Input::Event(Event::Reply { answer, .. }) => {
+                Flow::Break(answer_to_result(answer, id, &peer))
+            }
+            Input::Event(Event::GaveUp {
+                attempts, payload, ..
+            }) => Flow::Break(Err(ClientError::GaveUp {
+                attempts,
+                endpoint: peer.clone(),
+                body: payload.concat(),
+            }
+            .into())),
+            Input::Event(e) => {
+                if matches!(e, Event::Retrying { .. }) {
+                    *retries += 1;
                 }
+                log_event(&e);
+                Flow::Continue
             }
-            while let Some(event) = self.core.poll_event() {
-                match event {
-                    Event::Reply { body, .. } => return Ok(body),
-                    Event::GaveUp { attempts, body, .. } => {
-                        return Err(ClientError::GaveUp {
-                            attempts,
-                            endpoint: format!("{} (service {service})", self.endpoint),
-                            body,
-                        }
-                        .into())
-                    }
-                    Event::Retrying { id, attempt, after } => {
-                        self.retries += 1;
-                        tracing::warn!(%id, attempt, service, ?after, "no reply, retrying");
-                    }
-                    Event::Discarded(why) => tracing::debug!(?why, "reply discarded"),
+            Input::Wake => Flow::Continue,
+            Input::Stop => {
+                d.core.abandon();
+                if let Err(e) = d.sockets.apply(Op::Reset(0)) {
+                    return Flow::Break(Err(e));
                 }
+                Flow::Break(Err(ClientError::Interrupted.into()))
             }
-            if self.shutdown.is_triggered() {
-                self.socket = open(&self.ctx, zmq::REQ, &self.endpoint)?;
-                self.core = LazyPirate::new(*self.core.retry(), fastrand::u64(..));
-                return Err(ClientError::Interrupted.into());
-            }
-            let timeout = io::poll_millis(io::now(), self.core.poll_timeout());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, timeout)?;
-            if items[0].is_readable() {
-                let frames = self
-                    .socket
-                    .recv_multipart(0)
-                    .map_err(|e| TransportError::zmq("recv", &self.endpoint, e))?;
-                // The REQ socket removed the empty frame; the parser expects it.
-                let mut full = Vec::with_capacity(frames.len() + 1);
-                full.push(Vec::new());
-                full.extend(frames);
-                match mdp::parse_client_reply(full) {
-                    Ok((_, body)) => self.core.handle_reply(io::now(), body),
-                    Err(e) => tracing::warn!(error = %e, "malformed reply dropped"),
-                }
-            }
-            self.core.handle_timeout(io::now());
-        }
+        })?;
+        outcome.unwrap_or(Err(ClientError::Interrupted.into()))
     }
 
     /// Asks the broker whether `service` has a worker (8/MMI `mmi.service`): true on
@@ -124,8 +175,15 @@ pub enum Outcome {
     Reply {
         /// The request id [`AsyncMajordomoClient::send`] returned.
         id: Uuid,
-        /// The reply body.
+        /// The reply's payload frames joined.
         body: Vec<u8>,
+    },
+    /// The worker's handler failed (or the request was refused); its message.
+    Failed {
+        /// The request id.
+        id: Uuid,
+        /// The worker's message.
+        message: String,
     },
     /// Every attempt timed out.
     GaveUp {
@@ -141,41 +199,47 @@ pub enum Outcome {
 /// A Majordomo client that keeps many requests in flight; each is retried on its own
 /// timer, and a late reply to a retried request is dropped, never delivered twice.
 pub struct AsyncMajordomoClient {
-    endpoint: String,
-    socket: zmq::Socket,
-    core: AsyncClient,
+    driver: Driver<MdpClient>,
     /// Requests sent whose outcome has not been returned by `recv` yet (the core may
     /// hold several finished ones as queued events).
     undelivered: usize,
     duplicates: u64,
-    /// Requests started, and messages sent: their difference is the retries.
-    started: u64,
-    transmitted: u64,
+    retries: u64,
 }
 
 impl AsyncMajordomoClient {
     /// A client of the broker at `endpoint`.
     pub fn new(ctx: &zmq::Context, endpoint: &str, retry: Retry) -> Result<Self, Error> {
-        retry.validate()?;
+        Self::with_transport(&Transport::with_context(ctx), endpoint, retry)
+    }
+
+    /// [`AsyncMajordomoClient::new`], with sockets made by `transport`.
+    pub fn with_transport(
+        transport: &Transport,
+        endpoint: &str,
+        retry: Retry,
+    ) -> Result<Self, Error> {
         Ok(AsyncMajordomoClient {
-            endpoint: endpoint.to_string(),
-            socket: open(ctx, zmq::DEALER, endpoint)?,
-            core: AsyncClient::new(retry, fastrand::u64(..)),
+            driver: driver(transport, endpoint, Mode::Pipelined, retry)?,
             undelivered: 0,
             duplicates: 0,
-            started: 0,
-            transmitted: 0,
+            retries: 0,
         })
     }
 
     /// Sends `body` to `service` without waiting; returns the request id.
     pub fn send(&mut self, service: &str, body: Vec<u8>) -> Result<Uuid, Error> {
+        self.send_frames(service, vec![body])
+    }
+
+    /// Sends `payload` to `service` without waiting; returns the request id.
+    pub fn send_frames(&mut self, service: &str, payload: Frames) -> Result<Uuid, Error> {
         let id = self
+            .driver
             .core
-            .send(io::now(), service.as_bytes(), Envelope::new(body));
+            .send(io::now(), service.as_bytes(), io::envelope(payload))?;
         self.undelivered += 1;
-        self.started += 1;
-        self.flush()?;
+        self.driver.flush()?;
         Ok(id)
     }
 
@@ -192,65 +256,51 @@ impl AsyncMajordomoClient {
 
     /// Attempts sent after the first of their request (timed-out attempts retried).
     pub fn retries(&self) -> u64 {
-        self.transmitted.saturating_sub(self.started)
+        self.retries
     }
 
     /// Waits up to `timeout` for the next outcome; `None` when none came in time or
     /// nothing is outstanding.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Outcome>, Error> {
+        if self.undelivered == 0 {
+            return Ok(None);
+        }
         let deadline = io::now() + timeout;
-        loop {
-            while let Some(event) = self.core.poll_event() {
-                match event {
-                    AsyncEvent::Reply { id, body, .. } => {
-                        self.undelivered = self.undelivered.saturating_sub(1);
-                        return Ok(Some(Outcome::Reply { id, body }));
+        let (duplicates, retries) = (&mut self.duplicates, &mut self.retries);
+        let outcome = self
+            .driver
+            .run(Some(deadline), None, |_, input| match input {
+                Input::Event(Event::Reply { id, answer, .. }) => Flow::Break(match answer {
+                    Answer::Ok(frames) => Outcome::Reply {
+                        id,
+                        body: frames.concat(),
+                    },
+                    Answer::Failed { message, .. } => Outcome::Failed { id, message },
+                }),
+                Input::Event(Event::GaveUp {
+                    id,
+                    attempts,
+                    payload,
+                }) => Flow::Break(Outcome::GaveUp {
+                    id,
+                    attempts,
+                    body: payload.concat(),
+                }),
+                Input::Event(e) => {
+                    match &e {
+                        Event::Duplicate { .. } => *duplicates += 1,
+                        Event::Retrying { .. } => *retries += 1,
+                        _ => {}
                     }
-                    AsyncEvent::GaveUp { id, attempts, body } => {
-                        self.undelivered = self.undelivered.saturating_sub(1);
-                        return Ok(Some(Outcome::GaveUp { id, attempts, body }));
-                    }
-                    AsyncEvent::Duplicate { id } => {
-                        self.duplicates += 1;
-                        tracing::debug!(%id, "late or duplicate reply dropped");
-                    }
-                    AsyncEvent::Malformed(e) => {
-                        tracing::warn!(error = %e, "malformed reply dropped")
-                    }
+                    log_event(&e);
+                    Flow::Continue
                 }
-            }
-            let now = io::now();
-            if self.undelivered == 0 || now >= deadline {
-                return Ok(None);
-            }
-            let wake = self
-                .core
-                .poll_timeout()
-                .map_or(deadline, |t| t.min(deadline));
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, io::poll_millis(now, Some(wake)))?;
-            if items[0].is_readable() {
-                while let Ok(frames) = io::recv_frames(&self.socket, zmq::DONTWAIT) {
-                    self.core.handle_frames(io::now(), frames);
-                }
-            }
-            self.core.handle_timeout(io::now());
-            self.flush()?;
+                // The caller holds the shutdown flag; this client has none of its own.
+                Input::Wake | Input::Stop => Flow::Continue,
+            })?;
+        if outcome.is_some() {
+            self.undelivered = self.undelivered.saturating_sub(1);
         }
+        Ok(outcome)
     }
-
-    fn flush(&mut self) -> Result<(), Error> {
-        while let Some(frames) = self.core.poll_transmit() {
-            io::send_frames(&self.socket, &frames, 0)
-                .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
-            self.transmitted += 1;
-        }
-        Ok(())
-    }
-}
-
-fn open(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> Result<zmq::Socket, Error> {
-    let s = io::socket(ctx, kind, Duration::ZERO)?;
-    io::connect(&s, endpoint)?;
-    Ok(s)
 }

@@ -1,10 +1,11 @@
 //! Drivers: the only code that touches zmq sockets and the real clock.
 //!
-//! Each driver owns its sockets, waits in `zmq::poll` until its core's next deadline,
-//! feeds in what arrived and the passing of time, sends what the core wants sent, and
-//! logs what the core reports.
+//! Every pattern is a pure core driven by the one loop in [`driver`], over sockets that
+//! all come from one [`transport::Transport`]; the modules here choose the arrangement
+//! of sockets, turn the core's events into the application's calls, and log.
 
 pub mod broker;
+pub mod driver;
 pub mod freelance;
 pub(crate) mod guard;
 pub mod handler;
@@ -15,12 +16,14 @@ pub(crate) mod pool;
 pub mod ppworker;
 pub mod queue;
 pub mod server;
+pub mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::TransportError;
+pub use transport::{Transport, TransportOptions};
 
 /// Longest a driver blocks in `zmq::poll` before it looks at its [`Shutdown`] flag:
 /// 100 ms, so Ctrl-C is obeyed within a tenth of a second at no measurable cost.
@@ -69,57 +72,6 @@ pub fn poll_millis(now: Instant, deadline: Option<Instant>) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// A new socket of `kind` with the given linger.
-pub fn socket(
-    ctx: &zmq::Context,
-    kind: zmq::SocketType,
-    linger: Duration,
-) -> Result<zmq::Socket, TransportError> {
-    let s = ctx
-        .socket(kind)
-        .map_err(|e| TransportError::zmq("socket", "", e))?;
-    let ms = i32::try_from(linger.as_millis()).unwrap_or(i32::MAX);
-    s.set_linger(ms)
-        .map_err(|e| TransportError::zmq("set linger", "", e))?;
-    Ok(s)
-}
-
-/// Largest frame a bound socket accepts from a peer: the largest envelope plus room for
-/// its header. libzmq drops the connection of a peer that sends more, so no peer can make
-/// a broker, queue or server allocate without bound.
-pub const MAX_FRAME_BYTES: i64 = crate::proto::envelope::MAX_ENVELOPE_BYTES as i64 + 4096;
-
-/// Binds `socket` to `endpoint` and returns the endpoint actually bound (with the
-/// port resolved when `endpoint` asked for `*` or `0`). Frames larger than
-/// [`MAX_FRAME_BYTES`] are refused.
-pub fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, TransportError> {
-    socket
-        .set_maxmsgsize(MAX_FRAME_BYTES)
-        .map_err(|e| TransportError::zmq("set maxmsgsize", endpoint, e))?;
-    socket
-        .bind(endpoint)
-        .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
-    match socket.get_last_endpoint() {
-        Ok(Ok(bound)) => Ok(bound),
-        _ => Ok(endpoint.to_string()),
-    }
-}
-
-/// Connects `socket` to `endpoint`.
-pub fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), TransportError> {
-    socket
-        .connect(endpoint)
-        .map_err(|e| TransportError::zmq("connect", endpoint, e))
-}
-
-/// Sends a multipart message without blocking; a full pipe or an unroutable peer is
-/// logged and the message dropped (the protocols' retries recover it).
-pub fn send_or_log(socket: &zmq::Socket, frames: Vec<Vec<u8>>, to: &str) {
-    if let Err(e) = send_frames(socket, &frames, zmq::DONTWAIT) {
-        tracing::warn!(to, error = %e, "send failed; message dropped");
-    }
-}
-
 /// Sends `frames` as one multipart message. Each frame is copied into its zmq message:
 /// for the short frames of the protocols (identities, signatures, commands) that copy
 /// lands in the message itself with no allocation, where handing over the `Vec`
@@ -156,5 +108,31 @@ pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32, Transpo
         Ok(n) => Ok(n),
         Err(zmq::Error::EINTR) => Ok(0),
         Err(e) => Err(TransportError::zmq("poll", "", e)),
+    }
+}
+
+/// A new request envelope of `payload`: a fresh UUID v7 id and its creation time. The
+/// drivers make ids here; the cores take them as inputs.
+#[allow(clippy::disallowed_methods)] // the drivers are where ids and the clock live
+pub fn envelope(payload: crate::proto::frames::Frames) -> crate::proto::envelope::Envelope {
+    let id = uuid::Uuid::now_v7();
+    let created_at_ms = id
+        .get_timestamp()
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        })
+        .unwrap_or(0);
+    crate::proto::envelope::Envelope::new(id, created_at_ms, payload)
+}
+
+/// What a driver did with malformed input, for its log line: a request whose metadata
+/// does not decode is served as a foreign peer's; anything else is dropped.
+pub fn malformed_what(e: &crate::error::ProtocolError) -> &'static str {
+    match e {
+        crate::error::ProtocolError::Envelope(_) => {
+            "bad metadata frame; request served as a foreign one"
+        }
+        _ => "malformed message dropped",
     }
 }

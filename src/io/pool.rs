@@ -17,28 +17,16 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::io::guard::lock;
-use crate::io::handler;
-use crate::io::mdworker::SharedHandler;
-use crate::io::{self};
-use crate::proto::frames::Frames;
+use crate::io::handler::{self, Handler, Reply, Request};
+use crate::io::transport::Transport;
 
-/// What a pool thread hands back.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The reply for the client at `client`.
-    Replied {
-        /// The client's address, from the request.
-        client: Vec<u8>,
-        /// The reply frames.
-        body: Frames,
-    },
-    /// The handler panicked with this message; the thread stopped.
-    Panicked(String),
-}
+/// What a pool thread hands back: the token of the request and its reply (a handler
+/// that panicked gives a failed reply, and its thread goes on).
+pub(crate) type Outcome = (u64, Reply);
 
 #[derive(Default)]
 struct Jobs {
-    queue: VecDeque<(Vec<u8>, Frames)>,
+    queue: VecDeque<(u64, Request)>,
     /// Threads awake and not in a handler: they take queued jobs without being woken.
     spare: usize,
     /// Threads waiting on `work`.
@@ -77,7 +65,7 @@ impl Jobs {
 
 impl Pool {
     /// Starts `k` threads running `handler`.
-    pub(crate) fn start(k: u32, handler: &SharedHandler) -> Result<Pool, Error> {
+    pub(crate) fn start(k: u32, handler: &Handler) -> Result<Pool, Error> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let pipe = format!(
             "inproc://bosun-pool-{}-{}",
@@ -88,9 +76,14 @@ impl Pool {
         // at shutdown keeps its socket, and so its context, open until the process exits;
         // in the worker's context that would stop it from being terminated, and the
         // process could exit before the I/O thread sent the final DISCONNECT.
-        let ctx = zmq::Context::new();
-        let doorbell = io::socket(&ctx, zmq::PULL, Duration::ZERO)?;
-        io::bind(&doorbell, &pipe)?;
+        let transport = Transport::new(
+            &zmq::Context::new(),
+            crate::io::transport::TransportOptions {
+                linger: Duration::ZERO,
+                ..Default::default()
+            },
+        );
+        let (doorbell, _) = transport.bind(zmq::PULL, &pipe)?;
         let pool = Pool {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(Jobs::default()),
@@ -103,8 +96,7 @@ impl Pool {
         // Built before the threads: if one cannot be started, dropping `pool` stops
         // those that were.
         for n in 0..k {
-            let ring = io::socket(&ctx, zmq::PUSH, Duration::ZERO)?;
-            io::connect(&ring, &pipe)?;
+            let ring = transport.connect(zmq::PUSH, std::slice::from_ref(&pipe))?;
             let inner = Arc::clone(&pool.inner);
             let shared = Arc::clone(handler);
             // Counted before it runs: a started thread is awake and free until it
@@ -112,10 +104,7 @@ impl Pool {
             lock(&pool.inner.jobs).spare += 1;
             let started = std::thread::Builder::new()
                 .name(format!("bosun-handler-{n}"))
-                .spawn(move || {
-                    let h: handler::Handler = Box::new(move |b| shared(b));
-                    pool_thread(&inner, &ring, h)
-                });
+                .spawn(move || pool_thread(&inner, &ring, &shared));
             if let Err(e) = started {
                 lock(&pool.inner.jobs).spare -= 1;
                 return Err(Error::io("spawn handler thread", e));
@@ -125,10 +114,10 @@ impl Pool {
     }
 
     /// Queues a request; wakes a thread only if none awake is free to take it.
-    pub(crate) fn submit(&self, client: Vec<u8>, body: Frames) {
+    pub(crate) fn submit(&self, token: u64, request: Request) {
         let wake = {
             let mut jobs = lock(&self.inner.jobs);
-            jobs.queue.push_back((client, body));
+            jobs.queue.push_back((token, request));
             jobs.must_wake()
         };
         if wake {
@@ -157,8 +146,8 @@ impl Drop for Pool {
     }
 }
 
-/// One handler thread: takes jobs until the pool stops (or its handler panics).
-fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler) {
+/// One handler thread: takes jobs until the pool stops.
+fn pool_thread(inner: &Inner, ring: &zmq::Socket, handler: &Handler) {
     let mut jobs = lock(&inner.jobs);
     loop {
         // A stopped pool's queued jobs are the broker's again (it re-queues what the
@@ -166,25 +155,18 @@ fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler)
         if jobs.stop {
             return;
         }
-        if let Some((client, body)) = jobs.queue.pop_front() {
+        if let Some((token, request)) = jobs.queue.pop_front() {
             jobs.spare -= 1;
             let wake = jobs.must_wake();
             drop(jobs);
             if wake {
                 inner.work.notify_one();
             }
-            let outcome = match handler::answer_or_panic(&mut handler, body) {
-                Ok(body) => Outcome::Replied { client, body },
-                Err(why) => Outcome::Panicked(why),
-            };
-            let panicked = matches!(outcome, Outcome::Panicked(_));
-            lock(&inner.outcomes).push(outcome);
+            let reply = handler::call(handler, request);
+            lock(&inner.outcomes).push((token, reply));
             // Never blocks: at most one ring is outstanding, so a failed send means the
             // pool (and its doorbell) is gone.
             if !inner.rung.swap(true, Ordering::SeqCst) && ring.send("", zmq::DONTWAIT).is_err() {
-                return;
-            }
-            if panicked {
                 return;
             }
             jobs = lock(&inner.jobs);
@@ -203,6 +185,7 @@ fn pool_thread(inner: &Inner, ring: &zmq::Socket, mut handler: handler::Handler)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io;
     use std::sync::Condvar;
     use std::time::Instant;
 
@@ -217,9 +200,9 @@ mod tests {
 
     /// A handler that counts its calls and holds a `hold` request until `gate` opens (5 s
     /// at most).
-    fn gated(gate: &Arc<(Mutex<bool>, Condvar)>, calls: &Arc<AtomicU64>) -> SharedHandler {
+    fn gated(gate: &Arc<(Mutex<bool>, Condvar)>, calls: &Arc<AtomicU64>) -> Handler {
         let (g, c) = (Arc::clone(gate), Arc::clone(calls));
-        Arc::new(move |body| {
+        handler::bytes(move |body| {
             c.fetch_add(1, Ordering::SeqCst);
             if body != b"hold" {
                 return body;
@@ -259,7 +242,7 @@ mod tests {
         const K: usize = 4;
         let meeting = Arc::new((Mutex::new(0usize), Condvar::new()));
         let m = Arc::clone(&meeting);
-        let handler: SharedHandler = Arc::new(move |_body| {
+        let handler = handler::bytes(move |_body| {
             let (count, cv) = &*m;
             let mut n = lock(count);
             *n += 1;
@@ -281,14 +264,14 @@ mod tests {
             "the threads to sleep",
         );
         for i in 0..K {
-            pool.submit(vec![i as u8], vec![b"x".to_vec()]);
+            pool.submit(i as u64, handler::plain(vec![b"x".to_vec()]));
         }
         let got = collect(&pool, K, io::now() + Duration::from_secs(10));
         let seen: Vec<String> = got
             .iter()
-            .map(|o| match o {
-                Outcome::Replied { body, .. } => String::from_utf8_lossy(&body.concat()).into(),
-                Outcome::Panicked(why) => panic!("handler panicked: {why}"),
+            .map(|(_, reply)| match reply {
+                Ok(body) => String::from_utf8_lossy(&body.concat()).into(),
+                Err(why) => panic!("handler failed: {why}"),
             })
             .collect();
         assert!(
@@ -307,8 +290,8 @@ mod tests {
         let pool = Pool::start(1, &handler).unwrap();
         // The first is answered (its ring is left unanswered, so the thread will not try
         // the doorbell again); the one thread then holds the second; two wait behind it.
-        for body in ["go", "hold", "go", "go"] {
-            pool.submit(vec![], vec![body.as_bytes().to_vec()]);
+        for (n, body) in ["go", "hold", "go", "go"].into_iter().enumerate() {
+            pool.submit(n as u64, handler::plain(vec![body.as_bytes().to_vec()]));
         }
         wait_until(
             || calls.load(Ordering::SeqCst) == 2 && lock(&pool.inner.jobs).queue.len() == 2,
@@ -332,22 +315,46 @@ mod tests {
     #[test]
     fn every_job_is_answered_once() {
         const JOBS: usize = 2000;
-        let handler: SharedHandler = Arc::new(|body| body);
+        let handler = handler::echo();
         let pool = Pool::start(8, &handler).unwrap();
         for i in 0..JOBS {
-            pool.submit((i as u32).to_be_bytes().to_vec(), vec![b"x".to_vec()]);
+            pool.submit(
+                i as u64,
+                handler::plain(vec![(i as u32).to_be_bytes().to_vec()]),
+            );
         }
         let got = collect(&pool, JOBS, io::now() + Duration::from_secs(20));
-        let mut clients: Vec<u32> = got
+        let mut tokens: Vec<u64> = got
             .iter()
-            .map(|o| match o {
-                Outcome::Replied { client, .. } => {
-                    u32::from_be_bytes(client.as_slice().try_into().unwrap())
-                }
-                Outcome::Panicked(why) => panic!("handler panicked: {why}"),
+            .map(|(token, reply)| {
+                let body = reply.as_ref().expect("echo never fails").concat();
+                assert_eq!(
+                    body,
+                    (*token as u32).to_be_bytes(),
+                    "a reply went to another job"
+                );
+                *token
             })
             .collect();
-        clients.sort_unstable();
-        assert_eq!(clients, (0..JOBS as u32).collect::<Vec<_>>());
+        tokens.sort_unstable();
+        assert_eq!(tokens, (0..JOBS as u64).collect::<Vec<_>>());
+    }
+
+    /// A handler that panics fails its request and its thread goes on serving.
+    #[test]
+    fn a_panicking_handler_fails_its_request_and_the_thread_goes_on() {
+        let handler = handler::bytes(|body| {
+            if body == b"poison" {
+                panic!("poison")
+            }
+            body
+        });
+        let pool = Pool::start(1, &handler).unwrap();
+        pool.submit(1, handler::plain(vec![b"poison".to_vec()]));
+        pool.submit(2, handler::plain(vec![b"fine".to_vec()]));
+        let mut got = collect(&pool, 2, io::now() + Duration::from_secs(10));
+        got.sort_by_key(|(t, _)| *t);
+        assert!(matches!(&got[0].1, Err(e) if e.message.contains("poison")));
+        assert_eq!(got[1].1, Ok(vec![b"fine".to_vec()]));
     }
 }

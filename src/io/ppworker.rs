@@ -3,19 +3,48 @@
 //! heartbeats flowing (see `io::guard`).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
 use crate::error::Error;
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::frames::ppp::Command;
+use crate::proto::frames::Frames;
 use crate::proto::paranoid_pirate::{Worker, WorkerEvent, WorkerTransmit};
+
+impl Core for Worker {
+    type Event = WorkerEvent;
+    fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        self.handle_frames(now, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Worker::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|t| match t {
+            WorkerTransmit::Connect => Op::Open(0),
+            // 6/PPP has no goodbye: what the old socket holds is of no use.
+            WorkerTransmit::Disconnect => Op::Discard(0),
+            WorkerTransmit::Send(f) => Op::Send(0, f),
+        })
+    }
+    fn poll_event(&mut self) -> Option<WorkerEvent> {
+        Worker::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Worker::poll_timeout(self)
+    }
+}
 
 /// What a worker (Paranoid Pirate or Majordomo) did before it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerStats {
-    /// Requests handled and replied to.
+    /// Requests handled and answered (failed ones included).
     pub handled: u64,
     /// Fresh sockets opened after the first (the queue or broker lost, or DISCONNECT).
     pub reconnects: u64,
@@ -23,11 +52,11 @@ pub struct WorkerStats {
 
 /// A Paranoid Pirate (6/PPP) worker.
 pub struct PpWorker {
-    ctx: zmq::Context,
+    transport: Transport,
     settings: Settings,
 }
 
-/// A worker's settings, without its context.
+/// A worker's settings, without its transport.
 struct Settings {
     endpoint: String,
     heartbeat: Heartbeat,
@@ -39,8 +68,13 @@ impl PpWorker {
     /// reconnect settings. What it sends last leaves when the last handle of `ctx` is
     /// dropped (libzmq flushes within the linger): drop yours after `run` returns.
     pub fn new(ctx: &zmq::Context, endpoint: &str) -> Self {
+        Self::with_transport(&Transport::with_context(ctx), endpoint)
+    }
+
+    /// [`PpWorker::new`], with sockets made by `transport`.
+    pub fn with_transport(transport: &Transport, endpoint: &str) -> Self {
         PpWorker {
-            ctx: ctx.clone(),
+            transport: transport.clone(),
             settings: Settings {
                 endpoint: endpoint.to_string(),
                 heartbeat: Heartbeat::default(),
@@ -64,14 +98,20 @@ impl PpWorker {
     /// Serves requests with `handler` until `shutdown` is triggered. The handler runs on
     /// a socket thread of its own; this thread heartbeats the queue while it runs, and on
     /// `shutdown` returns without waiting for it (6/PPP has no goodbye: the queue expires
-    /// the worker and the client retries the request).
+    /// the worker and the client retries the request). A handler that fails or panics
+    /// fails its request; the worker goes on.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<WorkerStats, Error> {
-        let PpWorker { ctx, settings } = self;
-        settings.heartbeat.validate()?;
-        settings
-            .reconnect
-            .validate("--reconnect-initial/--reconnect-max")?;
-        let shared = Guarded::new(ctx);
+        let PpWorker {
+            transport,
+            settings,
+        } = self;
+        let core = Worker::new(
+            io::now(),
+            settings.heartbeat,
+            settings.reconnect,
+            fastrand::u64(..),
+        )?;
+        let shared = Guarded::new(transport.clone());
         let frames = GuardFrames {
             heartbeat: Command::Heartbeat.frames(),
             goodbye: None,
@@ -81,114 +121,63 @@ impl PpWorker {
             settings.heartbeat.interval,
             frames,
             shutdown,
-            move |s, stop| settings.drive(s, handler, stop),
+            move |g, stop| {
+                let sockets = Sockets::connecting(
+                    &transport,
+                    zmq::DEALER,
+                    std::slice::from_ref(&settings.endpoint),
+                    false,
+                )?;
+                drive_guarded(
+                    Driver::new(core, sockets, stop),
+                    g,
+                    &handler,
+                    &settings.endpoint,
+                )
+            },
         )?;
         Ok(shared.stats())
     }
 }
 
-impl Settings {
-    fn drive(
-        &self,
-        shared: &Guarded,
-        mut handler: Handler,
-        shutdown: &Shutdown,
-    ) -> Result<(), Error> {
-        let mut core = Worker::new(io::now(), self.heartbeat, self.reconnect, fastrand::u64(..));
-        let mut socket = shared.socket();
-        let mut connected_once = false;
-        while !shutdown.is_triggered() {
-            // A reply makes new transmits: go round until none is left.
-            loop {
-                let mut replied = false;
-                while let Some(t) = core.poll_transmit() {
-                    match t {
-                        WorkerTransmit::Connect => {
-                            let Some(ctx) = shared.context() else {
-                                return Ok(());
-                            };
-                            let s = io::socket(&ctx, zmq::DEALER, io::SHUTDOWN_LINGER)?;
-                            io::connect(&s, &self.endpoint)?;
-                            *socket = Some(s);
-                            if connected_once {
-                                shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                            }
-                            connected_once = true;
-                        }
-                        WorkerTransmit::Disconnect => {
-                            if let Some(s) = socket.take() {
-                                let _ = s.set_linger(0);
-                            }
-                        }
-                        WorkerTransmit::Send(frames) => {
-                            if let Some(s) = socket.as_ref() {
-                                io::send_or_log(s, frames, "queue");
-                                shared.sent();
-                            }
-                        }
-                    }
+fn drive_guarded(
+    mut d: Driver<Worker>,
+    g: &Arc<Guarded>,
+    handler: &Handler,
+    endpoint: &str,
+) -> Result<(), Error> {
+    d.sockets.report_sends_to(Arc::clone(g));
+    d.run(None, None, |d, input| {
+        match input {
+            Input::Event(WorkerEvent::Request { request }) => {
+                let reply = g.while_handling(&mut d.sockets, || handler::call(handler, request));
+                if g.farewell() {
+                    return Flow::Break(());
                 }
-                while let Some(event) = core.poll_event() {
-                    match event {
-                        WorkerEvent::Request { body } => {
-                            let (s, answer) = shared.while_handling(socket, || {
-                                handler::answer_or_panic(&mut handler, body)
-                            });
-                            socket = s;
-                            if shared.farewell() {
-                                return Ok(());
-                            }
-                            match answer {
-                                Ok(reply) => {
-                                    if core.reply(io::now(), reply).is_ok() {
-                                        shared.handled.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    replied = true;
-                                }
-                                Err(why) => {
-                                    tracing::error!(panic = %why, "request handler panicked; worker stops");
-                                    return Err(Error::HandlerPanicked(why));
-                                }
-                            }
-                        }
-                        WorkerEvent::QueueLost { attempt, after } => {
-                            tracing::warn!(endpoint = %self.endpoint, attempt, ?after, "queue silent; reconnecting")
-                        }
-                        WorkerEvent::Connected => {
-                            tracing::info!(endpoint = %self.endpoint, "connected; READY sent")
-                        }
-                        WorkerEvent::DroppedWhileBusy => {
-                            tracing::warn!("request while busy dropped")
-                        }
-                        WorkerEvent::Malformed(e) => {
-                            tracing::warn!(error = %e, "malformed message dropped")
-                        }
-                    }
-                }
-                if !replied {
-                    break;
+                if d.core.reply(io::now(), reply).is_ok() {
+                    g.handled.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let timeout = io::poll_millis(io::now(), core.poll_timeout());
-            let sock_ready = match socket.as_ref() {
-                Some(s) => {
-                    let mut items = [s.as_poll_item(zmq::POLLIN)];
-                    io::poll(&mut items, timeout)?;
-                    items[0].is_readable()
-                }
-                None => {
-                    io::poll(&mut [], timeout)?;
-                    false
-                }
-            };
-            if let (true, Some(s)) = (sock_ready, socket.as_ref()) {
-                while let Ok(frames) = io::recv_frames(s, zmq::DONTWAIT) {
-                    core.handle_frames(io::now(), frames);
-                }
+            Input::Event(WorkerEvent::QueueLost { attempt, after }) => {
+                tracing::warn!(endpoint, attempt, ?after, "queue silent; reconnecting")
             }
-            core.handle_timeout(io::now());
+            Input::Event(WorkerEvent::Connected) => {
+                g.reconnects.store(d.sockets.reopened(0), Ordering::Relaxed);
+                tracing::info!(endpoint, "connected; READY sent")
+            }
+            Input::Event(WorkerEvent::DroppedWhileBusy) => {
+                tracing::warn!("request while busy dropped")
+            }
+            Input::Event(WorkerEvent::Malformed(e)) => {
+                tracing::warn!(error = %e, "{}", io::malformed_what(&e))
+            }
+            Input::Wake => {}
+            Input::Stop => {
+                let _ = d.sockets.apply(Op::Close(0));
+                return Flow::Break(());
+            }
         }
-        *socket = None;
-        Ok(())
-    }
+        Flow::Continue
+    })?;
+    Ok(())
 }

@@ -1,103 +1,101 @@
-//! Driver of the Paranoid Pirate queue: two ROUTER sockets and the core.
+//! Driver of the Paranoid Pirate queue: two ROUTER sockets (frontend 0, backend 1)
+//! and the core.
+
+use std::time::Instant;
 
 use crate::error::Error;
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
+use crate::proto::frames::Frames;
 use crate::proto::paranoid_pirate::{Queue, QueueConfig, QueueEvent, QueueTransmit};
 
-/// Most messages read from one socket before the other gets a turn, so a flood on one
-/// side cannot starve the other (or the timers).
-const BATCH: usize = 256;
+const FRONTEND: usize = 0;
+const BACKEND: usize = 1;
+
+impl Core for Queue {
+    type Event = QueueEvent;
+    fn handle_input(&mut self, now: Instant, socket: usize, frames: Frames) {
+        if socket == BACKEND {
+            self.handle_backend(now, frames)
+        } else {
+            self.handle_frontend(now, frames)
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Queue::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|t| match t {
+            QueueTransmit::Frontend(f) => Op::Send(FRONTEND, f),
+            QueueTransmit::Backend(f) => Op::Send(BACKEND, f),
+        })
+    }
+    fn poll_event(&mut self) -> Option<QueueEvent> {
+        Queue::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Queue::poll_timeout(self)
+    }
+}
 
 /// A bound Paranoid Pirate queue, ready to [`QueueDriver::run`].
 pub struct QueueDriver {
-    frontend: zmq::Socket,
-    backend: zmq::Socket,
-    frontend_endpoint: String,
-    backend_endpoint: String,
-    cfg: QueueConfig,
+    core: Queue,
+    sockets: Sockets,
 }
 
 impl QueueDriver {
-    /// Binds the frontend (clients) and backend (workers) ROUTER sockets.
+    /// Binds the frontend (clients) and backend (workers) ROUTER sockets in `ctx`.
     pub fn bind(
         ctx: &zmq::Context,
         frontend: &str,
         backend: &str,
         cfg: QueueConfig,
     ) -> Result<Self, Error> {
-        cfg.heartbeat.validate()?;
-        let f = io::socket(ctx, zmq::ROUTER, io::SHUTDOWN_LINGER)?;
-        let b = io::socket(ctx, zmq::ROUTER, io::SHUTDOWN_LINGER)?;
-        let frontend_endpoint = io::bind(&f, frontend)?;
-        let backend_endpoint = io::bind(&b, backend)?;
-        Ok(QueueDriver {
-            frontend: f,
-            backend: b,
-            frontend_endpoint,
-            backend_endpoint,
-            cfg,
-        })
+        Self::bind_with(&Transport::with_context(ctx), frontend, backend, cfg)
+    }
+
+    /// Binds the frontend and backend ROUTER sockets, made by `transport`.
+    pub fn bind_with(
+        transport: &Transport,
+        frontend: &str,
+        backend: &str,
+        cfg: QueueConfig,
+    ) -> Result<Self, Error> {
+        let core = Queue::new(io::now(), cfg)?;
+        let sockets = Sockets::bound(
+            transport,
+            &[(zmq::ROUTER, frontend), (zmq::ROUTER, backend)],
+        )?;
+        Ok(QueueDriver { core, sockets })
     }
 
     /// The endpoint clients connect to, with its port resolved.
-    pub fn frontend_endpoint(&self) -> &str {
-        &self.frontend_endpoint
+    pub fn frontend_endpoint(&self) -> String {
+        self.sockets.endpoint(FRONTEND)
     }
 
     /// The endpoint workers connect to, with its port resolved.
-    pub fn backend_endpoint(&self) -> &str {
-        &self.backend_endpoint
+    pub fn backend_endpoint(&self) -> String {
+        self.sockets.endpoint(BACKEND)
     }
 
     /// Routes until `shutdown` is triggered.
     pub fn run(self, shutdown: &Shutdown) -> Result<(), Error> {
-        let mut core = Queue::new(io::now(), self.cfg);
-        tracing::info!(frontend = %self.frontend_endpoint, backend = %self.backend_endpoint, "queue running");
-        while !shutdown.is_triggered() {
-            let timeout = io::poll_millis(io::now(), core.poll_timeout());
-            let mut items = [
-                self.frontend.as_poll_item(zmq::POLLIN),
-                self.backend.as_poll_item(zmq::POLLIN),
-            ];
-            io::poll(&mut items, timeout)?;
-            let (front_ready, back_ready) = (items[0].is_readable(), items[1].is_readable());
-            if back_ready {
-                for frames in drain(&self.backend) {
-                    core.handle_backend(io::now(), frames);
-                    self.flush(&mut core);
-                }
+        tracing::info!(frontend = %self.frontend_endpoint(), backend = %self.backend_endpoint(), "queue running");
+        let mut driver = Driver::new(self.core, self.sockets, shutdown);
+        driver.run(None, None, |_, input| match input {
+            Input::Event(e) => {
+                log_event(e);
+                Flow::Continue
             }
-            if front_ready {
-                for frames in drain(&self.frontend) {
-                    core.handle_frontend(io::now(), frames);
-                    self.flush(&mut core);
-                }
-            }
-            core.handle_timeout(io::now());
-            self.flush(&mut core);
-        }
+            Input::Wake => Flow::Continue,
+            Input::Stop => Flow::Break(()),
+        })?;
         tracing::info!("queue stopped");
         Ok(())
     }
-
-    fn flush(&self, core: &mut Queue) {
-        while let Some(t) = core.poll_transmit() {
-            match t {
-                QueueTransmit::Frontend(frames) => {
-                    io::send_or_log(&self.frontend, frames, "client")
-                }
-                QueueTransmit::Backend(frames) => io::send_or_log(&self.backend, frames, "worker"),
-            }
-        }
-        while let Some(event) = core.poll_event() {
-            log_event(event);
-        }
-    }
-}
-
-/// Up to [`BATCH`] messages waiting on `socket`, without blocking.
-fn drain(socket: &zmq::Socket) -> impl Iterator<Item = Vec<Vec<u8>>> + '_ {
-    (0..BATCH).map_while(move |_| io::recv_frames(socket, zmq::DONTWAIT).ok())
 }
 
 fn log_event(event: QueueEvent) {

@@ -1,24 +1,36 @@
-//! A plain REP server for Lazy Pirate clients, with switches that simulate crashes and
-//! stalls for demos and tests.
+//! Drivers of the servers: a plain REP server for Lazy Pirate clients (with switches
+//! that simulate crashes and stalls for demos and tests), and the Freelance server in
+//! [`crate::io::freelance`]. Both drive [`crate::proto::server::Server`].
 
-use std::time::Duration;
+use std::time::Instant;
 
-use crate::error::{Error, TransportError};
+use crate::error::Error;
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::handler::{self, Handler};
+use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
+use crate::proto::frames::Frames;
+pub use crate::proto::server::Faults;
+use crate::proto::server::{self as core, Dialect, Event, Transmit};
 
-/// Fault switches of the server. All off by default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Faults {
-    /// Drop every Nth request unanswered, as a server that crashed and came back would:
-    /// the REP socket is closed and bound again.
-    pub fail_every: Option<u64>,
-    /// Stall every Nth request for `delay` before answering.
-    pub delay_every: Option<u64>,
-    /// How long a stall lasts.
-    pub delay: Duration,
-    /// Stop after receiving this many requests, leaving the last one unanswered: a crash.
-    pub crash_after: Option<u64>,
+impl Core for core::Server {
+    type Event = Event;
+    fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        self.handle_frames(now, frames)
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|t| match t {
+            Transmit::Send(f) => Op::Send(0, f),
+            Transmit::Rebind => Op::Reset(0),
+        })
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        core::Server::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Why [`Server::run`] returned.
@@ -32,86 +44,78 @@ pub enum Stopped {
 
 /// A bound REP server.
 pub struct Server {
-    ctx: zmq::Context,
-    socket: zmq::Socket,
-    endpoint: String,
-    faults: Faults,
+    core: core::Server,
+    sockets: Sockets,
 }
 
 impl Server {
-    /// Binds a REP socket at `endpoint`.
+    /// Binds a REP socket at `endpoint`, in `ctx`.
     pub fn bind(ctx: &zmq::Context, endpoint: &str, faults: Faults) -> Result<Self, Error> {
-        let socket = io::socket(ctx, zmq::REP, io::SHUTDOWN_LINGER)?;
-        let endpoint = io::bind(&socket, endpoint)?;
+        Self::bind_with(&Transport::with_context(ctx), endpoint, faults)
+    }
+
+    /// Binds a REP socket at `endpoint`, made by `transport`.
+    pub fn bind_with(transport: &Transport, endpoint: &str, faults: Faults) -> Result<Self, Error> {
+        let sockets = Sockets::bound(transport, &[(zmq::REP, endpoint)])?;
         Ok(Server {
-            ctx: ctx.clone(),
-            socket,
-            endpoint,
-            faults,
+            core: core::Server::new(Dialect::Rep, faults),
+            sockets,
         })
     }
 
     /// The bound endpoint, with its port resolved.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    pub fn endpoint(&self) -> String {
+        self.sockets.endpoint(0)
     }
 
     /// Answers requests with `handler` until shutdown or a simulated crash.
-    pub fn run(mut self, mut handler: Handler, shutdown: &Shutdown) -> Result<Stopped, Error> {
-        let mut received: u64 = 0;
-        let hits = |every: Option<u64>, n: u64| every.is_some_and(|e| e > 0 && n % e == 0);
-        while !shutdown.is_triggered() {
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            io::poll(&mut items, io::poll_millis(io::now(), None))?;
-            if !items[0].is_readable() {
-                continue;
-            }
-            let request = self
-                .socket
-                .recv_multipart(0)
-                .map_err(|e| TransportError::zmq("recv", &self.endpoint, e))?;
-            received += 1;
-            if self.faults.crash_after == Some(received) {
-                tracing::warn!(received, "simulating a crash");
-                return Ok(Stopped::Crashed);
-            }
-            if hits(self.faults.fail_every, received) {
-                tracing::warn!(received, "simulating a failure: request dropped");
-                self.rebind()?;
-                continue;
-            }
-            if hits(self.faults.delay_every, received) {
-                tracing::warn!(received, delay = ?self.faults.delay, "simulating a stall");
-                #[allow(clippy::disallowed_methods)] // the simulated stall itself
-                std::thread::sleep(self.faults.delay);
-            }
-            let reply = handler::answer(&mut handler, request);
-            io::send_frames(&self.socket, &reply, 0)
-                .map_err(|e| TransportError::zmq("send", &self.endpoint, e))?;
-        }
-        Ok(Stopped::Shutdown)
+    pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<Stopped, Error> {
+        serve(Driver::new(self.core, self.sockets, shutdown), &handler)
     }
+}
 
-    /// Closes the REP socket (dropping the request it holds) and binds a new one to
-    /// the same endpoint, retrying for up to a second while the port is released.
-    fn rebind(&mut self) -> Result<(), Error> {
-        let _ = self.socket.set_linger(0);
-        let _ = self.socket.unbind(&self.endpoint);
-        let fresh = io::socket(&self.ctx, zmq::REP, io::SHUTDOWN_LINGER)?;
-        let deadline = io::now() + Duration::from_secs(1);
-        loop {
-            match fresh.bind(&self.endpoint) {
-                Ok(()) => break,
-                Err(e) if io::now() >= deadline => {
-                    return Err(TransportError::zmq("bind", &self.endpoint, e).into())
-                }
-                Err(_) => {
-                    let mut none: [zmq::PollItem; 0] = [];
-                    let _ = zmq::poll(&mut none, 10);
-                }
+/// Runs a server core: each request to `handler` (a panic or error is answered as a
+/// failure), each answer back.
+pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Result<Stopped, Error> {
+    let stopped = driver.run(None, None, |d, input| match input {
+        Input::Event(Event::Request {
+            token,
+            request,
+            stall,
+        }) => {
+            if let Some(delay) = stall {
+                tracing::warn!(received = d.core.received(), ?delay, "simulating a stall");
+                #[allow(clippy::disallowed_methods)] // the simulated stall itself
+                std::thread::sleep(delay);
             }
+            tracing::debug!(id = ?request.id(), attempt = request.attempt(), "request");
+            let reply = handler::call(handler, request);
+            if let Err(e) = &reply {
+                tracing::warn!(error = %e, "request failed");
+            }
+            d.core.reply(io::now(), token, reply);
+            Flow::Continue
         }
-        self.socket = fresh;
-        Ok(())
-    }
+        Input::Event(Event::Dropped { received }) => {
+            tracing::warn!(received, "simulating a failure: request dropped");
+            Flow::Continue
+        }
+        Input::Event(Event::Crashed { received }) => {
+            tracing::warn!(received, "simulating a crash");
+            Flow::Break(Stopped::Crashed)
+        }
+        Input::Event(Event::Malformed(e)) => {
+            // A Freelance server drops what it cannot read; a REP server must answer, so
+            // a request with bad metadata is served as a foreign one.
+            let what = match d.core.dialect() {
+                Dialect::Rep => io::malformed_what(&e),
+                Dialect::Freelance => "malformed message dropped",
+            };
+            tracing::warn!(error = %e, "{what}");
+            Flow::Continue
+        }
+        Input::Wake => Flow::Continue,
+        Input::Stop => Flow::Break(Stopped::Shutdown),
+    })?;
+    Ok(stopped.unwrap_or(Stopped::Shutdown))
 }

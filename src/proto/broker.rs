@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::envelope::Envelope;
+use super::envelope::{self, Meta, Request as AppRequest, Status};
 use super::frames::mdp::{self, Command, FromWorker, ToBroker};
 use super::frames::Frames;
 use super::stats::{Rates, Window};
 use super::timer::Timers;
 use crate::config::Heartbeat;
-use crate::error::ProtocolError;
+use crate::error::{ConfigError, ProtocolError};
 
 /// Service names with this prefix are the broker's own (8/MMI).
 pub const MMI_PREFIX: &[u8] = b"mmi.";
@@ -40,6 +40,38 @@ pub struct BrokerConfig {
     pub max_services: usize,
     /// Span of the sliding window of `mmi.stats`. Default 10 s.
     pub stats_window: Duration,
+}
+
+impl BrokerConfig {
+    /// Checks every field against the clock reading `now` (see [`Broker::new`]).
+    pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
+        self.heartbeat.validate_at(now)?;
+        let positive = |field: &'static str, n: usize| {
+            if n == 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("max_queue", self.max_queue)?;
+        positive("max_services", self.max_services)?;
+        for (field, d) in [
+            ("request_ttl", self.request_ttl),
+            ("stats_window", self.stats_window),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+            crate::config::fits(field, now, d)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for BrokerConfig {
@@ -252,10 +284,14 @@ pub struct Broker {
 
 impl Broker {
     /// A broker with no services; the first heartbeat goes out one interval after `now`.
-    pub fn new(now: Instant, cfg: BrokerConfig) -> Self {
+    /// Fails on a setting that would stop all traffic or overflow the clock: a zero
+    /// heartbeat, `max_queue`, `max_services` or `stats_window`, or a `request_ttl` of
+    /// zero or beyond 100 years.
+    pub fn new(now: Instant, cfg: BrokerConfig) -> Result<Self, ConfigError> {
+        cfg.validate_at(now)?;
         let mut timers = Timers::new();
         timers.set(Timer::Heartbeat, now + cfg.heartbeat.interval);
-        Broker {
+        Ok(Broker {
             cfg,
             services: HashMap::default(),
             workers: HashMap::default(),
@@ -265,7 +301,7 @@ impl Broker {
             timers,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        })
     }
 
     /// Feeds a message from the ROUTER socket: `[sender identity][7/MDP message...]`.
@@ -540,7 +576,7 @@ impl Broker {
         self.dispatch(now, &service);
     }
 
-    fn reply(&mut self, now: Instant, identity: Vec<u8>, client: Vec<u8>, body: Frames) {
+    fn reply(&mut self, now: Instant, identity: Vec<u8>, client: Vec<u8>, mut body: Frames) {
         self.refresh(now, &identity);
         let Some(w) = self.workers.get_mut(&identity) else {
             return;
@@ -561,7 +597,15 @@ impl Broker {
         let done = pos.and_then(|p| w.inflight.remove(p));
         let service = w.service.clone();
         let now_free = w.inflight.len() < w.capacity as usize;
-        if done.is_some() {
+        if let Some(req) = &done {
+            if id.is_none() {
+                // A foreign worker answered with a plain payload: give the reply the
+                // metadata of the request it answers, so that a bosun client (which
+                // matches replies by id) can take it.
+                if let Some(meta) = req.body.last().and_then(|f| Meta::decode(f).ok()) {
+                    body.push(meta.reply(Status::Ok).encode());
+                }
+            }
             self.transmits
                 .push_back(mdp::client_reply(client, &service, body));
         } else {
@@ -646,18 +690,12 @@ impl Broker {
         s.stats.queue_length(now, s.requests.len());
     }
 
-    /// Answers an 8/MMI request. A request whose body is a bosun envelope is answered
-    /// with an envelope of the same id and attempt (so bosun clients match it); a plain
-    /// request gets one plain frame. `mmi.stats` answers `200` and one line per service.
+    /// Answers an 8/MMI request: to a bosun client with the request's id and attempt
+    /// (so it matches the reply), to a foreign one with one plain frame. `mmi.stats`
+    /// answers `200` and one line per service.
     fn mmi(&mut self, now: Instant, client: Vec<u8>, service: Vec<u8>, body: Frames) {
-        let request = match body.as_slice() {
-            [frame] if Envelope::looks_like(frame) => Envelope::decode(frame).ok(),
-            _ => None,
-        };
-        let asked = match &request {
-            Some(e) => e.body.clone(),
-            None => body.first().cloned().unwrap_or_default(),
-        };
+        let (request, _) = AppRequest::parse(None, body);
+        let asked = request.body();
         let answer = match service.as_slice() {
             b"mmi.service" => {
                 let known = self.services.get(&asked).is_some_and(|s| s.workers > 0);
@@ -674,12 +712,9 @@ impl Broker {
             }
             _ => "501".to_string(),
         };
-        let frame = match request {
-            Some(e) => e.reply(answer.into_bytes()).encode(),
-            None => answer.into_bytes(),
-        };
+        let reply = envelope::answer(request.meta.as_ref(), Ok(vec![answer.into_bytes()]));
         self.transmits
-            .push_back(mdp::client_reply(client, &service, vec![frame]));
+            .push_back(mdp::client_reply(client, &service, reply));
     }
 
     fn service(&mut self, now: Instant, name: &[u8]) -> &mut Service {
@@ -745,12 +780,10 @@ fn service_entry<'a>(
         .expect("the service was inserted just above")
 }
 
-/// The envelope id of a one-frame envelope body, read without copying the body.
+/// The message id of a body whose last frame is bosun metadata, read from its fixed
+/// layout without copying or decoding anything else.
 pub fn body_id(body: &[Vec<u8>]) -> Option<Uuid> {
-    match body {
-        [frame] => Envelope::peek_id(frame),
-        _ => None,
-    }
+    envelope::peek_id(body)
 }
 
 #[cfg(test)]
@@ -796,7 +829,7 @@ mod tests {
             ..BrokerConfig::default()
         };
         let f = |v: &[&[u8]]| v.iter().map(|x| x.to_vec()).collect::<Frames>();
-        let mut b = Broker::new(t0, cfg);
+        let mut b = Broker::new(t0, cfg).unwrap();
         b.handle_message(t0, f(&[b"W", b"", b"MDPW01", b"\x01", b"echo"]));
         assert_eq!(b.workers(), 1);
         while b.poll_transmit().is_some() {}

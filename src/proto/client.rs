@@ -1,24 +1,54 @@
-//! The asynchronous Majordomo client core: many requests in flight over one DEALER,
-//! each with its own timeout and retries, replies matched to requests by id.
+//! The 7/MDP client core: requests to services through a Majordomo broker, each with its
+//! own timeout and retries, replies matched to requests by id. The blocking
+//! [`MajordomoClient`](crate::io::mdclient::MajordomoClient) and the pipelined
+//! [`AsyncMajordomoClient`](crate::io::mdclient::AsyncMajordomoClient) both drive it.
 //!
-//! A request is `[""][MDPC01][service][envelope]`; the reply carries an envelope with
-//! the same id. The first reply for an id completes it; any later reply for that id (the
-//! answer to an earlier attempt, or a worker that ran it twice) is dropped, so the
-//! application gets each reply once.
+//! A request is `[""][MDPC01][service][payload...][metadata]`; a bosun broker's reply
+//! carries metadata with the same id (it adds it to a foreign worker's plain reply). The
+//! first reply for an id completes it; any later reply for that id (the answer to an
+//! earlier attempt, or a worker that ran it twice) is dropped, so the application gets
+//! each reply once.
+//!
+//! Two modes:
+//! - [`Mode::Blocking`]: one request at a time; every timed-out attempt makes the
+//!   driver re-make its socket ([`Transmit::Reset`]), so no late reply to an earlier
+//!   attempt can arrive, and a plain reply (from a foreign broker) answers the one
+//!   outstanding request.
+//! - [`Mode::Pipelined`]: many requests over one socket; a reply without metadata cannot
+//!   be matched to a request and is reported as [`Event::Unmatched`] and dropped.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use foldhash::HashMap;
-use std::time::Instant;
-
 use uuid::Uuid;
 
 use super::backoff;
-use super::envelope::Envelope;
+use super::envelope::{Answer, Envelope, Status};
 use super::frames::mdp;
 use super::frames::Frames;
+use super::lazy_pirate::check_size;
 use crate::config::Retry;
-use crate::error::ProtocolError;
+use crate::error::{ClientError, ConfigError, ProtocolError};
+
+/// How the client uses its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One request at a time; a fresh socket for every attempt; plain replies accepted.
+    Blocking,
+    /// Many requests in flight on one socket; only replies with metadata are matched.
+    Pipelined,
+}
+
+/// What the driver must do to the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send this message on the DEALER.
+    Send(Frames),
+    /// Close the socket (linger 0) and connect a fresh one (blocking mode, after a
+    /// timed-out attempt).
+    Reset,
+}
 
 /// What the application should hear.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +59,17 @@ pub enum Event {
         id: Uuid,
         /// The service that answered.
         service: Vec<u8>,
-        /// The reply body.
-        body: Vec<u8>,
+        /// The handler's payload, or the failure the worker or broker reported.
+        answer: Answer,
+    },
+    /// An attempt of request `id` timed out; the next starts after `after`.
+    Retrying {
+        /// The request id.
+        id: Uuid,
+        /// The attempt that timed out, from 1.
+        attempt: u32,
+        /// The pause before the next.
+        after: Duration,
     },
     /// Every attempt of request `id` timed out.
     GaveUp {
@@ -38,15 +77,21 @@ pub enum Event {
         id: Uuid,
         /// How many attempts were made.
         attempts: u32,
-        /// The request body, handed back.
-        body: Vec<u8>,
+        /// The request payload, handed back.
+        payload: Frames,
     },
     /// A reply for an id that is not outstanding (late or duplicate) was dropped.
     Duplicate {
         /// Its id.
         id: Uuid,
     },
-    /// A message that is not a Majordomo reply with an envelope was dropped.
+    /// A reply without metadata arrived in pipelined mode: it cannot be matched to a
+    /// request, so it was dropped.
+    Unmatched {
+        /// The service it came from.
+        service: Vec<u8>,
+    },
+    /// A message that is not a Majordomo reply was dropped.
     Malformed(ProtocolError),
 }
 
@@ -54,26 +99,8 @@ pub enum Event {
 struct Outstanding {
     service: Vec<u8>,
     envelope: Envelope,
-    /// Key in `AsyncClient::deadlines`.
+    /// Key in `MdpClient::deadlines`.
     deadline: (Instant, u64),
-}
-
-/// The asynchronous Majordomo client state machine.
-///
-/// Contract: after [`AsyncClient::send`], [`AsyncClient::handle_frames`] and
-/// [`AsyncClient::handle_timeout`], drain [`AsyncClient::poll_transmit`] (messages for
-/// the DEALER), drain [`AsyncClient::poll_event`], and call
-/// [`AsyncClient::handle_timeout`] no later than [`AsyncClient::poll_timeout`].
-#[derive(Debug)]
-pub struct AsyncClient {
-    retry: Retry,
-    rng: fastrand::Rng,
-    outstanding: HashMap<Uuid, Outstanding>,
-    /// Per request: when its current attempt times out (or its backoff ends).
-    deadlines: BTreeMap<(Instant, u64), (Uuid, Phase)>,
-    next_key: u64,
-    transmits: VecDeque<Frames>,
-    events: VecDeque<Event>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +111,32 @@ enum Phase {
     Backoff,
 }
 
-impl AsyncClient {
+/// The 7/MDP client state machine.
+///
+/// Contract: after [`MdpClient::send`], [`MdpClient::handle_frames`] and
+/// [`MdpClient::handle_timeout`], drain [`MdpClient::poll_transmit`] and act on each item
+/// in order, drain [`MdpClient::poll_event`], and call [`MdpClient::handle_timeout`] no
+/// later than [`MdpClient::poll_timeout`].
+#[derive(Debug)]
+pub struct MdpClient {
+    mode: Mode,
+    retry: Retry,
+    rng: fastrand::Rng,
+    outstanding: HashMap<Uuid, Outstanding>,
+    /// Per request: when its current attempt times out (or its backoff ends).
+    deadlines: BTreeMap<(Instant, u64), (Uuid, Phase)>,
+    next_key: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl MdpClient {
     /// A client with the given per-request retry policy; `seed` drives the jitter.
-    pub fn new(retry: Retry, seed: u64) -> Self {
-        AsyncClient {
+    /// Fails on a policy that could spin or overflow the clock after `now`.
+    pub fn new(now: Instant, mode: Mode, retry: Retry, seed: u64) -> Result<Self, ConfigError> {
+        retry.validate_at(now)?;
+        Ok(MdpClient {
+            mode,
             retry,
             rng: fastrand::Rng::with_seed(seed),
             outstanding: HashMap::default(),
@@ -95,17 +144,35 @@ impl AsyncClient {
             next_key: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        })
     }
 
-    /// Starts `envelope` as a request to `service` (attempt 1); returns its id.
-    pub fn send(&mut self, now: Instant, service: &[u8], mut envelope: Envelope) -> Uuid {
-        envelope.attempt = 1;
-        let id = envelope.id;
+    /// The retry policy in force.
+    pub fn retry(&self) -> &Retry {
+        &self.retry
+    }
+
+    /// Starts `envelope` as a request to `service` (attempt 1); returns its id. In
+    /// blocking mode, fails with [`ClientError::Busy`] while a request is outstanding;
+    /// fails with [`ClientError::TooLarge`] for a payload no bosun peer would accept.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        service: &[u8],
+        mut envelope: Envelope,
+    ) -> Result<Uuid, ClientError> {
+        if self.mode == Mode::Blocking && !self.outstanding.is_empty() {
+            return Err(ClientError::Busy);
+        }
+        check_size(&envelope)?;
+        envelope.meta.attempt = 1;
+        let id = envelope.meta.id;
         let deadline = self.key(now + self.retry.timeout);
         self.deadlines.insert(deadline, (id, Phase::Waiting));
-        self.transmits
-            .push_back(mdp::client_request(service, vec![envelope.encode()]));
+        self.transmits.push_back(Transmit::Send(mdp::client_request(
+            service,
+            envelope.encode(),
+        )));
         self.outstanding.insert(
             id,
             Outstanding {
@@ -114,7 +181,7 @@ impl AsyncClient {
                 deadline,
             },
         );
-        id
+        Ok(id)
     }
 
     /// Feeds a message the DEALER received.
@@ -123,33 +190,41 @@ impl AsyncClient {
             Ok(r) => r,
             Err(e) => return self.events.push_back(Event::Malformed(e)),
         };
-        let envelope = match <[Vec<u8>; 1]>::try_from(body) {
-            Ok([frame]) => match Envelope::decode(&frame) {
-                Ok(e) => e,
-                Err(e) => return self.events.push_back(Event::Malformed(e.into())),
-            },
-            Err(body) => {
-                return self
-                    .events
-                    .push_back(Event::Malformed(ProtocolError::FrameCount {
-                        protocol: "7/MDP",
-                        what: "client reply body",
-                        expected: "1 (an envelope)",
-                        got: body.len(),
-                    }))
-            }
+        let (payload, meta) = match Envelope::split(body) {
+            Ok(split) => split,
+            Err(e) => return self.events.push_back(Event::Malformed(e.into())),
         };
-        match self.outstanding.remove(&envelope.id) {
+        let (id, status) = match meta {
+            Some(m) => (m.id, m.status),
+            None => match self.plain_reply_target() {
+                Some(id) => (id, Status::Ok),
+                None => return self.events.push_back(Event::Unmatched { service }),
+            },
+        };
+        match self.outstanding.remove(&id) {
             Some(out) => {
                 self.deadlines.remove(&out.deadline);
                 self.events.push_back(Event::Reply {
-                    id: envelope.id,
+                    id,
                     service,
-                    body: envelope.body,
+                    answer: Answer::from_reply(status, payload),
                 });
             }
-            None => self.events.push_back(Event::Duplicate { id: envelope.id }),
+            None => self.events.push_back(Event::Duplicate { id }),
         }
+    }
+
+    /// The request a reply without metadata answers: in blocking mode, the one
+    /// outstanding request while its attempt waits for a reply.
+    fn plain_reply_target(&self) -> Option<Uuid> {
+        if self.mode != Mode::Blocking {
+            return None;
+        }
+        self.outstanding
+            .iter()
+            .next()
+            .filter(|(id, out)| self.deadlines.get(&out.deadline) == Some(&(**id, Phase::Waiting)))
+            .map(|(id, _)| *id)
     }
 
     /// Feeds the passing of time: retries or gives up on every request that is due.
@@ -162,42 +237,48 @@ impl AsyncClient {
             let Some(out) = self.outstanding.get_mut(&id) else {
                 continue;
             };
+            let attempt = out.envelope.meta.attempt;
             match phase {
-                Phase::Waiting if out.envelope.attempt >= self.retry.retries => {
-                    if let Some(out) = self.outstanding.remove(&id) {
-                        self.events.push_back(Event::GaveUp {
-                            id,
-                            attempts: out.envelope.attempt,
-                            body: out.envelope.body,
-                        });
-                    }
-                }
                 Phase::Waiting => {
-                    let after =
-                        backoff::delay(&self.retry.backoff, out.envelope.attempt, self.rng.f64());
+                    if self.mode == Mode::Blocking {
+                        self.transmits.push_back(Transmit::Reset);
+                    }
+                    if attempt >= self.retry.retries {
+                        if let Some(out) = self.outstanding.remove(&id) {
+                            self.events.push_back(Event::GaveUp {
+                                id,
+                                attempts: attempt,
+                                payload: out.envelope.payload,
+                            });
+                        }
+                        continue;
+                    }
+                    let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
                     self.next_key += 1;
                     let key = (now + after, self.next_key);
                     out.deadline = key;
                     self.deadlines.insert(key, (id, Phase::Backoff));
+                    self.events
+                        .push_back(Event::Retrying { id, attempt, after });
                 }
                 Phase::Backoff => {
-                    out.envelope.attempt += 1;
+                    out.envelope.meta.attempt += 1;
                     self.next_key += 1;
                     let key = (now + self.retry.timeout, self.next_key);
                     out.deadline = key;
                     self.deadlines.insert(key, (id, Phase::Waiting));
-                    self.transmits.push_back(mdp::client_request(
+                    self.transmits.push_back(Transmit::Send(mdp::client_request(
                         &out.service,
-                        vec![out.envelope.encode()],
-                    ));
+                        out.envelope.encode(),
+                    )));
                 }
             }
         }
     }
 
-    /// The next message for the DEALER.
+    /// The next thing to do to the socket.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Frames> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
@@ -207,7 +288,7 @@ impl AsyncClient {
         self.events.pop_front()
     }
 
-    /// When to call [`AsyncClient::handle_timeout`] next; `None` when nothing is out.
+    /// When to call [`MdpClient::handle_timeout`] next; `None` when nothing is out.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.keys().next().map(|k| k.0)
@@ -216,6 +297,15 @@ impl AsyncClient {
     /// Requests sent and not yet answered or given up.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Forgets every outstanding request (their replies will count as duplicates);
+    /// returns how many there were.
+    pub fn abandon(&mut self) -> usize {
+        let n = self.outstanding.len();
+        self.outstanding.clear();
+        self.deadlines.clear();
+        n
     }
 
     fn key(&mut self, at: Instant) -> (Instant, u64) {

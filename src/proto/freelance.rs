@@ -3,11 +3,14 @@
 //! The client's ROUTER connects to every server; each server's ROUTER uses its public
 //! endpoint as its routing identity, so the client addresses a server by endpoint.
 //! The client pings every server (`["PING"]`, answered `["PONG"]`); a server that has
-//! not answered for `server_ttl` is down. A request `[control][envelope]` goes to the
-//! first server that is up; the server returns the control frame unchanged followed by
-//! the reply. When an attempt times out, that server is taken as down until it answers
-//! a ping again, and the request goes to the next server that is up. The control frame
-//! is the request id, so a late or duplicate reply is dropped, never returned twice.
+//! not answered for `server_ttl` is down. A request `[control][payload...][metadata]`
+//! goes to the first server that is up; the server returns the control frame unchanged
+//! followed by the reply (a foreign server's plain payload is accepted: the control frame
+//! alone matches it). When an attempt times out, that server is taken as down until it
+//! answers a ping again, and the request goes to the next server that is up. The control
+//! frame is the request id, so a late or duplicate reply is dropped, never returned
+//! twice. A server speaks only when spoken to: nothing reaches a client before its first
+//! PING or request.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -15,11 +18,12 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::backoff;
-use super::envelope::Envelope;
+use super::envelope::{self, Answer, Envelope, Meta, Reply, Request, Status};
 use super::frames::Frames;
+use super::lazy_pirate::check_size;
 use super::timer::Timers;
-use crate::config::Retry;
-use crate::error::{ClientError, ProtocolError};
+use crate::config::{fits, Retry};
+use crate::error::{ClientError, ConfigError, ProtocolError};
 
 /// The ping frame.
 pub const PING: &[u8] = b"PING";
@@ -35,6 +39,25 @@ pub struct FreelanceConfig {
     pub server_ttl: Duration,
     /// Per-attempt timeout, attempts in all, and the pause between attempts.
     pub retry: Retry,
+}
+
+impl FreelanceConfig {
+    /// Checks that no interval is zero and no duration overflows the clock after `now`.
+    pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
+        for (field, d) in [
+            ("ping_interval", self.ping_interval),
+            ("server_ttl", self.server_ttl),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+            fits(field, now, d)?;
+        }
+        self.retry.validate_at(now)
+    }
 }
 
 impl Default for FreelanceConfig {
@@ -56,8 +79,8 @@ pub enum Event {
         id: Uuid,
         /// The server that answered.
         server: Vec<u8>,
-        /// The reply body.
-        body: Vec<u8>,
+        /// The handler's payload, or the failure the server reported.
+        answer: Answer,
     },
     /// Every attempt timed out.
     GaveUp {
@@ -65,8 +88,15 @@ pub enum Event {
         id: Uuid,
         /// Attempts made.
         attempts: u32,
-        /// The request body, handed back.
-        body: Vec<u8>,
+        /// The request payload, handed back.
+        payload: Frames,
+    },
+    /// A message came from a peer whose identity is none of the servers: a server
+    /// whose identity is not the endpoint the client connected to (say, bound to
+    /// `tcp://*:P` or known by another host name).
+    UnknownServer {
+        /// The identity it used.
+        identity: Vec<u8>,
     },
     /// A server answered a ping (or a request) after being down or unknown.
     ServerUp {
@@ -110,9 +140,19 @@ struct Outstanding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Ping,
+    /// Ping the servers that are down again, sooner than the next round.
+    Probe,
     Attempt,
     Backoff,
 }
+
+/// First pause before servers that are down (or not yet heard from) are pinged again.
+/// A server that does not probe new connections cannot be reached until the
+/// connection is made, and a ping sent before that is dropped by the ROUTER: probing
+/// at 10 ms, doubling up to the ping interval, finds a fresh server within a few
+/// milliseconds of its connection, at the cost of about eight extra pings per server
+/// each time one goes down.
+pub const FIRST_PROBE: Duration = Duration::from_millis(10);
 
 /// The Freelance client state machine.
 ///
@@ -127,6 +167,8 @@ pub struct Freelance {
     rng: fastrand::Rng,
     servers: Vec<Server>,
     outstanding: Option<Outstanding>,
+    /// The pause before the next probe of the servers that are down.
+    probe: Duration,
     timers: Timers<Timer>,
     transmits: VecDeque<Frames>,
     events: VecDeque<Event>,
@@ -134,8 +176,20 @@ pub struct Freelance {
 
 impl Freelance {
     /// A client of `servers` (their endpoints, which are also their identities); pings
-    /// them all at once.
-    pub fn new(now: Instant, servers: &[String], cfg: FreelanceConfig, seed: u64) -> Self {
+    /// them all at once. Fails with no server, or on a setting that could spin.
+    pub fn new(
+        now: Instant,
+        servers: &[String],
+        cfg: FreelanceConfig,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate_at(now)?;
+        if servers.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "servers",
+                reason: "no server endpoint given".into(),
+            });
+        }
         let mut client = Freelance {
             cfg,
             rng: fastrand::Rng::with_seed(seed),
@@ -148,12 +202,14 @@ impl Freelance {
                 })
                 .collect(),
             outstanding: None,
+            probe: FIRST_PROBE,
             timers: Timers::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
         client.ping_all(now);
-        client
+        client.start_probing(now);
+        Ok(client)
     }
 
     /// Starts `envelope` as the outstanding request. It goes out at once if a server is
@@ -162,8 +218,9 @@ impl Freelance {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
-        envelope.attempt = 0;
-        let id = envelope.id;
+        check_size(&envelope)?;
+        envelope.meta.attempt = 1;
+        let id = envelope.meta.id;
         self.outstanding = Some(Outstanding {
             envelope,
             server: None,
@@ -178,29 +235,27 @@ impl Freelance {
         let Some(server) = it.next() else { return };
         let rest: Frames = it.collect();
         let Some(index) = self.servers.iter().position(|s| s.endpoint == server) else {
-            return self.events.push_back(Event::Malformed {
-                server,
-                error: ProtocolError::UnknownCommand {
-                    protocol: "10/FLP",
-                    command: b"unknown server".to_vec(),
-                },
-            });
+            return self
+                .events
+                .push_back(Event::UnknownServer { identity: server });
         };
         match rest.as_slice() {
             [pong] if pong == PONG => self.heard(now, index),
             // A server that probes new connections (ZMQ_PROBE_ROUTER) says hello with an
             // empty message: ping it at once instead of waiting for the next round.
             [hello] if hello.is_empty() => self.transmits.push_back(vec![server, PING.to_vec()]),
-            [control, body] => {
+            [_, _, ..] => {
                 self.heard(now, index);
-                self.reply(now, index, control, body);
+                let mut rest = rest;
+                let control = rest.remove(0);
+                self.reply(now, index, &control, rest);
             }
             _ => self.events.push_back(Event::Malformed {
                 server,
                 error: ProtocolError::FrameCount {
                     protocol: "10/FLP",
                     what: "server message",
-                    expected: "1 (PONG) or 2 ([control][reply])",
+                    expected: "1 (PONG) or at least 2 ([control][reply...])",
                     got: rest.len(),
                 },
             }),
@@ -212,17 +267,43 @@ impl Freelance {
         while let Some(timer) = self.timers.pop_expired(now) {
             match timer {
                 Timer::Ping => self.ping_all(now),
+                Timer::Probe => self.probe_down(now),
                 Timer::Attempt => self.attempt_timed_out(now),
                 Timer::Backoff => self.attempt(now),
             }
         }
+        let mut went_down = false;
         for s in &mut self.servers {
             if s.up && s.expires <= now {
                 s.up = false;
+                went_down = true;
                 self.events.push_back(Event::ServerDown {
                     server: s.endpoint.clone(),
                 });
             }
+        }
+        if went_down {
+            self.start_probing(now);
+        }
+    }
+
+    /// Pings the servers that are down again soon ([`FIRST_PROBE`]), then less and less
+    /// often, up to the ping interval.
+    fn start_probing(&mut self, now: Instant) {
+        self.probe = FIRST_PROBE.min(self.cfg.ping_interval);
+        self.timers.set(Timer::Probe, now + self.probe);
+    }
+
+    fn probe_down(&mut self, now: Instant) {
+        let mut any = false;
+        for s in self.servers.iter().filter(|s| !s.up) {
+            any = true;
+            self.transmits
+                .push_back(vec![s.endpoint.clone(), PING.to_vec()]);
+        }
+        if any && self.probe < self.cfg.ping_interval {
+            self.probe = self.probe.saturating_mul(2).min(self.cfg.ping_interval);
+            self.timers.set(Timer::Probe, now + self.probe);
         }
     }
 
@@ -290,45 +371,48 @@ impl Freelance {
         }
     }
 
-    fn reply(&mut self, _now: Instant, index: usize, control: &[u8], body: &[u8]) {
+    fn reply(&mut self, _now: Instant, index: usize, control: &[u8], body: Frames) {
         let control_id = Uuid::from_slice(control).ok();
         let matches = self
             .outstanding
             .as_ref()
-            .is_some_and(|o| Some(o.envelope.id) == control_id);
-        if !matches {
-            return self.events.push_back(Event::Duplicate { id: control_id });
-        }
-        let reply = match Envelope::decode(body) {
-            Ok(e) => e,
+            .is_some_and(|o| Some(o.envelope.meta.id) == control_id);
+        let server = self
+            .servers
+            .get(index)
+            .map(|s| s.endpoint.clone())
+            .unwrap_or_default();
+        let (payload, meta) = match Envelope::split(body) {
+            Ok(split) => split,
             Err(e) => {
-                let server = self.servers.get(index).map(|s| s.endpoint.clone());
                 return self.events.push_back(Event::Malformed {
-                    server: server.unwrap_or_default(),
+                    server,
                     error: e.into(),
-                });
+                })
             }
         };
+        let Some(out) = self.outstanding.as_ref().filter(|_| matches) else {
+            return self.events.push_back(Event::Duplicate { id: control_id });
+        };
+        // A bosun server answers with the attempt it got; a reply to an earlier attempt
+        // still answers the request (the id matched), so it is taken.
+        let status = meta.as_ref().map_or(Status::Ok, |m| m.status);
+        let id = out.envelope.meta.id;
         self.outstanding = None;
         self.timers.cancel(Timer::Attempt);
         self.timers.cancel(Timer::Backoff);
         self.events.push_back(Event::Reply {
-            id: reply.id,
-            server: self
-                .servers
-                .get(index)
-                .map(|s| s.endpoint.clone())
-                .unwrap_or_default(),
-            body: reply.body,
+            id,
+            server,
+            answer: Answer::from_reply(status, payload),
         });
     }
 
-    /// Starts the next attempt: to the first server that is up, or waiting for one.
+    /// Starts the current attempt: to the first server that is up, or waiting for one.
     fn attempt(&mut self, now: Instant) {
         let Some(out) = self.outstanding.as_mut() else {
             return;
         };
-        out.envelope.attempt += 1;
         out.server = None;
         self.timers
             .set(Timer::Attempt, now + self.cfg.retry.timeout);
@@ -345,35 +429,46 @@ impl Freelance {
             return;
         };
         out.server = Some(index);
-        self.transmits.push_back(vec![
-            server.endpoint.clone(),
-            out.envelope.id.as_bytes().to_vec(),
-            out.envelope.encode(),
-        ]);
+        let mut msg = Vec::with_capacity(out.envelope.payload.len() + 3);
+        msg.push(server.endpoint.clone());
+        msg.push(out.envelope.meta.id.as_bytes().to_vec());
+        msg.extend(out.envelope.encode());
+        self.transmits.push_back(msg);
     }
 
     fn attempt_timed_out(&mut self, now: Instant) {
         let Some(out) = self.outstanding.as_ref() else {
             return;
         };
+        let mut went_down = false;
         if let Some(s) = out.server.and_then(|i| self.servers.get_mut(i)) {
             if s.up {
                 s.up = false;
+                went_down = true;
                 self.events.push_back(Event::ServerDown {
                     server: s.endpoint.clone(),
                 });
             }
         }
-        let attempts = out.envelope.attempt;
+        if went_down {
+            self.start_probing(now);
+        }
+        let Some(out) = self.outstanding.as_ref() else {
+            return;
+        };
+        let attempts = out.envelope.meta.attempt;
         if attempts >= self.cfg.retry.retries {
             if let Some(out) = self.outstanding.take() {
                 self.events.push_back(Event::GaveUp {
-                    id: out.envelope.id,
+                    id: out.envelope.meta.id,
                     attempts,
-                    body: out.envelope.body,
+                    payload: out.envelope.payload,
                 });
             }
             return;
+        }
+        if let Some(out) = self.outstanding.as_mut() {
+            out.envelope.meta.attempt += 1;
         }
         // Another server may be up already: fail over at once; else back off.
         if self.servers.iter().any(|s| s.up) {
@@ -385,25 +480,58 @@ impl Freelance {
     }
 }
 
-/// What a Freelance server does with one message `[client][...]` from its ROUTER:
-/// the reply to send, if any. `handle` turns a request body into a reply body.
-pub fn serve(
-    frames: Frames,
-    handle: &mut dyn FnMut(Frames) -> Frames,
-) -> Result<Frames, ProtocolError> {
+/// What a Freelance server makes of one message `[client][...]` from its ROUTER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+// One value per message, made and taken apart at once: boxing the request would cost an
+// allocation per message to save stack bytes for a moment.
+#[allow(clippy::large_enum_variant)]
+pub enum Incoming {
+    /// A PING: send this PONG.
+    Ping(Frames),
+    /// A request: hand it to the handler, then send [`ReplyTo::answer`].
+    Request(ReplyTo, Request),
+}
+
+/// Where the answer to a Freelance request goes, and what it must carry back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    client: Vec<u8>,
+    control: Vec<u8>,
+    meta: Option<Meta>,
+}
+
+impl ReplyTo {
+    /// The message for the ROUTER: `[client][control][answer...]`.
+    pub fn answer(self, reply: Reply) -> Frames {
+        let mut out = vec![self.client, self.control];
+        out.extend(envelope::answer(self.meta.as_ref(), reply));
+        out
+    }
+}
+
+/// Reads one message a Freelance server's ROUTER received. Payload frames are kept as
+/// they came (never joined); metadata is split off when the client is a bosun peer.
+pub fn parse_incoming(frames: Frames) -> Result<Incoming, ProtocolError> {
     let mut it = frames.into_iter();
     let client = it
         .next()
         .ok_or(ProtocolError::Empty { protocol: "10/FLP" })?;
     let rest: Frames = it.collect();
     match rest.as_slice() {
-        [ping] if ping == PING => Ok(vec![client, PONG.to_vec()]),
+        [ping] if ping == PING => Ok(Incoming::Ping(vec![client, PONG.to_vec()])),
         [_control, _, ..] => {
             let mut rest = rest.into_iter();
             let control = rest.next().unwrap_or_default();
-            let mut out = vec![client, control];
-            out.extend(handle(rest.collect()));
-            Ok(out)
+            let (request, bad) = Request::parse(None, rest.collect());
+            if let Some(e) = bad {
+                return Err(e.into());
+            }
+            let reply_to = ReplyTo {
+                client,
+                control,
+                meta: request.meta.clone(),
+            };
+            Ok(Incoming::Request(reply_to, request))
         }
         _ => Err(ProtocolError::FrameCount {
             protocol: "10/FLP",

@@ -5,9 +5,12 @@
 //! off, and send the same request again, up to `retries` attempts in all; then give up
 //! with the request handed back.
 //!
-//! On the wire a request is one frame, an encoded [`Envelope`]; the server answers with
-//! an envelope of the same id and attempt (a plain echo server does exactly that). A
-//! reply whose id or attempt is not the outstanding one is discarded, never returned.
+//! On the wire a request is the payload frames and bosun's metadata frame (see
+//! [`super::envelope`]). A bosun server answers with metadata of the same id and
+//! attempt; a reply whose id or attempt is not the outstanding one is discarded, never
+//! returned. A plain reply (a foreign REP server's, with no metadata) is taken as the
+//! answer to the outstanding attempt: the socket is re-made for every attempt, so no
+//! reply to an earlier one can arrive on it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -15,16 +18,17 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::backoff;
-use super::envelope::Envelope;
+use super::envelope::{Answer, Envelope, Status, MAX_PAYLOAD_BYTES};
+use super::frames::Frames;
 use super::timer::Timers;
 use crate::config::Retry;
-use crate::error::{ClientError, ProtocolError};
+use crate::error::{ClientError, ConfigError, ProtocolError};
 
 /// What the driver must do to the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
-    /// Send this one-frame message.
-    Send(Vec<u8>),
+    /// Send this message.
+    Send(Frames),
     /// Close the socket with linger 0 and open and connect a fresh one: a REQ socket
     /// that lost a reply can never send again.
     Reset,
@@ -42,7 +46,7 @@ pub enum Discard {
     },
     /// No request is outstanding.
     Unsolicited,
-    /// It is not a bosun envelope of one frame.
+    /// Its metadata frame does not decode.
     Malformed(ProtocolError),
 }
 
@@ -55,8 +59,8 @@ pub enum Event {
         id: Uuid,
         /// The attempt that was answered.
         attempt: u32,
-        /// The reply body.
-        body: Vec<u8>,
+        /// The handler's payload, or the failure the server reported.
+        answer: Answer,
     },
     /// An attempt timed out; the next starts after `after`.
     Retrying {
@@ -73,8 +77,8 @@ pub enum Event {
         id: Uuid,
         /// How many attempts were made.
         attempts: u32,
-        /// The request body, handed back.
-        body: Vec<u8>,
+        /// The request payload, handed back.
+        payload: Frames,
     },
     /// A reply was discarded.
     Discarded(Discard),
@@ -110,16 +114,18 @@ pub struct LazyPirate {
 }
 
 impl LazyPirate {
-    /// A client with the given retry policy; `seed` drives the backoff jitter.
-    pub fn new(retry: Retry, seed: u64) -> Self {
-        LazyPirate {
+    /// A client with the given retry policy; `seed` drives the backoff jitter. Fails on
+    /// a policy that could spin or overflow the clock after `now`.
+    pub fn new(now: Instant, retry: Retry, seed: u64) -> Result<Self, ConfigError> {
+        retry.validate_at(now)?;
+        Ok(LazyPirate {
             retry,
             rng: fastrand::Rng::with_seed(seed),
             outstanding: None,
             timers: Timers::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        })
     }
 
     /// The retry policy in force.
@@ -133,50 +139,48 @@ impl LazyPirate {
     }
 
     /// Starts `envelope` as the outstanding request (its attempt is set to 1).
-    /// Fails with [`ClientError::Busy`] while another request is outstanding.
+    /// Fails with [`ClientError::Busy`] while another request is outstanding, and with
+    /// [`ClientError::TooLarge`] for a payload no bosun peer would accept.
     pub fn send(&mut self, now: Instant, mut envelope: Envelope) -> Result<Uuid, ClientError> {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
-        envelope.attempt = 1;
-        let id = envelope.id;
+        check_size(&envelope)?;
+        envelope.meta.attempt = 1;
+        let id = envelope.meta.id;
         self.outstanding = Some(Outstanding { envelope });
         self.transmit_attempt(now);
         Ok(id)
     }
 
     /// Feeds a message that arrived on the socket.
-    pub fn handle_reply(&mut self, _now: Instant, frames: Vec<Vec<u8>>) {
-        let reply = match <[Vec<u8>; 1]>::try_from(frames) {
-            Ok([frame]) => match Envelope::decode(&frame) {
-                Ok(e) => e,
-                Err(e) => return self.discard(Discard::Malformed(e.into())),
-            },
-            Err(frames) => {
-                return self.discard(Discard::Malformed(ProtocolError::FrameCount {
-                    protocol: "lazy pirate",
-                    what: "reply",
-                    expected: "1",
-                    got: frames.len(),
-                }))
-            }
+    pub fn handle_reply(&mut self, _now: Instant, frames: Frames) {
+        let (payload, meta) = match Envelope::split(frames) {
+            Ok(split) => split,
+            Err(e) => return self.discard(Discard::Malformed(e.into())),
         };
         let waiting = self.timers.get(Timer::Reply).is_some();
         let Some(out) = self.outstanding.as_ref() else {
             return self.discard(Discard::Unsolicited);
         };
-        if !waiting || reply.id != out.envelope.id || reply.attempt != out.envelope.attempt {
-            return self.discard(Discard::Stale {
-                id: reply.id,
-                attempt: reply.attempt,
-            });
-        }
+        let (id, attempt) = (out.envelope.meta.id, out.envelope.meta.attempt);
+        let status = match &meta {
+            Some(m) if !waiting || m.id != id || m.attempt != attempt => {
+                return self.discard(Discard::Stale {
+                    id: m.id,
+                    attempt: m.attempt,
+                })
+            }
+            Some(m) => m.status,
+            None if !waiting => return self.discard(Discard::Unsolicited),
+            None => Status::Ok,
+        };
         self.timers.cancel(Timer::Reply);
         self.outstanding = None;
         self.events.push_back(Event::Reply {
-            id: reply.id,
-            attempt: reply.attempt,
-            body: reply.body,
+            id,
+            attempt,
+            answer: Answer::from_reply(status, payload),
         });
     }
 
@@ -187,7 +191,7 @@ impl LazyPirate {
                 Timer::Reply => self.attempt_timed_out(now),
                 Timer::Backoff => {
                     if let Some(out) = self.outstanding.as_mut() {
-                        out.envelope.attempt += 1;
+                        out.envelope.meta.attempt += 1;
                         self.transmit_attempt(now);
                     }
                 }
@@ -225,7 +229,7 @@ impl LazyPirate {
         let Some(out) = self.outstanding.as_ref() else {
             return;
         };
-        let attempt = out.envelope.attempt;
+        let attempt = out.envelope.meta.attempt;
         // The REQ socket is stuck waiting for a reply that may never come.
         self.transmits.push_back(Transmit::Reset);
         if attempt >= self.retry.retries {
@@ -233,16 +237,16 @@ impl LazyPirate {
                 return;
             };
             self.events.push_back(Event::GaveUp {
-                id: out.envelope.id,
+                id: out.envelope.meta.id,
                 attempts: attempt,
-                body: out.envelope.body,
+                payload: out.envelope.payload,
             });
             return;
         }
         let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
         self.timers.set(Timer::Backoff, now + after);
         self.events.push_back(Event::Retrying {
-            id: out.envelope.id,
+            id: out.envelope.meta.id,
             attempt,
             after,
         });
@@ -251,4 +255,17 @@ impl LazyPirate {
     fn discard(&mut self, why: Discard) {
         self.events.push_back(Event::Discarded(why));
     }
+}
+
+/// Refuses a payload larger than [`MAX_PAYLOAD_BYTES`]: a bosun peer's socket would drop
+/// it, and the request would look like a dead server.
+pub fn check_size(envelope: &Envelope) -> Result<(), ClientError> {
+    let len = envelope.payload_len();
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(ClientError::TooLarge {
+            len,
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(())
 }

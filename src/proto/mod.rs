@@ -12,6 +12,7 @@ pub mod frames;
 pub mod freelance;
 pub mod lazy_pirate;
 pub mod paranoid_pirate;
+pub mod server;
 pub mod stats;
 pub mod timer;
 pub mod worker;

@@ -3,12 +3,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
+
 use super::backoff::Reconnects;
+use super::envelope::{self, Meta, Reply, Request};
 use super::frames::mdp::{self, Command, ToWorker};
 use super::frames::Frames;
 use super::timer::Timers;
 use crate::config::{Backoff, Heartbeat};
-use crate::error::ProtocolError;
+use crate::error::{ConfigError, ProtocolError};
 
 /// What the driver must do to the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +27,12 @@ pub enum Transmit {
 /// What the application (or the log) should hear.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A request to handle; answer with [`MdWorker::reply`] and the same `client`.
+    /// A request to handle; answer with [`MdWorker::reply`] and the same `token`.
     Request {
-        /// The client address, to hand back with the reply.
-        client: Vec<u8>,
-        /// The request body frames.
-        body: Frames,
+        /// Names the request in [`MdWorker::reply`].
+        token: u64,
+        /// The request: its metadata (from a bosun client), service and payload.
+        request: Request,
     },
     /// The broker was silent for `liveness × interval`; reconnecting after `after`.
     BrokerLost {
@@ -69,7 +72,10 @@ pub struct MdWorker {
     heartbeat: Heartbeat,
     reconnects: Reconnects,
     connected: bool,
-    inflight: usize,
+    /// Requests handed out and not replied to: the client address and metadata their
+    /// reply needs.
+    inflight: HashMap<u64, (Vec<u8>, Option<Meta>)>,
+    next_token: u64,
     timers: Timers<Timer>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -78,6 +84,8 @@ pub struct MdWorker {
 impl MdWorker {
     /// A worker for `service` that connects at once and sends READY (with the capacity
     /// extension frame only when `capacity > 1`). `seed` drives the backoff jitter.
+    /// Fails on a setting that could make it spin or overflow: a zero heartbeat or
+    /// backoff, a capacity outside `1..=1000`, an `mmi.` service name.
     pub fn new(
         now: Instant,
         service: &[u8],
@@ -85,21 +93,36 @@ impl MdWorker {
         heartbeat: Heartbeat,
         reconnect: Backoff,
         seed: u64,
-    ) -> Self {
+    ) -> Result<Self, ConfigError> {
+        heartbeat.validate_at(now)?;
+        reconnect.validate_at("reconnect", now)?;
+        if capacity == 0 || capacity > mdp::MAX_CAPACITY {
+            return Err(ConfigError::Invalid {
+                field: "capacity",
+                reason: format!("must be between 1 and {}", mdp::MAX_CAPACITY),
+            });
+        }
+        if service.starts_with(crate::proto::broker::MMI_PREFIX) {
+            return Err(ConfigError::Invalid {
+                field: "service",
+                reason: "names starting with mmi. belong to the broker".into(),
+            });
+        }
         let mut w = MdWorker {
             service: service.to_vec(),
-            capacity: capacity.max(1),
+            capacity,
             heartbeat,
             reconnects: Reconnects::new(reconnect, seed),
             connected: false,
-            inflight: 0,
+            inflight: HashMap::default(),
+            next_token: 0,
             timers: Timers::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
         w.connect(now);
         w.events.push_back(Event::Connected);
-        w
+        Ok(w)
     }
 
     /// Feeds a message from the broker.
@@ -118,8 +141,15 @@ impl MdWorker {
         match msg {
             ToWorker::Heartbeat => {}
             ToWorker::Request { client, body } => {
-                self.inflight += 1;
-                self.events.push_back(Event::Request { client, body });
+                let (request, bad) = Request::parse(Some(self.service.clone()), body);
+                if let Some(e) = bad {
+                    self.events
+                        .push_back(Event::Malformed(ProtocolError::Envelope(e)));
+                }
+                self.next_token += 1;
+                let token = self.next_token;
+                self.inflight.insert(token, (client, request.meta.clone()));
+                self.events.push_back(Event::Request { token, request });
             }
             ToWorker::Disconnect => {
                 self.transmits.push_back(Transmit::Disconnect);
@@ -129,15 +159,19 @@ impl MdWorker {
         }
     }
 
-    /// Sends the reply to the request from `client`.
-    pub fn reply(&mut self, _now: Instant, client: &[u8], body: Frames) {
-        self.inflight = self.inflight.saturating_sub(1);
+    /// Sends the answer to request `token`: the payload (or the error) and, when the
+    /// client is a bosun peer, the metadata with its id, attempt and status. An unknown
+    /// token (answered already) is ignored.
+    pub fn reply(&mut self, _now: Instant, token: u64, reply: Reply) {
+        let Some((client, meta)) = self.inflight.remove(&token) else {
+            return;
+        };
         if self.connected {
             self.transmits.push_back(Transmit::Send(mdp::routed(
                 None,
                 Command::Reply,
-                client,
-                body,
+                &client,
+                envelope::answer(meta.as_ref(), reply),
             )));
         }
     }
@@ -199,7 +233,7 @@ impl MdWorker {
 
     /// Requests handed out and not yet replied to.
     pub fn inflight(&self) -> usize {
-        self.inflight
+        self.inflight.len()
     }
 
     /// Whether a socket is connected.

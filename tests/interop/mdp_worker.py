@@ -18,17 +18,26 @@ One DEALER socket connected to the broker at ENDPOINT:
     READY again (RFC 7: "it MUST close its socket, and reconnect ... on a new socket");
   * at exit sends DISCONNECT.
 
+A request from a bosun client ends with bosun's metadata frame, which the worker echoes
+like any other frame. The worker also reads that frame by bosun's published layout
+(version 1; the table at the top of src/proto/envelope.rs) and counts the requests that
+carry a valid one (`bosun_meta`) and those whose last frame starts with the magic
+`FF 42 53 4E` but breaks the layout (`bad_meta`).
+
 It exits on its own once it has handled COUNT requests (COUNT 0: no limit) and has run
 --min-seconds (default 0), or after --max-seconds (default 15) in any case; SIGTERM ends
 it at once (it still sends DISCONNECT and prints its done line).
 
 Output (stdout), one line each, machine-checkable:
     worker ready n=K service=NAME           (READY sent on socket number K, from 1)
-    worker request n=N client=HEX body=TEXT (request number N handled)
+    worker request n=N client=HEX frames=K meta=yes|no body=TEXT
+                                            (request number N handled: K body frames,
+                                            bosun metadata or not, the payload text)
     worker disconnect-received              (the broker sent DISCONNECT)
     worker broker-silent                    (liveness ran out)
     worker malformed frames=...             (a message that breaks 7/MDP, dropped)
     worker done handled=N heartbeats_in=H disconnects_in=D silences=S malformed=M readies=R
+                bosun_meta=B bad_meta=X
 """
 
 import argparse
@@ -41,6 +50,13 @@ import zmq
 WORKER = b"MDPW01"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
 
+# bosun's metadata frame, layout version 1 (all integers big-endian):
+#   0 magic FF 42 53 4E | 4 version | 5 status | 6 flags | 7 fixed length (44)
+#   8 id (16, UUID v7) | 24 attempt (4, from 1) | 28 created ms (8) | 36 deadline ms (8, 0 = none)
+#   fixed length: header count (2), then per header key length (2), key, value length (4), value
+BOSUN_MAGIC = b"\xffBSN"
+BOSUN_FIXED = 44
+
 
 def say(line):
     print(line, flush=True)
@@ -48,6 +64,44 @@ def say(line):
 
 def text(frame):
     return frame.decode("utf-8", "backslashreplace")
+
+
+def bosun_meta(frame):
+    """The fields of `frame` read as a bosun version-1 metadata frame of a request, or
+    None when it breaks that layout. Strict: every byte must be accounted for."""
+    if len(frame) < BOSUN_FIXED + 2 or frame[:4] != BOSUN_MAGIC:
+        return None
+    version, status, flags, fixed = frame[4], frame[5], frame[6], frame[7]
+    if version != 1 or status != 0 or flags != 0 or fixed != BOSUN_FIXED:
+        return None
+    msg_id = frame[8:24]
+    attempt = int.from_bytes(frame[24:28], "big")
+    created = int.from_bytes(frame[28:36], "big")
+    deadline = int.from_bytes(frame[36:44], "big")
+    if msg_id[6] >> 4 != 7 or attempt < 1:
+        return None  # not a UUID v7, or no attempt
+    if abs(created - time.time() * 1000) > 3600 * 1000 or (deadline and deadline < created):
+        return None
+    count = int.from_bytes(frame[44:46], "big")
+    at, headers = 46, {}
+    for _ in range(count):
+        if at + 2 > len(frame):
+            return None
+        klen = int.from_bytes(frame[at : at + 2], "big")
+        key, at = frame[at + 2 : at + 2 + klen], at + 2 + klen
+        if at + 4 > len(frame):
+            return None
+        vlen = int.from_bytes(frame[at : at + 4], "big")
+        value, at = frame[at + 4 : at + 4 + vlen], at + 4 + vlen
+        if at > len(frame):
+            return None
+        try:
+            headers[key.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if at != len(frame):
+        return None
+    return dict(id=msg_id.hex(), attempt=attempt, created=created, deadline=deadline, headers=headers)
 
 
 class Worker:
@@ -58,7 +112,9 @@ class Worker:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.sock = None
-        self.stats = dict(handled=0, heartbeats_in=0, disconnects_in=0, silences=0, malformed=0, readies=0)
+        self.stats = dict(
+            handled=0, heartbeats_in=0, disconnects_in=0, silences=0, malformed=0, readies=0, bosun_meta=0, bad_meta=0
+        )
         self.last_heard = 0.0
         self.next_heartbeat = 0.0
 
@@ -90,9 +146,23 @@ class Worker:
                 return self.malformed(frames)
             client, body = frames[3], frames[5:]
             self.stats["handled"] += 1
+            payload, meta = body, None
+            if body and body[-1].startswith(BOSUN_MAGIC):
+                meta = bosun_meta(body[-1])
+                if meta is None:
+                    self.stats["bad_meta"] += 1
+                else:
+                    self.stats["bosun_meta"] += 1
+                    payload = body[:-1]
             say(
-                "worker request n=%d client=%s body=%s"
-                % (self.stats["handled"], client.hex(), text(b"".join(body)))
+                "worker request n=%d client=%s frames=%d meta=%s body=%s"
+                % (
+                    self.stats["handled"],
+                    client.hex(),
+                    len(body),
+                    "no" if meta is None else "yes",
+                    text(b"".join(payload)),
+                )
             )
             self.send([b"", WORKER, REPLY, client, b""] + body)
         elif command == HEARTBEAT and len(frames) == 3:
@@ -181,7 +251,7 @@ def main():
     say(
         "worker done handled=%(handled)d heartbeats_in=%(heartbeats_in)d "
         "disconnects_in=%(disconnects_in)d silences=%(silences)d malformed=%(malformed)d "
-        "readies=%(readies)d" % w.stats
+        "readies=%(readies)d bosun_meta=%(bosun_meta)d bad_meta=%(bad_meta)d" % w.stats
     )
     return 0
 

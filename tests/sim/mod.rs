@@ -32,13 +32,7 @@ pub fn frames(parts: &[&[u8]]) -> Frames {
 /// An envelope with a deterministic id (`Envelope::new` reads the wall clock and a
 /// random source, which would make a seeded run irreproducible).
 pub fn envelope(id: u128, body: &[u8]) -> Envelope {
-    Envelope {
-        id: Uuid::from_u128(id),
-        attempt: 1,
-        created_at_ms: 0,
-        headers: BTreeMap::new(),
-        body: body.to_vec(),
-    }
+    Envelope::new(Uuid::from_u128(id), 0, vec![body.to_vec()])
 }
 
 /// Virtual time: a fixed origin and a "now" that only moves forward, by `Duration`s.

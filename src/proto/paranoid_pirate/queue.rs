@@ -6,7 +6,7 @@ use foldhash::HashMap;
 use std::time::Instant;
 
 use crate::config::Heartbeat;
-use crate::error::ProtocolError;
+use crate::error::{ConfigError, ProtocolError};
 use crate::proto::frames::ppp::{self, Command, FromWorker};
 use crate::proto::frames::Frames;
 use crate::proto::timer::Timers;
@@ -131,10 +131,19 @@ pub struct Queue {
 
 impl Queue {
     /// A queue with no workers; the first heartbeat goes out one interval after `now`.
-    pub fn new(now: Instant, cfg: QueueConfig) -> Self {
+    /// Fails on a zero heartbeat, one that overflows the clock, or `max_queue` 0
+    /// (a queue that could hold nothing would drop every request).
+    pub fn new(now: Instant, cfg: QueueConfig) -> Result<Self, ConfigError> {
+        cfg.heartbeat.validate_at(now)?;
+        if cfg.max_queue == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_queue",
+                reason: "must be at least 1".into(),
+            });
+        }
         let mut timers = Timers::new();
         timers.set(Timer::Heartbeat, now + cfg.heartbeat.interval);
-        Queue {
+        Ok(Queue {
             cfg,
             workers: HashMap::default(),
             idle: VecDeque::new(),
@@ -144,7 +153,7 @@ impl Queue {
             timers,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        })
     }
 
     /// Feeds a message from the frontend ROUTER: `[client identity][""][body...]`.

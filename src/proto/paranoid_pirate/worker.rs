@@ -4,8 +4,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, Heartbeat};
-use crate::error::ProtocolError;
+use crate::error::{ConfigError, ProtocolError};
 use crate::proto::backoff::Reconnects;
+use crate::proto::envelope::{self, Meta, Reply, Request};
 use crate::proto::frames::ppp::{self, Command, FromQueue};
 use crate::proto::frames::Frames;
 use crate::proto::timer::Timers;
@@ -26,8 +27,8 @@ pub enum Transmit {
 pub enum Event {
     /// A request to handle; answer with [`Worker::reply`].
     Request {
-        /// The request body frames.
-        body: Frames,
+        /// The request: its metadata (from a bosun client) and payload.
+        request: Request,
     },
     /// The queue was silent for `liveness × interval`; the socket was closed and a new
     /// one will connect after `after`.
@@ -68,8 +69,8 @@ enum Timer {
 /// [`Worker::poll_event`], and call [`Worker::handle_timeout`] no later than
 /// [`Worker::poll_timeout`].
 ///
-/// One request at a time. The driver runs the handler off its socket thread, so
-/// heartbeats keep flowing while a slow request is handled.
+/// One request at a time. The driver's guard keeps heartbeats flowing while a slow
+/// request is handled.
 #[derive(Debug)]
 pub struct Worker {
     heartbeat: Heartbeat,
@@ -77,8 +78,8 @@ pub struct Worker {
     connected: bool,
     /// Whether the queue knows this socket (READY was sent on it).
     registered: bool,
-    /// The client address of the request being handled.
-    busy: Option<Frames>,
+    /// The client address and metadata of the request being handled.
+    busy: Option<(Frames, Option<Meta>)>,
     timers: Timers<Timer>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -86,7 +87,15 @@ pub struct Worker {
 
 impl Worker {
     /// A worker that connects at once and sends READY. `seed` drives the backoff jitter.
-    pub fn new(now: Instant, heartbeat: Heartbeat, reconnect: Backoff, seed: u64) -> Self {
+    /// Fails on a zero heartbeat or backoff, or durations that overflow the clock.
+    pub fn new(
+        now: Instant,
+        heartbeat: Heartbeat,
+        reconnect: Backoff,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        heartbeat.validate_at(now)?;
+        reconnect.validate_at("reconnect", now)?;
         let mut w = Worker {
             heartbeat,
             reconnects: Reconnects::new(reconnect, seed),
@@ -98,7 +107,7 @@ impl Worker {
             events: VecDeque::new(),
         };
         w.connect(now);
-        w
+        Ok(w)
     }
 
     /// Feeds a message that arrived from the queue.
@@ -122,17 +131,24 @@ impl Worker {
                 if self.busy.is_some() {
                     self.events.push_back(Event::DroppedWhileBusy);
                 } else {
-                    self.busy = Some(address);
-                    self.events.push_back(Event::Request { body });
+                    let (request, bad) = Request::parse(None, body);
+                    if let Some(e) = bad {
+                        self.events
+                            .push_back(Event::Malformed(ProtocolError::Envelope(e)));
+                    }
+                    self.busy = Some((address, request.meta.clone()));
+                    self.events.push_back(Event::Request { request });
                 }
             }
         }
     }
 
-    /// Sends the reply to the outstanding request.
-    pub fn reply(&mut self, now: Instant, body: Frames) -> Result<(), NotBusy> {
-        let address = self.busy.take().ok_or(NotBusy)?;
+    /// Sends the answer to the outstanding request: the payload (or the error) and,
+    /// when the client is a bosun peer, the metadata with its id, attempt and status.
+    pub fn reply(&mut self, now: Instant, reply: Reply) -> Result<(), NotBusy> {
+        let (address, meta) = self.busy.take().ok_or(NotBusy)?;
         if self.connected {
+            let body = envelope::answer(meta.as_ref(), reply);
             self.transmits
                 .push_back(Transmit::Send(ppp::reply(&address, body)));
             if !self.registered {
