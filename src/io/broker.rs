@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::driver::{Core, Driver, Op, Sockets};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::broker::{Broker, BrokerConfig, Event};
@@ -61,14 +61,7 @@ impl BrokerDriver {
         let endpoint = self.endpoint();
         let mut driver = Driver::new(self.core, self.sockets, shutdown);
         tracing::info!(%endpoint, "broker running");
-        driver.run(None, None, |_, input| match input {
-            Input::Event(e) => {
-                log_event(e);
-                Flow::Continue
-            }
-            Input::Wake => Flow::Continue,
-            Input::Stop => Flow::Break(()),
-        })?;
+        driver.route(log_event)?;
         tracing::info!("broker stopped");
         Ok(())
     }

@@ -316,6 +316,25 @@ impl<C: Core> Driver<C> {
         }
     }
 
+    /// Stops on `shutdown` from now on (instead of the flag it was made with).
+    pub fn set_shutdown(&mut self, shutdown: &Shutdown) {
+        self.shutdown = shutdown.clone();
+    }
+
+    /// Runs until shutdown, handing every event to `log`: the loop of a router (broker,
+    /// queue) that only routes and reports.
+    pub fn route(&mut self, mut log: impl FnMut(C::Event)) -> Result<(), Error> {
+        self.run(None, None, |_, input| match input {
+            Input::Event(e) => {
+                log(e);
+                Flow::Continue
+            }
+            Input::Wake => Flow::Continue,
+            Input::Stop => Flow::Break(()),
+        })?;
+        Ok(())
+    }
+
     /// Applies every op the core has queued.
     pub fn flush(&mut self) -> Result<(), Error> {
         while let Some(op) = self.core.poll_op() {

@@ -69,17 +69,9 @@ impl FreelanceClient {
 
     /// Makes a pending request return [`ClientError::Interrupted`] once `shutdown` is
     /// triggered.
-    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
-        let FreelanceClient {
-            endpoints,
-            driver,
-            failovers,
-        } = self;
-        FreelanceClient {
-            endpoints,
-            driver: Driver::new(driver.core, driver.sockets, &shutdown),
-            failovers,
-        }
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.driver.set_shutdown(&shutdown);
+        self
     }
 
     /// Times a server was found down (by ping silence or a timed-out attempt).

@@ -78,17 +78,9 @@ impl LazyPirateClient {
 
     /// Makes [`LazyPirateClient::request`] return [`ClientError::Interrupted`] soon
     /// after `shutdown` is triggered.
-    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
-        let LazyPirateClient {
-            endpoint,
-            driver,
-            stats,
-        } = self;
-        LazyPirateClient {
-            endpoint,
-            driver: Driver::new(driver.core, driver.sockets, &shutdown),
-            stats,
-        }
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.driver.set_shutdown(&shutdown);
+        self
     }
 
     /// What this client has done so far.

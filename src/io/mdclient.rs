@@ -96,17 +96,9 @@ impl MajordomoClient {
 
     /// Makes a pending request return [`ClientError::Interrupted`] once `shutdown` is
     /// triggered.
-    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
-        let MajordomoClient {
-            endpoint,
-            driver,
-            retries,
-        } = self;
-        MajordomoClient {
-            endpoint,
-            driver: Driver::new(driver.core, driver.sockets, &shutdown),
-            retries,
-        }
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.driver.set_shutdown(&shutdown);
+        self
     }
 
     /// Attempts retried so far.

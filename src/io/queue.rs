@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::driver::{Core, Driver, Op, Sockets};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::frames::Frames;
@@ -85,14 +85,7 @@ impl QueueDriver {
     pub fn run(self, shutdown: &Shutdown) -> Result<(), Error> {
         tracing::info!(frontend = %self.frontend_endpoint(), backend = %self.backend_endpoint(), "queue running");
         let mut driver = Driver::new(self.core, self.sockets, shutdown);
-        driver.run(None, None, |_, input| match input {
-            Input::Event(e) => {
-                log_event(e);
-                Flow::Continue
-            }
-            Input::Wake => Flow::Continue,
-            Input::Stop => Flow::Break(()),
-        })?;
+        driver.route(log_event)?;
         tracing::info!("queue stopped");
         Ok(())
     }
