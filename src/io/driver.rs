@@ -29,6 +29,10 @@ use crate::proto::frames::Frames;
 /// Most messages read from one socket in one turn.
 pub const BATCH: usize = 256;
 
+/// Most sockets in one arrangement: the patterns need one or two (a queue's frontend
+/// and backend), and the poll set is built on the stack.
+pub const MAX_SLOTS: usize = 2;
+
 /// What a core asks the driver to do to a socket (by its index in the arrangement).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -106,11 +110,16 @@ pub struct Sockets {
 
 impl Sockets {
     /// Binds one socket per `(kind, endpoint)`; [`Sockets::endpoint`] gives each
-    /// resolved endpoint.
+    /// resolved endpoint. Panics with more than [`MAX_SLOTS`] specs (a broken arrangement,
+    /// not bad input).
     pub fn bound(
         transport: &Transport,
         specs: &[(zmq::SocketType, &str)],
     ) -> Result<Sockets, TransportError> {
+        assert!(
+            specs.len() <= MAX_SLOTS,
+            "an arrangement has at most {MAX_SLOTS} sockets"
+        );
         let mut slots = Vec::with_capacity(specs.len());
         for &(kind, endpoint) in specs {
             let (s, bound) = transport.bind(kind, endpoint)?;
@@ -435,32 +444,27 @@ impl<C: Core> Driver<C> {
     }
 
     /// Waits up to `timeout_ms` for any open socket (and `wake`); which are readable.
+    /// Built on the stack: a slot with no socket (and a missing `wake`) polls a negative
+    /// file descriptor, which `poll(2)` ignores.
     fn wait(
         &self,
         wake: Option<&zmq::Socket>,
         timeout_ms: i64,
-    ) -> Result<(Vec<bool>, bool), Error> {
-        let open: Vec<(usize, &zmq::Socket)> = self
-            .sockets
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.socket.as_ref().map(|s| (i, s)))
-            .collect();
-        let mut items: Vec<zmq::PollItem> = open
-            .iter()
-            .map(|(_, s)| s.as_poll_item(zmq::POLLIN))
-            .collect();
-        items.extend(wake.map(|w| w.as_poll_item(zmq::POLLIN)));
-        io::poll(&mut items, timeout_ms)?;
-        let mut ready = vec![false; self.sockets.slots.len()];
-        for ((i, _), item) in open.iter().zip(&items) {
-            if let Some(r) = ready.get_mut(*i) {
-                *r = item.is_readable();
+    ) -> Result<([bool; MAX_SLOTS], bool), Error> {
+        fn item(s: Option<&zmq::Socket>) -> zmq::PollItem<'_> {
+            match s {
+                Some(s) => s.as_poll_item(zmq::POLLIN),
+                None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
             }
         }
-        let woken = wake.is_some() && items.last().is_some_and(|w| w.is_readable());
-        Ok((ready, woken))
+        let mut items = [
+            item(self.sockets.get(0)),
+            item(self.sockets.get(1)),
+            item(wake),
+        ];
+        io::poll(&mut items, timeout_ms)?;
+        let ready = [items[0].is_readable(), items[1].is_readable()];
+        Ok((ready, items[2].is_readable()))
     }
 }
 
