@@ -105,7 +105,17 @@ impl Heartbeat {
     /// after `now`.
     pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
         self.validate()?;
-        fits("heartbeat.interval", now, self.expiry())
+        fits("heartbeat.interval", now, self.interval)?;
+        if self.interval.saturating_mul(self.liveness) > MAX_DURATION {
+            return Err(invalid(
+                "heartbeat.liveness",
+                format!(
+                    "{} intervals of {:?} make an expiry longer than the most allowed, {MAX_DURATION:?} (100 years)",
+                    self.liveness, self.interval
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -158,7 +158,10 @@ pub enum ClientError {
     },
     /// The peer answered with an error: its handler failed (an error, a panic, a
     /// failed command) or it refused the request unhandled.
-    #[error("{peer} answered request {id} with {status:?}: {message}")]
+    #[error("{peer}: request {id} {}: {message}", match status {
+        crate::proto::envelope::Status::Refused => "was refused",
+        _ => "failed",
+    })]
     Remote {
         /// The request id.
         id: uuid::Uuid,

@@ -100,15 +100,17 @@ fn run_freelance(
 }
 
 /// Sends each line of `requests` with `request`, one at a time and in order, printing
-/// each reply on its own line. Stops at the end of input or on Ctrl-C (exit 0), or at
-/// the first request that fails (a one-line reason on stderr, exit 1). Returns the exit
-/// code and how many requests were sent and answered.
+/// each reply on its own line. A request the peer answered with a failure (its handler
+/// failed) is reported on stderr with its line number and the next line is sent; the
+/// exit code is then 1. Stops at the end of input or on Ctrl-C, or at the first request
+/// that gets no answer at all (a one-line reason on stderr, exit 1): the peer is gone.
+/// Returns the exit code and how many requests were sent and answered.
 pub(super) fn request_lines(
     requests: &mpsc::Receiver<Vec<u8>>,
     shutdown: &Shutdown,
     mut request: impl FnMut(Vec<u8>) -> Result<Vec<u8>, Error>,
 ) -> Result<(ExitCode, u64, u64), Error> {
-    let (mut sent, mut answered) = (0u64, 0u64);
+    let (mut sent, mut answered, mut failed) = (0u64, 0u64, false);
     let code = loop {
         let line = match requests.recv_timeout(SHUTDOWN_CHECK) {
             Ok(line) => line,
@@ -122,13 +124,23 @@ pub(super) fn request_lines(
                 print_reply(&reply)?;
             }
             Err(Error::Client(ClientError::Interrupted)) => break ExitCode::SUCCESS,
+            Err(e @ Error::Client(ClientError::Remote { .. })) => {
+                report_failure(sent, &e);
+                failed = true;
+            }
             Err(e) => {
-                eprintln!("bosun client: {e}");
+                eprintln!("bosun client: line {sent}: {e}");
                 break ExitCode::FAILURE;
             }
         }
     };
+    let code = if failed { ExitCode::FAILURE } else { code };
     Ok((code, sent, answered))
+}
+
+/// Says on stderr that the request of input line `line` failed.
+pub(super) fn report_failure(line: u64, e: &dyn std::fmt::Display) {
+    eprintln!("bosun client: line {line}: {e}");
 }
 
 /// Writes one reply and a newline to stdout, flushed so a reader sees it at once.

@@ -64,19 +64,23 @@ pub fn slow(delay: Duration, inner: Handler) -> Handler {
 }
 
 /// Calls `handler`, turning a panic into a [`HandlerError`] that names it, so that one
-/// bad request neither kills the worker nor leaves its client without an answer.
+/// bad request neither kills the worker nor leaves its client without an answer. A
+/// failed request is logged (WARN) with its id.
 pub fn call(handler: &Handler, request: Request) -> Reply {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request))).unwrap_or_else(
-        |panic| {
+    let id = request.id();
+    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
+        .unwrap_or_else(|panic| {
             let why = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a non-string panic".to_string());
-            tracing::error!(panic = %why, "request handler panicked; the request fails");
             Err(HandlerError::new(format!("handler panicked: {why}")))
-        },
-    )
+        });
+    if let Err(e) = &reply {
+        tracing::warn!(?id, error = %e, "request failed; its client is told");
+    }
+    reply
 }
 
 /// Runs `sh -c cmd` with `input` on stdin and returns its stdout (see [`exec`]). Stdin

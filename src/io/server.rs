@@ -90,9 +90,6 @@ pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Resu
             }
             tracing::debug!(id = ?request.id(), attempt = request.attempt(), "request");
             let reply = handler::call(handler, request);
-            if let Err(e) = &reply {
-                tracing::warn!(error = %e, "request failed");
-            }
             d.core.reply(io::now(), token, reply);
             Flow::Continue
         }
