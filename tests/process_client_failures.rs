@@ -96,3 +96,34 @@ fn in_flight_a_failed_line_never_hides_the_replies_around_it() {
     let (status, stdout, stderr) = client(&ep, &["--in-flight", "3"]);
     check(status, &stdout, &stderr);
 }
+
+#[test]
+fn stats_against_a_peer_that_is_not_a_broker_says_so_and_fails() {
+    let mut server = Proc::spawn(
+        "server",
+        &mut bosun(&["server", "--bind", "tcp://127.0.0.1:*"]),
+    );
+    let line = server.expect_stdout("server bound=", SECS_15);
+    let ep = field(&line, "bound").expect("server line has bound=");
+    let out = run(
+        &[
+            "stats",
+            "--connect",
+            &ep,
+            "--timeout",
+            "1s",
+            "--retries",
+            "1",
+        ],
+        &[],
+        SECS_15,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "no table for a non-broker: {out:?}");
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.contains("not a bosun broker") && l.contains(&ep)),
+        "{out:?}"
+    );
+}

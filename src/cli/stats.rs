@@ -44,19 +44,30 @@ pub fn run(args: StatsArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         .with_shutdown(shutdown.clone());
     let body = args.service.unwrap_or_default().into_bytes();
     let reply = client.request("mmi.stats", body)?;
-    print!("{}", render(&reply));
-    Ok(ExitCode::SUCCESS)
+    match render(&reply) {
+        Ok(table) => {
+            print!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!("bosun stats: {}: {why}", args.connect);
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
-/// Renders an `mmi.stats` reply body (`200` then one `key=value ...` line per service).
-pub fn render(reply: &[u8]) -> String {
+/// Renders an `mmi.stats` reply body (`200` then one `key=value ...` line per service);
+/// any other answer is an error that says what came back.
+pub fn render(reply: &[u8]) -> Result<String, String> {
     let text = String::from_utf8_lossy(reply);
     let mut lines = text.lines();
     let status = lines.next().unwrap_or_default();
     let mut out = String::new();
     if status != "200" {
-        out.push_str(&format!("broker answered {status}\n"));
-        return out;
+        let shown: String = status.chars().take(40).collect();
+        return Err(format!(
+            "answered mmi.stats with {shown:?}, not 200: not a bosun broker (a plain 7/MDP broker answers 501)"
+        ));
     }
     let header: Vec<&str> = COLUMNS.iter().map(|c| c.1).collect();
     out.push_str(&format!(
@@ -81,7 +92,7 @@ pub fn render(reply: &[u8]) -> String {
             little
         ));
     }
-    out
+    Ok(out)
 }
 
 fn right(cells: &[&str]) -> String {
@@ -95,11 +106,12 @@ mod tests {
     #[test]
     fn renders_a_table_with_littles_law() {
         let reply = b"200\nservice=echo idle=1 busy=2 capacity=3 queued=3 l_avg=2.000 lambda=10.000 mu=10.000 rho=1.000 wait_ms=200.000 service_ms=5.000";
-        let table = render(reply);
+        let table = render(reply).unwrap();
         assert!(table.starts_with("SERVICE"), "{table}");
         let row = table.lines().nth(1).unwrap();
         assert!(row.starts_with("echo"), "{row}");
         assert!(row.trim_end().ends_with("2.000"), "{row}");
-        assert_eq!(render(b"501"), "broker answered 501\n");
+        assert!(render(b"501").unwrap_err().contains("\"501\""));
+        assert!(render(b"").unwrap_err().contains("not a bosun broker"));
     }
 }
