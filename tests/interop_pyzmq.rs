@@ -16,83 +16,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{bosun, command, deadline, field, free_port, now, spawn_piped, Proc};
+use common::{
+    bosun, deadline, field, free_port, interop_available, now, python, spawn_piped, start_broker,
+    Proc,
+};
 
 const SECS_5: Duration = Duration::from_secs(5);
 const SECS_10: Duration = Duration::from_secs(10);
 const SECS_15: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------
-// Environment: python3 with pyzmq, or an explicit skip.
-
-/// True when the interop peers can run; false (after saying so) when the tests are
-/// skipped: with `BOSUN_SKIP_INTEROP=1`, or when pyzmq is missing outside CI. Panics
-/// when pyzmq is missing under `CI=true` or `BOSUN_REQUIRE_INTEROP=1`.
-fn interop_available(test: &str) -> bool {
-    if std::env::var_os("BOSUN_SKIP_INTEROP").is_some_and(|v| v == "1") {
-        eprintln!("{test}: skipped (BOSUN_SKIP_INTEROP=1)");
-        return false;
-    }
-    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(why) = CHECK.get_or_init(check_pyzmq) {
-        let required = ["CI", "BOSUN_REQUIRE_INTEROP"]
-            .iter()
-            .any(|v| std::env::var(v).is_ok_and(|x| x == "1" || x == "true"));
-        if !required {
-            eprintln!(
-                "{test}: skipped: needs `python3` with pyzmq ({why}); \
-                 `python3 -m pip install pyzmq` enables it"
-            );
-            return false;
-        }
-        panic!(
-            "{test}: the pyzmq interop tests need `python3` with pyzmq: {why}\n\
-             Run `python3 -m pip install pyzmq`, or set BOSUN_SKIP_INTEROP=1 to skip them."
-        );
-    }
-    true
-}
-
-fn check_pyzmq() -> Result<(), String> {
-    let mut cmd = command("python3");
-    cmd.args(["-c", "import zmq; print('pyzmq', zmq.__version__)"]);
-    let mut probe = Proc::try_spawn("python3 -c 'import zmq'", &mut cmd)
-        .map_err(|e| format!("cannot start `python3`: {e}"))?;
-    let status = probe
-        .wait_exit(SECS_10)
-        .ok_or("`python3 -c \"import zmq\"` did not finish within 10 s")?;
-    if status.success() {
-        Ok(())
-    } else {
-        probe.drain(SECS_5);
-        Err(format!(
-            "`python3 -c \"import zmq\"` failed ({status}): {}",
-            probe.stderr.dump()
-        ))
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // Child processes: the shared [`Proc`] guard, and what these tests check of them.
-
-/// A pyzmq peer from `tests/interop/`, unbuffered, stdin closed, output piped, in a
-/// process group of its own (see [`command`]).
-fn python(script: &str, args: &[&str]) -> Command {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "interop", script]
-        .iter()
-        .collect();
-    let mut cmd = command("python3");
-    cmd.arg("-u")
-        .arg(path)
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1");
-    cmd
-}
 
 /// Waits up to `limit` for `peer` to exit on its own and reads all its output; returns
 /// its stdout lines. Panics with that output if it does not exit in time or exits
@@ -129,20 +65,14 @@ fn line_with<'a>(lines: &'a [String], prefix: &str) -> &'a str {
 fn bosun_broker(bind: &str, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["broker", "--bind", bind];
     args.extend_from_slice(extra);
-    let mut broker = Proc::spawn("bosun broker", &mut bosun(&args));
-    let line = broker.expect_stdout("broker bound=", SECS_10);
-    let endpoint = field(&line, "bound").expect("bound=");
-    (broker, endpoint)
+    start_broker("bosun broker", &mut bosun(&args))
 }
 
 /// The pyzmq broker on a free loopback port (or at `bind`): the guard and its endpoint.
 fn py_broker(bind: &str, args: &[&str]) -> (Proc, String) {
     let mut all = vec![bind];
     all.extend_from_slice(args);
-    let mut broker = Proc::spawn("pyzmq broker", &mut python("mdp_broker.py", &all));
-    let line = broker.expect_stdout("broker bound=", SECS_10);
-    let endpoint = field(&line, "bound").expect("bound=");
-    (broker, endpoint)
+    start_broker("pyzmq broker", &mut python("mdp_broker.py", &all))
 }
 
 /// The pyzmq echo worker.

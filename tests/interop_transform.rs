@@ -9,8 +9,10 @@
 //! metadata frame (magic `FF 42 53 4E`), which a foreign peer ignores.
 //!
 //! These tests need `python3` with pyzmq and are skipped exactly as in
-//! `tests/interop_pyzmq.rs` when it is missing (they fail instead under `CI=true` or
-//! `BOSUN_REQUIRE_INTEROP=1`; `BOSUN_SKIP_INTEROP=1` skips them always).
+//! `tests/interop_pyzmq.rs` when it is missing (`common::interop_available`: they fail
+//! instead under `CI=true` or `BOSUN_REQUIRE_INTEROP=1`; `BOSUN_SKIP_INTEROP=1` skips
+//! them always). What the peers share (recording, SIGTERM, the metadata frame, the
+//! heartbeating worker loop) is in `tests/interop/transform/peer.py`.
 //!
 //! Loopback only; every wait has a deadline; every child process is killed and reaped
 //! when its guard (`common::Proc`) drops, also when an assertion fails half way.
@@ -20,10 +22,12 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{bosun, command, deadline, field, free_port, spawn_piped, Proc};
+use common::{
+    bosun, deadline, field, free_port, interop_available, spawn_piped, start_broker, start_queue,
+    Proc,
+};
 
 const SECS_5: Duration = Duration::from_secs(5);
 const SECS_10: Duration = Duration::from_secs(10);
@@ -44,56 +48,6 @@ const LINES: &[(&str, &str)] = &[
 
 fn requests() -> Vec<&'static str> {
     LINES.iter().map(|(line, _)| *line).collect()
-}
-
-// ---------------------------------------------------------------------------------
-// Environment: python3 with pyzmq, or an explicit skip (as in tests/interop_pyzmq.rs).
-
-/// True when the interop peers can run; false (after saying so) when the tests are
-/// skipped: with `BOSUN_SKIP_INTEROP=1`, or when pyzmq is missing outside CI. Panics
-/// when pyzmq is missing under `CI=true` or `BOSUN_REQUIRE_INTEROP=1`.
-fn interop_available(test: &str) -> bool {
-    if std::env::var_os("BOSUN_SKIP_INTEROP").is_some_and(|v| v == "1") {
-        eprintln!("{test}: skipped (BOSUN_SKIP_INTEROP=1)");
-        return false;
-    }
-    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(why) = CHECK.get_or_init(check_pyzmq) {
-        let required = ["CI", "BOSUN_REQUIRE_INTEROP"]
-            .iter()
-            .any(|v| std::env::var(v).is_ok_and(|x| x == "1" || x == "true"));
-        if !required {
-            eprintln!(
-                "{test}: skipped: needs `python3` with pyzmq ({why}); \
-                 `python3 -m pip install pyzmq` enables it"
-            );
-            return false;
-        }
-        panic!(
-            "{test}: the pyzmq interop tests need `python3` with pyzmq: {why}\n\
-             Run `python3 -m pip install pyzmq`, or set BOSUN_SKIP_INTEROP=1 to skip them."
-        );
-    }
-    true
-}
-
-fn check_pyzmq() -> Result<(), String> {
-    let mut cmd = command("python3");
-    cmd.args(["-c", "import zmq; print('pyzmq', zmq.__version__)"]);
-    let mut probe = Proc::try_spawn("python3 -c 'import zmq'", &mut cmd)
-        .map_err(|e| format!("cannot start `python3`: {e}"))?;
-    let status = probe
-        .wait_exit(SECS_10)
-        .ok_or("`python3 -c \"import zmq\"` did not finish within 10 s")?;
-    if status.success() {
-        Ok(())
-    } else {
-        probe.drain(SECS_5);
-        Err(format!(
-            "`python3 -c \"import zmq\"` failed ({status}): {}",
-            probe.stderr.dump()
-        ))
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -192,33 +146,16 @@ fn id_and_attempt(meta: &[u8]) -> (Vec<u8>, u32) {
 // ---------------------------------------------------------------------------------
 // Starting the pieces.
 
-/// A pyzmq peer from `tests/interop/transform/`, unbuffered, output piped, in a process
-/// group of its own (see [`command`]).
+/// A pyzmq peer from `tests/interop/transform/` (see [`common::python`]).
 fn python(script: &str, args: &[&str]) -> Command {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "tests",
-        "interop",
-        "transform",
-        script,
-    ]
-    .iter()
-    .collect();
-    let mut cmd = command("python3");
-    cmd.arg("-u")
-        .arg(path)
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1");
-    cmd
+    common::python(&format!("transform/{script}"), args)
 }
 
 /// A bosun broker on a free loopback port: the guard and its endpoint.
 fn bosun_broker(extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["broker", "--bind", "tcp://127.0.0.1:*"];
     args.extend_from_slice(extra);
-    let mut broker = Proc::spawn("bosun broker", &mut bosun(&args));
-    let line = broker.expect_stdout("broker bound=", SECS_10);
-    (broker, field(&line, "bound").expect("bound="))
+    start_broker("bosun broker", &mut bosun(&args))
 }
 
 /// A bosun Paranoid Pirate queue on free loopback ports: guard, frontend, backend.
@@ -231,11 +168,7 @@ fn bosun_queue(extra: &[&str]) -> (Proc, String, String) {
         "tcp://127.0.0.1:*",
     ];
     args.extend_from_slice(extra);
-    let mut queue = Proc::spawn("bosun queue", &mut bosun(&args));
-    let line = queue.expect_stdout("queue frontend=", SECS_10);
-    let frontend = field(&line, "frontend").expect("frontend=");
-    let backend = field(&line, "backend").expect("backend=");
-    (queue, frontend, backend)
+    start_queue("bosun queue", &mut bosun(&args))
 }
 
 /// The pyzmq 7/MDP worker ("mdp:" + upper case), registered for `service`.

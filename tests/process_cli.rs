@@ -3,10 +3,12 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    bosun, deadline, field, ms, now, raw_socket, recv_until, run, send, spawn_piped, Outcome, Proc,
+    bosun, deadline, expect_handler_failure, field, ms, now, raw_socket, recv_until, run, send,
+    spawn_piped, start_queue, Outcome, Proc,
 };
 
 const SECS_10: Duration = Duration::from_secs(10);
@@ -226,6 +228,19 @@ fn client_retry_settings_come_from_the_environment() {
     assert!(gave_up_after(&out, 2), "a flag beats its variable: {out:?}");
 }
 
+/// `bosun [global...] queue` on free loopback ports.
+fn queue_on_free_ports(global: &[&str]) -> Command {
+    let mut args = global.to_vec();
+    args.extend([
+        "queue",
+        "--frontend",
+        "tcp://127.0.0.1:*",
+        "--backend",
+        "tcp://127.0.0.1:*",
+    ]);
+    bosun(&args)
+}
+
 /// Milliseconds from `from` to `to`, for messages.
 fn since(from: Instant, to: Instant) -> Duration {
     to.saturating_duration_since(from)
@@ -235,21 +250,12 @@ fn since(from: Instant, to: Instant) -> Duration {
 fn queue_heartbeat_settings_come_from_the_environment() {
     // Interval 100 ms, liveness 10: a silent worker is expired after 1 s (the defaults
     // would take 3 s), and hears a heartbeat every 100 ms (not every second).
-    let mut cmd = bosun(&[
-        "-v",
-        "queue",
-        "--frontend",
-        "tcp://127.0.0.1:*",
-        "--backend",
-        "tcp://127.0.0.1:*",
-    ]);
+    let mut cmd = queue_on_free_ports(&["-v"]);
     cmd.envs([
         ("BOSUN_HEARTBEAT_INTERVAL", "100ms"),
         ("BOSUN_HEARTBEAT_LIVENESS", "10"),
     ]);
-    let mut q = Proc::spawn("queue", &mut cmd);
-    let line = q.expect_stdout("queue frontend=", SECS_10);
-    let backend = field(&line, "backend").expect("backend=");
+    let (mut q, _, backend) = start_queue("queue", &mut cmd);
 
     let ctx = zmq::Context::new();
     let worker = raw_socket(&ctx, zmq::DEALER);
@@ -368,18 +374,7 @@ fn ctrl_c_stops_every_long_running_command_cleanly() {
         &mut bosun(&["server", "--bind", "tcp://127.0.0.1:*"]),
     );
     let server_ep = field(&server.expect_stdout("server bound=", SECS_10), "bound").unwrap();
-    let mut queue = Proc::spawn(
-        "queue",
-        &mut bosun(&[
-            "-v",
-            "queue",
-            "--frontend",
-            "tcp://127.0.0.1:*",
-            "--backend",
-            "tcp://127.0.0.1:*",
-        ]),
-    );
-    let backend = field(&queue.expect_stdout("queue frontend=", SECS_10), "backend").unwrap();
+    let (mut queue, _, backend) = start_queue("queue", &mut queue_on_free_ports(&["-v"]));
     let mut worker = Proc::spawn("worker", &mut bosun(&["worker", "--connect", &backend]));
     queue
         .stderr
@@ -413,21 +408,7 @@ fn sigterm_stops_a_server_cleanly() {
 
 #[test]
 fn ctrl_c_stops_a_worker_in_the_middle_of_a_slow_request() {
-    let mut queue = Proc::spawn(
-        "queue",
-        &mut bosun(&[
-            "queue",
-            "--frontend",
-            "tcp://127.0.0.1:*",
-            "--backend",
-            "tcp://127.0.0.1:*",
-        ]),
-    );
-    let line = queue.expect_stdout("queue frontend=", SECS_10);
-    let (frontend, backend) = (
-        field(&line, "frontend").unwrap(),
-        field(&line, "backend").unwrap(),
-    );
+    let (_queue, frontend, backend) = start_queue("queue", &mut queue_on_free_ports(&[]));
     // The handler says it started, then takes far longer than the test.
     let mut worker = Proc::spawn(
         "worker",
@@ -471,22 +452,7 @@ fn ctrl_c_stops_a_worker_in_the_middle_of_a_slow_request() {
 /// `bosun -v queue` on free ports with one Paranoid Pirate `bosun worker extra...`
 /// behind it, ready: the queue, the worker and the frontend endpoint.
 fn queue_with_worker(extra: &[&str]) -> (Proc, Proc, String) {
-    let mut queue = Proc::spawn(
-        "queue",
-        &mut bosun(&[
-            "-v",
-            "queue",
-            "--frontend",
-            "tcp://127.0.0.1:*",
-            "--backend",
-            "tcp://127.0.0.1:*",
-        ]),
-    );
-    let line = queue.expect_stdout("queue frontend=", SECS_10);
-    let (frontend, backend) = (
-        field(&line, "frontend").unwrap(),
-        field(&line, "backend").unwrap(),
-    );
+    let (mut queue, frontend, backend) = start_queue("queue", &mut queue_on_free_ports(&["-v"]));
     let mut args = vec!["worker", "--connect", backend.as_str()];
     args.extend_from_slice(extra);
     let worker = Proc::spawn("worker", &mut bosun(&args));
@@ -544,53 +510,9 @@ fn exec_handler_pipes_a_body_larger_than_a_pipe_without_deadlock() {
 /// `bosun queue`) exits 1 at once with the worker's message, and the worker serves on.
 #[test]
 fn client_exits_non_zero_with_the_message_when_the_handler_fails() {
-    const TIMEOUT: Duration = ms(3000);
     let (mut queue, mut worker, frontend) = queue_with_worker(&["--exec", "exit 3"]);
     for n in 1..=2 {
-        let out = run(
-            &[
-                "client",
-                "--connect",
-                &frontend,
-                "--request",
-                "x",
-                "--timeout",
-                "3s",
-                "--retries",
-                "2",
-                "--summary",
-            ],
-            &[],
-            SECS_10,
-        );
-        assert_eq!(out.status.code(), Some(1), "request {n}: {out:?}");
-        assert!(out.stdout.is_empty(), "request {n}: {out:?}");
-        let errors: Vec<&String> = out
-            .stderr
-            .iter()
-            .filter(|l| l.starts_with("bosun client:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "request {n}: one line of error: {out:?}");
-        assert!(
-            errors[0].contains("failed") && errors[0].contains("exit status: 3"),
-            "request {n}: the error names the failed command: {out:?}"
-        );
-        let summary = out
-            .stderr
-            .iter()
-            .find_map(|l| common::parse_summary(l))
-            .expect("summary line");
-        assert_eq!(
-            (summary.sent, summary.retries),
-            (1, 0),
-            "request {n}: one attempt: {summary:?}"
-        );
-        assert!(
-            out.elapsed < TIMEOUT,
-            "request {n}: failed after {:?}; a timed-out attempt takes {TIMEOUT:?}",
-            out.elapsed
-        );
-        assert!(worker.is_running(), "request {n}: {}", worker.dump());
+        expect_handler_failure(&["--connect", &frontend], n, &mut worker);
     }
     assert!(queue.is_running(), "{}", queue.dump());
 }

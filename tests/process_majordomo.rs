@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use common::{
-    bosun, deadline, field, frames, junk, many_frames, ms, now, raw_socket, recv_until,
-    request_lines, run, send, spawn_piped, Outcome, Proc,
+    bosun, deadline, expect_handler_failure, field, frames, junk, many_frames, ms, now, raw_socket,
+    recv_until, request_lines, run, send, spawn_piped, start_broker, Outcome, Proc,
 };
 
 /// Heartbeat of the brokers and workers that must notice a death quickly: 300 ms.
@@ -36,10 +36,7 @@ const ANY: &str = "tcp://127.0.0.1:*";
 fn broker(bind: &str, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["-v", "broker", "--bind", bind];
     args.extend_from_slice(extra);
-    let mut b = Proc::spawn("broker", &mut bosun(&args));
-    let line = b.expect_stdout("broker bound=", SECS_10);
-    let endpoint = field(&line, "bound").expect("broker line has bound=");
-    (b, endpoint)
+    start_broker("broker", &mut bosun(&args))
 }
 
 fn fast_broker() -> (Proc, String) {
@@ -853,18 +850,10 @@ fn a_client_with_many_in_flight_counts_its_retries_and_gives_up_in_one_line() {
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
-    let errors: Vec<&String> = out
-        .stderr
-        .iter()
-        .filter(|l| l.starts_with("bosun client:"))
-        .collect();
+    let errors = out.errors();
     assert_eq!(errors.len(), 1, "{out:?}");
     assert!(errors[0].contains("3 attempts"), "{out:?}");
-    let summary = out
-        .stderr
-        .iter()
-        .find_map(|l| common::parse_summary(l))
-        .expect("summary line");
+    let summary = out.summary().expect("summary line");
     assert_eq!(
         (summary.sent, summary.answered, summary.retries),
         (1, 0, 2),
@@ -922,7 +911,6 @@ fn slow_handler_in_the_pool_keeps_its_worker_registered() {
 /// way by the same worker.
 #[test]
 fn a_failing_exec_handler_fails_the_request_and_the_worker_keeps_serving() {
-    const TIMEOUT: Duration = ms(3000);
     let (mut b, ep) = broker(ANY, &STEADY);
     let mut w = worker(
         "worker",
@@ -932,62 +920,13 @@ fn a_failing_exec_handler_fails_the_request_and_the_worker_keeps_serving() {
     );
     let id = next_ready(&mut b, "worker");
     for n in 1..=2 {
-        let out = run(
-            &[
-                "client",
-                "--connect",
-                &ep,
-                "--service",
-                "S",
-                "--request",
-                "x",
-                "--timeout",
-                "3s",
-                "--retries",
-                "2",
-                "--summary",
-            ],
-            &[],
-            SECS_10,
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "request {n}: {out:?}\n{}",
-            w.dump()
-        );
-        assert!(out.stdout.is_empty(), "request {n}: {out:?}");
-        let errors: Vec<&String> = out
-            .stderr
-            .iter()
-            .filter(|l| l.starts_with("bosun client:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "request {n}: one line of error: {out:?}");
+        let (out, error, summary) =
+            expect_handler_failure(&["--connect", &ep, "--service", "S"], n, &mut w);
         assert!(
-            errors[0].contains("failed") && errors[0].contains("exit status: 3"),
-            "request {n}: the error names the failed command: {out:?}"
-        );
-        assert!(
-            !errors[0].contains("attempts"),
+            !error.contains("attempts"),
             "request {n}: answered with the failure, not given up on: {out:?}"
         );
-        let summary = out
-            .stderr
-            .iter()
-            .find_map(|l| common::parse_summary(l))
-            .expect("summary line");
-        assert_eq!(
-            (summary.sent, summary.answered, summary.retries),
-            (1, 0, 0),
-            "request {n}: one attempt, failed: {summary:?}"
-        );
-        // Within the first attempt's timeout, let alone the retry budget (2 × 3 s).
-        assert!(
-            out.elapsed < TIMEOUT,
-            "request {n}: failed after {:?}; a timed-out attempt takes {TIMEOUT:?}",
-            out.elapsed
-        );
-        assert!(w.is_running(), "request {n}: the worker died\n{}", w.dump());
+        assert_eq!(summary.answered, 0, "request {n}: failed: {summary:?}");
     }
     b.stderr.read_available();
     let log = b.stderr.dump();

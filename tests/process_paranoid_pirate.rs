@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     bosun, deadline, field, ms, parse_summary, raw_socket, recv_until, request_lines, run, send,
-    Proc,
+    start_queue, Proc,
 };
 
 /// Heartbeat of every queue and worker here: a dead peer is found in 300 ms.
@@ -27,11 +27,7 @@ const ANY: &str = "tcp://127.0.0.1:*";
 fn queue(frontend: &str, backend: &str, extra: &[&str]) -> (Proc, String, String) {
     let mut args = vec!["-v", "queue", "--frontend", frontend, "--backend", backend];
     args.extend_from_slice(extra);
-    let mut q = Proc::spawn("queue", &mut bosun(&args));
-    let line = q.expect_stdout("queue frontend=", SECS_10);
-    let frontend = field(&line, "frontend").expect("frontend=");
-    let backend = field(&line, "backend").expect("backend=");
-    (q, frontend, backend)
+    start_queue("queue", &mut bosun(&args))
 }
 
 /// A queue with the fast heartbeat.

@@ -12,7 +12,7 @@ mod sim_mdp;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bosun::error::{ClientError, ConfigError};
+use bosun::error::ClientError;
 use bosun::proto::broker::{
     body_id, Broker, BrokerConfig, DropReason, Event as BEvent, GoneReason,
 };
@@ -26,8 +26,8 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use sim_mdp::{
-    cmd, drain, envelope, frames, hb, ms, plain, ready, reply, request, route, sent, sent_no_hb,
-    Clock, Net, NetConfig, Out, NS,
+    cmd, drain, envelope, frames, hb, ms, plain, ready, rejected, reply, request, route, sent,
+    sent_no_hb, Clock, Net, NetConfig, Out, NS,
 };
 
 const W1: &[u8] = b"w1";
@@ -1177,6 +1177,27 @@ fn run_worker(
     (txs, evs)
 }
 
+/// What a worker did in a [`run_worker`] log, heartbeats left out: its disconnects,
+/// connects and READYs.
+fn lifecycle(txs: &[(u64, WTx)]) -> Vec<(u64, WTx)> {
+    txs.iter()
+        .filter(|(_, x)| *x != w_heartbeat())
+        .cloned()
+        .collect()
+}
+
+/// The lifecycle of an ECHO worker that loses the broker at each `lost` and is back (a
+/// fresh socket, then READY) at the `back` paired with it.
+fn reconnects(times: &[(u64, u64)]) -> Vec<(u64, WTx)> {
+    let mut want = Vec::new();
+    for &(lost, back) in times {
+        want.push((lost, WTx::Disconnect));
+        want.push((back, WTx::Connect));
+        want.push((back, w_ready(ECHO)));
+    }
+    want
+}
+
 /// A silent broker is declared lost after exactly liveness × interval; the worker closes
 /// its socket and reconnects (fresh socket, READY) after a backoff that doubles up to
 /// its maximum; messages that reach it while it is disconnected are ignored; the first
@@ -1191,24 +1212,14 @@ fn worker_reconnects_with_capped_doubling_backoff() {
         (23_500, to_worker(0x04)), // after the 5th connect: heard, backoff reset
     ];
     let (txs, evs) = run_worker(&mut clock, &mut w, inputs, 30_000);
-    let lifecycle: Vec<(u64, WTx)> = txs
-        .iter()
-        .filter(|(_, x)| *x != w_heartbeat())
-        .cloned()
-        .collect();
-    let mut want = Vec::new();
-    for (lost, back) in [
+    let want = reconnects(&[
         (3000, 4000),
         (7000, 9000),
         (12_000, 16_000),
         (19_000, 23_000),
         (26_500, 27_500),
-    ] {
-        want.push((lost, WTx::Disconnect));
-        want.push((back, WTx::Connect));
-        want.push((back, w_ready(ECHO)));
-    }
-    assert_eq!(lifecycle, want);
+    ]);
+    assert_eq!(lifecycle(&txs), want);
     let lost: Vec<(u64, WEvent)> = evs
         .iter()
         .filter(|(_, e)| matches!(e, WEvent::BrokerLost { .. }))
@@ -1280,13 +1291,7 @@ fn worker_backoff_restarts_after_any_valid_command() {
         (40_500, to_worker(0x05)),
     ];
     let (txs, evs) = run_worker(&mut clock, &mut w, inputs, 48_000);
-    let lifecycle: Vec<(u64, WTx)> = txs
-        .iter()
-        .filter(|(_, x)| *x != w_heartbeat())
-        .cloned()
-        .collect();
-    let mut want = Vec::new();
-    for (lost, back) in [
+    let mut want = reconnects(&[
         (3000, 4000),
         (7000, 9000),
         (12_000, 16_000),
@@ -1296,13 +1301,9 @@ fn worker_backoff_restarts_after_any_valid_command() {
         (36_000, 40_000),
         (40_500, 40_500),
         (43_500, 44_500),
-    ] {
-        want.push((lost, WTx::Disconnect));
-        want.push((back, WTx::Connect));
-        want.push((back, w_ready(ECHO)));
-    }
+    ]);
     want.push((47_500, WTx::Disconnect));
-    assert_eq!(lifecycle, want);
+    assert_eq!(lifecycle(&txs), want);
     let lost: Vec<(u64, u32, Duration)> = evs
         .iter()
         .filter_map(|(at, e)| match e {
@@ -1497,11 +1498,45 @@ fn client_reply_frames(service: &[u8], frames: Frames) -> Frames {
     mdp::client_request(service, frames)
 }
 
+/// The client's retry policy where attempts are counted: 3 attempts of 1 s, pauses of
+/// 100 ms doubling up to 1 s, no jitter.
+fn retry_3x1s() -> Retry {
+    Retry {
+        timeout: ms(1000),
+        retries: 3,
+        backoff: backoff(100, 1000),
+    }
+}
+
 /// Drains the client: what it asked of the socket, and what it said.
 fn cdrain(c: &mut MdpClient) -> (Vec<CTx>, Vec<CEvent>) {
     let tx = std::iter::from_fn(|| c.poll_transmit()).collect();
     let ev = std::iter::from_fn(|| c.poll_event()).collect();
     (tx, ev)
+}
+
+/// What [`cdrain`] gives after ECHO's reply to request `id`: nothing sent, one Reply
+/// with `answer`.
+fn replied_by_echo(id: Uuid, answer: Answer) -> (Vec<CTx>, Vec<CEvent>) {
+    (
+        vec![],
+        vec![CEvent::Reply {
+            id,
+            service: ECHO.to_vec(),
+            answer,
+        }],
+    )
+}
+
+/// What [`cdrain`] gives after a reply from ECHO that the client cannot match: nothing
+/// sent, one Unmatched.
+fn unmatched_echo() -> (Vec<CTx>, Vec<CEvent>) {
+    (
+        vec![],
+        vec![CEvent::Unmatched {
+            service: ECHO.to_vec(),
+        }],
+    )
 }
 
 /// The request in a client transmit: its service and envelope.
@@ -1526,11 +1561,7 @@ fn sent_request(x: &CTx) -> (Vec<u8>, Envelope) {
 #[test]
 fn pipelined_client_retries_each_request_on_its_own_schedule() {
     let mut clock = Clock::new();
-    let retry = Retry {
-        timeout: ms(1000),
-        retries: 3,
-        backoff: backoff(100, 1000),
-    };
+    let retry = retry_3x1s();
     let mut c = MdpClient::new(clock.now(), Mode::Pipelined, retry, 1).unwrap();
     let names = ["a", "b", "c", "d", "e"];
     let send_at = [0u64, 50, 100, 200, 201];
@@ -1700,16 +1731,7 @@ fn pipelined_client_reports_malformed_and_unmatched_replies() {
         client_reply_frames(ECHO, [good.clone(), vec![b"extra".to_vec()]].concat()),
     ] {
         c.handle_frames(t, f.clone());
-        assert_eq!(
-            cdrain(&mut c),
-            (
-                vec![],
-                vec![CEvent::Unmatched {
-                    service: ECHO.to_vec()
-                }]
-            ),
-            "{f:?}"
-        );
+        assert_eq!(cdrain(&mut c), unmatched_echo(), "{f:?}");
     }
     assert_eq!(c.outstanding(), 1);
     c.handle_frames(t, client_reply(ECHO, &envelope(1, b"a")));
@@ -1733,11 +1755,7 @@ fn pipelined_client_reports_malformed_and_unmatched_replies() {
 #[test]
 fn blocking_client_resets_after_a_timeout_and_takes_plain_replies() {
     let mut clock = Clock::new();
-    let retry = Retry {
-        timeout: ms(1000),
-        retries: 3,
-        backoff: backoff(100, 1000),
-    };
+    let retry = retry_3x1s();
     let mut c = MdpClient::new(clock.now(), Mode::Blocking, retry, 1).unwrap();
     let t = clock.now();
     let id = c.send(t, ECHO, envelope(1, b"q")).unwrap();
@@ -1783,15 +1801,7 @@ fn blocking_client_resets_after_a_timeout_and_takes_plain_replies() {
     ));
     // A plain reply during the backoff answers nothing: no attempt is waiting.
     c.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"early"]));
-    assert_eq!(
-        cdrain(&mut c),
-        (
-            vec![],
-            vec![CEvent::Unmatched {
-                service: ECHO.to_vec()
-            }]
-        )
-    );
+    assert_eq!(cdrain(&mut c), unmatched_echo());
     assert_eq!(c.outstanding(), 1);
     let t = clock.set(ms(1100));
     c.handle_timeout(t);
@@ -1806,14 +1816,7 @@ fn blocking_client_resets_after_a_timeout_and_takes_plain_replies() {
     c.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"A", b"B"]));
     assert_eq!(
         cdrain(&mut c),
-        (
-            vec![],
-            vec![CEvent::Reply {
-                id,
-                service: ECHO.to_vec(),
-                answer: Answer::Ok(vec![b"A".to_vec(), b"B".to_vec()])
-            }]
-        )
+        replied_by_echo(id, Answer::Ok(vec![b"A".to_vec(), b"B".to_vec()]))
     );
     assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
     // Once answered, a second plain reply has nothing to answer.
@@ -1863,15 +1866,7 @@ fn blocking_client_resets_after_a_timeout_and_takes_plain_replies() {
     p.send(t, ECHO, envelope(6, b"q2")).unwrap();
     let _ = cdrain(&mut p);
     p.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"A"]));
-    assert_eq!(
-        cdrain(&mut p),
-        (
-            vec![],
-            vec![CEvent::Unmatched {
-                service: ECHO.to_vec()
-            }]
-        )
-    );
+    assert_eq!(cdrain(&mut p), unmatched_echo());
     assert_eq!(p.outstanding(), 2);
     p.handle_frames(t, client_reply(ECHO, &envelope(5, b"A")));
     assert!(matches!(&cdrain(&mut p).1[..], [CEvent::Reply { id, .. }] if *id == pid));
@@ -1904,11 +1899,7 @@ fn broker_gives_a_foreign_workers_plain_reply_the_requests_metadata() {
     let t = clock.now();
     let mut b = Broker::new(t, bcfg()).unwrap();
     b.handle_message(t, ready(W1, ECHO, 1));
-    let retry = Retry {
-        timeout: ms(1000),
-        retries: 3,
-        backoff: backoff(100, 1000),
-    };
+    let retry = retry_3x1s();
     let mut c = MdpClient::new(t, Mode::Pipelined, retry, 1).unwrap();
     let e = Envelope::new(Uuid::from_u128(77), 5, frames(&[b"p1", b"p2"]));
     let id = c.send(t, ECHO, e).unwrap();
@@ -1968,14 +1959,7 @@ fn broker_gives_a_foreign_workers_plain_reply_the_requests_metadata() {
     c.handle_frames(t, to_client);
     assert_eq!(
         cdrain(&mut c),
-        (
-            vec![],
-            vec![CEvent::Reply {
-                id,
-                service: ECHO.to_vec(),
-                answer: Answer::Ok(frames(&[b"A", b"B"]))
-            }]
-        )
+        replied_by_echo(id, Answer::Ok(frames(&[b"A", b"B"])))
     );
     assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
 
@@ -2064,16 +2048,12 @@ fn a_failed_handler_reaches_the_client_as_a_failed_answer() {
     c.handle_frames(t, rest);
     assert_eq!(
         cdrain(&mut c),
-        (
-            vec![],
-            vec![CEvent::Reply {
-                id,
-                service: ECHO.to_vec(),
-                answer: Answer::Failed {
-                    status: Status::Error,
-                    message: "disk on fire".into()
-                }
-            }]
+        replied_by_echo(
+            id,
+            Answer::Failed {
+                status: Status::Error,
+                message: "disk on fire".into()
+            }
         )
     );
     assert_eq!(c.outstanding(), 0);
@@ -2099,21 +2079,6 @@ fn a_failed_handler_reaches_the_client_as_a_failed_answer() {
 // ======================================================================================
 // 8c. Configuration
 // ======================================================================================
-
-/// The field a constructor's error names ("accepted" when there is none), checking that
-/// its message names it too.
-fn rejected<T>(r: Result<T, ConfigError>) -> &'static str {
-    match r {
-        Ok(_) => "accepted",
-        Err(e) => {
-            let ConfigError::Invalid { field, .. } = &e else {
-                panic!("{e:?}")
-            };
-            assert!(e.to_string().contains(field), "{e} does not name {field}");
-            field
-        }
-    }
-}
 
 /// Every core constructor refuses a setting that would stop all traffic, spin, or
 /// overflow the clock, and names the field: the broker's max_queue, max_services and
@@ -2735,7 +2700,7 @@ proptest! {
         blocking in any::<bool>(),
     ) {
         let mut clock = Clock::new();
-        let retry = Retry { timeout: ms(1000), retries: 3, backoff: backoff(100, 1000) };
+        let retry = retry_3x1s();
         let mode = if blocking { Mode::Blocking } else { Mode::Pipelined };
         let mut c = MdpClient::new(clock.now(), mode, retry, 9).unwrap();
         let mut ids: Vec<Uuid> = Vec::new();

@@ -557,6 +557,24 @@ fn w_drain(w: &mut Worker) -> Vec<WStep> {
     out
 }
 
+/// The one request the worker reports now, with nothing sent; panics otherwise.
+fn one_request(w: &mut Worker) -> Request {
+    let out = w_drain(w);
+    let [WStep::E(WorkerEvent::Request { request })] = out.as_slice() else {
+        panic!("expected one request: {out:?}");
+    };
+    request.clone()
+}
+
+/// The one message the worker sends now (a reply), with no event; panics otherwise.
+fn one_send(w: &mut Worker) -> Frames {
+    let out = w_drain(w);
+    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
+        panic!("expected one reply: {out:?}");
+    };
+    sent.clone()
+}
+
 fn sent_ready() -> WStep {
     WStep::T(WorkerTransmit::Send(vec![vec![READY]]))
 }
@@ -794,12 +812,9 @@ fn the_worker_hands_over_the_payload_unchanged_and_replies_with_the_request_id_a
     msg.extend(payload.clone());
     msg.push(meta.encode());
     w.handle_frames(c.advance(ms(10)), msg);
-    let out = w_drain(&mut w);
-    let [WStep::E(WorkerEvent::Request { request })] = out.as_slice() else {
-        panic!("expected one request: {out:?}");
-    };
+    let request = one_request(&mut w);
     assert_eq!(
-        *request,
+        request,
         Request {
             meta: Some(meta.clone()),
             service: None,
@@ -812,10 +827,7 @@ fn the_worker_hands_over_the_payload_unchanged_and_replies_with_the_request_id_a
 
     w.reply(c.advance(ms(10)), Ok(frames(&[b"r1", b"", b"r3"])))
         .unwrap();
-    let out = w_drain(&mut w);
-    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
-        panic!("expected one reply: {out:?}");
-    };
+    let sent = one_send(&mut w);
     assert_eq!(sent.len(), 7, "{sent:?}");
     assert_eq!(
         sent[..6],
@@ -828,7 +840,7 @@ fn the_worker_hands_over_the_payload_unchanged_and_replies_with_the_request_id_a
         (meta.id, 3, Status::Ok)
     );
     assert_eq!(
-        bosun::proto::envelope::peek_id(sent),
+        bosun::proto::envelope::peek_id(&sent),
         Some(meta.id),
         "a router finds the id in the last frame"
     );
@@ -839,17 +851,11 @@ fn the_worker_hands_over_the_payload_unchanged_and_replies_with_the_request_id_a
     let mut msg = frames(&[b"c3", b""]);
     msg.extend(e.encode());
     w.handle_frames(c.advance(ms(10)), msg);
-    let out = w_drain(&mut w);
-    let [WStep::E(WorkerEvent::Request { request })] = out.as_slice() else {
-        panic!("expected one request: {out:?}");
-    };
+    let request = one_request(&mut w);
     assert_eq!(request.payload, frames(&[b"job"]));
     w.reply(c.advance(ms(10)), Ok(request.payload.clone()))
         .unwrap();
-    let out = w_drain(&mut w);
-    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
-        panic!("expected one reply: {out:?}");
-    };
+    let sent = one_send(&mut w);
     assert_eq!(sent[..3], frames(&[b"c3", b"", b"job"])[..]);
     let reply = Envelope::decode(sent[2..].to_vec()).expect("a bosun reply");
     assert_eq!(
@@ -878,10 +884,7 @@ fn a_handler_error_is_answered_with_its_message() {
         Err(HandlerError::new("handler panicked: boom")),
     )
     .unwrap();
-    let out = w_drain(&mut w);
-    let [WStep::T(WorkerTransmit::Send(sent))] = out.as_slice() else {
-        panic!("expected one reply: {out:?}");
-    };
+    let sent = one_send(&mut w);
     assert_eq!(sent.len(), 4, "{sent:?}");
     assert_eq!(
         sent[..3],

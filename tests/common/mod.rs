@@ -9,8 +9,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often a deadline-bounded wait looks at its condition again.
@@ -578,4 +579,166 @@ impl Proc {
             self.stderr.dump()
         )
     }
+}
+
+/// How long [`start_broker`] and [`start_queue`] wait for the line with the endpoints.
+const BOUND_WITHIN: Duration = Duration::from_secs(10);
+
+/// Starts `cmd`, a `bosun broker` (normally made by [`bosun`]) or another broker that
+/// prints `broker bound=ENDPOINT` (the pyzmq one of `tests/interop/`), and waits for that
+/// line: the process and ENDPOINT.
+pub fn start_broker(name: &str, cmd: &mut Command) -> (Proc, String) {
+    let mut broker = Proc::spawn(name, cmd);
+    let line = broker.expect_stdout("broker bound=", BOUND_WITHIN);
+    let endpoint = field(&line, "bound").expect("broker line has bound=");
+    (broker, endpoint)
+}
+
+/// Starts `cmd`, a `bosun queue` (normally made by [`bosun`]), and waits for its
+/// `queue frontend=F backend=B` line: the process, F and B.
+pub fn start_queue(name: &str, cmd: &mut Command) -> (Proc, String, String) {
+    let mut queue = Proc::spawn(name, cmd);
+    let line = queue.expect_stdout("queue frontend=", BOUND_WITHIN);
+    let frontend = field(&line, "frontend").expect("queue line has frontend=");
+    let backend = field(&line, "backend").expect("queue line has backend=");
+    (queue, frontend, backend)
+}
+
+impl Outcome {
+    /// The stderr lines in which the client reports an error (`bosun client: ...`).
+    pub fn errors(&self) -> Vec<&String> {
+        self.stderr
+            .iter()
+            .filter(|l| l.starts_with("bosun client:"))
+            .collect()
+    }
+
+    /// The `--summary` line among the stderr lines.
+    pub fn summary(&self) -> Option<Summary> {
+        self.stderr.iter().find_map(|l| parse_summary(l))
+    }
+}
+
+/// Runs `bosun client connect... --request x --timeout 3s --retries 2 --summary` (request
+/// `n` of a test) against a `worker` whose handler fails (`--exec 'exit 3'`), and checks
+/// that the client exits 1 at once with the worker's message: nothing on stdout, one
+/// line of error naming the failed command, one attempt and no retry in its summary,
+/// sooner than one attempt's timeout; and that the worker still runs. Returns what the
+/// client did, its line of error and its summary, for the caller's own checks.
+pub fn expect_handler_failure(
+    connect: &[&str],
+    n: u32,
+    worker: &mut Proc,
+) -> (Outcome, String, Summary) {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let mut args = vec!["client"];
+    args.extend_from_slice(connect);
+    args.extend([
+        "--request",
+        "x",
+        "--timeout",
+        "3s",
+        "--retries",
+        "2",
+        "--summary",
+    ]);
+    let out = run(&args, &[], Duration::from_secs(10));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "request {n}: {out:?}\n{}",
+        worker.dump()
+    );
+    assert!(out.stdout.is_empty(), "request {n}: {out:?}");
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "request {n}: one line of error: {out:?}");
+    assert!(
+        errors[0].contains("failed") && errors[0].contains("exit status: 3"),
+        "request {n}: the error names the failed command: {out:?}"
+    );
+    let error = errors[0].clone();
+    let summary = out.summary().expect("summary line");
+    assert_eq!(
+        (summary.sent, summary.retries),
+        (1, 0),
+        "request {n}: one attempt: {summary:?}"
+    );
+    assert!(
+        out.elapsed < TIMEOUT,
+        "request {n}: failed after {:?}; a timed-out attempt takes {TIMEOUT:?}",
+        out.elapsed
+    );
+    assert!(
+        worker.is_running(),
+        "request {n}: the worker died\n{}",
+        worker.dump()
+    );
+    (out, error, summary)
+}
+
+// ---------------------------------------------------------------------------------
+// The pyzmq peers of `tests/interop/`: python3 with pyzmq, or an explicit skip.
+
+/// True when the pyzmq interop peers can run; false (after saying so) when the tests
+/// are skipped: with `BOSUN_SKIP_INTEROP=1`, or when pyzmq is missing outside CI.
+/// Panics when pyzmq is missing under `CI=true` or `BOSUN_REQUIRE_INTEROP=1`.
+pub fn interop_available(test: &str) -> bool {
+    if std::env::var_os("BOSUN_SKIP_INTEROP").is_some_and(|v| v == "1") {
+        eprintln!("{test}: skipped (BOSUN_SKIP_INTEROP=1)");
+        return false;
+    }
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(why) = CHECK.get_or_init(check_pyzmq) {
+        let required = ["CI", "BOSUN_REQUIRE_INTEROP"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|x| x == "1" || x == "true"));
+        if !required {
+            eprintln!(
+                "{test}: skipped: needs `python3` with pyzmq ({why}); \
+                 `python3 -m pip install pyzmq` enables it"
+            );
+            return false;
+        }
+        panic!(
+            "{test}: the pyzmq interop tests need `python3` with pyzmq: {why}\n\
+             Run `python3 -m pip install pyzmq`, or set BOSUN_SKIP_INTEROP=1 to skip them."
+        );
+    }
+    true
+}
+
+fn check_pyzmq() -> Result<(), String> {
+    let mut cmd = command("python3");
+    cmd.args(["-c", "import zmq; print('pyzmq', zmq.__version__)"]);
+    let mut probe = Proc::try_spawn("python3 -c 'import zmq'", &mut cmd)
+        .map_err(|e| format!("cannot start `python3`: {e}"))?;
+    let status = probe
+        .wait_exit(Duration::from_secs(10))
+        .ok_or("`python3 -c \"import zmq\"` did not finish within 10 s")?;
+    if status.success() {
+        Ok(())
+    } else {
+        probe.drain(Duration::from_secs(5));
+        Err(format!(
+            "`python3 -c \"import zmq\"` failed ({status}): {}",
+            probe.stderr.dump()
+        ))
+    }
+}
+
+/// A pyzmq peer, `script` a path below `tests/interop/` (such as `mdp_broker.py` or
+/// `transform/mdp_worker.py`), unbuffered, stdin closed, output piped, in a process
+/// group of its own (see [`command`]). It writes no bytecode (`__pycache__`) into the
+/// source tree when it imports a module of its folder.
+pub fn python(script: &str, args: &[&str]) -> Command {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "interop", script]
+        .iter()
+        .collect();
+    let mut cmd = command("python3");
+    cmd.arg("-u")
+        .arg(path)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
 }

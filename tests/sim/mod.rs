@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use bosun::error::ConfigError;
 use bosun::proto::frames::Frames;
 use bosun::Envelope;
 use uuid::Uuid;
@@ -27,6 +28,21 @@ pub fn ms(n: u64) -> Duration {
 /// A frame list from byte-string literals.
 pub fn frames(parts: &[&[u8]]) -> Frames {
     parts.iter().map(|p| p.to_vec()).collect()
+}
+
+/// The field a core constructor's error names ("accepted" when there is none), checking
+/// that its message names it too.
+pub fn rejected<T>(r: Result<T, ConfigError>) -> &'static str {
+    match r {
+        Ok(_) => "accepted",
+        Err(e) => {
+            let ConfigError::Invalid { field, .. } = &e else {
+                panic!("{e:?}")
+            };
+            assert!(e.to_string().contains(field), "{e} does not name {field}");
+            field
+        }
+    }
 }
 
 /// An envelope with a deterministic id (`Envelope::new` reads the wall clock and a

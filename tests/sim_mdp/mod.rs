@@ -20,7 +20,7 @@ use bosun::Heartbeat;
 // Virtual time and the small helpers are the Lazy Pirate / 6/PPP harness's own.
 #[path = "../sim/mod.rs"]
 mod base;
-pub use base::{envelope, frames, ms, Clock, NS};
+pub use base::{envelope, frames, ms, rejected, Clock, NS};
 
 /// A heartbeat of `interval_ms` × `liveness`.
 pub fn hb(interval_ms: u64, liveness: u32) -> Heartbeat {

@@ -16,12 +16,13 @@ Each wait is bounded by --timeout-ms (default 5000).
 stdout: `flp-client ok` and exit 0, or `flp-client FAIL: why` and exit 1.
 """
 
-import argparse
 import errno
 import sys
 import time
 
 import zmq
+
+from peer import parse_args, socket
 
 CONTROL = b"\x00ctl\x07"
 
@@ -31,17 +32,13 @@ class Fail(Exception):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("endpoint")
-    ap.add_argument("--quiet-ms", type=int, default=300)
-    ap.add_argument("--timeout-ms", type=int, default=5000)
-    args = ap.parse_args()
+    args = parse_args(
+        ["endpoint"], [("--quiet-ms", int, 300), ("--timeout-ms", int, 5000)], max_seconds=None
+    )
     server = args.endpoint.encode()
 
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDTIMEO, 2000)
+    sock = socket(ctx, zmq.ROUTER)
     # Fail a send to a server not connected yet instead of dropping it silently.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.connect(args.endpoint)

@@ -23,120 +23,60 @@ stdout: `worker ready n=K`, `worker request n=N late=0|1`, `worker done handled=
 Exits after --max-seconds (default 60) or on SIGTERM.
 """
 
-import argparse
-import json
-import signal
 import sys
 import time
 
 import zmq
 
+from peer import Worker, parse_args, payload_of, upper
+
 WORKER = b"MDPW01"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
-META_MAGIC = b"\xffBSN"
-
-
-def say(line):
-    print(line, flush=True)
-
-
-def payload_of(body):
-    """The body without bosun's trailing metadata frame, if it has one."""
-    if body and body[-1].startswith(META_MAGIC):
-        return body[:-1]
-    return body
-
-
-def upper(frame):
-    try:
-        return frame.decode("utf-8").upper().encode("utf-8")
-    except UnicodeDecodeError:
-        return frame.upper()
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("endpoint")
-    ap.add_argument("service")
-    ap.add_argument("record")
-    ap.add_argument("--heartbeat", type=int, default=2500)
-    ap.add_argument("--liveness", type=int, default=3)
-    ap.add_argument("--late-ms", type=int, default=0)
-    ap.add_argument("--max-seconds", type=float, default=60)
-    args = ap.parse_args()
-
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    record = open(args.record, "w")
-    ctx = zmq.Context()
-    sock = None
-    readies = handled = 0
+    args = parse_args(
+        ["endpoint", "service", "record"],
+        [("--heartbeat", int, 2500), ("--liveness", int, 3), ("--late-ms", int, 0)],
+    )
+    worker = Worker(
+        "worker",
+        args,
+        ready=[b"", WORKER, READY, args.service.encode()],
+        heartbeat=[b"", WORKER, HEARTBEAT],
+        silent="broker-silent",
+    )
     seen = set()
-    interval = args.heartbeat / 1000.0
-    end = time.monotonic() + args.max_seconds
 
-    def send(frames):
-        sock.send_multipart(frames)
+    def handle(frames):
+        if len(frames) < 3 or frames[0] != b"" or frames[1] != WORKER:
+            worker.say("malformed")
+            return
+        command = frames[2]
+        if command == REQUEST and len(frames) >= 5 and frames[4] == b"":
+            client = frames[3]
+            payload = payload_of(frames[5:])
+            late = args.late_ms > 0 and tuple(payload) not in seen
+            seen.add(tuple(payload))
+            worker.request(" late=%d" % int(late))
+            if late:
+                time.sleep(args.late_ms / 1000.0)
+            reply = [b"mdp:"] + [upper(f) for f in payload]
+            worker.sock.send_multipart([b"", WORKER, REPLY, client, b""] + reply)
+        elif command == HEARTBEAT:
+            pass
+        elif command == DISCONNECT:
+            worker.say("disconnect-received")
+            worker.open_socket()
+        else:
+            worker.say("malformed command=%s" % command.hex())
 
-    def open_socket():
-        nonlocal sock, readies
-        if sock is not None:
-            sock.close(0)
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDTIMEO, 2000)
-        sock.connect(args.endpoint)
-        send([b"", WORKER, READY, args.service.encode()])
-        readies += 1
-        say("worker ready n=%d" % readies)
-
-    open_socket()
-    heard = time.monotonic()
-    next_beat = heard + interval
-    while not stop and time.monotonic() < end:
-        wait = max(0.0, next_beat - time.monotonic())
-        if sock.poll(int(wait * 1000) + 1, zmq.POLLIN):
-            frames = sock.recv_multipart()
-            record.write(json.dumps({"frames": [f.hex() for f in frames]}) + "\n")
-            record.flush()
-            heard = time.monotonic()
-            if len(frames) < 3 or frames[0] != b"" or frames[1] != WORKER:
-                say("worker malformed")
-                continue
-            command = frames[2]
-            if command == REQUEST and len(frames) >= 5 and frames[4] == b"":
-                client = frames[3]
-                payload = payload_of(frames[5:])
-                late = args.late_ms > 0 and tuple(payload) not in seen
-                seen.add(tuple(payload))
-                handled += 1
-                say("worker request n=%d late=%d" % (handled, int(late)))
-                if late:
-                    time.sleep(args.late_ms / 1000.0)
-                send([b"", WORKER, REPLY, client, b"", b"mdp:"] + [upper(f) for f in payload])
-            elif command == HEARTBEAT:
-                pass
-            elif command == DISCONNECT:
-                say("worker disconnect-received")
-                open_socket()
-            else:
-                say("worker malformed command=%s" % command.hex())
-        now = time.monotonic()
-        if now - heard > interval * args.liveness:
-            say("worker broker-silent")
-            open_socket()
-            heard = now
-        if now >= next_beat:
-            send([b"", WORKER, HEARTBEAT])
-            next_beat = now + interval
+    worker.run(handle)
     try:
-        send([b"", WORKER, DISCONNECT])
+        worker.sock.send_multipart([b"", WORKER, DISCONNECT])
     except zmq.ZMQError:
         pass
-    say("worker done handled=%d" % handled)
-    sock.close(0)
-    ctx.term()
-    return 0
+    return worker.finish()
 
 
 if __name__ == "__main__":

@@ -20,99 +20,35 @@ stdout: `ppp-worker ready n=K`, `ppp-worker request n=N`, `ppp-worker done handl
 Exits after --max-seconds (default 60) or on SIGTERM.
 """
 
-import argparse
-import json
-import signal
 import sys
-import time
 
-import zmq
+from peer import Worker, parse_args, payload_of, upper
 
 READY, HEARTBEAT = b"\x01", b"\x02"
-META_MAGIC = b"\xffBSN"
-
-
-def say(line):
-    print(line, flush=True)
-
-
-def payload_of(body):
-    """The body without bosun's trailing metadata frame, if it has one."""
-    if body and body[-1].startswith(META_MAGIC):
-        return body[:-1]
-    return body
-
-
-def upper(frame):
-    try:
-        return frame.decode("utf-8").upper().encode("utf-8")
-    except UnicodeDecodeError:
-        return frame.upper()
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("endpoint")
-    ap.add_argument("record")
-    ap.add_argument("--heartbeat", type=int, default=1000)
-    ap.add_argument("--liveness", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=60)
-    args = ap.parse_args()
+    args = parse_args(
+        ["endpoint", "record"], [("--heartbeat", int, 1000), ("--liveness", int, 3)]
+    )
+    worker = Worker(
+        "ppp-worker", args, ready=[READY], heartbeat=[HEARTBEAT], silent="queue-silent"
+    )
 
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    record = open(args.record, "w")
-    ctx = zmq.Context()
-    sock = None
-    readies = handled = 0
-    interval = args.heartbeat / 1000.0
-    end = time.monotonic() + args.max_seconds
+    def handle(frames):
+        if frames == [HEARTBEAT]:
+            pass
+        elif b"" in frames:
+            split = frames.index(b"") + 1
+            address, body = frames[:split], frames[split:]
+            payload = payload_of(body)
+            worker.request()
+            worker.sock.send_multipart(address + [b"ppp:" + b"".join(upper(f) for f in payload)])
+        else:
+            worker.say("malformed frames=%d" % len(frames))
 
-    def open_socket():
-        nonlocal sock, readies
-        if sock is not None:
-            sock.close(0)
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDTIMEO, 2000)
-        sock.connect(args.endpoint)
-        sock.send_multipart([READY])
-        readies += 1
-        say("ppp-worker ready n=%d" % readies)
-
-    open_socket()
-    heard = time.monotonic()
-    next_beat = heard + interval
-    while not stop and time.monotonic() < end:
-        wait = max(0.0, next_beat - time.monotonic())
-        if sock.poll(int(wait * 1000) + 1, zmq.POLLIN):
-            frames = sock.recv_multipart()
-            record.write(json.dumps({"frames": [f.hex() for f in frames]}) + "\n")
-            record.flush()
-            heard = time.monotonic()
-            if frames == [HEARTBEAT]:
-                pass
-            elif b"" in frames:
-                split = frames.index(b"") + 1
-                address, body = frames[:split], frames[split:]
-                payload = payload_of(body)
-                handled += 1
-                say("ppp-worker request n=%d" % handled)
-                sock.send_multipart(address + [b"ppp:" + b"".join(upper(f) for f in payload)])
-            else:
-                say("ppp-worker malformed frames=%d" % len(frames))
-        now = time.monotonic()
-        if now - heard > interval * args.liveness:
-            say("ppp-worker queue-silent")
-            open_socket()
-            heard = now
-        if now >= next_beat:
-            sock.send_multipart([HEARTBEAT])
-            next_beat = now + interval
-    say("ppp-worker done handled=%d" % handled)
-    sock.close(0)
-    ctx.term()
-    return 0
+    worker.run(handle)
+    return worker.finish()
 
 
 if __name__ == "__main__":
