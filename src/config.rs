@@ -1,9 +1,41 @@
 //! Typed configuration: every duration is a [`Duration`], every default is
-//! documented once, here, and every struct validates itself before use.
+//! documented once, with its type, and every struct validates itself before use.
+//!
+//! Every settings type of the crate can be named from here:
+//!
+//! | Type | Settings of | Also at |
+//! |---|---|---|
+//! | [`Heartbeat`] | heartbeating between a worker and its queue or broker | `bosun::Heartbeat` |
+//! | [`Retry`] | a client's timeout, attempts and backoff | `bosun::Retry` |
+//! | [`Backoff`] | a capped, jittered exponential backoff ([`RECONNECT`]: a worker's) | `bosun::Backoff` |
+//! | [`BrokerConfig`] | the Majordomo broker | [`crate::proto::broker`] |
+//! | [`QueueConfig`] | the Paranoid Pirate queue | [`crate::proto::paranoid_pirate`] |
+//! | [`FreelanceConfig`] | the Freelance client | [`crate::proto::freelance`] |
+//! | [`TransportOptions`] | every socket (linger, high-water marks, largest frame) | [`crate::io`], [`crate::io::transport`] |
+//! | [`Faults`] | the REP server's fault switches | [`crate::io::server`], [`crate::proto::server`] |
+//! | [`ExecOptions`] | an `exec` handler (its timeout) | [`crate::io::handler`] |
+//!
+//! ```
+//! use std::time::Duration;
+//! use bosun::config::{BrokerConfig, Heartbeat};
+//!
+//! let cfg = BrokerConfig {
+//!     heartbeat: Heartbeat { interval: Duration::from_secs(1), liveness: 3 },
+//!     ..BrokerConfig::default()
+//! };
+//! # let _ = cfg;
+//! ```
 
 use std::time::{Duration, Instant};
 
 use crate::error::ConfigError;
+
+pub use crate::io::handler::ExecOptions;
+pub use crate::io::transport::TransportOptions;
+pub use crate::proto::broker::BrokerConfig;
+pub use crate::proto::freelance::FreelanceConfig;
+pub use crate::proto::paranoid_pirate::QueueConfig;
+pub use crate::proto::server::Faults;
 
 /// Capped, jittered exponential backoff (see [`crate::proto::backoff::delay`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -249,6 +281,31 @@ mod tests {
             ..RECONNECT
         };
         assert!(b.validate("--reconnect").is_err());
+    }
+
+    #[test]
+    fn every_settings_type_is_here_and_the_same_as_at_its_old_path() {
+        // The types at the old paths and here are one and the same.
+        let broker: crate::proto::broker::BrokerConfig = BrokerConfig::default();
+        let queue: crate::proto::paranoid_pirate::QueueConfig = QueueConfig::default();
+        let freelance: crate::proto::freelance::FreelanceConfig = FreelanceConfig::default();
+        let transport: crate::io::TransportOptions = TransportOptions::default();
+        let faults: crate::io::server::Faults = Faults::default();
+        let exec: crate::io::handler::ExecOptions = ExecOptions::default();
+        let heartbeat: crate::Heartbeat = Heartbeat::default();
+        let retry: crate::Retry = Retry::default();
+        let backoff: crate::Backoff = RECONNECT;
+        #[allow(clippy::disallowed_methods)] // a fixed origin
+        let now = Instant::now();
+        broker.validate_at(now).unwrap();
+        freelance.validate_at(now).unwrap();
+        heartbeat.validate_at(now).unwrap();
+        retry.validate_at(now).unwrap();
+        backoff.validate_at("reconnect", now).unwrap();
+        assert!(queue.max_queue > 0);
+        assert_eq!(transport.linger, crate::io::SHUTDOWN_LINGER);
+        assert_eq!(faults, crate::proto::server::Faults::default());
+        assert_eq!(exec.timeout, crate::io::handler::DEFAULT_EXEC_TIMEOUT);
     }
 
     #[test]

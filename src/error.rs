@@ -147,7 +147,7 @@ impl TransportError {
 #[non_exhaustive]
 pub enum ClientError {
     /// Every attempt timed out. The request may or may not have been executed.
-    #[error("no reply from {endpoint} after {attempts} attempts")]
+    #[error("no reply from {endpoint} after {attempts} attempt{}", if *attempts == 1 { "" } else { "s" })]
     GaveUp {
         /// How many times the request was sent.
         attempts: u32,

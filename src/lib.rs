@@ -5,7 +5,10 @@
 //! heartbeat and reconnect, a queue that never routes to a dead or busy worker.
 //!
 //! # Layout
-//! - [`config`]: typed settings ([`Heartbeat`], [`Retry`], [`Backoff`]) and their defaults.
+//! - [`config`]: every settings type in one place, with its defaults: [`Heartbeat`],
+//!   [`Retry`], [`Backoff`], [`config::BrokerConfig`], [`config::QueueConfig`],
+//!   [`config::FreelanceConfig`], [`config::TransportOptions`], [`config::Faults`],
+//!   [`config::ExecOptions`].
 //! - [`error`]: one error enum per layer, joined into [`Error`].
 //! - [`proto`]: pure state machines (no sockets, no clock), one core per pattern:
 //!   [`proto::lazy_pirate`], [`proto::paranoid_pirate`] (queue and worker),
@@ -23,17 +26,27 @@
 //!   [`io::freelance`]. Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker.
-//! - [`cli`]: the `bosun` command line (option structs and one run function each).
+//! - `cli` (with the default `cli` feature): the `bosun` command line (option structs
+//!   and one run function each).
+//! - [`zmq`]: the zmq crate bosun is built on, re-exported, so that a program can make a
+//!   shared `bosun::zmq::Context` without depending on the same zmq version itself.
+//!
+//! # Features
+//! - `cli` (default): the `bosun` binary and the `cli` module. Linking the library with
+//!   `default-features = false` compiles no clap, tracing-subscriber or
+//!   humantime: the library logs through `tracing` only, and a program installs its own
+//!   subscriber and signal handling (trigger a [`Shutdown`] from it).
 //!
 //! # Example
 //! ```no_run
 //! use bosun::{LazyPirateClient, Retry};
-//! let ctx = zmq::Context::new();
+//! let ctx = bosun::zmq::Context::new();
 //! let mut client = LazyPirateClient::new(&ctx, "tcp://127.0.0.1:5555", Retry::default())?;
 //! let reply = client.request(b"hello".to_vec())?;
 //! # Ok::<(), bosun::Error>(())
 //! ```
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -47,3 +60,5 @@ pub use io::mdworker::Worker;
 pub use io::ppworker::PpWorker;
 pub use io::Shutdown;
 pub use proto::envelope::Envelope;
+/// The zmq crate bosun is built on (see the crate docs).
+pub use zmq;

@@ -8,7 +8,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = bosun::cli::Cli::parse();
+    // A command line clap cannot parse is a usage error: exit 64 (help and version: 0).
+    let cli = match bosun::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bosun::cli::usage_error(&e),
+    };
     let default = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -54,11 +54,11 @@ fn lonely_client(extra: &[&str], env: &[(&str, &str)]) -> Outcome {
 }
 
 fn gave_up_after(out: &Outcome, attempts: u32) -> bool {
-    out.status.code() == Some(1)
-        && out
-            .stderr
-            .iter()
-            .any(|l| l.starts_with("bosun client:") && l.contains(&format!("{attempts} attempts")))
+    let s = if attempts == 1 { "" } else { "s" };
+    out.status.code() == Some(69)
+        && out.stderr.iter().any(|l| {
+            l.starts_with("bosun client:") && l.contains(&format!("after {attempts} attempt{s} "))
+        })
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn bad_durations_are_refused_naming_the_flag() {
         let out = run(&args, &[], SECS_10);
         assert_eq!(
             out.status.code(),
-            Some(2),
+            Some(64),
             "usage error for {args:?}: {out:?}"
         );
         assert!(stderr_names(&out, flag), "{args:?} names {flag}: {out:?}");
@@ -124,7 +124,7 @@ fn bad_durations_are_refused_naming_the_flag() {
         assert!(out.stdout.is_empty(), "{out:?}");
     }
     let out = lonely_client(&[], &[("BOSUN_TIMEOUT", "abc")]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(stderr_names(&out, "--timeout"), "{out:?}");
 }
 
@@ -190,13 +190,14 @@ fn invalid_configuration_is_refused_naming_the_flag() {
         let out = run(&args, &env, SECS_10);
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(64),
             "{args:?} {env:?} is refused: {out:?}"
         );
+        let prefix = format!("bosun {}: invalid", args[0]);
         assert!(
             out.stderr
                 .iter()
-                .any(|l| l.starts_with("bosun: invalid") && l.contains(flag)),
+                .any(|l| l.starts_with(&prefix) && l.contains(flag)),
             "{args:?} {env:?}: the message names {flag}: {out:?}"
         );
         assert!(out.stdout.is_empty(), "nothing was started: {out:?}");
@@ -390,7 +391,10 @@ fn ctrl_c_stops_every_long_running_command_cleanly() {
         .wait_for(deadline(SECS_10), |l| l == "ping")
         .unwrap_or_else(|| panic!("no reply:\n{}", client.stderr.dump()));
 
-    expect_clean_exit(&mut client, libc::SIGINT);
+    // The client's batch was interrupted: 130. The others run until told to stop.
+    client.signal(libc::SIGINT);
+    let status = client.expect_exit(CTRL_C_EXIT);
+    assert_eq!(status.code(), Some(130), "client after SIGINT: {status}");
     expect_clean_exit(&mut worker, libc::SIGINT);
     expect_clean_exit(&mut queue, libc::SIGINT);
     expect_clean_exit(&mut server, libc::SIGINT);

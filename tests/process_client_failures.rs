@@ -118,7 +118,7 @@ fn stats_against_a_peer_that_is_not_a_broker_says_so_and_fails() {
         &[],
         SECS_15,
     );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert!(out.stdout.is_empty(), "no table for a non-broker: {out:?}");
     assert!(
         out.stderr

@@ -301,7 +301,7 @@ fn client_with_no_server_gives_up_within_its_retry_budget() {
         &[],
         SECS_10,
     );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     assert_eq!(out.stderr.len(), 1, "one line of error: {out:?}");
     let line = &out.stderr[0];

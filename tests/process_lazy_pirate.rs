@@ -158,9 +158,9 @@ fn expect_gave_up(retries: u32, min: Duration, max: Duration) {
         Duration::from_secs(10),
     );
     assert!(!out.status.success(), "a client with no server fails");
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert!(out.stdout.is_empty(), "no reply printed: {out:?}");
-    let wanted = format!("{retries} attempts");
+    let wanted = format!("after {retries} attempt");
     let gave_up: Vec<&String> = out.stderr.iter().filter(|l| l.contains(&wanted)).collect();
     assert_eq!(gave_up.len(), 1, "one give-up line: {:?}", out.stderr);
     assert!(

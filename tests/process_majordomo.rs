@@ -848,7 +848,7 @@ fn a_client_with_many_in_flight_counts_its_retries_and_gives_up_in_one_line() {
         &[],
         SECS_10,
     );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     let errors = out.errors();
     assert_eq!(errors.len(), 1, "{out:?}");

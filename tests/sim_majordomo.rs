@@ -42,6 +42,7 @@ fn bcfg() -> BrokerConfig {
     BrokerConfig {
         heartbeat: hb(1000, 3),
         max_queue: 100,
+        max_queue_bytes: 1 << 20,
         request_ttl: Duration::from_secs(600),
         max_services: 100,
         stats_window: Duration::from_secs(10),
@@ -54,6 +55,14 @@ fn gone(identity: &[u8], reason: GoneReason, requeued: usize) -> BEvent {
         reason,
         requeued,
     }
+}
+
+/// The events but the once-a-second drop counts ([`BEvent::DropSummary`]).
+fn but_summaries(events: Vec<BEvent>) -> Vec<BEvent> {
+    events
+        .into_iter()
+        .filter(|e| !matches!(e, BEvent::DropSummary { .. }))
+        .collect()
 }
 
 fn dropped(service: &[u8], reason: DropReason) -> BEvent {
@@ -507,23 +516,40 @@ fn broker_bounds_queues_and_expires_waiting_requests() {
     b.handle_message(t, ready(W1, b"c", 1));
     b.handle_message(t, plain(C1, b"c", b"c1"));
     assert_eq!(sent(&mut b), vec![Out::req(W1, C1, b"c1")]);
+    // The refusal at 0 is counted for the log a second later, once.
+    assert_eq!(b.poll_timeout(), Some(clock.at(ms(1000))));
+    b.handle_timeout(t);
+    assert_eq!(
+        drain(&mut b).1,
+        vec![BEvent::DropSummary {
+            service: Some(b"a".to_vec()),
+            reason: DropReason::QueueFull,
+            count: 1
+        }]
+    );
 
     assert_eq!(b.poll_timeout(), Some(clock.at(ms(5000))));
     let t = clock.set(ms(5000) - NS);
     b.handle_timeout(t);
-    assert!(drain(&mut b).1.is_empty());
+    assert!(but_summaries(drain(&mut b).1).is_empty());
     assert_eq!(b.queued(b"a"), 3);
     let t = clock.set(ms(5000));
     b.handle_timeout(t);
-    assert_eq!(drain(&mut b).1, vec![dropped(b"a", DropReason::Expired); 3]);
+    assert_eq!(
+        but_summaries(drain(&mut b).1),
+        vec![dropped(b"a", DropReason::Expired); 3]
+    );
     assert_eq!(b.queued(b"a"), 0);
     assert_eq!(b.poll_timeout(), Some(clock.at(ms(6000))));
     let t = clock.set(ms(6000) - NS);
     b.handle_timeout(t);
-    assert!(drain(&mut b).1.is_empty());
+    assert!(but_summaries(drain(&mut b).1).is_empty());
     let t = clock.set(ms(6000));
     b.handle_timeout(t);
-    assert_eq!(drain(&mut b).1, vec![dropped(b"b", DropReason::Expired)]);
+    assert_eq!(
+        but_summaries(drain(&mut b).1),
+        vec![dropped(b"b", DropReason::Expired)]
+    );
     // Forgotten: only "c" (it has a worker) is left.
     let names: Vec<Vec<u8>> = b.stats(t, None).into_iter().map(|s| s.service).collect();
     assert_eq!(names, vec![b"c".to_vec()]);
@@ -532,7 +558,7 @@ fn broker_bounds_queues_and_expires_waiting_requests() {
     b.handle_message(t, cmd(W1, Command::Heartbeat));
     b.handle_timeout(t);
     assert!(
-        drain(&mut b).1.is_empty(),
+        but_summaries(drain(&mut b).1).is_empty(),
         "a dispatched request has no TTL"
     );
     b.handle_message(t, reply(W1, C1, vec![b"c1".to_vec()]));
@@ -578,7 +604,7 @@ fn broker_bounds_services_and_forgets_empty_ones() {
     // Once "a" and "b" expire they are forgotten and "c" fits.
     let t = clock.set(ms(1000));
     b.handle_timeout(t);
-    assert_eq!(drain(&mut b).1.len(), 3);
+    assert_eq!(but_summaries(drain(&mut b).1).len(), 3);
     assert!(b.stats(t, None).is_empty());
 
     // A thousand distinct names, each asked once and left to expire: no TooManyServices.
@@ -2358,6 +2384,7 @@ impl BrokerModel {
         let cfg = BrokerConfig {
             heartbeat: hb(1000, 3),
             max_queue: 4,
+            max_queue_bytes: 1 << 20,
             request_ttl: ms(6000),
             max_services: 3,
             stats_window: ms(5000),
@@ -2526,6 +2553,7 @@ impl BrokerModel {
             }
         }
         let mut worker_replies = 0;
+        let mut refusals = 0;
         for o in out {
             match o {
                 Out::Request {
@@ -2546,7 +2574,15 @@ impl BrokerModel {
                     service,
                     body,
                 } => {
-                    if !service.starts_with(b"mmi.") {
+                    let refused = body
+                        .last()
+                        .and_then(|f| Meta::decode(f).ok())
+                        .is_some_and(|m| m.status == Status::Refused);
+                    if refused {
+                        // The broker's own answer to a request it dropped (a bosun
+                        // client is told): never without a RequestDropped.
+                        refusals += 1;
+                    } else if !service.starts_with(b"mmi.") {
                         // Only the reply that completes a request is forwarded, once,
                         // to its client, with the body the matching rule says.
                         prop_assert_eq!(
@@ -2572,6 +2608,12 @@ impl BrokerModel {
             expect_completed
         );
         prop_assert_eq!(expect_completed, worker_replies);
+        prop_assert!(
+            refusals <= dropped,
+            "{} refusals, {} drops",
+            refusals,
+            dropped
+        );
         for w in IDS {
             let n = self.b.inflight(w);
             let model = self.held.get(w).map_or(0, Vec::len);
@@ -3238,4 +3280,318 @@ fn end_to_end_lossy_network_worker_death_and_broker_restart() {
     );
     // The network and the retries did produce late answers, which were all dropped.
     assert!(duplicates > 0);
+}
+
+// ======================================================================================
+// Issue 8: byte bounds, refusals, service names, heartbeat mismatch
+// ======================================================================================
+
+/// The refusal a bosun client gets: `[reason][meta]`, the meta the request's id with
+/// status Refused; returns the reason.
+fn refusal_to(out: &Out, client: &[u8], service: &[u8], id: u128) -> String {
+    let Out::Reply {
+        client: c,
+        service: s,
+        body,
+    } = out
+    else {
+        panic!("not a reply: {out:?}")
+    };
+    assert_eq!((c.as_slice(), s.as_slice()), (client, service));
+    let [reason, meta] = &body[..] else {
+        panic!("{body:?}")
+    };
+    let meta = Meta::decode(meta).unwrap();
+    assert_eq!(
+        (meta.id, meta.status),
+        (Uuid::from_u128(id), Status::Refused)
+    );
+    String::from_utf8(reason.clone()).unwrap()
+}
+
+/// `max_queue_bytes` bounds the bytes waiting per service as `max_queue` bounds the
+/// count: an empty queue takes a request of any size, a request that would pass the
+/// bound is refused, a bosun client is told (its id, status Refused, the reason in
+/// words), a foreign one is not answered (a plain frame would read as its reply), and
+/// bytes leave the count when their request goes to a worker. The refusals are summed
+/// once a second per service and reason. Catches: a count-only bound, a refusal nobody
+/// hears, a refusal sent to a foreign client as if it were the answer, bytes never
+/// released.
+#[test]
+fn broker_bounds_waiting_bytes_and_tells_a_bosun_client_it_was_refused() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let cfg = BrokerConfig {
+        heartbeat: hb(60_000, 3),
+        max_queue: 100,
+        max_queue_bytes: 200,
+        ..bcfg()
+    };
+    let mut b = Broker::new(t, cfg).unwrap();
+    let big = |id: u128| envelope(id, &[b'x'; 100]).encode();
+    let size: usize = big(1).iter().map(Vec::len).sum();
+    assert!(size > 100 && 2 * size > 200, "{size}");
+    // Any one request fits an empty queue, even beyond the bound.
+    b.handle_message(t, plain(C1, b"huge", &[b'h'; 1000]));
+    b.handle_message(t, request(C1, b"a", big(1)));
+    assert!(drain(&mut b).0.is_empty());
+    assert_eq!((b.queued(b"huge"), b.queued(b"a")), (1, 1));
+    // The second would pass 200 bytes: refused, and the bosun client told.
+    b.handle_message(t, request(C2, b"a", big(2)));
+    let (out, events) = drain(&mut b);
+    assert_eq!(events, vec![dropped(b"a", DropReason::QueueBytes)]);
+    let [o] = &out[..] else { panic!("{out:?}") };
+    let reason = refusal_to(o, C2, b"a", 2);
+    assert!(
+        reason.contains("refused by the broker") && reason.contains("--max-queue-bytes 200"),
+        "{reason}"
+    );
+    assert_eq!(b.queued(b"a"), 1);
+    // A small one still fits; a foreign client's request over the bound is dropped
+    // without an answer.
+    b.handle_message(t, plain(C1, b"a", b"small"));
+    b.handle_message(t, plain(C2, b"a", &[b'y'; 100]));
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(events, vec![dropped(b"a", DropReason::QueueBytes)]);
+    assert_eq!(b.queued(b"a"), 2);
+    // A worker takes the first; its bytes leave the count, so a big one fits again.
+    let t = clock.set(ms(10));
+    b.handle_message(t, ready(W1, b"a", 1));
+    assert_eq!(requests(&sent(&mut b)).len(), 1);
+    b.handle_message(t, request(C2, b"a", big(3)));
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty() && events.is_empty(), "{out:?} {events:?}");
+    assert_eq!(b.queued(b"a"), 2);
+    // One summary for the two refusals, a second after the first.
+    assert_eq!(b.poll_timeout(), Some(clock.at(ms(1000))));
+    let t = clock.set(ms(1000));
+    b.handle_timeout(t);
+    assert_eq!(
+        drain(&mut b).1,
+        vec![BEvent::DropSummary {
+            service: Some(b"a".to_vec()),
+            reason: DropReason::QueueBytes,
+            count: 2
+        }]
+    );
+}
+
+/// A burst of 2,000 requests from one client with one worker busy: with the default
+/// bounds every request waits and none is refused (the old default, 1000, dropped 978
+/// of the Issue's 2,000); with `max_queue` 10 the rest are refused, each bosun client
+/// told, and the log hears one summary per second, not 1,990 lines. Catches: a default
+/// too small for a normal burst, a line per refusal.
+#[test]
+fn a_burst_of_2000_fits_the_default_bounds_and_refusals_are_summed() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let burst = |b: &mut Broker, t: Instant| {
+        b.handle_message(t, ready(W1, ECHO, 1));
+        for i in 0..2000u128 {
+            b.handle_message(t, request(C1, ECHO, envelope(i + 1, b"payload").encode()));
+        }
+        drain(b)
+    };
+    let cfg = BrokerConfig {
+        heartbeat: hb(60_000, 3),
+        ..BrokerConfig::default()
+    };
+    let mut b = Broker::new(t, cfg).unwrap();
+    let (out, events) = burst(&mut b, t);
+    assert_eq!(requests(&out).len(), 1);
+    assert_eq!(b.queued(ECHO), 1999);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, BEvent::WorkerReady { .. })),
+        "{events:?}"
+    );
+
+    let cfg = BrokerConfig {
+        max_queue: 10,
+        ..cfg
+    };
+    let mut b = Broker::new(t, cfg).unwrap();
+    let (out, _) = burst(&mut b, t);
+    let refused = out
+        .iter()
+        .filter(|o| matches!(o, Out::Reply { .. }))
+        .count();
+    assert_eq!((refused, b.queued(ECHO)), (1989, 10));
+    let t = clock.set(ms(1000));
+    b.handle_timeout(t);
+    let summaries: Vec<BEvent> = drain(&mut b)
+        .1
+        .into_iter()
+        .filter(|e| matches!(e, BEvent::DropSummary { .. }))
+        .collect();
+    assert_eq!(
+        summaries,
+        vec![BEvent::DropSummary {
+            service: Some(ECHO.to_vec()),
+            reason: DropReason::QueueFull,
+            count: 1989
+        }]
+    );
+    // Nothing refused since: no summary at the next second.
+    let t = clock.set(ms(2000));
+    b.handle_timeout(t);
+    assert!(drain(&mut b).1.is_empty());
+}
+
+/// A service name is 1 to 255 bytes, any bytes. An empty name (or a longer one) from a
+/// bosun client is refused with a reply that says so, from a foreign client dropped; a
+/// worker's READY for one is answered DISCONNECT. Names with spaces, newlines, `=` and
+/// non-UTF-8 bytes route like any other. Catches: an empty name accepted as a service.
+#[test]
+fn broker_refuses_an_empty_service_name_and_routes_any_other_bytes() {
+    let clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    b.handle_message(t, request(C1, b"", envelope(7, b"q").encode()));
+    let (out, events) = drain(&mut b);
+    assert_eq!(events, vec![dropped(b"", DropReason::BadServiceName)]);
+    let [o] = &out[..] else { panic!("{out:?}") };
+    assert!(refusal_to(o, C1, b"", 7).contains("the service name is empty"));
+    b.handle_message(t, plain(C1, b"", b"q"));
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty());
+    assert_eq!(events, vec![dropped(b"", DropReason::BadServiceName)]);
+    let long = vec![b'n'; 256];
+    b.handle_message(t, request(C1, &long, envelope(8, b"q").encode()));
+    let (out, _) = drain(&mut b);
+    let [o] = &out[..] else { panic!("{out:?}") };
+    assert!(refusal_to(o, C1, &long, 8).contains("longer than 255"));
+    assert!(b.stats(t, None).is_empty());
+
+    b.handle_message(t, ready(W1, b"", 1));
+    assert_eq!(sent(&mut b), vec![Out::Disconnect(W1.to_vec())]);
+    assert_eq!(b.workers(), 0);
+
+    let odd: &[u8] = b"my svc\nx=1\xff";
+    b.handle_message(t, ready(W2, odd, 1));
+    b.handle_message(t, plain(C1, odd, b"r"));
+    assert_eq!(sent(&mut b), vec![Out::req(W2, C1, b"r")]);
+}
+
+/// `mmi.stats` escapes service names (`%XX` for bytes outside `!`..`~`, `%` and `=`),
+/// so a name with a space, a newline or `=` is one token and the reply one line per
+/// service; `bosun::proto::stats::unescape_name` gives the bytes back. No figure is
+/// printed `-0.000`. Catches: a name that splits a line or a field, a negative zero.
+#[test]
+fn mmi_stats_escapes_names_and_never_prints_negative_zero() {
+    let clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    let odd: &[u8] = b"my svc\nx=1%";
+    b.handle_message(t, ready(W1, odd, 1));
+    b.handle_message(t, ready(W2, ECHO, 1));
+    let _ = drain(&mut b);
+    let lines = mmi_stats(&mut b, t, b"");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let odd_line = lines
+        .iter()
+        .find(|l| l.starts_with("service=my%20svc%0Ax%3D1%25 "))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let f = fields(odd_line);
+    assert_eq!(f["idle"], "1");
+    assert_eq!(
+        bosun::proto::stats::unescape_name(&f["service"]).as_deref(),
+        Some(odd)
+    );
+    assert!(lines.iter().any(|l| l.starts_with("service=echo ")));
+    // Asked for by its bytes.
+    assert_eq!(mmi_stats(&mut b, t, odd).len(), 2);
+
+    let stats = bosun::proto::broker::ServiceStats {
+        service: b"s".to_vec(),
+        idle: 0,
+        busy: 0,
+        capacity: 1,
+        queued: 0,
+        rates: bosun::proto::stats::Rates {
+            arrival_rate: -0.0,
+            completion_rate: -1e-12,
+            mean_wait: -0.0,
+            mean_service: 0.0,
+            mean_queue: -1e-9,
+        },
+    };
+    let line = stats.to_line();
+    assert!(!line.contains("-0.000"), "{line}");
+    assert!(line.contains("l_avg=0.000 lambda=0.000 mu=0.000"), "{line}");
+}
+
+/// A worker whose heartbeat interval is longer than the broker's expiry flaps: it
+/// expires, then its next HEARTBEAT comes from an unregistered worker. The broker
+/// measures the silence and says once per service that the intervals differ (10 s
+/// against 1 s here); a worker that heartbeats far faster than the broker and then
+/// goes silent (it gave up on the broker) is reported as well. Catches: silent
+/// flapping, a hint per flap.
+#[test]
+fn broker_names_a_heartbeat_mismatch_once_per_service() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    let mismatches = |events: &[BEvent]| -> Vec<(Vec<u8>, Duration)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                BEvent::HeartbeatMismatch {
+                    service,
+                    worker_interval,
+                    broker_interval,
+                    liveness,
+                } => {
+                    assert_eq!((*broker_interval, *liveness), (ms(1000), 3));
+                    Some((service.clone(), *worker_interval))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for (round, w) in [W1, W2, W3].into_iter().enumerate() {
+        let start = ms(10_000 * round as u64);
+        let t = clock.set(start);
+        b.handle_message(t, ready(w, ECHO, 1));
+        let t = clock.set(start + ms(3000));
+        b.handle_timeout(t);
+        let t = clock.set(start + ms(10_000));
+        b.handle_message(t, cmd(w, Command::Heartbeat));
+        let (out, events) = drain(&mut b);
+        assert!(out.contains(&Out::Disconnect(w.to_vec())), "{out:?}");
+        seen.extend(mismatches(&events));
+    }
+    assert_eq!(seen, vec![(ECHO.to_vec(), ms(10_000))]);
+
+    // Faster: heartbeats every 100 ms, then silence until expiry.
+    let start = clock.now();
+    b.handle_message(start, ready(b"f", b"fast", 1));
+    for i in 1..=5 {
+        b.handle_message(start + ms(100 * i), cmd(b"f", Command::Heartbeat));
+    }
+    let t = clock.set(clock.elapsed() + ms(500 + 3000));
+    b.handle_timeout(t);
+    let events = drain(&mut b).1;
+    assert!(events.iter().any(|e| matches!(
+        e,
+        BEvent::WorkerGone {
+            reason: GoneReason::Expired,
+            ..
+        }
+    )));
+    assert_eq!(mismatches(&events), vec![(b"fast".to_vec(), ms(100))]);
+
+    // Matching intervals: a worker killed and expired says nothing.
+    let start = clock.now();
+    b.handle_message(start, ready(b"m", b"matched", 1));
+    for i in 1..=3 {
+        b.handle_message(start + ms(1000 * i), cmd(b"m", Command::Heartbeat));
+    }
+    let t = clock.set(clock.elapsed() + ms(3000 + 3000));
+    b.handle_timeout(t);
+    let events = drain(&mut b).1;
+    assert!(mismatches(&events).is_empty(), "{events:?}");
 }

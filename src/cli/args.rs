@@ -34,12 +34,57 @@ pub fn flag_of(field: &str) -> &str {
         "capacity" => "--capacity",
         "service" => "--service",
         "max_queue" => "--max-queue",
+        "max_queue_bytes" => "--max-queue-bytes",
         "max_services" => "--max-services",
         "request_ttl" => "--request-ttl",
         "stats_window" => "--stats-window",
         "servers" => "--connect",
         other => other,
     }
+}
+
+/// The flag a configuration error is about: [`flag_of`] its field, narrowed to the one
+/// flag of a pair that `reason` blames (`--backoff-initial 0` is about
+/// `--backoff-initial`, not `--backoff-max`).
+pub fn flag_for<'a>(field: &'a str, reason: &str) -> &'a str {
+    let initial_only = reason.starts_with("initial backoff must");
+    match field {
+        "retry.backoff" if initial_only => "--backoff-initial",
+        "reconnect" if initial_only => "--reconnect-initial",
+        other => flag_of(other),
+    }
+}
+
+/// Parses a count of "every Nth request" (`--fail-every`, `--delay-every`,
+/// `--crash-after`): at least 1. Zero would mean never, which is leaving the flag out.
+pub fn parse_every(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|e| format!("{e} (a whole number of requests, at least 1)"))?;
+    if n == 0 {
+        return Err(
+            "must be at least 1 (N means the Nth request; for never, leave the flag out)".into(),
+        );
+    }
+    Ok(n)
+}
+
+/// Parses `--in-flight`: at least 1 (0 would send nothing and wait forever).
+pub fn parse_in_flight(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{e} (a whole number of requests, at least 1)"))?;
+    if n == 0 {
+        return Err("must be at least 1 (0 would send nothing at all)".into());
+    }
+    Ok(n)
+}
+
+/// Parses a service name: 1 to 255 bytes, as the broker takes them (an empty name
+/// would be no service at all, and `--service ''` must not silently switch modes).
+pub fn parse_service(s: &str) -> Result<String, String> {
+    crate::proto::broker::check_service_name(s.as_bytes()).map_err(str::to_string)?;
+    Ok(s.to_string())
 }
 
 /// `--heartbeat-interval` and `--heartbeat-liveness`.
@@ -124,5 +169,33 @@ impl ReconnectArgs {
             max: self.reconnect_max,
             jitter: crate::config::RECONNECT.jitter,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_initial_backoff_blames_the_initial_flag() {
+        let reason = "initial backoff must be greater than zero";
+        assert_eq!(flag_for("retry.backoff", reason), "--backoff-initial");
+        assert_eq!(flag_for("reconnect", reason), "--reconnect-initial");
+        let both = "initial backoff 2s is greater than the maximum 1s";
+        assert_eq!(
+            flag_for("retry.backoff", both),
+            "--backoff-initial/--backoff-max"
+        );
+        assert_eq!(flag_for("retry.timeout", "x"), "--timeout");
+    }
+
+    #[test]
+    fn counts_that_stop_traffic_are_refused() {
+        assert!(parse_every("0").unwrap_err().contains("at least 1"));
+        assert_eq!(parse_every("3"), Ok(3));
+        assert!(parse_in_flight("0").unwrap_err().contains("at least 1"));
+        assert_eq!(parse_in_flight("8"), Ok(8));
+        assert!(parse_service("").is_err());
+        assert_eq!(parse_service("echo").as_deref(), Ok("echo"));
     }
 }

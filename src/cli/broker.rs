@@ -17,9 +17,14 @@ pub struct BrokerArgs {
     /// Where clients and workers connect (one ROUTER; `tcp://127.0.0.1:*` picks a port).
     #[arg(long, env = "BOSUN_BIND", default_value = "tcp://127.0.0.1:5555")]
     pub bind: String,
-    /// Most requests waiting per service; more are dropped and logged.
+    /// Most requests waiting per service; more are refused (a bosun client is told) and
+    /// counted in the log once a second.
     #[arg(long, env = "BOSUN_MAX_QUEUE", default_value_t = BrokerConfig::default().max_queue)]
     pub max_queue: usize,
+    /// Most bytes of requests waiting per service (an empty queue takes any one request);
+    /// more are refused as for --max-queue.
+    #[arg(long, env = "BOSUN_MAX_QUEUE_BYTES", default_value_t = BrokerConfig::default().max_queue_bytes)]
+    pub max_queue_bytes: usize,
     /// How long a request may wait for a worker before it is dropped.
     #[arg(long, env = "BOSUN_REQUEST_TTL", default_value = "30s", value_parser = parse_duration)]
     pub request_ttl: Duration,
@@ -41,6 +46,7 @@ pub fn run(args: BrokerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let cfg = BrokerConfig {
         heartbeat: args.heartbeat.heartbeat_or(defaults.heartbeat),
         max_queue: args.max_queue,
+        max_queue_bytes: args.max_queue_bytes,
         request_ttl: args.request_ttl,
         max_services: args.max_services,
         stats_window: args.stats_window,

@@ -57,7 +57,8 @@ const HEARTBEAT: &[&str] = &["--heartbeat-interval", "250ms", "--heartbeat-liven
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Child processes, stopped when dropped so that no demo leaves one behind.
-struct Children(Vec<(String, Child)>);
+/// The second field is how long each may take to stop after SIGTERM.
+struct Children(Vec<(String, Child)>, Duration);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -65,8 +66,8 @@ impl Drop for Children {
             terminate(child);
         }
         for (name, child) in &mut self.0 {
-            if !wait_for_exit(child, STOP_GRACE) {
-                tracing::warn!(name, "child ignored SIGTERM; killing it");
+            if !wait_for_exit(child, self.1) {
+                tracing::warn!(name, after = ?self.1, "child did not stop on SIGTERM; killing it");
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -78,7 +79,7 @@ impl Drop for Children {
 pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find own executable", e))?;
     let deadline = io::now() + args.deadline;
-    let mut children = Children(Vec::new());
+    let mut children = Children(Vec::new(), STOP_GRACE);
 
     let mut broker_events = None;
     let (client_endpoint, worker_endpoint) = match args.pattern {
@@ -158,40 +159,22 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     children.0.push(("client".into(), client));
 
     let sent = u64::from(args.requests);
-    let mut seen = HashSet::new();
-    let mut workers_seen = HashSet::new();
-    let (mut answered, mut duplicates, mut wrong) = (0u64, 0u64, 0u64);
+    let mut count = Count::default();
     let mut killed = false;
     let mut broker_restarted = args.pattern != Pattern::Majordomo;
     let mut requeued = 0u64;
-    while answered + duplicates + wrong < sent && !shutdown.is_triggered() {
+    while count.replies() < sent && !shutdown.is_triggered() {
         let left = deadline.saturating_duration_since(io::now());
         let Ok(reply) = replies.recv_timeout(left.min(io::SHUTDOWN_CHECK)) else {
             if io::now() >= deadline {
-                eprintln!("demo: deadline reached");
+                eprintln!("bosun demo: deadline reached");
                 break;
             }
             continue;
         };
-        let worker = match reply.split_once(':') {
-            Some((worker, body)) => {
-                if !body.starts_with("request-") {
-                    wrong += 1;
-                } else if seen.insert(body.to_string()) {
-                    answered += 1;
-                } else {
-                    duplicates += 1;
-                }
-                workers_seen.insert(worker.to_string());
-                Some(worker)
-            }
-            None => {
-                wrong += 1;
-                None
-            }
-        };
-        if !killed && answered + duplicates + wrong == u64::from(feed.written) {
-            if workers_seen.len() < 2 && feed.written + 1 < feed.total {
+        let worker = count.reply(&reply);
+        if !killed && count.replies() == u64::from(feed.written) {
+            if count.workers.len() < 2 && feed.written + 1 < feed.total {
                 // Until both workers have answered, the dispatch order is unknown:
                 // one more request at a time until it is.
                 feed.write_up_to(feed.written + 1)?;
@@ -204,7 +187,10 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == victim) {
                 let _ = child.kill();
                 let _ = child.wait();
-                println!("demo: SIGKILLed worker {victim} after {answered} replies");
+                println!(
+                    "demo: SIGKILLed worker {victim} after {} replies",
+                    count.answered
+                );
             }
             killed = true;
             let upto = if broker_restarted {
@@ -213,16 +199,13 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 feed.written + (feed.total - feed.written) / 2
             };
             feed.write_up_to(upto)?;
-        } else if killed
-            && !broker_restarted
-            && answered + duplicates + wrong == u64::from(feed.written)
-        {
+        } else if killed && !broker_restarted && count.replies() == u64::from(feed.written) {
             // Everything written is answered: send one request and kill the broker
             // while it is in flight, then start a new broker on the same endpoint.
             feed.write_up_to(feed.written + 1)?;
             // Once a worker holds it (the broker's mmi.stats says so), the broker dies
             // holding it and the client must retry on the new broker.
-            if !wait_until_busy(&client_endpoint, io::now() + args.work) {
+            if !wait_until_busy(&client_endpoint, io::now() + args.work, shutdown) {
                 println!("demo: no worker was seen holding the request; killing the broker anyway");
             }
             if let Some((_, child)) = children.0.iter_mut().find(|(n, _)| n == "broker") {
@@ -240,15 +223,32 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 }
             }
             println!(
-                "demo: SIGKILLed the broker mid-request and restarted it after {answered} replies"
+                "demo: SIGKILLed the broker mid-request and restarted it after {} replies",
+                count.answered
             );
             broker_restarted = true;
             feed.write_up_to(feed.total)?;
         }
     }
+    let written = u64::from(feed.written);
     drop(feed);
+    let interrupted = shutdown.is_triggered();
+    if interrupted {
+        // Ctrl-C: stop the client now (it prints what it has and its summary), and
+        // count every reply it printed, so the counts below agree with its own.
+        // Every child is told to stop at once (a terminal's Ctrl-C has told them
+        // already; a `kill -INT` of the demo alone has not).
+        for (_, child) in &mut children.0 {
+            terminate(child);
+        }
+        children.1 = INTERRUPTED_STOP;
+        let until = io::now() + INTERRUPTED_GRACE;
+        while let Ok(reply) = replies.recv_timeout(until.saturating_duration_since(io::now())) {
+            count.reply(&reply);
+        }
+    }
     // The client exits once stdin is drained and the last reply printed.
-    let summary = stop_client(&mut children, &client_err);
+    let summary = stop_client(&mut children, &client_err, interrupted);
     if let Some(line) = &summary {
         println!("demo: {line}");
     }
@@ -256,35 +256,91 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     // to a live one.
     requeued += broker_events.map_or(0, |rx| rx.try_iter().sum::<u64>());
     let failovers = summary.as_deref().and_then(retries_of).unwrap_or(0) + requeued;
-    let lost = sent.saturating_sub(answered);
     let restarts = match args.pattern {
         Pattern::Majordomo => format!(", broker restarts {}", u8::from(broker_restarted)),
         Pattern::ParanoidPirate => String::new(),
     };
-    println!(
-        "demo: sent {sent}, answered {answered}, lost {lost}, duplicates {duplicates}, failovers {failovers}{restarts}"
-    );
+    let (answered, duplicates) = (count.answered, count.duplicates);
+    if interrupted {
+        // Not every request was written: count what was, and what of it is unanswered
+        // (not "lost": the demo stopped before they could be).
+        let unanswered = written.saturating_sub(answered);
+        println!(
+            "demo: interrupted: written {written}, answered {answered}, unanswered {unanswered}, duplicates {duplicates}, failovers {failovers}{restarts}"
+        );
+    } else {
+        let lost = sent.saturating_sub(answered);
+        println!(
+            "demo: sent {sent}, answered {answered}, lost {lost}, duplicates {duplicates}, failovers {failovers}{restarts}"
+        );
+    }
     drop(children);
-    Ok(if answered == sent && duplicates == 0 && wrong == 0 {
+    Ok(if answered == sent && duplicates == 0 && count.wrong == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
+/// How long an interrupted demo waits for the client's last replies and summary.
+const INTERRUPTED_GRACE: Duration = Duration::from_millis(100);
+
+/// How long an interrupted demo's children may take to stop before they are killed:
+/// with [`INTERRUPTED_GRACE`], the whole stop stays under half a second.
+const INTERRUPTED_STOP: Duration = Duration::from_millis(300);
+
+/// The client's replies, counted.
+#[derive(Debug, Default)]
+struct Count {
+    seen: HashSet<String>,
+    workers: HashSet<String>,
+    answered: u64,
+    duplicates: u64,
+    wrong: u64,
+}
+
+impl Count {
+    /// Counts one reply line (`w1:request-3`); the worker that answered it.
+    fn reply<'a>(&mut self, reply: &'a str) -> Option<&'a str> {
+        match reply.split_once(':') {
+            Some((worker, body)) => {
+                if !body.starts_with("request-") {
+                    self.wrong += 1;
+                } else if self.seen.insert(body.to_string()) {
+                    self.answered += 1;
+                } else {
+                    self.duplicates += 1;
+                }
+                self.workers.insert(worker.to_string());
+                Some(worker)
+            }
+            None => {
+                self.wrong += 1;
+                None
+            }
+        }
+    }
+
+    /// Replies of any kind so far.
+    fn replies(&self) -> u64 {
+        self.answered + self.duplicates + self.wrong
+    }
+}
+
 /// Asks the broker at `endpoint` (`mmi.stats`) until a worker of the demo's service holds
 /// a request, or `deadline` passes; whether one did.
-fn wait_until_busy(endpoint: &str, deadline: std::time::Instant) -> bool {
+fn wait_until_busy(endpoint: &str, deadline: std::time::Instant, shutdown: &Shutdown) -> bool {
     let ctx = zmq::Context::new();
     let retry = crate::config::Retry {
         timeout: Duration::from_millis(200),
         retries: 1,
         ..crate::config::Retry::default()
     };
-    let Ok(mut stats) = crate::io::mdclient::MajordomoClient::new(&ctx, endpoint, retry) else {
+    let Ok(stats) = crate::io::mdclient::MajordomoClient::new(&ctx, endpoint, retry) else {
         return false;
     };
-    while io::now() < deadline {
+    let mut stats = stats.with_shutdown(shutdown.clone());
+    while io::now() < deadline && !shutdown.is_triggered() {
         let busy = stats
             .request("mmi.stats", SERVICE.as_bytes().to_vec())
             .ok()
@@ -435,13 +491,28 @@ fn parse_queue_line(line: &str) -> Option<(String, String)> {
 }
 
 /// Waits for the client to exit and returns its `client: ...` summary line.
-fn stop_client(children: &mut Children, stderr: &mpsc::Receiver<String>) -> Option<String> {
+/// Interrupted, it waits [`INTERRUPTED_GRACE`] at most for each.
+fn stop_client(
+    children: &mut Children,
+    stderr: &mpsc::Receiver<String>,
+    interrupted: bool,
+) -> Option<String> {
     let (_, client) = children.0.iter_mut().find(|(n, _)| n == "client")?;
-    if !wait_for_exit(client, STOP_GRACE) {
+    let grace = if interrupted {
+        INTERRUPTED_GRACE
+    } else {
+        STOP_GRACE
+    };
+    if !wait_for_exit(client, grace) {
         terminate(client);
-        wait_for_exit(client, STOP_GRACE);
+        wait_for_exit(client, grace);
     }
-    let deadline = io::now() + Duration::from_secs(2);
+    let deadline = io::now()
+        + if interrupted {
+            INTERRUPTED_GRACE
+        } else {
+            Duration::from_secs(2)
+        };
     while let Ok(line) = stderr.recv_timeout(deadline.saturating_duration_since(io::now())) {
         if line.starts_with("client: ") {
             return Some(line);

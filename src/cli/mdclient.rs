@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use super::client::{print_reply, report_failure, request_lines, ClientArgs};
+use super::client::{attempts_since, probe, request_lines, ClientArgs, Output};
 use crate::error::{ClientError, Error};
 use crate::io::mdclient::{AsyncMajordomoClient, MajordomoClient, Outcome};
 use crate::io::{Shutdown, SHUTDOWN_CHECK};
@@ -16,22 +17,39 @@ pub fn run(
     args: &ClientArgs,
     service: &str,
     requests: mpsc::Receiver<Vec<u8>>,
+    out: &mut Output,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
     if args.in_flight > 1 {
-        return run_async(ctx, args, service, requests, shutdown);
+        return run_async(ctx, args, service, requests, out, shutdown);
     }
-    let mut client = MajordomoClient::new(ctx, &args.connect, args.retry.retry())?
-        .with_shutdown(shutdown.clone());
-    let (code, sent, answered) =
-        request_lines(&requests, shutdown, |body| client.request(service, body))?;
+    let retry = args.retry.retry();
+    let mut client =
+        MajordomoClient::new(ctx, &args.connect, retry)?.with_shutdown(shutdown.clone());
+    let (sent, answered) = request_lines(
+        &requests,
+        shutdown,
+        out,
+        |body| {
+            let before = client.retries();
+            let result = client.request(service, body);
+            (result, Some(attempts_since(before, client.retries())))
+        },
+        || probe(ctx, &args.connect, Some(service), &retry, shutdown),
+    )?;
     if args.summary {
         eprintln!(
             "client: sent {sent}, answered {answered}, retries {}, discarded 0",
             client.retries()
         );
     }
-    Ok(code)
+    Ok(out.code())
+}
+
+/// One finished request, waiting for its turn to be printed.
+enum Done {
+    Reply(Vec<u8>, Duration),
+    Failed(Error, Option<u32>, Duration, Option<String>),
 }
 
 fn run_async(
@@ -39,94 +57,94 @@ fn run_async(
     args: &ClientArgs,
     service: &str,
     requests: mpsc::Receiver<Vec<u8>>,
+    out: &mut Output,
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
-    let mut client = AsyncMajordomoClient::new(ctx, &args.connect, args.retry.retry())?;
-    // Request number -> reply (or the failure the worker reported), printed in request
-    // order as the gaps fill.
-    let mut order = HashMap::new();
-    let mut done: BTreeMap<u64, Result<Vec<u8>, String>> = BTreeMap::new();
-    let mut any_failed = false;
+    let retry = args.retry.retry();
+    let mut client = AsyncMajordomoClient::new(ctx, &args.connect, retry)?;
+    let peer = format!("{} (service {service})", args.connect);
+    // Request id -> (request number, when sent); finished requests by number, printed
+    // in request order as the gaps fill.
+    let mut order: HashMap<uuid::Uuid, (u64, Instant)> = HashMap::new();
+    let mut done: BTreeMap<u64, Done> = BTreeMap::new();
     let (mut sent, mut next_print, mut answered, mut input_open) = (0u64, 0u64, 0u64, true);
-    let mut failure = None;
-    while (input_open || client.outstanding() > 0) && failure.is_none() && !shutdown.is_triggered()
+    let mut gave_up = false;
+    while (input_open || client.outstanding() > 0)
+        && !gave_up
+        && !shutdown.is_triggered()
+        && !out.is_closed()
     {
         while input_open && client.outstanding() < args.in_flight {
             let wait = if client.outstanding() == 0 {
                 SHUTDOWN_CHECK
             } else {
-                std::time::Duration::ZERO
+                Duration::ZERO
             };
             match requests.recv_timeout(wait) {
-                Ok(line) => {
-                    let id = client.send(service, line)?;
-                    order.insert(id, sent);
-                    sent += 1;
-                }
+                Ok(line) => match client.send(service, line) {
+                    Ok(id) => {
+                        order.insert(id, (sent, crate::io::now()));
+                        sent += 1;
+                    }
+                    Err(e @ Error::Client(ClientError::TooLarge { .. })) => {
+                        done.insert(sent, Done::Failed(e, None, Duration::ZERO, None));
+                        sent += 1;
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => input_open = false,
             }
         }
-        match client.recv(SHUTDOWN_CHECK)? {
-            Some(Outcome::Reply { id, body }) => {
-                if let Some(n) = order.remove(&id) {
-                    done.insert(n, Ok(body));
-                }
-            }
-            Some(Outcome::Failed { id, message }) => {
-                if let Some(n) = order.remove(&id) {
+        let outcome = client.recv(SHUTDOWN_CHECK)?;
+        let id = match &outcome {
+            Some(
+                Outcome::Reply { id, .. } | Outcome::Failed { id, .. } | Outcome::GaveUp { id, .. },
+            ) => *id,
+            None => uuid::Uuid::nil(),
+        };
+        if let (Some(outcome), Some((n, at))) = (outcome, order.remove(&id)) {
+            let rtt = crate::io::now() - at;
+            let finished = match outcome {
+                Outcome::Reply { body, .. } => Done::Reply(body, rtt),
+                Outcome::Failed { id, message } => {
+                    // The async client does not tell a refusal from a failed handler.
                     let e = ClientError::Remote {
                         id,
-                        peer: format!("{} (service {service})", args.connect),
+                        peer: peer.clone(),
                         status: crate::proto::envelope::Status::Error,
                         message,
                     };
-                    done.insert(n, Err(e.to_string()));
+                    Done::Failed(e.into(), None, rtt, None)
                 }
-            }
-            Some(Outcome::GaveUp { id, attempts, .. }) => {
-                let e = ClientError::GaveUp {
-                    attempts,
-                    endpoint: format!("{} (service {service})", args.connect),
-                    body: Vec::new(),
-                };
-                if let Some(n) = order.remove(&id) {
-                    done.insert(n, Err(e.to_string()));
+                Outcome::GaveUp { attempts, body, .. } => {
+                    // The broker or the service is gone: send nothing more.
+                    gave_up = true;
+                    let why = probe(ctx, &args.connect, Some(service), &retry, shutdown);
+                    let e = ClientError::GaveUp {
+                        attempts,
+                        endpoint: peer.clone(),
+                        body,
+                    };
+                    Done::Failed(e.into(), Some(attempts), rtt, why)
                 }
-                // The broker or the service is gone: send nothing more.
-                failure = Some(e);
-            }
-            None => {}
+            };
+            done.insert(n, finished);
         }
-        while let Some(result) = done.remove(&next_print) {
+        while let Some(finished) = done.remove(&next_print) {
             next_print += 1;
-            match result {
-                Ok(body) => {
-                    print_reply(&body)?;
-                    answered += 1;
-                }
-                Err(why) => {
-                    report_failure(next_print, &why);
-                    any_failed = true;
-                }
-            }
+            answered += emit(out, next_print, finished)?;
         }
     }
     // Stopped early: what arrived after a gap is still printed, in order, and every
     // request that got no outcome is named.
-    let mut unanswered: Vec<u64> = order.into_values().collect();
+    let mut unanswered: Vec<u64> = order.into_values().map(|(n, _)| n).collect();
     unanswered.sort_unstable();
-    for (n, result) in done {
-        match result {
-            Ok(body) => {
-                print_reply(&body)?;
-                answered += 1;
-            }
-            Err(why) => report_failure(n + 1, &why),
-        }
+    for (n, finished) in done {
+        answered += emit(out, n + 1, finished)?;
     }
     for n in unanswered {
-        report_failure(n + 1, &"no answer before the client stopped");
+        out.unanswered(n + 1)?;
     }
     if args.summary {
         eprintln!(
@@ -135,9 +153,21 @@ fn run_async(
             client.duplicates()
         );
     }
-    if failure.is_some() || any_failed {
-        Ok(ExitCode::FAILURE)
-    } else {
-        Ok(ExitCode::SUCCESS)
+    Ok(out.code())
+}
+
+/// Writes one finished request (input line `line`); 1 when it was a reply.
+fn emit(out: &mut Output, line: u64, finished: Done) -> Result<u64, Error> {
+    match finished {
+        Done::Reply(body, rtt) => {
+            // The async client does not say which attempt was answered.
+            out.reply(line, None, rtt, &body)?;
+            Ok(1)
+        }
+        Done::Failed(e, attempt, rtt, why) => {
+            let rtt = (!rtt.is_zero()).then_some(rtt);
+            out.failure(line, attempt, rtt, &e, why.as_deref())?;
+            Ok(0)
+        }
     }
 }

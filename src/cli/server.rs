@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::args::parse_every;
 use super::parse_duration;
 use crate::error::Error;
 use crate::io::freelance::FreelanceServer;
@@ -22,17 +23,20 @@ pub struct ServerArgs {
     /// bind endpoint is the server's identity, so clients connect to exactly that text.
     #[arg(long)]
     pub freelance: bool,
-    /// Drop every Nth request unanswered (the socket is closed and bound again).
-    #[arg(long)]
+    /// Drop every Nth request unanswered (the socket is closed and bound again); N at
+    /// least 1. Not with --freelance.
+    #[arg(long, value_parser = parse_every, conflicts_with = "freelance")]
     pub fail_every: Option<u64>,
-    /// Stall every Nth request for --delay before answering.
-    #[arg(long)]
+    /// Stall every Nth request for --delay before answering; N at least 1. Not with
+    /// --freelance.
+    #[arg(long, value_parser = parse_every, conflicts_with = "freelance")]
     pub delay_every: Option<u64>,
-    /// How long a stall lasts.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// How long a stall of --delay-every lasts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration, requires = "delay_every")]
     pub delay: Duration,
-    /// Exit with status 3 on receiving the Nth request, without answering it.
-    #[arg(long)]
+    /// Exit with status 3 on receiving the Nth request (N at least 1), without
+    /// answering it. Not with --freelance.
+    #[arg(long, value_parser = parse_every, conflicts_with = "freelance")]
     pub crash_after: Option<u64>,
 }
 
@@ -55,6 +59,6 @@ pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     println!("server bound={}", server.endpoint());
     match server.run(handler::echo(), shutdown)? {
         Stopped::Shutdown => Ok(ExitCode::SUCCESS),
-        Stopped::Crashed => Ok(ExitCode::from(3)),
+        Stopped::Crashed => Ok(ExitCode::from(super::exit::CRASHED)),
     }
 }

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::args::parse_service;
 use super::{parse_duration, HeartbeatArgs, ReconnectArgs};
+use crate::error::ConfigError;
 use crate::error::Error;
-use crate::io::handler::{self, Handler};
+use crate::io::handler::{self, ExecOptions, Handler};
 use crate::io::mdworker::Worker;
 use crate::io::ppworker::PpWorker;
 use crate::io::Shutdown;
@@ -26,14 +28,20 @@ pub struct WorkerArgs {
     #[arg(long, env = "BOSUN_CONNECT")]
     pub connect: Option<String>,
     /// Speak Majordomo (7/MDP) and serve this service; without it, Paranoid Pirate.
-    #[arg(long, env = "BOSUN_SERVICE")]
+    #[arg(long, env = "BOSUN_SERVICE", value_parser = parse_service)]
     pub service: Option<String>,
-    /// Majordomo only: handle up to K requests at once (a pool of K threads; 1 to 1000).
+    /// Majordomo only (needs --service): handle up to K requests at once (a pool of K threads; 1 to 1000).
     #[arg(long, default_value_t = 1)]
     pub capacity: u32,
     /// Run `sh -c CMD` per request, body on stdin, reply from stdout (default: echo).
+    /// Each command runs in a process group of its own, killed on stop.
     #[arg(long)]
     pub exec: Option<String>,
+    /// With --exec: the longest a command may run; one that overruns is killed (its
+    /// process group) and its request fails. Bounds how long the worker stays busy
+    /// with one request.
+    #[arg(long, value_name = "DURATION", default_value = "30s", requires = "exec", value_parser = parse_exec_timeout)]
+    pub exec_timeout: Duration,
     /// Simulated work: wait this long before answering each request.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
@@ -52,7 +60,12 @@ pub struct WorkerArgs {
 /// `--delay`.
 fn handler_of(args: &WorkerArgs) -> Handler {
     let mut h = match &args.exec {
-        Some(cmd) => handler::exec(cmd.clone()),
+        Some(cmd) => handler::exec_with(
+            cmd.clone(),
+            ExecOptions {
+                timeout: args.exec_timeout,
+            },
+        ),
         None => handler::echo(),
     };
     if let Some(prefix) = &args.reply_prefix {
@@ -64,8 +77,26 @@ fn handler_of(args: &WorkerArgs) -> Handler {
     h
 }
 
+/// `--exec-timeout`: a duration, not zero (a zero timeout would fail every request).
+fn parse_exec_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
 /// Serves until Ctrl-C.
 pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    if args.service.is_none() && args.capacity != 1 {
+        return Err(Error::Config(ConfigError::Invalid {
+            field: "capacity",
+            reason: format!(
+                "{} needs --service: only a Majordomo worker handles several requests at \
+                 once; a Paranoid Pirate worker (no --service) handles one",
+                args.capacity
+            ),
+        }));
+    }
     let ctx = zmq::Context::new();
     let handler = handler_of(&args);
     let stats = match &args.service {

@@ -6,8 +6,11 @@ use crate::error::Error;
 use crate::io::driver::{Core, Driver, Op, Sockets};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
-use crate::proto::broker::{Broker, BrokerConfig, Event};
+use crate::proto::broker::{
+    Broker, BrokerConfig, DropReason, Event, GoneReason, DROP_REPORT_INTERVAL,
+};
 use crate::proto::frames::Frames;
+use crate::proto::stats::escape_name;
 
 impl Core for Broker {
     type Event = Event;
@@ -75,7 +78,15 @@ fn log_event(event: Event) {
             service,
             capacity,
         } => {
-            tracing::info!(worker = %hex(&identity), service = %String::from_utf8_lossy(&service), capacity, "worker ready")
+            tracing::info!(worker = %hex(&identity), service = %escape_name(&service), capacity, "worker ready")
+        }
+        // A worker that said goodbye is news, not trouble.
+        Event::WorkerGone {
+            identity,
+            reason: reason @ GoneReason::Disconnected,
+            requeued,
+        } => {
+            tracing::info!(worker = %hex(&identity), ?reason, requeued, "worker gone (it said DISCONNECT)")
         }
         Event::WorkerGone {
             identity,
@@ -85,14 +96,64 @@ fn log_event(event: Event) {
         Event::Disconnected { identity, reason } => {
             tracing::info!(peer = %hex(&identity), reason, "sent DISCONNECT")
         }
+        // One line per request would flood the log in a burst: each is at debug, and
+        // the count per service and reason comes once a second.
         Event::RequestDropped { service, reason } => {
-            tracing::warn!(service = %String::from_utf8_lossy(&service), ?reason, "request dropped")
+            tracing::debug!(service = %escape_name(&service), ?reason, "request dropped")
         }
+        Event::DropSummary {
+            service,
+            reason,
+            count,
+        } => {
+            let service =
+                service.map_or_else(|| "(other services)".to_string(), |s| escape_name(&s));
+            tracing::warn!(
+                %service,
+                ?reason,
+                count,
+                "{count} request(s) for service {service} refused or dropped in the last {}s ({})",
+                DROP_REPORT_INTERVAL.as_secs(),
+                drop_words(reason)
+            )
+        }
+        Event::HeartbeatMismatch {
+            service,
+            worker_interval,
+            broker_interval,
+            liveness,
+        } => tracing::warn!(
+            service = %escape_name(&service),
+            "worker heartbeats every {}, broker expects {} (a worker silent for {} is expired): give the worker and the broker the same --heartbeat-interval; said once per service",
+            ms(worker_interval),
+            ms(broker_interval),
+            ms(broker_interval.saturating_mul(liveness))
+        ),
         Event::ReplyDropped { identity, client } => {
             tracing::warn!(worker = %hex(&identity), client = %hex(&client), "reply to no outstanding request dropped")
         }
         Event::Malformed { identity, error } => {
             tracing::warn!(peer = %hex(&identity), %error, "malformed message dropped")
         }
+    }
+}
+
+/// What a drop reason means, for the log.
+fn drop_words(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::QueueFull => "queue full: --max-queue",
+        DropReason::QueueBytes => "queue full: --max-queue-bytes",
+        DropReason::BadServiceName => "invalid service name",
+        DropReason::TooManyServices => "too many services: --max-services",
+        DropReason::Expired => "waited --request-ttl with no worker",
+    }
+}
+
+/// A duration as milliseconds, or seconds with a fraction from 1 s on.
+fn ms(d: std::time::Duration) -> String {
+    if d.as_millis() >= 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }

@@ -1,5 +1,7 @@
 //! Drivers of Freelance (10/FLP): [`FreelanceClient`] (a ROUTER connected to every
-//! server) and [`FreelanceServer`] (a ROUTER whose identity is its endpoint).
+//! server, which names each connection by the endpoint it connected to) and
+//! [`FreelanceServer`] (a ROUTER whose identity is its endpoint, for the Guide's
+//! clients, which address a server by the identity it announces).
 
 use std::time::Instant;
 
@@ -122,10 +124,12 @@ impl FreelanceClient {
                 Flow::Continue
             }
             Input::Event(Event::UnknownServer { identity }) => {
+                // The client's ROUTER names every connection it made by its endpoint,
+                // so this is a peer on no connection of ours: nothing to match it to.
                 tracing::warn!(
                     identity = %String::from_utf8_lossy(&identity),
                     connected = %endpoints,
-                    "a server answered under an identity that is none of the endpoints connected to; its server must bind the exact endpoint text clients use (not * or another host name)"
+                    "a message came from a peer that is none of the servers this client connected to; dropped"
                 );
                 Flow::Continue
             }
@@ -147,8 +151,11 @@ pub struct FreelanceServer {
 }
 
 impl FreelanceServer {
-    /// Binds at `endpoint`, which is also the server's identity, so clients must connect
-    /// to exactly this text. A `*` port is resolved to a free port first.
+    /// Binds at `endpoint`, which is also the server's identity. A bosun client does not
+    /// need it: it knows each server by the connection it made (so `tcp://localhost:P`
+    /// reaches a server bound to `tcp://127.0.0.1:P` or `tcp://*:P`); a client written
+    /// after the Guide's flclient3 addresses the server by this identity, and must
+    /// connect to exactly this text. A `*` port is resolved to a free port first.
     pub fn bind(ctx: &zmq::Context, endpoint: &str) -> Result<Self, Error> {
         Self::bind_with(&Transport::with_context(ctx), endpoint)
     }
@@ -187,7 +194,9 @@ fn resolve_port(endpoint: &str) -> Result<String, Error> {
     else {
         return Ok(endpoint.to_string());
     };
-    let listener = std::net::TcpListener::bind((host, 0))
+    // `*` is every interface: a port free on all of them.
+    let probe = if host == "*" { "0.0.0.0" } else { host };
+    let listener = std::net::TcpListener::bind((probe, 0))
         .map_err(|e| Error::io(format!("find a free port on {host}"), e))?;
     let port = listener
         .local_addr()

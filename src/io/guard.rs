@@ -4,8 +4,12 @@
 //! but it cannot heartbeat while the handler runs. So the socket lives behind a mutex
 //! that the socket thread gives up only for the handler's duration, and a guard thread
 //! (the one that called the worker's `run`) takes it then: it sends a heartbeat whenever
-//! nothing went to the peer for an interval, and on shutdown it says goodbye at once and
-//! returns without waiting for the handler, whose reply is then never sent.
+//! nothing went to the peer for an interval, and on shutdown it says goodbye at once,
+//! kills the process groups of the `exec` commands the handler runs, and returns without
+//! waiting for the handler, whose reply is then never sent. The heartbeats are honest
+//! only as far as the handler makes progress: a handler that never returns keeps its
+//! worker looking alive and busy, so a command's handler is bounded by its timeout
+//! ([`crate::io::handler::ExecOptions`]).
 //!
 //! A zmq socket is not thread-safe, but libzmq lets it move between threads across a
 //! full memory barrier (zmq(7), "Thread safety"). The mutex is that barrier: exactly one
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::io::driver::Sockets;
+use crate::io::handler::Commands;
 use crate::io::ppworker::WorkerStats;
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
@@ -50,6 +55,8 @@ pub(crate) struct Guarded {
     pub handled: AtomicU64,
     /// Fresh sockets opened after the first.
     pub reconnects: AtomicU64,
+    /// The commands the worker's `exec` handlers are running: killed on stop.
+    pub(crate) commands: Commands,
 }
 
 /// Locks `m`, ignoring poisoning: no code panics while holding these locks (handler
@@ -70,6 +77,7 @@ impl Guarded {
             farewell: AtomicBool::new(false),
             handled: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            commands: Commands::default(),
         })
     }
 
@@ -93,12 +101,13 @@ impl Guarded {
     }
 
     /// Runs `handle` with socket 0 of `sockets` lent to the guard, and takes it back
-    /// (gone if the guard said goodbye meanwhile: see [`Guarded::farewell`]).
+    /// (gone if the guard said goodbye meanwhile: see [`Guarded::farewell`]). The
+    /// commands `handle` starts are the worker's (killed on stop).
     pub(crate) fn while_handling<R>(&self, sockets: &mut Sockets, handle: impl FnOnce() -> R) -> R {
         *lock(&self.socket) = sockets.take(0);
         self.busy_since
             .store(self.micros(io::now()), Ordering::SeqCst);
-        let result = handle();
+        let result = self.commands.enter(handle);
         // Idle again under the lock: a guard that takes the lock after this sees idle
         // and leaves the socket alone; one that took it before has finished with it.
         let mut slot = lock(&self.socket);
@@ -177,7 +186,13 @@ pub(crate) fn run_guarded(
             }
             guarded.farewell.store(true, Ordering::SeqCst);
             drop(socket);
-            tracing::info!("stopped while the handler runs; its reply will not be sent");
+            // After the farewell: the handler that returns because its command was
+            // killed finds it, and sends nothing.
+            let killed = guarded.commands.kill_all();
+            tracing::info!(
+                commands_killed = killed,
+                "stopped while the handler runs; its reply will not be sent"
+            );
             // Dropping the last handle of the context waits (up to the linger) for the
             // goodbye to leave; the socket thread makes no socket any more.
             guarded.transport.close();

@@ -113,9 +113,11 @@ impl Worker {
     }
 
     /// Serves requests until `shutdown` is triggered, then sends DISCONNECT. A handler
-    /// still running then is not waited for: its request goes back to the broker. A
-    /// handler that fails or panics fails its request (its client gets the message);
-    /// the worker goes on.
+    /// still running then is not waited for: its request goes back to the broker, and
+    /// the process groups of the `exec` commands still running are killed (their output
+    /// is never sent). A handler that fails once the stop was asked for is taken to have
+    /// failed because of it: its request goes back too. A handler that fails or panics
+    /// otherwise fails its request (its client gets the message); the worker goes on.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<MdWorkerStats, Error> {
         let Worker {
             transport,
@@ -143,7 +145,7 @@ impl Worker {
                 heartbeat: mdp::command(None, Command::Heartbeat),
                 goodbye: Some(mdp::command(None, Command::Disconnect)),
             };
-            run_guarded(
+            let result = run_guarded(
                 &shared,
                 settings.heartbeat.interval,
                 frames,
@@ -151,14 +153,24 @@ impl Worker {
                 move |g, stop| {
                     let mut d = Driver::new(core, sockets, stop);
                     d.sockets.report_sends_to(Arc::clone(g));
-                    settings.drive(&mut d, g, Exec::Inline(&handler))
+                    settings.drive(&mut d, g, Exec::Inline(&handler, stop))
                 },
-            )?;
+            );
+            // What the guard killed is killed; this catches a command started since.
+            shared.commands.kill_all();
+            result?;
         } else {
-            let pool = Pool::start(settings.capacity, &handler)?;
+            let pool = Pool::start(settings.capacity, &shared.commands.scoped(&handler))?;
             // Dropping the pool at the end stops its threads once they are idle.
             let mut d = Driver::new(core, sockets, shutdown);
-            settings.drive(&mut d, &shared, Exec::Pool(&pool))?;
+            let result = settings.drive(&mut d, &shared, Exec::Pool(&pool));
+            // The requests of the commands still running went back with DISCONNECT;
+            // their replies are never sent (the loop is over).
+            let killed = shared.commands.kill_all();
+            if killed > 0 {
+                tracing::info!(commands_killed = killed, "stopped; running commands killed");
+            }
+            result?;
         }
         Ok(shared.stats())
     }
@@ -175,8 +187,9 @@ struct Settings {
 
 /// How requests reach the handler.
 enum Exec<'a> {
-    /// On the socket thread (capacity 1), with the socket lent to the guard.
-    Inline(&'a Handler),
+    /// On the socket thread (capacity 1), with the socket lent to the guard; the flag
+    /// is the worker's stop.
+    Inline(&'a Handler, &'a Shutdown),
     /// Through the pool of handler threads.
     Pool(&'a Pool),
 }
@@ -186,17 +199,25 @@ impl Settings {
         let endpoint = self.endpoint.as_str();
         let wake = match &exec {
             Exec::Pool(pool) => Some(pool.doorbell()),
-            Exec::Inline(_) => None,
+            Exec::Inline(..) => None,
         };
         d.run(None, wake, |d, input| {
             match input {
                 Input::Event(Event::Request { token, request }) => match &exec {
-                    Exec::Inline(handler) => {
+                    Exec::Inline(handler, stop) => {
                         let reply =
                             g.while_handling(&mut d.sockets, || handler::call(handler, request));
                         if g.farewell() {
                             // The guard said DISCONNECT: the request is the broker's
                             // again, so the reply must not go out.
+                            return Flow::Break(());
+                        }
+                        if reply.is_err() && stop.is_triggered() {
+                            // Stopped, and the handler failed before the guard saw the
+                            // stop: it may have failed because of it (its command
+                            // killed), so its error is no answer. DISCONNECT without
+                            // replying: the broker re-queues the request.
+                            d.core.disconnect();
                             return Flow::Break(());
                         }
                         d.core.reply(io::now(), token, reply);

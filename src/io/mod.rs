@@ -4,6 +4,7 @@
 //! all come from one [`transport::Transport`]; the modules here choose the arrangement
 //! of sockets, turn the core's events into the application's calls, and log.
 
+pub mod async_client;
 pub mod broker;
 pub mod driver;
 pub mod freelance;

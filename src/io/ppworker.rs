@@ -98,8 +98,11 @@ impl PpWorker {
     /// Serves requests with `handler` until `shutdown` is triggered. The handler runs on
     /// a socket thread of its own; this thread heartbeats the queue while it runs, and on
     /// `shutdown` returns without waiting for it (6/PPP has no goodbye: the queue expires
-    /// the worker and the client retries the request). A handler that fails or panics
-    /// fails its request; the worker goes on.
+    /// the worker and the client retries the request), having killed the process group
+    /// of the `exec` command it runs, whose output is never sent. A handler that fails
+    /// once the stop was asked for is taken to have failed because of it: nothing is sent
+    /// for it either. A handler that fails or panics otherwise fails its request; the
+    /// worker goes on.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<WorkerStats, Error> {
         let PpWorker {
             transport,
@@ -116,7 +119,7 @@ impl PpWorker {
             heartbeat: Command::Heartbeat.frames(),
             goodbye: None,
         };
-        run_guarded(
+        let result = run_guarded(
             &shared,
             settings.heartbeat.interval,
             frames,
@@ -133,9 +136,13 @@ impl PpWorker {
                     g,
                     &handler,
                     &settings.endpoint,
+                    stop,
                 )
             },
-        )?;
+        );
+        // What the guard killed is killed; this catches a command started since.
+        shared.commands.kill_all();
+        result?;
         Ok(shared.stats())
     }
 }
@@ -145,6 +152,7 @@ fn drive_guarded(
     g: &Arc<Guarded>,
     handler: &Handler,
     endpoint: &str,
+    stop: &Shutdown,
 ) -> Result<(), Error> {
     d.sockets.report_sends_to(Arc::clone(g));
     d.run(None, None, |d, input| {
@@ -152,6 +160,14 @@ fn drive_guarded(
             Input::Event(WorkerEvent::Request { request }) => {
                 let reply = g.while_handling(&mut d.sockets, || handler::call(handler, request));
                 if g.farewell() {
+                    return Flow::Break(());
+                }
+                if reply.is_err() && stop.is_triggered() {
+                    // Stopped, and the handler failed before the guard saw the stop: it
+                    // may have failed because of it (its command killed), so its error
+                    // is no answer. Nothing is sent: the client's retry finds another
+                    // worker.
+                    let _ = d.sockets.apply(Op::Close(0));
                     return Flow::Break(());
                 }
                 if d.core.reply(io::now(), reply).is_ok() {

@@ -13,6 +13,74 @@ use crate::proto::paranoid_pirate::{Queue, QueueConfig, QueueEvent, QueueTransmi
 const FRONTEND: usize = 0;
 const BACKEND: usize = 1;
 
+/// How often the requests the queue refused are summed up in the log: one WARN per
+/// interval with their number, never a line per request.
+pub const DROP_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The queue core with its refusals counted for the log.
+struct Counted {
+    core: Queue,
+    /// Refused since the last report, and how many were waiting at the last one.
+    dropped: u64,
+    queued: usize,
+    /// When the count is reported.
+    report: Option<Instant>,
+}
+
+/// What the queue driver logs.
+enum Logged {
+    /// An event of the core (a refusal is only counted).
+    Core(QueueEvent),
+    /// `count` requests were refused over the last interval.
+    Dropped { count: u64, queued: usize },
+}
+
+impl Core for Counted {
+    type Event = Logged;
+    fn handle_input(&mut self, now: Instant, socket: usize, frames: Frames) {
+        Core::handle_input(&mut self.core, now, socket, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Core::handle_timeout(&mut self.core, now);
+        if self.report.is_some_and(|at| at <= now) {
+            self.report = None;
+        }
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.core.poll_op()
+    }
+    fn poll_event(&mut self) -> Option<Logged> {
+        loop {
+            match Queue::poll_event(&mut self.core) {
+                Some(QueueEvent::RequestDropped { queued }) => {
+                    self.dropped += 1;
+                    self.queued = queued;
+                    if self.report.is_none() {
+                        self.report = Some(io::now() + DROP_REPORT_INTERVAL);
+                    }
+                }
+                Some(e) => return Some(Logged::Core(e)),
+                None => break,
+            }
+        }
+        // Due: `handle_timeout` cleared the report time.
+        if self.report.is_none() && self.dropped > 0 {
+            let count = std::mem::take(&mut self.dropped);
+            return Some(Logged::Dropped {
+                count,
+                queued: self.queued,
+            });
+        }
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        [Queue::poll_timeout(&self.core), self.report]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 impl Core for Queue {
     type Event = QueueEvent;
     fn handle_input(&mut self, now: Instant, socket: usize, frames: Frames) {
@@ -84,8 +152,22 @@ impl QueueDriver {
     /// Routes until `shutdown` is triggered.
     pub fn run(self, shutdown: &Shutdown) -> Result<(), Error> {
         tracing::info!(frontend = %self.frontend_endpoint(), backend = %self.backend_endpoint(), "queue running");
-        let mut driver = Driver::new(self.core, self.sockets, shutdown);
-        driver.route(log_event)?;
+        let core = Counted {
+            core: self.core,
+            dropped: 0,
+            queued: 0,
+            report: None,
+        };
+        let mut driver = Driver::new(core, self.sockets, shutdown);
+        driver.route(|e| match e {
+            Logged::Core(e) => log_event(e),
+            Logged::Dropped { count, queued } => tracing::warn!(
+                count,
+                queued,
+                "queue full: {count} request(s) refused in the last {}s ({queued} waiting; --max-queue)",
+                DROP_REPORT_INTERVAL.as_secs()
+            ),
+        })?;
         tracing::info!("queue stopped");
         Ok(())
     }
@@ -103,7 +185,7 @@ fn log_event(event: QueueEvent) {
             tracing::warn!(worker = %hex(&identity), was_busy, "worker expired")
         }
         QueueEvent::RequestDropped { queued } => {
-            tracing::warn!(queued, "queue full; request dropped")
+            tracing::debug!(queued, "queue full; request refused")
         }
         QueueEvent::Malformed {
             side,

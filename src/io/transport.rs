@@ -123,25 +123,49 @@ impl Transport {
     }
 
     /// A new socket of `kind` bound to `endpoint`; also returns the endpoint actually
-    /// bound (its port resolved when `endpoint` asked for `*` or `0`).
+    /// bound (its port resolved when `endpoint` asked for `*` or `0`). The endpoint is
+    /// checked first ([`check_endpoint`]): a TCP port outside 1..=65535 (which libzmq
+    /// would silently wrap) is refused, and a bind that fails because the host is not an
+    /// address or interface of this machine says so in words.
     pub fn bind(
         &self,
         kind: zmq::SocketType,
         endpoint: &str,
     ) -> Result<(zmq::Socket, String), TransportError> {
+        check_endpoint(endpoint, Side::Bind)?;
         let s = self.socket(kind)?;
         let bound = bind(&s, endpoint)?;
         Ok((s, bound))
     }
 
-    /// A new socket of `kind` connected to every one of `endpoints`.
+    /// A new socket of `kind` connected to every one of `endpoints`, each checked first
+    /// ([`check_endpoint`]: a TCP port must be 1..=65535).
+    ///
+    /// A ROUTER addresses each peer it connects to by the endpoint text it was given
+    /// (`ZMQ_CONNECT_ROUTING_ID`), whatever identity the peer announces: a message from
+    /// that connection arrives with the endpoint as its first frame, and one sent to the
+    /// endpoint goes down that connection. So a Freelance client matches a server by the
+    /// connection, never by the server's spelling of its own address (`tcp://*:P`,
+    /// `localhost` or `127.0.0.1`). The same endpoint given twice is connected once.
     pub fn connect(
         &self,
         kind: zmq::SocketType,
         endpoints: &[String],
     ) -> Result<zmq::Socket, TransportError> {
-        let s = self.socket(kind)?;
         for e in endpoints {
+            check_endpoint(e, Side::Connect)?;
+        }
+        let mut s = self.socket(kind)?;
+        let mut seen = std::collections::HashSet::new();
+        for e in endpoints {
+            if kind == zmq::ROUTER {
+                if !seen.insert(e.as_str()) {
+                    continue;
+                }
+                set_connect_routing_id(&mut s, e.as_bytes()).map_err(|err| {
+                    TransportError::zmq("set connect routing id", e.as_str(), err)
+                })?;
+            }
             s.connect(e)
                 .map_err(|err| TransportError::zmq("connect", e.as_str(), err))?;
         }
@@ -158,14 +182,132 @@ impl Transport {
     }
 }
 
-/// Binds `socket` to `endpoint` and returns the endpoint actually bound.
+/// Binds `socket` to `endpoint` and returns the endpoint actually bound. The endpoint
+/// is checked first, and a host that is not this machine's is named as such.
 pub(crate) fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, TransportError> {
-    socket
-        .bind(endpoint)
-        .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
+    check_endpoint(endpoint, Side::Bind)?;
+    socket.bind(endpoint).map_err(|e| bind_error(endpoint, e))?;
     match socket.get_last_endpoint() {
         Ok(Ok(bound)) => Ok(bound),
         _ => Ok(endpoint.to_string()),
+    }
+}
+
+/// Which end of a connection an endpoint is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A local address to bind: the port may also be `*` or `0` (a free port).
+    Bind,
+    /// A peer to connect to: the port must be 1..=65535.
+    Connect,
+}
+
+/// Checks a `tcp://` endpoint before libzmq sees it: it must be `tcp://HOST:PORT` with
+/// a port in 1..=65535 (or, to bind, `*` or `0` for a free port). libzmq itself takes
+/// the port modulo 65536, so `tcp://127.0.0.1:99999` would bind port 34463. Other
+/// transports (`ipc://`, `inproc://`) are left to libzmq. The error names the endpoint
+/// and says what is wrong.
+pub fn check_endpoint(endpoint: &str, side: Side) -> Result<(), TransportError> {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return Ok(());
+    };
+    // `tcp://source;host:port` connects from a source address: check the peer part.
+    let peer = rest.rsplit(';').next().unwrap_or(rest);
+    let op = match side {
+        Side::Bind => "bind",
+        Side::Connect => "connect",
+    };
+    let invalid = |why: String| {
+        Err(TransportError::zmq(
+            op,
+            format!("{endpoint} ({why})"),
+            zmq::Error::EINVAL,
+        ))
+    };
+    let Some((host, port)) = peer.rsplit_once(':') else {
+        return invalid("no port: expected tcp://HOST:PORT".into());
+    };
+    if host.is_empty() {
+        return invalid("no host: expected tcp://HOST:PORT".into());
+    }
+    if side == Side::Bind && (port == "*" || port == "0") {
+        return Ok(());
+    }
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(()),
+        _ => {
+            let free = match side {
+                Side::Bind => ", or * for a free port",
+                Side::Connect => "",
+            };
+            invalid(format!(
+                "port {port:?} is not a TCP port: it must be 1 to 65535{free}"
+            ))
+        }
+    }
+}
+
+/// The error of a failed bind, with the usual cause in words where libzmq's alone is
+/// cryptic ("Cannot assign requested address", "No such device").
+fn bind_error(endpoint: &str, e: zmq::Error) -> TransportError {
+    let host = endpoint
+        .strip_prefix("tcp://")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .map(|(host, _)| host);
+    let is_ip = |h: &str| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    };
+    let endpoint = match (e, host) {
+        (zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV, Some(host)) if is_ip(host) => format!(
+            "{endpoint} ({host} is not an address or interface of this machine: bind 127.0.0.1 \
+             for this machine only, * for every interface, or one of this machine's addresses)"
+        ),
+        (zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV, Some(host)) => format!(
+            "{endpoint} ({host} is not an address or interface of this machine: a bind takes an \
+             IP address or an interface name, never a host name, so bind 127.0.0.1 for this \
+             machine only (clients may still connect to localhost), * for every interface, or \
+             one of this machine's addresses)"
+        ),
+        (zmq::Error::EADDRINUSE, _) => {
+            format!("{endpoint} (the port is taken: another process is bound to it)")
+        }
+        _ => endpoint.to_string(),
+    };
+    TransportError::zmq("bind", endpoint, e)
+}
+
+/// Sets `ZMQ_CONNECT_ROUTING_ID` (libzmq 4.3), which the `zmq` crate does not wrap: the
+/// routing id a ROUTER gives the peer of its next `connect`.
+fn set_connect_routing_id(socket: &mut zmq::Socket, id: &[u8]) -> Result<(), zmq::Error> {
+    /// `ZMQ_CONNECT_ROUTING_ID` in zmq.h.
+    const ZMQ_CONNECT_ROUTING_ID: std::os::raw::c_int = 61;
+    extern "C" {
+        fn zmq_setsockopt(
+            socket: *mut std::ffi::c_void,
+            option: std::os::raw::c_int,
+            value: *const std::ffi::c_void,
+            len: usize,
+        ) -> std::os::raw::c_int;
+    }
+    // SAFETY: the socket pointer is live and exclusively borrowed for the call; `id` is
+    // valid for `id.len()` bytes, which libzmq copies before returning.
+    let rc = unsafe {
+        zmq_setsockopt(
+            socket.as_mut_ptr(),
+            ZMQ_CONNECT_ROUTING_ID,
+            id.as_ptr().cast(),
+            id.len(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // libzmq reports through errno, which is per thread.
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        Err(zmq::Error::from_raw(errno))
     }
 }
 
@@ -196,5 +338,77 @@ mod tests {
         drop((s, c));
         t.close();
         assert!(matches!(t.socket(zmq::DEALER), Err(TransportError::Closed)));
+    }
+
+    fn err<T>(r: Result<T, TransportError>) -> String {
+        match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_port_outside_the_tcp_range_is_refused_naming_the_endpoint() {
+        let t = Transport::default();
+        for bad in [
+            "tcp://127.0.0.1:99999",
+            "tcp://127.0.0.1:65536",
+            "tcp://127.0.0.1:x",
+        ] {
+            let e = err(t.bind(zmq::ROUTER, bad));
+            assert!(e.contains(bad) && e.contains("1 to 65535"), "{e}");
+            let e = err(t.connect(zmq::DEALER, &[bad.to_string()]));
+            assert!(e.starts_with("connect ") && e.contains(bad), "{e}");
+        }
+        let e = err(t.connect(zmq::DEALER, &["tcp://127.0.0.1:0".into()]));
+        assert!(e.contains("1 to 65535"), "{e}");
+        assert!(t.bind(zmq::ROUTER, "tcp://127.0.0.1:0").is_ok());
+        assert!(t.bind(zmq::ROUTER, "tcp://127.0.0.1").is_err());
+        // Nothing was made for the refused endpoints.
+        assert_eq!(t.sockets_made(), 1);
+    }
+
+    #[test]
+    fn binding_an_address_of_another_machine_says_so_in_words() {
+        let t = Transport::default();
+        // TEST-NET-1 (RFC 5737): never an address of this machine.
+        let e = err(t.bind(zmq::ROUTER, "tcp://192.0.2.1:5555"));
+        assert!(
+            e.contains("tcp://192.0.2.1:5555")
+                && e.contains("not an address or interface of this machine"),
+            "{e}"
+        );
+        let e = err(t.bind(zmq::ROUTER, "tcp://no-such-host.invalid:5555"));
+        assert!(
+            e.contains("not an address or interface of this machine"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_router_addresses_each_peer_by_the_endpoint_it_connected_to() {
+        let t = Transport::default();
+        // The server announces an identity that is none of the spellings clients use.
+        let server = t.socket(zmq::ROUTER).unwrap();
+        server.set_identity(b"tcp://*:1").unwrap();
+        let bound = bind(&server, "tcp://127.0.0.1:*").unwrap();
+        let port = bound.rsplit(':').next().unwrap();
+        let localhost = format!("tcp://localhost:{port}");
+        let client = t
+            .connect(zmq::ROUTER, &[localhost.clone(), localhost.clone()])
+            .unwrap();
+        client.set_router_mandatory(true).unwrap();
+        // The connection is addressable by the endpoint text at once (a routing id
+        // unknown to a mandatory ROUTER would fail with EHOSTUNREACH).
+        client
+            .send_multipart([localhost.as_bytes(), b"PING"], zmq::DONTWAIT)
+            .unwrap();
+        let got = server.recv_multipart(0).unwrap();
+        assert_eq!(got[1], b"PING");
+        server
+            .send_multipart([got[0].as_slice(), b"PONG"], 0)
+            .unwrap();
+        let back = client.recv_multipart(0).unwrap();
+        assert_eq!(back, vec![localhost.into_bytes(), b"PONG".to_vec()]);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::envelope::{self, Meta, Request as AppRequest, Status};
 use super::frames::mdp::{self, Command, FromWorker, ToBroker};
 use super::frames::Frames;
-use super::stats::{Rates, Window};
+use super::stats::{escape_name, Rates, Window};
 use super::timer::Timers;
 use crate::config::Heartbeat;
 use crate::error::{ConfigError, ProtocolError};
@@ -23,15 +23,58 @@ use crate::error::{ConfigError, ProtocolError};
 /// Service names with this prefix are the broker's own (8/MMI).
 pub const MMI_PREFIX: &[u8] = b"mmi.";
 
+/// Longest service name the broker takes, in bytes.
+pub const MAX_SERVICE_NAME: usize = 255;
+
+/// How often the broker sums up the requests it dropped or refused: one
+/// [`Event::DropSummary`] per service and reason per interval, never one per request.
+pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most (service, reason) pairs counted in one [`DROP_REPORT_INTERVAL`]; the drops of
+/// further ones are summed under "other services".
+const MAX_DROP_KEYS: usize = 256;
+
+/// Most expired workers remembered, to measure the heartbeat interval of one that is
+/// heard from again (see [`Event::HeartbeatMismatch`]).
+const MAX_REMEMBERED_EXPIRED: usize = 1024;
+
+/// Checks a service name. A valid name is 1 to [`MAX_SERVICE_NAME`] bytes, any bytes:
+/// 7/MDP puts no rule on them, so spaces, newlines, `=` and non-UTF-8 bytes are all
+/// taken (`mmi.stats` escapes them, see [`crate::proto::stats::escape_name`]). Names
+/// starting `mmi.` are the broker's own (8/MMI). An empty name is refused: a client
+/// that sends one has almost always lost its setting (`BOSUN_SERVICE=`), and a worker
+/// registered under it could be asked for by mistake.
+pub fn check_service_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("the service name is empty")
+    } else if name.len() > MAX_SERVICE_NAME {
+        Err("the service name is longer than 255 bytes")
+    } else {
+        Ok(())
+    }
+}
+
 /// Settings of a [`Broker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrokerConfig {
     /// Heartbeat with the workers. Default 2500 ms × 3, the 7/MDP reference values, so
     /// workers written against the Guide keep their registration.
     pub heartbeat: Heartbeat,
-    /// Most requests waiting per service. Default 1000 (libzmq's default high-water
-    /// mark); beyond it new requests are dropped with an event, the client retries.
+    /// Most requests waiting per service. Default 100,000: a standard 7/MDP client may
+    /// send its whole batch at once (the Guide's mdclient2 sends 100,000 requests before
+    /// reading a reply), and each waiting request costs the broker about a hundred bytes
+    /// of bookkeeping beyond its frames, which `max_queue_bytes` bounds. (The old
+    /// default, 1000, libzmq's high-water mark, lost 978 of a burst of 2,000.) Beyond it
+    /// a request is refused: a bosun client is told (status `Refused`), a foreign one
+    /// hears nothing and retries.
     pub max_queue: usize,
+    /// Most bytes (the request frames, metadata included) waiting per service. Default
+    /// 256 MiB: a burst of 100,000 requests of 2 KiB fits, or four of the largest request
+    /// a bosun client sends (64 MiB), while a service with no worker cannot make the
+    /// broker hold more than that. An empty queue takes any request, however large, so
+    /// no request is refused for its size alone. Beyond it a request is refused as for
+    /// `max_queue`.
+    pub max_queue_bytes: usize,
     /// How long a request may wait for a worker before it is dropped. Default 30 s:
     /// far beyond any client's retry budget, so only abandoned requests are dropped.
     pub request_ttl: Duration,
@@ -57,6 +100,7 @@ impl BrokerConfig {
             }
         };
         positive("max_queue", self.max_queue)?;
+        positive("max_queue_bytes", self.max_queue_bytes)?;
         positive("max_services", self.max_services)?;
         for (field, d) in [
             ("request_ttl", self.request_ttl),
@@ -81,7 +125,8 @@ impl Default for BrokerConfig {
                 interval: Duration::from_millis(2500),
                 liveness: 3,
             },
-            max_queue: 1000,
+            max_queue: 100_000,
+            max_queue_bytes: 256 << 20,
             request_ttl: Duration::from_secs(30),
             max_services: 65_536,
             stats_window: Duration::from_secs(10),
@@ -119,12 +164,39 @@ pub enum Event {
         /// Why, in words.
         reason: &'static str,
     },
-    /// A request was dropped by an explicit rule.
+    /// A request was dropped by an explicit rule (a bosun client was answered with
+    /// status `Refused` and the reason). One per request: for the log, use
+    /// [`Event::DropSummary`], which counts them.
     RequestDropped {
         /// The service.
         service: Vec<u8>,
         /// Which rule.
         reason: DropReason,
+    },
+    /// How many requests were dropped for one service and reason over the last
+    /// [`DROP_REPORT_INTERVAL`] (at most one per service and reason per interval).
+    DropSummary {
+        /// The service, or `None` for the sum over services beyond the ones counted
+        /// one by one in an interval.
+        service: Option<Vec<u8>>,
+        /// Which rule.
+        reason: DropReason,
+        /// Requests dropped.
+        count: u64,
+    },
+    /// A worker expired and was then heard from again (or expired while it heartbeated
+    /// far faster than the broker): its heartbeat interval is not the broker's. Said
+    /// once per service, so the log explains the flapping instead of repeating it.
+    HeartbeatMismatch {
+        /// The service.
+        service: Vec<u8>,
+        /// The worker's heartbeat interval, as measured between its messages.
+        worker_interval: Duration,
+        /// The broker's heartbeat interval.
+        broker_interval: Duration,
+        /// The broker's liveness: a worker silent for `liveness × broker_interval`
+        /// expires.
+        liveness: u32,
     },
     /// A REPLY that answers no request the worker holds (or from an unregistered
     /// worker) was dropped.
@@ -155,10 +227,14 @@ pub enum GoneReason {
 }
 
 /// Why a request was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
     /// The service queue held `max_queue` requests.
     QueueFull,
+    /// The service queue held requests of `max_queue_bytes` bytes with this one.
+    QueueBytes,
+    /// The service name is not valid ([`check_service_name`]).
+    BadServiceName,
     /// It waited `request_ttl` with no worker to take it.
     Expired,
     /// `max_services` services exist already.
@@ -196,23 +272,28 @@ impl ServiceStats {
         }
     }
 
-    /// One line of `key=value` fields, as `mmi.stats` sends it.
+    /// One line of `key=value` fields, as `mmi.stats` sends it. The service name is
+    /// escaped ([`escape_name`]), so the line has no space, newline or `=` but the
+    /// separators, and a name made of letters, digits and `.-_:/` is unchanged.
     pub fn to_line(&self) -> String {
         let r = &self.rates;
         let rho = self.utilisation();
+        // Every figure is a count, a rate or a time: never negative, and never printed
+        // "-0.000" when rounding leaves a hair below zero.
+        let fix = |v: f64| if v.is_finite() && v > 0.0 { v } else { 0.0 };
         format!(
             "service={} idle={} busy={} capacity={} queued={} l_avg={:.3} lambda={:.3} mu={:.3} rho={:.3} wait_ms={:.3} service_ms={:.3}",
-            String::from_utf8_lossy(&self.service),
+            escape_name(&self.service),
             self.idle,
             self.busy,
             self.capacity,
             self.queued,
-            r.mean_queue,
-            r.arrival_rate,
-            r.completion_rate,
-            rho,
-            r.mean_wait * 1e3,
-            r.mean_service * 1e3,
+            fix(r.mean_queue),
+            fix(r.arrival_rate),
+            fix(r.completion_rate),
+            fix(rho),
+            fix(r.mean_wait * 1e3),
+            fix(r.mean_service * 1e3),
         )
     }
 }
@@ -221,6 +302,8 @@ impl ServiceStats {
 struct Request {
     client: Vec<u8>,
     body: Frames,
+    /// The bytes of `body`, counted against `max_queue_bytes` while it waits.
+    bytes: usize,
     id: Option<Uuid>,
     arrived: Instant,
     /// Key in `Broker::ttl`.
@@ -234,6 +317,8 @@ struct Request {
 #[derive(Debug)]
 struct Service {
     requests: VecDeque<Request>,
+    /// The bytes of `requests`.
+    queued_bytes: usize,
     /// Workers with spare capacity, least recently used first.
     available: VecDeque<Vec<u8>>,
     workers: usize,
@@ -252,11 +337,21 @@ struct Worker {
     expiry: (Instant, u64),
     /// When the worker expires unless it is heard from.
     deadline: Instant,
+    /// When it was last heard from.
+    heard: Instant,
+    /// When its last HEARTBEAT came.
+    beat: Option<Instant>,
+    /// The last gap between two of its HEARTBEATs: its heartbeat interval (a worker
+    /// sends one when it has sent nothing else for an interval, so the gap is never
+    /// shorter than its interval).
+    gap: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Heartbeat,
+    /// Sum up the drops counted since the last report.
+    DropReport,
 }
 
 /// The Majordomo broker state machine.
@@ -280,6 +375,12 @@ pub struct Broker {
     timers: Timers<Timer>,
     transmits: VecDeque<Frames>,
     events: VecDeque<Event>,
+    /// Drops since the last [`Event::DropSummary`], by service (`None`: the others).
+    drops: BTreeMap<(Option<Vec<u8>>, DropReason), u64>,
+    /// Workers that expired lately: their service and when they were last heard from.
+    expired: HashMap<Vec<u8>, (Vec<u8>, Instant)>,
+    /// Services whose heartbeat mismatch was reported.
+    hinted: HashSet<Vec<u8>>,
 }
 
 impl Broker {
@@ -301,6 +402,9 @@ impl Broker {
             timers,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            drops: BTreeMap::new(),
+            expired: HashMap::default(),
+            hinted: HashSet::default(),
         })
     }
 
@@ -323,13 +427,26 @@ impl Broker {
     /// Feeds the passing of time: heartbeats every worker, idle and busy, expires
     /// silent workers (re-queueing their requests) and requests past their TTL.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Timer::Heartbeat) = self.timers.pop_expired(now) {
-            for identity in self.workers.keys() {
-                self.transmits
-                    .push_back(mdp::command(Some(identity), Command::Heartbeat));
+        while let Some(timer) = self.timers.pop_expired(now) {
+            match timer {
+                Timer::Heartbeat => {
+                    for identity in self.workers.keys() {
+                        self.transmits
+                            .push_back(mdp::command(Some(identity), Command::Heartbeat));
+                    }
+                    self.timers
+                        .set(Timer::Heartbeat, now + self.cfg.heartbeat.interval);
+                }
+                Timer::DropReport => {
+                    for ((service, reason), count) in std::mem::take(&mut self.drops) {
+                        self.events.push_back(Event::DropSummary {
+                            service,
+                            reason,
+                            count,
+                        });
+                    }
+                }
             }
-            self.timers
-                .set(Timer::Heartbeat, now + self.cfg.heartbeat.interval);
         }
         self.expire(now);
         while let Some(entry) = self.ttl.first_entry() {
@@ -342,12 +459,16 @@ impl Broker {
                 continue;
             };
             if let Some(pos) = service.requests.iter().position(|r| r.key == key) {
-                service.requests.remove(pos);
-                service.stats.queue_length(now, service.requests.len());
-                self.events.push_back(Event::RequestDropped {
-                    service: name.clone(),
-                    reason: DropReason::Expired,
-                });
+                if let Some(req) = service.requests.remove(pos) {
+                    service.queued_bytes -= req.bytes;
+                    service.stats.queue_length(now, service.requests.len());
+                    let why = format!(
+                        "expired: no worker of service {} took it within {} (the broker's request TTL)",
+                        escape_name(&name),
+                        humanize(self.cfg.request_ttl)
+                    );
+                    self.drop_request(now, req.client, &name, &req.body, DropReason::Expired, &why);
+                }
             }
             self.forget_if_empty(&name);
         }
@@ -468,23 +589,64 @@ impl Broker {
         if service.starts_with(MMI_PREFIX) {
             return self.mmi(now, client, service, body);
         }
+        if let Err(why) = check_service_name(&service) {
+            let why = format!("refused by the broker: {why}");
+            return self.drop_request(
+                now,
+                client,
+                &service,
+                &body,
+                DropReason::BadServiceName,
+                &why,
+            );
+        }
         if !self.services.contains_key(&service) && self.services.len() >= self.cfg.max_services {
-            return self.events.push_back(Event::RequestDropped {
-                service,
-                reason: DropReason::TooManyServices,
-            });
+            let why = format!(
+                "refused by the broker: it tracks {} services already (its --max-services), none of them {}",
+                self.cfg.max_services,
+                escape_name(&service)
+            );
+            return self.drop_request(
+                now,
+                client,
+                &service,
+                &body,
+                DropReason::TooManyServices,
+                &why,
+            );
         }
         let key = self.key(now + self.cfg.request_ttl);
-        let max_queue = self.cfg.max_queue;
+        let (max_queue, max_bytes) = (self.cfg.max_queue, self.cfg.max_queue_bytes);
+        let bytes: usize = body.iter().map(Vec::len).sum();
         let s = service_entry(&mut self.services, self.cfg.stats_window, now, &service);
         s.stats.arrived(now);
-        if s.requests.len() >= max_queue {
-            self.events.push_back(Event::RequestDropped {
-                service,
-                reason: DropReason::QueueFull,
-            });
-            return;
+        let full = if s.requests.len() >= max_queue {
+            Some((
+                DropReason::QueueFull,
+                format!(
+                    "refused by the broker: {} requests already wait for service {} (its --max-queue); try again later",
+                    s.requests.len(),
+                    escape_name(&service)
+                ),
+            ))
+        } else if !s.requests.is_empty() && s.queued_bytes.saturating_add(bytes) > max_bytes {
+            Some((
+                DropReason::QueueBytes,
+                format!(
+                    "refused by the broker: requests of {} bytes already wait for service {}, and this one's {} bytes would pass its --max-queue-bytes {}; try again later",
+                    s.queued_bytes,
+                    escape_name(&service),
+                    bytes,
+                    max_bytes
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((reason, why)) = full {
+            return self.drop_request(now, client, &service, &body, reason, &why);
         }
+        s.queued_bytes += bytes;
         let id = body_id(&body);
         // Handed to a worker at once (nothing waits ahead of it and a worker has room):
         // then it never waits, and its TTL need not be filed.
@@ -496,6 +658,7 @@ impl Broker {
         s.requests.push_back(Request {
             client,
             body,
+            bytes,
             id,
             arrived: now,
             key,
@@ -511,6 +674,21 @@ impl Broker {
 
     fn worker_command(&mut self, now: Instant, identity: Vec<u8>, cmd: FromWorker) {
         let known = self.workers.contains_key(&identity);
+        if known {
+            if let Some(w) = self.workers.get_mut(&identity) {
+                w.heard = now;
+                if matches!(cmd, FromWorker::Heartbeat) {
+                    if let Some(beat) = w.beat {
+                        w.gap = Some(now.saturating_duration_since(beat));
+                    }
+                    w.beat = Some(now);
+                }
+            }
+        } else if let Some((service, heard)) = self.expired.remove(&identity) {
+            // Heard from after it expired: if the whole silence was its heartbeat
+            // interval, it is longer than the broker allows.
+            self.mismatch(service, now.saturating_duration_since(heard));
+        }
         match cmd {
             FromWorker::Ready { service, capacity } => {
                 if known {
@@ -519,6 +697,9 @@ impl Broker {
                 }
                 if service.starts_with(MMI_PREFIX) {
                     return self.disconnect(identity, "READY for an mmi. service");
+                }
+                if let Err(why) = check_service_name(&service) {
+                    return self.disconnect(identity, why);
                 }
                 self.register(now, identity, service, capacity);
             }
@@ -563,6 +744,9 @@ impl Broker {
                 inflight: VecDeque::new(),
                 expiry,
                 deadline,
+                heard: now,
+                beat: None,
+                gap: None,
             },
         );
         let s = self.service(now, &service);
@@ -633,15 +817,31 @@ impl Broker {
             return;
         };
         self.expiries.remove(&w.expiry);
+        if reason == GoneReason::Expired {
+            // A worker that heartbeats much faster than the broker expects the broker's
+            // heartbeats as often, and leaves when they do not come.
+            if let Some(gap) = w.gap {
+                if gap.saturating_mul(2) < self.cfg.heartbeat.interval {
+                    self.mismatch(w.service.clone(), gap);
+                }
+            }
+            if self.expired.len() >= MAX_REMEMBERED_EXPIRED {
+                self.expired.clear();
+            }
+            self.expired
+                .insert(identity.clone(), (w.service.clone(), w.heard));
+        }
         let requeued = w.inflight.len();
         if let Some(s) = self.services.get_mut(&w.service) {
             s.workers = s.workers.saturating_sub(1);
             s.available.retain(|i| *i != identity);
-            // Back to the front, oldest first, keeping their original TTL.
+            // Back to the front, oldest first, keeping their original TTL. They were
+            // accepted once: they go back whatever the bounds say.
             for mut req in w.inflight.into_iter().rev() {
                 req.dispatched = None;
                 req.in_ttl = true;
                 self.ttl.insert(req.key, w.service.clone());
+                s.queued_bytes += req.bytes;
                 s.requests.push_front(req);
             }
             s.stats.queue_length(now, s.requests.len());
@@ -669,6 +869,7 @@ impl Broker {
             let Some(mut req) = s.requests.pop_front() else {
                 break;
             };
+            s.queued_bytes -= req.bytes;
             if req.in_ttl {
                 self.ttl.remove(&req.key);
                 req.in_ttl = false;
@@ -739,6 +940,58 @@ impl Broker {
         }
     }
 
+    /// Drops a request by `reason`: a bosun client (its body ends with metadata) is
+    /// answered with status `Refused` and `why`; a foreign one is not answered (a plain
+    /// frame would read as the reply), so it retries or gives up as it would on a lost
+    /// request. Counted for the next [`Event::DropSummary`].
+    fn drop_request(
+        &mut self,
+        now: Instant,
+        client: Vec<u8>,
+        service: &[u8],
+        body: &[Vec<u8>],
+        reason: DropReason,
+        why: &str,
+    ) {
+        if let Some(meta) = body.last().and_then(|f| Meta::decode(f).ok()) {
+            self.transmits.push_back(mdp::client_reply(
+                client,
+                service,
+                envelope::refusal(Some(&meta), why),
+            ));
+        }
+        self.events.push_back(Event::RequestDropped {
+            service: service.to_vec(),
+            reason,
+        });
+        let key = (Some(service.to_vec()), reason);
+        let key = if self.drops.len() < MAX_DROP_KEYS || self.drops.contains_key(&key) {
+            key
+        } else {
+            (None, reason)
+        };
+        *self.drops.entry(key).or_insert(0) += 1;
+        if self.timers.get(Timer::DropReport).is_none() {
+            self.timers
+                .set(Timer::DropReport, now + DROP_REPORT_INTERVAL);
+        }
+    }
+
+    /// Reports, once per service, a worker whose heartbeat interval (`measured`) is not
+    /// the broker's.
+    fn mismatch(&mut self, service: Vec<u8>, measured: Duration) {
+        if self.hinted.contains(&service) || self.hinted.len() >= self.cfg.max_services {
+            return;
+        }
+        self.hinted.insert(service.clone());
+        self.events.push_back(Event::HeartbeatMismatch {
+            service,
+            worker_interval: measured,
+            broker_interval: self.cfg.heartbeat.interval,
+            liveness: self.cfg.heartbeat.liveness,
+        });
+    }
+
     fn disconnect(&mut self, identity: Vec<u8>, reason: &'static str) {
         self.transmits
             .push_back(mdp::command(Some(&identity), Command::Disconnect));
@@ -769,6 +1022,7 @@ fn service_entry<'a>(
             name.to_vec(),
             Service {
                 requests: VecDeque::new(),
+                queued_bytes: 0,
                 available: VecDeque::new(),
                 workers: 0,
                 stats: Window::new(now, window),
@@ -778,6 +1032,15 @@ fn service_entry<'a>(
     services
         .get_mut(name)
         .expect("the service was inserted just above")
+}
+
+/// A duration in words for a message: whole seconds as `30s`, else milliseconds.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 /// The message id of a body whose last frame is bosun metadata, read from its fixed

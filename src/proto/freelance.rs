@@ -1,7 +1,11 @@
 //! Freelance (10/FLP): brokerless request-reply with failover between N servers.
 //!
-//! The client's ROUTER connects to every server; each server's ROUTER uses its public
-//! endpoint as its routing identity, so the client addresses a server by endpoint.
+//! The client's ROUTER connects to every server and names each connection by the
+//! endpoint it connected to (`ZMQ_CONNECT_ROUTING_ID`, set by
+//! [`crate::io::transport::Transport::connect`]), so the client addresses a server by
+//! that endpoint whatever identity the server announces: `tcp://localhost:P` reaches a
+//! server bound to `tcp://127.0.0.1:P` or `tcp://*:P`. (A bosun server still takes its
+//! endpoint as its identity, for clients written after the Guide's flclient3.)
 //! The client pings every server (`["PING"]`, answered `["PONG"]`); a server that has
 //! not answered for `server_ttl` is down. A request `[control][payload...][metadata]`
 //! goes to the first server that is up; the server returns the control frame unchanged
@@ -91,9 +95,11 @@ pub enum Event {
         /// The request payload, handed back.
         payload: Frames,
     },
-    /// A message came from a peer whose identity is none of the servers: a server
-    /// whose identity is not the endpoint the client connected to (say, bound to
-    /// `tcp://*:P` or known by another host name).
+    /// A message came from a peer whose identity is none of the servers. With the
+    /// client's ROUTER naming each connection by its endpoint this cannot come from a
+    /// server it connected to; a driver over a socket that does not (so that the
+    /// server's own identity is used) sees it for a server whose identity is not the
+    /// endpoint text the client used.
     UnknownServer {
         /// The identity it used.
         identity: Vec<u8>,

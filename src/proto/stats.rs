@@ -5,6 +5,42 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// A service name as `mmi.stats` writes it: every byte outside printable ASCII
+/// (`!` to `~`), and `%` and `=`, becomes `%XX`, two upper-case hex digits. So a name
+/// holds no space, newline or `=` on the wire and a `key=value` line stays parseable
+/// whatever the name's bytes (7/MDP allows any), while ordinary names (letters,
+/// digits, `.-_:/`) are written unchanged. [`unescape_name`] gives the bytes back.
+pub fn escape_name(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name {
+        if b.is_ascii_graphic() && b != b'%' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The bytes of a name written by [`escape_name`]; `None` for a `%` not followed by
+/// two hex digits.
+pub fn unescape_name(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
 const BUCKETS: u32 = 10;
 
@@ -201,6 +237,18 @@ mod tests {
             "L {} vs λW {little}",
             r.mean_queue
         );
+    }
+
+    #[test]
+    fn names_are_escaped_into_one_token_and_back() {
+        let odd: &[u8] = b"a b\nc=d%e\xff\x00.";
+        let text = escape_name(odd);
+        assert_eq!(text, "a%20b%0Ac%3Dd%25e%FF%00.");
+        assert!(!text.contains([' ', '\n', '=']));
+        assert_eq!(unescape_name(&text).as_deref(), Some(odd));
+        assert_eq!(escape_name(b"echo.v2_x-y:z/w"), "echo.v2_x-y:z/w");
+        assert_eq!(unescape_name("bad%4"), None);
+        assert_eq!(unescape_name("bad%zz"), None);
     }
 
     #[test]

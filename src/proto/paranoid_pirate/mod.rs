@@ -8,5 +8,7 @@
 mod queue;
 mod worker;
 
-pub use queue::{Event as QueueEvent, Queue, QueueConfig, Side, Transmit as QueueTransmit};
+pub use queue::{
+    Event as QueueEvent, Queue, QueueConfig, Side, Transmit as QueueTransmit, MAX_QUEUE_BYTES,
+};
 pub use worker::{Event as WorkerEvent, NotBusy, Transmit as WorkerTransmit, Worker};

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::config::Heartbeat;
 use crate::error::{ConfigError, ProtocolError};
+use crate::proto::envelope::{self, Meta};
 use crate::proto::frames::ppp::{self, Command, FromWorker};
 use crate::proto::frames::Frames;
 use crate::proto::timer::Timers;
@@ -16,17 +17,25 @@ use crate::proto::timer::Timers;
 pub struct QueueConfig {
     /// Heartbeat interval and liveness, shared with the workers.
     pub heartbeat: Heartbeat,
-    /// Most client requests held while no worker is idle. Default 1000, libzmq's default
-    /// high-water mark: beyond it a request is dropped (with an event) and the client's
-    /// retry takes over, instead of memory growing without bound.
+    /// Most client requests held while no worker is idle. Default 100,000, so that a
+    /// client (or many) sending a burst before reading a reply loses none of it (the
+    /// old default, 1000, libzmq's high-water mark, dropped the rest of a burst of
+    /// 2,000); memory is bounded by [`MAX_QUEUE_BYTES`] as well. Beyond either bound a
+    /// request is refused: a bosun client is answered with status `Refused` and the
+    /// reason, a foreign one hears nothing and its retry takes over.
     pub max_queue: usize,
 }
+
+/// Most bytes of client requests (every frame, the client's address included) the
+/// queue holds while no worker is idle: 256 MiB, a burst of 100,000 requests of 2 KiB
+/// or four of the largest a bosun client sends. An empty queue takes any one request.
+pub const MAX_QUEUE_BYTES: usize = 256 << 20;
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             heartbeat: Heartbeat::default(),
-            max_queue: 1000,
+            max_queue: 100_000,
         }
     }
 }
@@ -72,7 +81,8 @@ pub enum Event {
         /// Whether it died holding a request (the client's retry recovers it).
         was_busy: bool,
     },
-    /// A client request could not be held: the queue was full.
+    /// A client request could not be held: the queue was full (`max_queue` requests, or
+    /// [`MAX_QUEUE_BYTES`]); a bosun client was answered with status `Refused`.
     RequestDropped {
         /// How many requests were waiting.
         queued: usize,
@@ -124,6 +134,10 @@ pub struct Queue {
     expiries: BTreeMap<(Instant, u64), Vec<u8>>,
     next_key: u64,
     requests: VecDeque<Frames>,
+    /// The bytes of `requests`.
+    queued_bytes: usize,
+    /// [`MAX_QUEUE_BYTES`]; smaller in unit tests.
+    max_bytes: usize,
     timers: Timers<Timer>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -150,6 +164,8 @@ impl Queue {
             expiries: BTreeMap::new(),
             next_key: 0,
             requests: VecDeque::new(),
+            queued_bytes: 0,
+            max_bytes: MAX_QUEUE_BYTES,
             timers,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -170,11 +186,35 @@ impl Queue {
                 error,
             });
         }
-        if self.requests.len() >= self.cfg.max_queue {
+        let bytes: usize = frames.iter().map(Vec::len).sum();
+        let why = if self.requests.len() >= self.cfg.max_queue {
+            Some(format!(
+                "refused by the queue: {} requests already wait for a worker (its --max-queue); try again later",
+                self.requests.len()
+            ))
+        } else if !self.requests.is_empty()
+            && self.queued_bytes.saturating_add(bytes) > self.max_bytes
+        {
+            Some(format!(
+                "refused by the queue: requests of {} bytes already wait for a worker; try again later",
+                self.queued_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // A bosun client is told; a foreign one would take any frame for its reply.
+            let meta = frames.last().and_then(|f| Meta::decode(f).ok());
+            if let (Some(meta), Some(client)) = (meta, frames.first()) {
+                let mut reply = vec![client.clone(), Vec::new()];
+                reply.extend(envelope::refusal(Some(&meta), &why));
+                self.transmits.push_back(Transmit::Frontend(reply));
+            }
             return self.events.push_back(Event::RequestDropped {
                 queued: self.requests.len(),
             });
         }
+        self.queued_bytes += bytes;
         self.requests.push_back(frames);
         self.dispatch();
     }
@@ -351,11 +391,80 @@ impl Queue {
             let Some(request) = self.requests.pop_front() else {
                 return;
             };
+            self.queued_bytes -= request.iter().map(Vec::len).sum::<usize>();
             w.busy = true;
             let mut msg = Vec::with_capacity(request.len() + 1);
             msg.push(identity);
             msg.extend(request);
             self.transmits.push_back(Transmit::Backend(msg));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::envelope::{Envelope, Status};
+    use crate::Heartbeat;
+    use std::time::Duration;
+
+    #[test]
+    fn a_full_queue_tells_a_bosun_client_and_bounds_bytes() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for virtual time
+        let t0 = Instant::now();
+        let cfg = QueueConfig {
+            heartbeat: Heartbeat {
+                interval: Duration::from_secs(60),
+                liveness: 3,
+            },
+            max_queue: 1,
+        };
+        assert_eq!(QueueConfig::default().max_queue, 100_000);
+        let mut q = Queue::new(t0, cfg).unwrap();
+        let req = |client: &[u8], body: Frames| {
+            let mut f = vec![client.to_vec(), Vec::new()];
+            f.extend(body);
+            f
+        };
+        q.handle_frontend(t0, req(b"c", vec![b"first".to_vec()]));
+        let env = Envelope::new(uuid::Uuid::from_u128(9), 0, vec![b"x".to_vec()]);
+        q.handle_frontend(t0, req(b"b", env.encode()));
+        q.handle_frontend(t0, req(b"f", vec![b"foreign".to_vec()]));
+        let sent: Vec<Transmit> = std::iter::from_fn(|| q.poll_transmit()).collect();
+        let [Transmit::Frontend(reply)] = &sent[..] else {
+            panic!("{sent:?}")
+        };
+        assert_eq!(&reply[..2], &[b"b".to_vec(), Vec::new()]);
+        let meta = Meta::decode(reply.last().unwrap()).unwrap();
+        assert_eq!((meta.id.as_u128(), meta.status), (9, Status::Refused));
+        assert!(String::from_utf8_lossy(&reply[2]).contains("refused by the queue"));
+        let events: Vec<Event> = std::iter::from_fn(|| q.poll_event()).collect();
+        assert_eq!(events, vec![Event::RequestDropped { queued: 1 }; 2]);
+
+        // Bytes: with room for many requests, one that would pass the byte bound is
+        // refused, while an empty queue takes it.
+        let mut q = Queue::new(
+            t0,
+            QueueConfig {
+                max_queue: 10,
+                ..cfg
+            },
+        )
+        .unwrap();
+        q.max_bytes = 1000;
+        let big = vec![0u8; 600];
+        q.handle_frontend(t0, req(b"c", vec![big.clone()]));
+        q.handle_frontend(t0, req(b"c", vec![big]));
+        assert_eq!(q.queued(), 1);
+        assert_eq!(
+            std::iter::from_fn(|| q.poll_event()).collect::<Vec<_>>(),
+            vec![Event::RequestDropped { queued: 1 }]
+        );
+        // A worker takes it; the bytes are released.
+        q.handle_backend(t0, vec![b"w".to_vec(), vec![0x01]]);
+        assert_eq!(q.queued(), 0);
+        q.handle_frontend(t0, req(b"c", vec![vec![0u8; 600]]));
+        q.handle_frontend(t0, req(b"c", vec![b"small".to_vec()]));
+        assert_eq!(q.queued(), 2);
     }
 }
