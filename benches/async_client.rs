@@ -50,7 +50,6 @@ use bosun::io::async_client::AsyncClient;
 use bosun::io::broker::BrokerDriver;
 use bosun::io::handler;
 use bosun::io::mdclient::{AsyncMajordomoClient, MajordomoClient, Outcome};
-use bosun::proto::broker::BrokerConfig;
 use bosun::{Retry, Shutdown, Worker};
 
 use common::*;
@@ -119,7 +118,9 @@ fn start_servers() -> Res<Servers> {
     let mut bosun_stage = Stage::new();
     let broker_ctx = named_context("io-bosun-broker")?;
     let worker_ctx = named_context("io-bosun-worker")?;
-    let driver = BrokerDriver::bind(&broker_ctx, "tcp://127.0.0.1:*", BrokerConfig::default())
+    let driver = BrokerDriver::builder("tcp://127.0.0.1:*")
+        .context(&broker_ctx)
+        .bind()
         .map_err(|e| format!("broker bind: {e}"))?;
     let bosun = driver.endpoint();
     bosun_stage.spawn("bosun-broker", move |stop| {
@@ -127,9 +128,11 @@ fn start_servers() -> Res<Servers> {
             eprintln!("bosun broker: {e}");
         }
     })?;
-    let worker = Worker::new(&bosun, SERVICE)
+    let worker = Worker::builder(&bosun, SERVICE)
         .context(&worker_ctx)
-        .capacity(IN_FLIGHT as u32);
+        .capacity(IN_FLIGHT as u32)
+        .connect()
+        .map_err(|e| format!("worker: {e}"))?;
     bosun_stage.spawn("bosun-worker", move |stop| {
         if let Err(e) = worker.run(handler::echo(), &stop) {
             eprintln!("bosun worker: {e}");
@@ -158,9 +161,12 @@ fn wait_registered(endpoint: &str, stop: &Shutdown) -> Res<()> {
         timeout: Duration::from_secs(1),
         ..Retry::default()
     };
-    let mut client = MajordomoClient::new(&ctx, endpoint, retry)
-        .map_err(|e| format!("mmi client: {e}"))?
-        .with_shutdown(stop.clone());
+    let mut client = MajordomoClient::builder(endpoint)
+        .context(&ctx)
+        .retry(retry)
+        .shutdown(stop)
+        .connect()
+        .map_err(|e| format!("mmi client: {e}"))?;
     let deadline = now() + Duration::from_secs(5);
     loop {
         if client
@@ -199,7 +205,9 @@ fn run_variant(v: Variant, servers: &Servers, s: &Settings) -> Res<(Figures, Vec
             })
         }
         Variant::Blocking => {
-            let mut client = MajordomoClient::new(&ctx, &servers.bosun, Retry::default())
+            let mut client = MajordomoClient::builder(&servers.bosun)
+                .context(&ctx)
+                .connect()
                 .map_err(|e| format!("client: {e}"))?;
             let out = timed_by_thread(warmup(s.n_rtt), s.n_rtt, || {
                 let reply = client
@@ -223,7 +231,9 @@ fn run_variant(v: Variant, servers: &Servers, s: &Settings) -> Res<(Figures, Vec
             ))
         }
         Variant::Pipelined => {
-            let mut client = AsyncMajordomoClient::new(&ctx, &servers.bosun, Retry::default())
+            let mut client = AsyncMajordomoClient::builder(&servers.bosun)
+                .context(&ctx)
+                .connect()
                 .map_err(|e| format!("client: {e}"))?;
             async_pipeline(&mut client, warmup(s.n), &body)?;
             let threads = thread_usage();
@@ -250,7 +260,7 @@ fn run_variant(v: Variant, servers: &Servers, s: &Settings) -> Res<(Figures, Vec
             .map_err(|e| format!("tokio runtime: {e}"))?;
             let client = AsyncClient::builder(&servers.bosun)
                 .context(&ctx)
-                .start()
+                .connect()
                 .map_err(|e| format!("client: {e}"))?;
             let out = rt.block_on(async {
                 futures_window(&client, warmup(s.n), &body).await?;

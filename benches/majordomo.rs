@@ -206,9 +206,10 @@ fn start(t: Topology) -> Res<Running> {
     let (front, back) = match t.router {
         Router::RawProxy => spawn_raw_proxy(&mut stage, &broker_ctx, false)?,
         Router::Bosun => {
-            let driver =
-                BrokerDriver::bind(&broker_ctx, "tcp://127.0.0.1:*", BrokerConfig::default())
-                    .map_err(|e| format!("broker bind: {e}"))?;
+            let driver = BrokerDriver::builder("tcp://127.0.0.1:*")
+                .context(&broker_ctx)
+                .bind()
+                .map_err(|e| format!("broker bind: {e}"))?;
             let ep = driver.endpoint();
             stage.spawn("bosun-broker", move |stop| {
                 if let Err(e) = driver.run(&stop) {
@@ -232,9 +233,11 @@ fn start(t: Topology) -> Res<Running> {
                 spawn_raw_rep(&mut stage, &worker_ctx, rep, hop)?;
             }
             (Router::Bosun | Router::FloorMdp, Answerer::BosunWorker(capacity)) => {
-                let worker = Worker::new(&back, SERVICE)
+                let worker = Worker::builder(&back, SERVICE)
                     .context(&worker_ctx)
-                    .capacity(capacity);
+                    .capacity(capacity)
+                    .connect()
+                    .map_err(|e| format!("worker: {e}"))?;
                 stage.spawn("bosun-worker", move |stop| {
                     if let Err(e) = worker.run(handler::echo(), &stop) {
                         eprintln!("bosun worker: {e}");
@@ -286,9 +289,12 @@ fn wait_registered(running: &Running, workers: usize) -> Res<()> {
         timeout: Duration::from_secs(1),
         ..Retry::default()
     };
-    let mut client = MajordomoClient::new(&ctx, &running.endpoint, retry)
-        .map_err(|e| format!("mmi client: {e}"))?
-        .with_shutdown(running.stage.stop.clone());
+    let mut client = MajordomoClient::builder(&running.endpoint)
+        .context(&ctx)
+        .retry(retry)
+        .shutdown(&running.stage.stop)
+        .connect()
+        .map_err(|e| format!("mmi client: {e}"))?;
     let deadline = now() + Duration::from_secs(5);
     loop {
         let reply = client
@@ -571,7 +577,9 @@ fn round_trips(client: Client, t: Topology, n: usize) -> Res<(Figures, Vec<Threa
             })?
         }
         Client::Bosun => {
-            let mut client = MajordomoClient::new(&ctx, ep, Retry::default())
+            let mut client = MajordomoClient::builder(ep)
+                .context(&ctx)
+                .connect()
                 .map_err(|e| format!("client: {e}"))?;
             let body = body();
             let out = timed_by_thread(warmup(n), n, || {
@@ -712,7 +720,9 @@ fn pipelined(client: Pipelined, t: Topology, n: usize) -> Res<(Figures, Vec<Thre
             )
         }
         (Pipelined::BosunAsync, Router::Bosun | Router::FloorMdp) => {
-            let mut client = AsyncMajordomoClient::new(&ctx, ep, Retry::default())
+            let mut client = AsyncMajordomoClient::builder(ep)
+                .context(&ctx)
+                .connect()
                 .map_err(|e| format!("client: {e}"))?;
             let body = body();
             async_pipeline(&mut client, warmup(n), IN_FLIGHT, &body)?;
@@ -1151,7 +1161,9 @@ fn part_e(s: &Settings) -> Res<()> {
         1,
     ))?;
     let ctx = zmq::Context::new();
-    let mut client = AsyncMajordomoClient::new(&ctx, &running.endpoint, Retry::default())
+    let mut client = AsyncMajordomoClient::builder(&running.endpoint)
+        .context(&ctx)
+        .connect()
         .map_err(|e| format!("client: {e}"))?;
     let body = body();
     let at_start = rss_kib()?;

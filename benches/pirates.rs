@@ -56,10 +56,9 @@ use common::*;
 
 use bosun::io::handler;
 use bosun::io::queue::QueueDriver;
-use bosun::io::server::{Faults, Server};
+use bosun::io::server::Server;
 use bosun::proto::envelope::{self, Request};
-use bosun::proto::paranoid_pirate::QueueConfig;
-use bosun::{Envelope, LazyPirateClient, PpWorker, Retry, Shutdown};
+use bosun::{Envelope, LazyPirateClient, PpWorker, Shutdown};
 
 /// Requests kept outstanding in (c).
 const IN_FLIGHT: usize = 100;
@@ -161,7 +160,9 @@ fn start(topology: Topology) -> Res<Running> {
                     ep
                 }
                 Answerer::BosunServer => {
-                    let server = Server::bind(&ctx, "tcp://127.0.0.1:*", Faults::default())
+                    let server = Server::builder("tcp://127.0.0.1:*")
+                        .context(&ctx)
+                        .bind()
                         .map_err(|e| format!("server bind: {e}"))?;
                     let ep = server.endpoint();
                     stage.spawn("bosun-server", move |stop| {
@@ -193,7 +194,10 @@ fn start(topology: Topology) -> Res<Running> {
                         spawn_raw_rep(&mut stage, &worker_ctx, rep, hop)?;
                     }
                     (Broker::BosunQueue, Answerer::BosunWorker) => {
-                        let worker = PpWorker::new(&worker_ctx, &back);
+                        let worker = PpWorker::builder(&back)
+                            .context(&worker_ctx)
+                            .connect()
+                            .map_err(|e| format!("worker: {e}"))?;
                         stage.spawn("bosun-worker", move |stop| {
                             if let Err(e) = worker.run(handler::echo(), &stop) {
                                 eprintln!("bosun worker: {e}");
@@ -223,13 +227,10 @@ fn start(topology: Topology) -> Res<Running> {
 
 /// Starts a bosun queue on `ctx` and returns (frontend, backend) endpoints.
 fn spawn_bosun_queue(stage: &mut Stage, ctx: &zmq::Context) -> Res<(String, String)> {
-    let queue = QueueDriver::bind(
-        ctx,
-        "tcp://127.0.0.1:*",
-        "tcp://127.0.0.1:*",
-        QueueConfig::default(),
-    )
-    .map_err(|e| format!("queue bind: {e}"))?;
+    let queue = QueueDriver::builder("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+        .context(ctx)
+        .bind()
+        .map_err(|e| format!("queue bind: {e}"))?;
     let eps = (queue.frontend_endpoint(), queue.backend_endpoint());
     stage.spawn("bosun-queue", move |stop| {
         if let Err(e) = queue.run(&stop) {
@@ -337,7 +338,9 @@ fn round_trips(client: Client, topology: Topology, n: usize) -> Res<Figures> {
             })?
         }
         Client::Bosun => {
-            let mut client = LazyPirateClient::new(&ctx, ep, Retry::default())
+            let mut client = LazyPirateClient::builder(ep)
+                .context(&ctx)
+                .connect()
                 .map_err(|e| format!("client: {e}"))?;
             let out = timed(warmup(n), n, || {
                 let reply = client

@@ -25,7 +25,7 @@ use std::time::Duration;
 use bosun::config::FreelanceConfig;
 use bosun::error::ClientError;
 use bosun::io::freelance::FreelanceClient;
-use bosun::{zmq, Error, Shutdown};
+use bosun::{Error, Shutdown};
 use tracing_subscriber::EnvFilter;
 
 /// The server the client connects to when no endpoint is given.
@@ -64,7 +64,6 @@ fn run(endpoints: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         let _ = interrupt.send(());
     })?;
 
-    let ctx = zmq::Context::new();
     let cfg = FreelanceConfig::default();
     println!(
         "freelance client: connecting to {} (ping every {:?}, a server is down after {:?} of silence)",
@@ -72,7 +71,10 @@ fn run(endpoints: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         cfg.ping_interval,
         cfg.server_ttl
     );
-    let mut client = FreelanceClient::new(&ctx, endpoints, cfg)?.with_shutdown(shutdown);
+    let mut client = FreelanceClient::builder(endpoints)
+        .config(cfg)
+        .shutdown(&shutdown)
+        .connect()?;
 
     for n in 1..=REQUESTS {
         let request = format!("request {n}");

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use bosun::io::freelance::FreelanceServer;
 use bosun::io::handler::{self, Handler};
-use bosun::{zmq, Shutdown};
+use bosun::Shutdown;
 use tracing_subscriber::EnvFilter;
 
 /// Where the server binds when no endpoint is given.
@@ -46,8 +46,7 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
     let flag = shutdown.clone();
     ctrlc::set_handler(move || flag.trigger())?;
 
-    let ctx = zmq::Context::new();
-    let server = FreelanceServer::bind(&ctx, endpoint)?;
+    let server = FreelanceServer::bind(endpoint)?;
     let me = server.endpoint();
     println!("freelance server: listening on {me}");
 

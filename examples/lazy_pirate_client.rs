@@ -61,13 +61,15 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
         let _ = interrupt.send(());
     })?;
 
-    let ctx = zmq::Context::new();
     let retry = Retry::default();
     println!(
         "client: connecting to {endpoint} (timeout {:?}, {} attempts per request)",
         retry.timeout, retry.retries
     );
-    let mut client = LazyPirateClient::new(&ctx, endpoint, retry)?.with_shutdown(shutdown);
+    let mut client = LazyPirateClient::builder(endpoint)
+        .retry(retry)
+        .shutdown(&shutdown)
+        .connect()?;
 
     for n in 1..=REQUESTS {
         let request = format!("request {n}");

@@ -52,12 +52,11 @@ fn run(endpoint: &str, fail_every: Option<u64>) -> Result<(), Box<dyn std::error
     let flag = shutdown.clone();
     ctrlc::set_handler(move || flag.trigger())?;
 
-    let ctx = zmq::Context::new();
     let faults = Faults {
         fail_every,
         ..Faults::default()
     };
-    let server = Server::bind(&ctx, endpoint, faults)?;
+    let server = Server::builder(endpoint).faults(faults).bind()?;
     println!("server: listening on {}", server.endpoint());
     if let Some(n) = fail_every {
         println!("server: 1 request in {n} received will be dropped unanswered");

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use bosun::config::BrokerConfig;
 use bosun::io::broker::BrokerDriver;
-use bosun::{zmq, Shutdown};
+use bosun::Shutdown;
 use tracing_subscriber::EnvFilter;
 
 /// Where the broker binds when no endpoint is given.
@@ -52,8 +52,7 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
     // Every setting has a documented default in `bosun::config`; the heartbeat must
     // match the workers' (`bosun::Worker` defaults to the same values).
     let cfg = BrokerConfig::default();
-    let ctx = zmq::Context::new();
-    let broker = BrokerDriver::bind(&ctx, endpoint, cfg)?;
+    let broker = BrokerDriver::builder(endpoint).config(cfg).bind()?;
     println!(
         "broker: listening on {} (heartbeat every {:?}, a worker is dead after {:?} of silence)",
         broker.endpoint(),

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 
 use bosun::error::ClientError;
 use bosun::io::mdclient::MajordomoClient;
-use bosun::{zmq, Error, Retry, Shutdown};
+use bosun::{Error, Retry, Shutdown};
 use tracing_subscriber::EnvFilter;
 
 /// The broker the client connects to when no endpoint is given.
@@ -61,7 +61,6 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
         vec![b"bye".to_vec()],
     ];
 
-    let ctx = zmq::Context::new();
     let retry = Retry::default();
     println!(
         "client: sending {} requests to {SERVICE:?} via {endpoint} (timeout {:?}, {} attempts per request)",
@@ -69,7 +68,10 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
         retry.timeout,
         retry.retries
     );
-    let mut client = MajordomoClient::new(&ctx, endpoint, retry)?.with_shutdown(shutdown);
+    let mut client = MajordomoClient::builder(endpoint)
+        .retry(retry)
+        .shutdown(&shutdown)
+        .connect()?;
 
     let (mut answered, mut failed) = (0, 0);
     for payload in requests {

@@ -90,7 +90,9 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let ctx = zmq::Context::new();
-    let worker = Worker::new(endpoint, SERVICE).context(&ctx);
+    // A context of the program's own, shared with the worker (without `.context`, the
+    // worker makes one of its own).
+    let worker = Worker::builder(endpoint, SERVICE).context(&ctx).connect()?;
     println!("worker: serving {SERVICE:?} for the broker at {endpoint}");
     let stats = worker.run(handler, &shutdown)?;
     // Dropping the context (after `run` returned) flushes the DISCONNECT to the broker.

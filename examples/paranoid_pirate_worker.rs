@@ -64,8 +64,10 @@ fn run(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat.interval,
         heartbeat.expiry()
     );
-    let stats = PpWorker::new(&ctx, endpoint)
+    let stats = PpWorker::builder(endpoint)
+        .context(&ctx)
         .heartbeat(heartbeat)
+        .connect()?
         .run(handler, &shutdown)?;
     println!(
         "worker {pid}: stopped after {} requests and {} reconnects",

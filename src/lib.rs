@@ -25,7 +25,8 @@
 //!   [`PpWorker`], [`io::broker`], [`Worker`] ([`io::mdworker`]), [`io::mdclient`],
 //!   [`io::freelance`]. Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
-//!   its worker.
+//!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
+//!   or `.bind()` (see [`io`]).
 //! - `cli` (with the default `cli` feature): the `bosun` command line (option structs
 //!   and one run function each).
 //! - [`zmq`]: the zmq crate bosun is built on, re-exported, so that a program can make a
@@ -41,7 +42,10 @@
 //! ```no_run
 //! use bosun::{LazyPirateClient, Retry};
 //! let ctx = bosun::zmq::Context::new();
-//! let mut client = LazyPirateClient::new(&ctx, "tcp://127.0.0.1:5555", Retry::default())?;
+//! let mut client = LazyPirateClient::builder("tcp://127.0.0.1:5555")
+//!     .context(&ctx) // optional: without it, a context of its own
+//!     .retry(Retry::default())
+//!     .connect()?;
 //! let reply = client.request(b"hello".to_vec())?;
 //! # Ok::<(), bosun::Error>(())
 //! ```

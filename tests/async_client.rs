@@ -158,7 +158,7 @@ fn a_failing_handler_is_a_remote_error_with_no_runtime() {
     };
     let client = AsyncClient::builder(&ep)
         .retry(retry)
-        .start()
+        .connect()
         .expect("client");
     let started = now();
     let failed = block_on(SECS_15, client.request("fail", vec![b"x".to_vec()]));
@@ -193,7 +193,7 @@ fn no_broker_gives_up_within_the_retry_budget() {
     };
     let client = AsyncClient::builder(&ep)
         .retry(retry)
-        .start()
+        .connect()
         .expect("client");
     let rt = tokio_runtime();
     let started = now();
@@ -259,7 +259,7 @@ fn shutdown_fails_the_waiting_requests_and_every_later_one() {
     };
     let client = AsyncClient::builder(&ep)
         .retry(retry)
-        .start()
+        .connect()
         .expect("client");
     // No worker for it: the request waits in the broker.
     let waiting = client.request("nobody", vec![b"x".to_vec()]);

@@ -103,7 +103,11 @@ fn paranoid_pirate_worker_handler_panic_fails_the_request_and_keeps_serving() {
         heartbeat: steady(),
         ..QueueConfig::default()
     };
-    let queue = QueueDriver::bind(&ctx, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", cfg).unwrap();
+    let queue = QueueDriver::builder("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+        .context(&ctx)
+        .config(cfg)
+        .bind()
+        .unwrap();
     let (front, back) = (queue.frontend_endpoint(), queue.backend_endpoint());
     let stop = Shutdown::new();
     let queue_stop = stop.clone();
@@ -113,14 +117,22 @@ fn paranoid_pirate_worker_handler_panic_fails_the_request_and_keeps_serving() {
     let worker_ctx = ctx.clone();
     let worker_stop = stop.clone();
     let worker_thread = std::thread::spawn(move || {
-        let result = PpWorker::new(&worker_ctx, &back)
+        let result = PpWorker::builder(&back)
+            .context(&worker_ctx)
             .heartbeat(cfg.heartbeat)
-            .run(poisoned_echo(), &worker_stop);
+            .connect()
+            .and_then(|w| w.run(poisoned_echo(), &worker_stop));
         let _ = done_tx.send(result);
     });
 
-    let mut client = bosun::LazyPirateClient::new(&ctx, &front, patient_retry()).unwrap();
-    let mut patient = bosun::LazyPirateClient::new(&ctx, &front, patient_retry()).unwrap();
+    let lazy_pirate = || {
+        bosun::LazyPirateClient::builder(&front)
+            .context(&ctx)
+            .retry(patient_retry())
+            .connect()
+            .unwrap()
+    };
+    let (mut client, mut patient) = (lazy_pirate(), lazy_pirate());
     assert_eq!(patient.request(b"fine".to_vec()).unwrap(), b"fine");
 
     assert_panic_reported(client.request(b"poison".to_vec()));
@@ -180,7 +192,11 @@ fn md_worker_handler_panic_fails_the_request_and_keeps_serving(capacity: u32) {
         heartbeat,
         ..BrokerConfig::default()
     };
-    let broker = BrokerDriver::bind(&ctx, "tcp://127.0.0.1:*", cfg).unwrap();
+    let broker = BrokerDriver::builder("tcp://127.0.0.1:*")
+        .context(&ctx)
+        .config(cfg)
+        .bind()
+        .unwrap();
     let endpoint = broker.endpoint();
     let stop = Shutdown::new();
     let broker_stop = stop.clone();
@@ -208,16 +224,23 @@ fn md_worker_handler_panic_fails_the_request_and_keeps_serving(capacity: u32) {
     let worker_endpoint = endpoint.clone();
     let worker_ctx = ctx.clone();
     let worker_thread = std::thread::spawn(move || {
-        let result = Worker::new(&worker_endpoint, "poison")
+        let result = Worker::builder(&worker_endpoint, "poison")
             .context(&worker_ctx)
             .heartbeat(heartbeat)
             .capacity(capacity)
-            .run(handler, &worker_stop);
+            .connect()
+            .and_then(|w| w.run(handler, &worker_stop));
         let _ = done_tx.send(result);
     });
 
-    let mut client = MajordomoClient::new(&ctx, &endpoint, patient_retry()).unwrap();
-    let mut patient = MajordomoClient::new(&ctx, &endpoint, patient_retry()).unwrap();
+    let majordomo = || {
+        MajordomoClient::builder(&endpoint)
+            .context(&ctx)
+            .retry(patient_retry())
+            .connect()
+            .unwrap()
+    };
+    let (mut client, mut patient) = (majordomo(), majordomo());
     assert_eq!(
         patient.request("poison", b"fine".to_vec()).unwrap(),
         b"fine"
@@ -234,7 +257,11 @@ fn md_worker_handler_panic_fails_the_request_and_keeps_serving(capacity: u32) {
     );
 
     // Every handler slot still works: `capacity` requests in the handler at once.
-    let mut many = AsyncMajordomoClient::new(&ctx, &endpoint, patient_retry()).unwrap();
+    let mut many = AsyncMajordomoClient::builder(&endpoint)
+        .context(&ctx)
+        .retry(patient_retry())
+        .connect()
+        .unwrap();
     let ids: Vec<_> = (0..capacity)
         .map(|_| many.send("poison", b"pair".to_vec()).unwrap())
         .collect();

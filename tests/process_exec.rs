@@ -397,12 +397,13 @@ fn a_majordomo_worker_whose_handler_fails_after_the_stop_hands_the_request_back(
     let handler = failing_on_stop(&stop, &calls);
     let (wctx, wep, wstop) = (ctx.clone(), ep.clone(), stop.clone());
     let worker = std::thread::spawn(move || {
-        bosun::Worker::new(&wep, "svc")
+        bosun::Worker::builder(&wep, "svc")
             .context(&wctx)
             .heartbeat(Heartbeat {
                 interval: Duration::from_secs(5),
                 liveness: 3,
             })
+            .connect()?
             .run(handler, &wstop)
     });
     let until = deadline(SECS_10);
@@ -454,11 +455,13 @@ fn a_paranoid_pirate_worker_whose_handler_fails_after_the_stop_sends_nothing_for
         // A context of its own, dropped when `run` returns: its sockets' last messages
         // have left by then (libzmq flushes them within the linger).
         let wctx = zmq::Context::new();
-        bosun::PpWorker::new(&wctx, &wep)
+        bosun::PpWorker::builder(&wep)
+            .context(&wctx)
             .heartbeat(Heartbeat {
                 interval: Duration::from_secs(5),
                 liveness: 3,
             })
+            .connect()?
             .run(handler, &wstop)
     });
     let until = deadline(SECS_10);

@@ -136,7 +136,11 @@ fn refusals_are_told_to_a_bosun_client_and_counted_in_the_log() {
         timeout: Duration::from_secs(5),
         ..bosun::Retry::default()
     };
-    let mut md = bosun::io::mdclient::MajordomoClient::new(&ctx, &endpoint, retry).unwrap();
+    let mut md = bosun::io::mdclient::MajordomoClient::builder(&endpoint)
+        .context(&ctx)
+        .retry(retry)
+        .connect()
+        .unwrap();
     let started = common::now();
     match md.request("nobody", b"x".to_vec()) {
         Err(Error::Client(ClientError::Remote {

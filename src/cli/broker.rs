@@ -51,7 +51,10 @@ pub fn run(args: BrokerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         max_services: args.max_services,
         stats_window: args.stats_window,
     };
-    let driver = BrokerDriver::bind(&ctx, &args.bind, cfg)?;
+    let driver = BrokerDriver::builder(&args.bind)
+        .context(&ctx)
+        .config(cfg)
+        .bind()?;
     println!("broker bound={}", driver.endpoint());
     driver.run(shutdown)?;
     Ok(ExitCode::SUCCESS)

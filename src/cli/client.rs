@@ -79,8 +79,11 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     if args.freelance || args.connect.contains(',') {
         return run_freelance(&ctx, &args, requests, &mut out, shutdown);
     }
-    let mut client = LazyPirateClient::new(&ctx, &args.connect, args.retry.retry())?
-        .with_shutdown(shutdown.clone());
+    let mut client = LazyPirateClient::builder(&args.connect)
+        .context(&ctx)
+        .retry(args.retry.retry())
+        .shutdown(shutdown)
+        .connect()?;
     let retry = args.retry.retry();
     let probe = || probe(&ctx, &args.connect, None, &retry, shutdown);
     request_lines(
@@ -128,7 +131,11 @@ fn run_freelance(
         retry: args.retry.retry(),
         ..FreelanceConfig::default()
     };
-    let mut client = FreelanceClient::new(ctx, &endpoints, cfg)?.with_shutdown(shutdown.clone());
+    let mut client = FreelanceClient::builder(&endpoints)
+        .context(ctx)
+        .config(cfg)
+        .shutdown(shutdown)
+        .connect()?;
     // Freelance does not say which attempt was answered: `attempt` is null.
     let (sent, answered) = request_lines(
         &requests,
@@ -218,9 +225,12 @@ pub(super) fn probe(
         retries: 1,
         ..*retry
     };
-    let mut client = MajordomoClient::new(ctx, endpoint, quick)
-        .ok()?
-        .with_shutdown(shutdown.clone());
+    let mut client = MajordomoClient::builder(endpoint)
+        .context(ctx)
+        .retry(quick)
+        .shutdown(shutdown)
+        .connect()
+        .ok()?;
     let asked = service.unwrap_or("echo");
     let answer = client.request("mmi.service", asked.as_bytes().to_vec());
     Some(match (service, answer) {

@@ -336,10 +336,14 @@ fn wait_until_busy(endpoint: &str, deadline: std::time::Instant, shutdown: &Shut
         retries: 1,
         ..crate::config::Retry::default()
     };
-    let Ok(stats) = crate::io::mdclient::MajordomoClient::new(&ctx, endpoint, retry) else {
+    let Ok(mut stats) = crate::io::mdclient::MajordomoClient::builder(endpoint)
+        .context(&ctx)
+        .retry(retry)
+        .shutdown(shutdown)
+        .connect()
+    else {
         return false;
     };
-    let mut stats = stats.with_shutdown(shutdown.clone());
     while io::now() < deadline && !shutdown.is_triggered() {
         let busy = stats
             .request("mmi.stats", SERVICE.as_bytes().to_vec())

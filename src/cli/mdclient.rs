@@ -24,8 +24,11 @@ pub fn run(
         return run_async(ctx, args, service, requests, out, shutdown);
     }
     let retry = args.retry.retry();
-    let mut client =
-        MajordomoClient::new(ctx, &args.connect, retry)?.with_shutdown(shutdown.clone());
+    let mut client = MajordomoClient::builder(&args.connect)
+        .context(ctx)
+        .retry(retry)
+        .shutdown(shutdown)
+        .connect()?;
     let (sent, answered) = request_lines(
         &requests,
         shutdown,
@@ -61,7 +64,10 @@ fn run_async(
     shutdown: &Shutdown,
 ) -> Result<ExitCode, Error> {
     let retry = args.retry.retry();
-    let mut client = AsyncMajordomoClient::new(ctx, &args.connect, retry)?;
+    let mut client = AsyncMajordomoClient::builder(&args.connect)
+        .context(ctx)
+        .retry(retry)
+        .connect()?;
     let peer = format!("{} (service {service})", args.connect);
     // Request id -> (request number, when sent); finished requests by number, printed
     // in request order as the gaps fill.

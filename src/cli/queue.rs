@@ -34,7 +34,10 @@ pub fn run(args: QueueArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         heartbeat: args.heartbeat.heartbeat(),
         max_queue: args.max_queue,
     };
-    let driver = QueueDriver::bind(&ctx, &args.frontend, &args.backend, cfg)?;
+    let driver = QueueDriver::builder(&args.frontend, &args.backend)
+        .context(&ctx)
+        .config(cfg)
+        .bind()?;
     println!(
         "queue frontend={} backend={}",
         driver.frontend_endpoint(),

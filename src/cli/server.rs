@@ -44,7 +44,7 @@ pub struct ServerArgs {
 pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let ctx = zmq::Context::new();
     if args.freelance {
-        let server = FreelanceServer::bind(&ctx, &args.bind)?;
+        let server = FreelanceServer::builder(&args.bind).context(&ctx).bind()?;
         println!("server bound={}", server.endpoint());
         server.run(handler::echo(), shutdown)?;
         return Ok(ExitCode::SUCCESS);
@@ -55,7 +55,10 @@ pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         delay: args.delay,
         crash_after: args.crash_after,
     };
-    let server = Server::bind(&ctx, &args.bind, faults)?;
+    let server = Server::builder(&args.bind)
+        .context(&ctx)
+        .faults(faults)
+        .bind()?;
     println!("server bound={}", server.endpoint());
     match server.run(handler::echo(), shutdown)? {
         Stopped::Shutdown => Ok(ExitCode::SUCCESS),

@@ -63,8 +63,11 @@ const COLUMNS: [(&str, &str); 11] = [
 /// with `--watch`, again every interval until Ctrl-C.
 pub fn run(args: StatsArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let ctx = zmq::Context::new();
-    let mut client = MajordomoClient::new(&ctx, &args.connect, args.retry.retry())?
-        .with_shutdown(shutdown.clone());
+    let mut client = MajordomoClient::builder(&args.connect)
+        .context(&ctx)
+        .retry(args.retry.retry())
+        .shutdown(shutdown)
+        .connect()?;
     let body = args.service.clone().unwrap_or_default().into_bytes();
     let clear = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
     let mut first = true;

@@ -102,7 +102,7 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let stats = match &args.service {
         Some(service) => {
             let endpoint = args.connect.as_deref().unwrap_or(BROKER_ENDPOINT);
-            Worker::new(endpoint, service)
+            Worker::builder(endpoint, service)
                 .context(&ctx)
                 .capacity(args.capacity)
                 .heartbeat(
@@ -110,13 +110,16 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                         .heartbeat_or(BrokerConfig::default().heartbeat),
                 )
                 .reconnect(args.reconnect.backoff())
+                .connect()?
                 .run(handler, shutdown)?
         }
         None => {
             let endpoint = args.connect.as_deref().unwrap_or(QUEUE_BACKEND);
-            PpWorker::new(&ctx, endpoint)
+            PpWorker::builder(endpoint)
+                .context(&ctx)
                 .heartbeat(args.heartbeat.heartbeat())
                 .reconnect(args.reconnect.backoff())
+                .connect()?
                 .run(handler, shutdown)?
         }
     };

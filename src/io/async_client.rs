@@ -93,12 +93,13 @@ pub struct AsyncClientBuilder {
 }
 
 impl AsyncClientBuilder {
-    /// Uses `ctx` instead of a context of its own.
+    /// Uses `ctx` instead of a context of its own (the default).
     pub fn context(self, ctx: &zmq::Context) -> Self {
         self.transport(&Transport::with_context(ctx))
     }
 
-    /// Makes its sockets with `transport` (and its context).
+    /// Makes its sockets with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
     pub fn transport(mut self, transport: &Transport) -> Self {
         self.transport = Some(transport.clone());
         self
@@ -113,7 +114,7 @@ impl AsyncClientBuilder {
 
     /// Makes the sockets, connects, and starts the driver thread. Fails on a retry
     /// policy that cannot work, a socket that cannot be made, or no thread.
-    pub fn start(self) -> Result<AsyncClient, Error> {
+    pub fn connect(self) -> Result<AsyncClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = MdpClient::new(io::now(), Mode::Pipelined, self.retry, fastrand::u64(..))?;
         let sockets = Sockets::connecting(
@@ -172,8 +173,8 @@ impl std::fmt::Debug for AsyncClient {
 }
 
 impl AsyncClient {
-    /// The settings of a client of the broker at `endpoint`; [`AsyncClientBuilder::start`]
-    /// makes it.
+    /// The settings of a client of the broker at `endpoint`;
+    /// [`AsyncClientBuilder::connect`] makes it.
     pub fn builder(endpoint: &str) -> AsyncClientBuilder {
         AsyncClientBuilder {
             endpoint: endpoint.to_string(),
@@ -185,7 +186,7 @@ impl AsyncClient {
     /// A client of the broker at `endpoint` with the default settings (its own
     /// context, [`Retry::default`]).
     pub fn connect(endpoint: &str) -> Result<AsyncClient, Error> {
-        Self::builder(endpoint).start()
+        Self::builder(endpoint).connect()
     }
 
     /// Sends `payload` (its frames as they are) to `service` now, and returns the

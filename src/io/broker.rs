@@ -31,27 +31,72 @@ impl Core for Broker {
     }
 }
 
-/// A bound Majordomo broker, ready to [`BrokerDriver::run`].
+/// Settings of a [`BrokerDriver`], from [`BrokerDriver::builder`];
+/// [`BrokerDriverBuilder::bind`] makes the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerDriverBuilder {
+    endpoint: String,
+    transport: Option<Transport>,
+    config: BrokerConfig,
+}
+
+impl BrokerDriverBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its socket with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the heartbeat, queue bounds and limits (default [`BrokerConfig::default`]).
+    pub fn config(mut self, config: BrokerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the settings, makes the ROUTER socket and binds it.
+    pub fn bind(self) -> Result<BrokerDriver, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let core = Broker::new(io::now(), self.config)?;
+        let sockets = Sockets::bound(&transport, &[(zmq::ROUTER, &self.endpoint)])?;
+        Ok(BrokerDriver { core, sockets })
+    }
+}
+
+/// A bound Majordomo broker, ready to [`BrokerDriver::run`]: one ROUTER socket for
+/// clients and workers.
+///
+/// ```no_run
+/// use bosun::io::broker::BrokerDriver;
+/// let shutdown = bosun::Shutdown::new();
+/// BrokerDriver::bind("tcp://127.0.0.1:5555")?.run(&shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct BrokerDriver {
     core: Broker,
     sockets: Sockets,
 }
 
 impl BrokerDriver {
-    /// Binds the broker's ROUTER socket at `endpoint`, in `ctx`.
-    pub fn bind(ctx: &zmq::Context, endpoint: &str, cfg: BrokerConfig) -> Result<Self, Error> {
-        Self::bind_with(&Transport::with_context(ctx), endpoint, cfg)
+    /// The settings of a broker bound at `endpoint`; [`BrokerDriverBuilder::bind`]
+    /// makes it.
+    pub fn builder(endpoint: &str) -> BrokerDriverBuilder {
+        BrokerDriverBuilder {
+            endpoint: endpoint.to_string(),
+            transport: None,
+            config: BrokerConfig::default(),
+        }
     }
 
-    /// Binds the broker's ROUTER socket at `endpoint`, made by `transport`.
-    pub fn bind_with(
-        transport: &Transport,
-        endpoint: &str,
-        cfg: BrokerConfig,
-    ) -> Result<Self, Error> {
-        let core = Broker::new(io::now(), cfg)?;
-        let sockets = Sockets::bound(transport, &[(zmq::ROUTER, endpoint)])?;
-        Ok(BrokerDriver { core, sockets })
+    /// A broker bound at `endpoint` with the default settings (its own context,
+    /// [`BrokerConfig::default`]).
+    pub fn bind(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).bind()
     }
 
     /// The bound endpoint, with its port resolved.

@@ -35,7 +35,67 @@ impl Core for Freelance {
     }
 }
 
+/// Settings of a [`FreelanceClient`], from [`FreelanceClient::builder`];
+/// [`FreelanceClientBuilder::connect`] makes the client.
+#[derive(Debug, Clone)]
+pub struct FreelanceClientBuilder {
+    endpoints: Vec<String>,
+    transport: Option<Transport>,
+    config: FreelanceConfig,
+    shutdown: Option<Shutdown>,
+}
+
+impl FreelanceClientBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its sockets with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the timeouts, attempts and pings (default [`FreelanceConfig::default`]).
+    pub fn config(mut self, config: FreelanceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Makes a pending request return [`ClientError::Interrupted`] soon after
+    /// `shutdown` is triggered (default: no flag; a request ends only in a reply or a
+    /// give-up).
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// Checks the settings and the endpoints, makes the ROUTER socket, connects it to
+    /// every server and pings them.
+    pub fn connect(self) -> Result<FreelanceClient, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let core = Freelance::new(io::now(), &self.endpoints, self.config, fastrand::u64(..))?;
+        let sockets = Sockets::connecting(&transport, zmq::ROUTER, &self.endpoints, true)?;
+        let mut driver = Driver::new(core, sockets, &self.shutdown.unwrap_or_default());
+        driver.flush()?;
+        Ok(FreelanceClient {
+            endpoints: self.endpoints.join(","),
+            driver,
+            failovers: 0,
+        })
+    }
+}
+
 /// A brokerless client that fails over between servers.
+///
+/// ```no_run
+/// use bosun::io::freelance::FreelanceClient;
+/// let mut client = FreelanceClient::connect(&["tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602"])?;
+/// let reply = client.request(b"hello".to_vec())?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct FreelanceClient {
     endpoints: String,
     driver: Driver<Freelance>,
@@ -43,37 +103,21 @@ pub struct FreelanceClient {
 }
 
 impl FreelanceClient {
-    /// A client of the Freelance servers at `endpoints`.
-    pub fn new(
-        ctx: &zmq::Context,
-        endpoints: &[String],
-        cfg: FreelanceConfig,
-    ) -> Result<Self, Error> {
-        Self::with_transport(&Transport::with_context(ctx), endpoints, cfg)
+    /// The settings of a client of the Freelance servers at `endpoints`;
+    /// [`FreelanceClientBuilder::connect`] makes it.
+    pub fn builder<S: AsRef<str>>(endpoints: &[S]) -> FreelanceClientBuilder {
+        FreelanceClientBuilder {
+            endpoints: endpoints.iter().map(|e| e.as_ref().to_string()).collect(),
+            transport: None,
+            config: FreelanceConfig::default(),
+            shutdown: None,
+        }
     }
 
-    /// [`FreelanceClient::new`], with sockets made by `transport`.
-    pub fn with_transport(
-        transport: &Transport,
-        endpoints: &[String],
-        cfg: FreelanceConfig,
-    ) -> Result<Self, Error> {
-        let core = Freelance::new(io::now(), endpoints, cfg, fastrand::u64(..))?;
-        let sockets = Sockets::connecting(transport, zmq::ROUTER, endpoints, true)?;
-        let mut driver = Driver::new(core, sockets, &Shutdown::new());
-        driver.flush()?;
-        Ok(FreelanceClient {
-            endpoints: endpoints.join(","),
-            driver,
-            failovers: 0,
-        })
-    }
-
-    /// Makes a pending request return [`ClientError::Interrupted`] once `shutdown` is
-    /// triggered.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.driver.set_shutdown(&shutdown);
-        self
+    /// A client of the servers at `endpoints` with the default settings (its own
+    /// context, [`FreelanceConfig::default`]).
+    pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Self, Error> {
+        Self::builder(endpoints).connect()
     }
 
     /// Times a server was found down (by ping silence or a timed-out attempt).
@@ -144,31 +188,73 @@ impl FreelanceClient {
     }
 }
 
+/// Settings of a [`FreelanceServer`], from [`FreelanceServer::builder`];
+/// [`FreelanceServerBuilder::bind`] makes the server.
+#[derive(Debug, Clone)]
+pub struct FreelanceServerBuilder {
+    endpoint: String,
+    transport: Option<Transport>,
+}
+
+impl FreelanceServerBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its socket with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Makes the ROUTER socket, with the endpoint as its identity, and binds it. A `*`
+    /// port is resolved to a free port first (the identity must be known before the
+    /// bind).
+    pub fn bind(self) -> Result<FreelanceServer, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let endpoint = resolve_port(&self.endpoint)?;
+        let socket = transport.socket(zmq::ROUTER)?;
+        socket
+            .set_identity(endpoint.as_bytes())
+            .map_err(|e| TransportError::zmq("set identity", &endpoint, e))?;
+        let sockets = Sockets::bound_socket(&transport, zmq::ROUTER, socket, &endpoint)?;
+        Ok(FreelanceServer { sockets })
+    }
+}
+
 /// A Freelance server: answers PING with PONG and each request with the handler. It
 /// speaks only when spoken to (10/FLP): nothing reaches a client before it sends.
+///
+/// Its endpoint is also its identity. A bosun client does not need it: it knows each
+/// server by the connection it made (so `tcp://localhost:P` reaches a server bound to
+/// `tcp://127.0.0.1:P` or `tcp://*:P`); a client written after the Guide's flclient3
+/// addresses the server by this identity, and must connect to exactly this text.
+///
+/// ```no_run
+/// use bosun::io::freelance::FreelanceServer;
+/// let shutdown = bosun::Shutdown::new();
+/// FreelanceServer::bind("tcp://127.0.0.1:5601")?.run(bosun::io::handler::echo(), &shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct FreelanceServer {
     sockets: Sockets,
 }
 
 impl FreelanceServer {
-    /// Binds at `endpoint`, which is also the server's identity. A bosun client does not
-    /// need it: it knows each server by the connection it made (so `tcp://localhost:P`
-    /// reaches a server bound to `tcp://127.0.0.1:P` or `tcp://*:P`); a client written
-    /// after the Guide's flclient3 addresses the server by this identity, and must
-    /// connect to exactly this text. A `*` port is resolved to a free port first.
-    pub fn bind(ctx: &zmq::Context, endpoint: &str) -> Result<Self, Error> {
-        Self::bind_with(&Transport::with_context(ctx), endpoint)
+    /// The settings of a server bound at `endpoint` (also its identity; see the
+    /// [type docs](FreelanceServer)); [`FreelanceServerBuilder::bind`] makes it.
+    pub fn builder(endpoint: &str) -> FreelanceServerBuilder {
+        FreelanceServerBuilder {
+            endpoint: endpoint.to_string(),
+            transport: None,
+        }
     }
 
-    /// [`FreelanceServer::bind`], with the socket made by `transport`.
-    pub fn bind_with(transport: &Transport, endpoint: &str) -> Result<Self, Error> {
-        let endpoint = resolve_port(endpoint)?;
-        let socket = transport.socket(zmq::ROUTER)?;
-        socket
-            .set_identity(endpoint.as_bytes())
-            .map_err(|e| TransportError::zmq("set identity", &endpoint, e))?;
-        let sockets = Sockets::bound_socket(transport, zmq::ROUTER, socket, &endpoint)?;
-        Ok(FreelanceServer { sockets })
+    /// A server bound at `endpoint` with the default settings (its own context).
+    pub fn bind(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).bind()
     }
 
     /// The endpoint (and identity) of this server.

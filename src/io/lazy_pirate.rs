@@ -47,8 +47,74 @@ pub struct ClientStats {
     pub discarded: u64,
 }
 
+/// Settings of a [`LazyPirateClient`], from [`LazyPirateClient::builder`];
+/// [`LazyPirateClientBuilder::connect`] makes the client.
+#[derive(Debug, Clone)]
+pub struct LazyPirateClientBuilder {
+    endpoint: String,
+    transport: Option<Transport>,
+    retry: Retry,
+    shutdown: Option<Shutdown>,
+}
+
+impl LazyPirateClientBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its sockets with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the retry policy (default [`Retry::default`]: 2.5 s per attempt, 3
+    /// attempts).
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Makes [`LazyPirateClient::request`] return [`ClientError::Interrupted`] soon
+    /// after `shutdown` is triggered (default: no flag; a request ends only in a reply or
+    /// a give-up).
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// Checks the retry policy, makes the REQ socket and connects it.
+    pub fn connect(self) -> Result<LazyPirateClient, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let core = LazyPirate::new(io::now(), self.retry, fastrand::u64(..))?;
+        let sockets = Sockets::connecting(
+            &transport,
+            zmq::REQ,
+            std::slice::from_ref(&self.endpoint),
+            true,
+        )?;
+        let shutdown = self.shutdown.unwrap_or_default();
+        Ok(LazyPirateClient {
+            endpoint: self.endpoint,
+            driver: Driver::new(core, sockets, &shutdown),
+            stats: ClientStats::default(),
+        })
+    }
+}
+
 /// A Lazy Pirate client: one request at a time, retried on a fresh socket until it is
 /// answered or `retries` attempts have timed out.
+///
+/// ```no_run
+/// use bosun::{LazyPirateClient, Retry};
+/// let mut client = LazyPirateClient::builder("tcp://127.0.0.1:5555")
+///     .retry(Retry::default())
+///     .connect()?;
+/// let reply = client.request(b"hello".to_vec())?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct LazyPirateClient {
     endpoint: String,
     driver: Driver<LazyPirate>,
@@ -56,31 +122,21 @@ pub struct LazyPirateClient {
 }
 
 impl LazyPirateClient {
-    /// A client of the REQ/REP server (or Paranoid Pirate queue frontend) at `endpoint`.
-    pub fn new(ctx: &zmq::Context, endpoint: &str, retry: Retry) -> Result<Self, Error> {
-        Self::with_transport(&Transport::with_context(ctx), endpoint, retry)
-    }
-
-    /// [`LazyPirateClient::new`], with sockets made by `transport`.
-    pub fn with_transport(
-        transport: &Transport,
-        endpoint: &str,
-        retry: Retry,
-    ) -> Result<Self, Error> {
-        let core = LazyPirate::new(io::now(), retry, fastrand::u64(..))?;
-        let sockets = Sockets::connecting(transport, zmq::REQ, &[endpoint.to_string()], true)?;
-        Ok(LazyPirateClient {
+    /// The settings of a client of the REQ/REP server (or Paranoid Pirate queue
+    /// frontend) at `endpoint`; [`LazyPirateClientBuilder::connect`] makes it.
+    pub fn builder(endpoint: &str) -> LazyPirateClientBuilder {
+        LazyPirateClientBuilder {
             endpoint: endpoint.to_string(),
-            driver: Driver::new(core, sockets, &Shutdown::new()),
-            stats: ClientStats::default(),
-        })
+            transport: None,
+            retry: Retry::default(),
+            shutdown: None,
+        }
     }
 
-    /// Makes [`LazyPirateClient::request`] return [`ClientError::Interrupted`] soon
-    /// after `shutdown` is triggered.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.driver.set_shutdown(&shutdown);
-        self
+    /// A client of the server at `endpoint` with the default settings (its own context,
+    /// [`Retry::default`]).
+    pub fn connect(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).connect()
     }
 
     /// What this client has done so far.

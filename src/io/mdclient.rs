@@ -67,8 +67,68 @@ fn log_event(event: &Event) {
     }
 }
 
+/// Settings of a [`MajordomoClient`], from [`MajordomoClient::builder`];
+/// [`MajordomoClientBuilder::connect`] makes the client.
+#[derive(Debug, Clone)]
+pub struct MajordomoClientBuilder {
+    endpoint: String,
+    transport: Option<Transport>,
+    retry: Retry,
+    shutdown: Option<Shutdown>,
+}
+
+impl MajordomoClientBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its sockets with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the retry policy (default [`Retry::default`]: 2.5 s per attempt, 3
+    /// attempts).
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Makes a pending request return [`ClientError::Interrupted`] soon after
+    /// `shutdown` is triggered (default: no flag; a request ends only in a reply or a
+    /// give-up).
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// Checks the retry policy, makes the DEALER socket and connects it.
+    pub fn connect(self) -> Result<MajordomoClient, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let mut driver = driver(&transport, &self.endpoint, Mode::Blocking, self.retry)?;
+        if let Some(shutdown) = &self.shutdown {
+            driver.set_shutdown(shutdown);
+        }
+        Ok(MajordomoClient {
+            endpoint: self.endpoint,
+            driver,
+            retries: 0,
+        })
+    }
+}
+
 /// A Majordomo client with Lazy Pirate reliability: each request is retried on a
 /// fresh socket until answered or `retries` attempts have timed out.
+///
+/// ```no_run
+/// use bosun::io::mdclient::MajordomoClient;
+/// let mut client = MajordomoClient::connect("tcp://127.0.0.1:5555")?;
+/// let reply = client.request("echo", b"hello".to_vec())?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct MajordomoClient {
     endpoint: String,
     driver: Driver<MdpClient>,
@@ -76,29 +136,21 @@ pub struct MajordomoClient {
 }
 
 impl MajordomoClient {
-    /// A client of the broker at `endpoint`.
-    pub fn new(ctx: &zmq::Context, endpoint: &str, retry: Retry) -> Result<Self, Error> {
-        Self::with_transport(&Transport::with_context(ctx), endpoint, retry)
-    }
-
-    /// [`MajordomoClient::new`], with sockets made by `transport`.
-    pub fn with_transport(
-        transport: &Transport,
-        endpoint: &str,
-        retry: Retry,
-    ) -> Result<Self, Error> {
-        Ok(MajordomoClient {
+    /// The settings of a client of the broker at `endpoint`;
+    /// [`MajordomoClientBuilder::connect`] makes it.
+    pub fn builder(endpoint: &str) -> MajordomoClientBuilder {
+        MajordomoClientBuilder {
             endpoint: endpoint.to_string(),
-            driver: driver(transport, endpoint, Mode::Blocking, retry)?,
-            retries: 0,
-        })
+            transport: None,
+            retry: Retry::default(),
+            shutdown: None,
+        }
     }
 
-    /// Makes a pending request return [`ClientError::Interrupted`] once `shutdown` is
-    /// triggered.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.driver.set_shutdown(&shutdown);
-        self
+    /// A client of the broker at `endpoint` with the default settings (its own context,
+    /// [`Retry::default`]).
+    pub fn connect(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).connect()
     }
 
     /// Attempts retried so far.
@@ -188,8 +240,51 @@ pub enum Outcome {
     },
 }
 
+/// Settings of an [`AsyncMajordomoClient`], from [`AsyncMajordomoClient::builder`];
+/// [`AsyncMajordomoClientBuilder::connect`] makes the client.
+#[derive(Debug, Clone)]
+pub struct AsyncMajordomoClientBuilder {
+    endpoint: String,
+    transport: Option<Transport>,
+    retry: Retry,
+}
+
+impl AsyncMajordomoClientBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its sockets with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the per-request retry policy (default [`Retry::default`]: 2.5 s per
+    /// attempt, 3 attempts).
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Checks the retry policy, makes the DEALER socket and connects it.
+    pub fn connect(self) -> Result<AsyncMajordomoClient, Error> {
+        let transport = self.transport.unwrap_or_default();
+        Ok(AsyncMajordomoClient {
+            driver: driver(&transport, &self.endpoint, Mode::Pipelined, self.retry)?,
+            undelivered: 0,
+            duplicates: 0,
+            retries: 0,
+        })
+    }
+}
+
 /// A Majordomo client that keeps many requests in flight; each is retried on its own
 /// timer, and a late reply to a retried request is dropped, never delivered twice.
+/// [`AsyncMajordomoClient::recv`] waits with a timeout, so the caller's loop sees its
+/// own shutdown flag; it has none of its own.
 pub struct AsyncMajordomoClient {
     driver: Driver<MdpClient>,
     /// Requests sent whose outcome has not been returned by `recv` yet (the core may
@@ -200,23 +295,20 @@ pub struct AsyncMajordomoClient {
 }
 
 impl AsyncMajordomoClient {
-    /// A client of the broker at `endpoint`.
-    pub fn new(ctx: &zmq::Context, endpoint: &str, retry: Retry) -> Result<Self, Error> {
-        Self::with_transport(&Transport::with_context(ctx), endpoint, retry)
+    /// The settings of a client of the broker at `endpoint`;
+    /// [`AsyncMajordomoClientBuilder::connect`] makes it.
+    pub fn builder(endpoint: &str) -> AsyncMajordomoClientBuilder {
+        AsyncMajordomoClientBuilder {
+            endpoint: endpoint.to_string(),
+            transport: None,
+            retry: Retry::default(),
+        }
     }
 
-    /// [`AsyncMajordomoClient::new`], with sockets made by `transport`.
-    pub fn with_transport(
-        transport: &Transport,
-        endpoint: &str,
-        retry: Retry,
-    ) -> Result<Self, Error> {
-        Ok(AsyncMajordomoClient {
-            driver: driver(transport, endpoint, Mode::Pipelined, retry)?,
-            undelivered: 0,
-            duplicates: 0,
-            retries: 0,
-        })
+    /// A client of the broker at `endpoint` with the default settings (its own context,
+    /// [`Retry::default`]).
+    pub fn connect(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).connect()
     }
 
     /// Sends `body` to `service` without waiting; returns the request id.

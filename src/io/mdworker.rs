@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
 use crate::io::pool::Pool;
-use crate::io::transport::Transport;
+use crate::io::transport::{check_endpoint, Side, Transport};
 use crate::io::{self, Shutdown};
 use crate::proto::broker::BrokerConfig;
 use crate::proto::frames::mdp::{self, Command};
@@ -48,45 +48,28 @@ impl Core for MdWorker {
 /// What a worker did before it stopped (the same as a Paranoid Pirate worker's).
 pub type MdWorkerStats = crate::io::ppworker::WorkerStats;
 
-/// A Majordomo (7/MDP) worker for one service.
-///
-/// ```no_run
-/// let shutdown = bosun::Shutdown::new();
-/// bosun::Worker::new("tcp://127.0.0.1:5555", "echo")
-///     .run(bosun::io::handler::echo(), &shutdown)?;
-/// # Ok::<(), bosun::Error>(())
-/// ```
-pub struct Worker {
-    transport: Transport,
+/// Settings of a [`Worker`], from [`Worker::builder`]; [`WorkerBuilder::connect`]
+/// makes the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    transport: Option<Transport>,
     settings: Settings,
 }
 
-impl Worker {
-    /// A worker of `service` for the broker at `endpoint`: capacity 1, the 7/MDP
-    /// reference heartbeat (2500 ms × 3), reconnect 1 s doubling to 32 s.
-    pub fn new(endpoint: &str, service: &str) -> Self {
-        Worker {
-            transport: Transport::default(),
-            settings: Settings {
-                endpoint: endpoint.to_string(),
-                service: service.to_string(),
-                capacity: 1,
-                heartbeat: BrokerConfig::default().heartbeat,
-                reconnect: RECONNECT,
-            },
-        }
-    }
-
-    /// Uses `ctx` instead of a context of its own. The DISCONNECT sent on shutdown leaves
-    /// when the last handle of the context is dropped (libzmq flushes within the linger,
-    /// 200 ms): drop yours after `run` returns rather than exit the process with it.
+impl WorkerBuilder {
+    /// Uses `ctx` instead of a context of its own (the default). The DISCONNECT sent on
+    /// shutdown leaves when the last handle of the context is dropped (libzmq flushes
+    /// within the linger, 200 ms): drop yours after [`Worker::run`] returns rather than
+    /// exit the process with it.
     pub fn context(self, ctx: &zmq::Context) -> Self {
         self.transport(&Transport::with_context(ctx))
     }
 
-    /// Makes its sockets with `transport` (and its context; see [`Worker::context`]).
+    /// Makes its sockets with `transport` (and its context; see
+    /// [`WorkerBuilder::context`]). Default: a transport of its own,
+    /// [`Transport::default`].
     pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = transport.clone();
+        self.transport = Some(transport.clone());
         self
     }
 
@@ -100,16 +83,70 @@ impl Worker {
         self
     }
 
-    /// Sets the heartbeat (must match the broker's).
+    /// Sets the heartbeat, which must match the broker's (default: the 7/MDP reference,
+    /// 2500 ms × 3, [`BrokerConfig::default`]'s).
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.settings.heartbeat = heartbeat;
         self
     }
 
-    /// Sets the reconnect backoff.
+    /// Sets the reconnect backoff (default [`RECONNECT`]: 1 s doubling to 32 s).
     pub fn reconnect(mut self, reconnect: Backoff) -> Self {
         self.settings.reconnect = reconnect;
         self
+    }
+
+    /// Checks the settings (heartbeat, backoff, capacity, service name) and the
+    /// endpoint, and makes the worker. Its socket is made and connected by
+    /// [`Worker::run`], which registers with READY at once.
+    pub fn connect(self) -> Result<Worker, Error> {
+        // A core made now only to check the settings; `run` makes the one it drives,
+        // so that its timers start when it does.
+        self.settings.core()?;
+        check_endpoint(&self.settings.endpoint, Side::Connect)?;
+        Ok(Worker {
+            transport: self.transport.unwrap_or_default(),
+            settings: self.settings,
+        })
+    }
+}
+
+/// A Majordomo (7/MDP) worker for one service, ready to [`Worker::run`].
+///
+/// ```no_run
+/// let shutdown = bosun::Shutdown::new();
+/// bosun::Worker::builder("tcp://127.0.0.1:5555", "echo")
+///     .capacity(4)
+///     .connect()?
+///     .run(bosun::io::handler::echo(), &shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
+pub struct Worker {
+    transport: Transport,
+    settings: Settings,
+}
+
+impl Worker {
+    /// The settings of a worker of `service` for the broker at `endpoint`: by default
+    /// capacity 1, the 7/MDP reference heartbeat (2500 ms × 3), reconnect 1 s doubling
+    /// to 32 s; [`WorkerBuilder::connect`] makes it.
+    pub fn builder(endpoint: &str, service: &str) -> WorkerBuilder {
+        WorkerBuilder {
+            transport: None,
+            settings: Settings {
+                endpoint: endpoint.to_string(),
+                service: service.to_string(),
+                capacity: 1,
+                heartbeat: BrokerConfig::default().heartbeat,
+                reconnect: RECONNECT,
+            },
+        }
+    }
+
+    /// A worker of `service` for the broker at `endpoint` with the default settings
+    /// (its own context; see [`Worker::builder`]).
+    pub fn connect(endpoint: &str, service: &str) -> Result<Self, Error> {
+        Self::builder(endpoint, service).connect()
     }
 
     /// Serves requests until `shutdown` is triggered, then sends DISCONNECT. A handler
@@ -123,14 +160,7 @@ impl Worker {
             transport,
             settings,
         } = self;
-        let core = MdWorker::new(
-            io::now(),
-            settings.service.as_bytes(),
-            settings.capacity,
-            settings.heartbeat,
-            settings.reconnect,
-            fastrand::u64(..),
-        )?;
+        let core = settings.core()?;
         let sockets = Sockets::connecting(
             &transport,
             zmq::DEALER,
@@ -177,6 +207,7 @@ impl Worker {
 }
 
 /// A worker's settings, without its transport.
+#[derive(Debug, Clone)]
 struct Settings {
     endpoint: String,
     service: String,
@@ -195,6 +226,18 @@ enum Exec<'a> {
 }
 
 impl Settings {
+    /// A core with these settings, starting now; fails on a setting that cannot work.
+    fn core(&self) -> Result<MdWorker, ConfigError> {
+        MdWorker::new(
+            io::now(),
+            self.service.as_bytes(),
+            self.capacity,
+            self.heartbeat,
+            self.reconnect,
+            fastrand::u64(..),
+        )
+    }
+
     fn drive(&self, d: &mut Driver<MdWorker>, g: &Guarded, exec: Exec<'_>) -> Result<(), Error> {
         let endpoint = self.endpoint.as_str();
         let wake = match &exec {

@@ -3,6 +3,13 @@
 //! Every pattern is a pure core driven by the one loop in [`driver`], over sockets that
 //! all come from one [`transport::Transport`]; the modules here choose the arrangement
 //! of sockets, turn the core's events into the application's calls, and log.
+//!
+//! # Making a driver
+//! One style for every driver: `X::builder(endpoint(s)[, service])`, optional `.context(&ctx)`
+//! or `.transport(&t)` (default: a context of its own), a setter per setting, then
+//! `.connect()` (clients, workers) or `.bind()` (servers, queue, broker), which checks the
+//! settings; `X::connect(..)` / `X::bind(..)` takes every default. Clients then send
+//! requests; workers, servers, the queue and the broker serve with `.run(.., &shutdown)`.
 
 pub mod async_client;
 pub mod broker;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Backoff, Heartbeat, RECONNECT};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
-use crate::io::transport::Transport;
+use crate::io::transport::{check_endpoint, Side, Transport};
 use crate::io::{self, Shutdown};
 use crate::proto::frames::ppp::Command;
 use crate::proto::frames::Frames;
@@ -50,40 +50,32 @@ pub struct WorkerStats {
     pub reconnects: u64,
 }
 
-/// A Paranoid Pirate (6/PPP) worker.
-pub struct PpWorker {
-    transport: Transport,
+/// Settings of a [`PpWorker`], from [`PpWorker::builder`]; [`PpWorkerBuilder::connect`]
+/// makes the worker.
+#[derive(Debug, Clone)]
+pub struct PpWorkerBuilder {
+    transport: Option<Transport>,
     settings: Settings,
 }
 
-/// A worker's settings, without its transport.
-struct Settings {
-    endpoint: String,
-    heartbeat: Heartbeat,
-    reconnect: Backoff,
-}
-
-impl PpWorker {
-    /// A worker for the queue backend at `endpoint`, with default heartbeat and
-    /// reconnect settings. What it sends last leaves when the last handle of `ctx` is
-    /// dropped (libzmq flushes within the linger): drop yours after `run` returns.
-    pub fn new(ctx: &zmq::Context, endpoint: &str) -> Self {
-        Self::with_transport(&Transport::with_context(ctx), endpoint)
+impl PpWorkerBuilder {
+    /// Uses `ctx` instead of a context of its own (the default). What the worker sends
+    /// last leaves when the last handle of `ctx` is dropped (libzmq flushes within the
+    /// linger): drop yours after [`PpWorker::run`] returns.
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
     }
 
-    /// [`PpWorker::new`], with sockets made by `transport`.
-    pub fn with_transport(transport: &Transport, endpoint: &str) -> Self {
-        PpWorker {
-            transport: transport.clone(),
-            settings: Settings {
-                endpoint: endpoint.to_string(),
-                heartbeat: Heartbeat::default(),
-                reconnect: RECONNECT,
-            },
-        }
+    /// Makes its sockets with `transport` (and its context; see
+    /// [`PpWorkerBuilder::context`]). Default: a transport of its own,
+    /// [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
     }
 
-    /// Sets the heartbeat interval and liveness (must match the queue's).
+    /// Sets the heartbeat interval and liveness, which must match the queue's (default
+    /// [`Heartbeat::default`]: 1 s × 3).
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.settings.heartbeat = heartbeat;
         self
@@ -93,6 +85,69 @@ impl PpWorker {
     pub fn reconnect(mut self, reconnect: Backoff) -> Self {
         self.settings.reconnect = reconnect;
         self
+    }
+
+    /// Checks the settings (heartbeat, backoff) and the endpoint, and makes the worker.
+    /// Its socket is made and connected by [`PpWorker::run`], which says READY at once.
+    pub fn connect(self) -> Result<PpWorker, Error> {
+        // A core made now only to check the settings; `run` makes the one it drives,
+        // so that its timers start when it does.
+        self.settings.core()?;
+        check_endpoint(&self.settings.endpoint, Side::Connect)?;
+        Ok(PpWorker {
+            transport: self.transport.unwrap_or_default(),
+            settings: self.settings,
+        })
+    }
+}
+
+/// A Paranoid Pirate (6/PPP) worker, ready to [`PpWorker::run`].
+///
+/// ```no_run
+/// let shutdown = bosun::Shutdown::new();
+/// bosun::PpWorker::connect("tcp://127.0.0.1:5556")?
+///     .run(bosun::io::handler::echo(), &shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
+pub struct PpWorker {
+    transport: Transport,
+    settings: Settings,
+}
+
+/// A worker's settings, without its transport.
+#[derive(Debug, Clone)]
+struct Settings {
+    endpoint: String,
+    heartbeat: Heartbeat,
+    reconnect: Backoff,
+}
+
+impl Settings {
+    /// A core with these settings, starting now; fails on a setting that cannot work.
+    fn core(&self) -> Result<Worker, ConfigError> {
+        Worker::new(io::now(), self.heartbeat, self.reconnect, fastrand::u64(..))
+    }
+}
+
+impl PpWorker {
+    /// The settings of a worker for the queue backend at `endpoint`: by default the
+    /// 6/PPP reference heartbeat (1 s × 3) and reconnect (1 s doubling to 32 s);
+    /// [`PpWorkerBuilder::connect`] makes it.
+    pub fn builder(endpoint: &str) -> PpWorkerBuilder {
+        PpWorkerBuilder {
+            transport: None,
+            settings: Settings {
+                endpoint: endpoint.to_string(),
+                heartbeat: Heartbeat::default(),
+                reconnect: RECONNECT,
+            },
+        }
+    }
+
+    /// A worker for the queue backend at `endpoint` with the default settings (its own
+    /// context; see [`PpWorker::builder`]).
+    pub fn connect(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).connect()
     }
 
     /// Serves requests with `handler` until `shutdown` is triggered. The handler runs on
@@ -108,12 +163,7 @@ impl PpWorker {
             transport,
             settings,
         } = self;
-        let core = Worker::new(
-            io::now(),
-            settings.heartbeat,
-            settings.reconnect,
-            fastrand::u64(..),
-        )?;
+        let core = settings.core()?;
         let shared = Guarded::new(transport.clone());
         let frames = GuardFrames {
             heartbeat: Command::Heartbeat.frames(),

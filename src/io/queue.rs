@@ -107,36 +107,77 @@ impl Core for Queue {
     }
 }
 
+/// Settings of a [`QueueDriver`], from [`QueueDriver::builder`];
+/// [`QueueDriverBuilder::bind`] makes the queue.
+#[derive(Debug, Clone)]
+pub struct QueueDriverBuilder {
+    frontend: String,
+    backend: String,
+    transport: Option<Transport>,
+    config: QueueConfig,
+}
+
+impl QueueDriverBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its sockets with `transport` (and its context). Default: a transport of
+    /// its own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the heartbeat and queue bounds (default [`QueueConfig::default`]).
+    pub fn config(mut self, config: QueueConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the settings, makes the frontend and backend ROUTER sockets and binds
+    /// them.
+    pub fn bind(self) -> Result<QueueDriver, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let core = Queue::new(io::now(), self.config)?;
+        let sockets = Sockets::bound(
+            &transport,
+            &[(zmq::ROUTER, &self.frontend), (zmq::ROUTER, &self.backend)],
+        )?;
+        Ok(QueueDriver { core, sockets })
+    }
+}
+
 /// A bound Paranoid Pirate queue, ready to [`QueueDriver::run`].
+///
+/// ```no_run
+/// use bosun::io::queue::QueueDriver;
+/// let shutdown = bosun::Shutdown::new();
+/// QueueDriver::bind("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556")?.run(&shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct QueueDriver {
     core: Queue,
     sockets: Sockets,
 }
 
 impl QueueDriver {
-    /// Binds the frontend (clients) and backend (workers) ROUTER sockets in `ctx`.
-    pub fn bind(
-        ctx: &zmq::Context,
-        frontend: &str,
-        backend: &str,
-        cfg: QueueConfig,
-    ) -> Result<Self, Error> {
-        Self::bind_with(&Transport::with_context(ctx), frontend, backend, cfg)
+    /// The settings of a queue whose frontend (clients) is bound at `frontend` and
+    /// backend (workers) at `backend`; [`QueueDriverBuilder::bind`] makes it.
+    pub fn builder(frontend: &str, backend: &str) -> QueueDriverBuilder {
+        QueueDriverBuilder {
+            frontend: frontend.to_string(),
+            backend: backend.to_string(),
+            transport: None,
+            config: QueueConfig::default(),
+        }
     }
 
-    /// Binds the frontend and backend ROUTER sockets, made by `transport`.
-    pub fn bind_with(
-        transport: &Transport,
-        frontend: &str,
-        backend: &str,
-        cfg: QueueConfig,
-    ) -> Result<Self, Error> {
-        let core = Queue::new(io::now(), cfg)?;
-        let sockets = Sockets::bound(
-            transport,
-            &[(zmq::ROUTER, frontend), (zmq::ROUTER, backend)],
-        )?;
-        Ok(QueueDriver { core, sockets })
+    /// A queue bound at `frontend` and `backend` with the default settings (its own
+    /// context, [`QueueConfig::default`]).
+    pub fn bind(frontend: &str, backend: &str) -> Result<Self, Error> {
+        Self::builder(frontend, backend).bind()
     }
 
     /// The endpoint clients connect to, with its port resolved.

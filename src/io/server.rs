@@ -42,25 +42,73 @@ pub enum Stopped {
     Crashed,
 }
 
+/// Settings of a [`Server`], from [`Server::builder`]; [`ServerBuilder::bind`] makes
+/// the server.
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    endpoint: String,
+    transport: Option<Transport>,
+    faults: Faults,
+}
+
+impl ServerBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its socket with `transport` (and its context). Default: a transport of its
+    /// own, [`Transport::default`].
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Sets the simulated crashes, stalls and drops (default [`Faults::default`]: none).
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Makes the REP socket and binds it.
+    pub fn bind(self) -> Result<Server, Error> {
+        let transport = self.transport.unwrap_or_default();
+        let sockets = Sockets::bound(&transport, &[(zmq::REP, &self.endpoint)])?;
+        Ok(Server {
+            core: core::Server::new(Dialect::Rep, self.faults),
+            sockets,
+        })
+    }
+}
+
 /// A bound REP server.
+///
+/// ```no_run
+/// use bosun::io::server::Server;
+/// let shutdown = bosun::Shutdown::new();
+/// Server::bind("tcp://127.0.0.1:5555")?.run(bosun::io::handler::echo(), &shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 pub struct Server {
     core: core::Server,
     sockets: Sockets,
 }
 
 impl Server {
-    /// Binds a REP socket at `endpoint`, in `ctx`.
-    pub fn bind(ctx: &zmq::Context, endpoint: &str, faults: Faults) -> Result<Self, Error> {
-        Self::bind_with(&Transport::with_context(ctx), endpoint, faults)
+    /// The settings of a REP server bound at `endpoint`; [`ServerBuilder::bind`] makes
+    /// it.
+    pub fn builder(endpoint: &str) -> ServerBuilder {
+        ServerBuilder {
+            endpoint: endpoint.to_string(),
+            transport: None,
+            faults: Faults::default(),
+        }
     }
 
-    /// Binds a REP socket at `endpoint`, made by `transport`.
-    pub fn bind_with(transport: &Transport, endpoint: &str, faults: Faults) -> Result<Self, Error> {
-        let sockets = Sockets::bound(transport, &[(zmq::REP, endpoint)])?;
-        Ok(Server {
-            core: core::Server::new(Dialect::Rep, faults),
-            sockets,
-        })
+    /// A REP server bound at `endpoint` with the default settings (its own context, no
+    /// faults).
+    pub fn bind(endpoint: &str) -> Result<Self, Error> {
+        Self::builder(endpoint).bind()
     }
 
     /// The bound endpoint, with its port resolved.
