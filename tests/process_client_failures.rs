@@ -127,3 +127,63 @@ fn stats_against_a_peer_that_is_not_a_broker_says_so_and_fails() {
         "{out:?}"
     );
 }
+
+/// A handler that never answers line 2 (it sleeps far past the client's retry budget)
+/// and answers the others `ok-LINE` at once. `exec` makes the sleep the command's own
+/// process, which dies with the worker (the worker's commands get PR_SET_PDEATHSIG).
+const STUCK_ON_2: &str = r#"x=$(cat); if [ "$x" = 2 ]; then exec sleep 30; fi; echo "ok-$x""#;
+
+/// With several requests in flight, a give-up on one line does not throw away the
+/// replies that arrived around it: they are printed, in input order, the line that
+/// got no reply is named, and the exit status is 69 (unavailable). Catches: a give-up
+/// that ended the batch and dropped what had already arrived.
+#[test]
+fn in_flight_a_give_up_prints_what_arrived_and_names_the_line() {
+    let mut args = vec!["-v", "broker", "--bind", "tcp://127.0.0.1:*"];
+    args.extend(HB);
+    let (mut b, ep) = start_broker("broker", &mut bosun(&args));
+    let mut wargs = vec![
+        "worker",
+        "--connect",
+        &ep,
+        "--service",
+        "picky",
+        "--capacity",
+        "4",
+        "--exec",
+        STUCK_ON_2,
+        "--exec-timeout",
+        "60s",
+    ];
+    wargs.extend(HB);
+    let mut w = Proc::spawn("worker", &mut bosun(&wargs));
+    b.expect_stderr("worker ready", SECS_15, |l| l.contains("worker ready"));
+    let (status, stdout, stderr) = client(
+        &ep,
+        &[
+            "--in-flight",
+            "3",
+            "--timeout",
+            "400ms",
+            "--retries",
+            "2",
+            "--backoff-initial",
+            "10ms",
+            "--backoff-max",
+            "10ms",
+        ],
+    );
+    assert_eq!(
+        stdout,
+        ["ok-1", "ok-3", "ok-4"],
+        "the replies around the give-up are printed, in order\nstderr:\n{}",
+        stderr.join("\n")
+    );
+    let named: Vec<&String> = stderr.iter().filter(|l| l.contains("line 2:")).collect();
+    assert_eq!(named.len(), 1, "line 2 named once: {stderr:?}");
+    assert!(named[0].contains("no reply"), "{named:?}");
+    assert_eq!(status.code(), Some(69), "a give-up exits 69: {stderr:?}");
+    // SIGTERM: the worker kills the process groups of the commands still sleeping.
+    w.signal(libc::SIGTERM);
+    w.expect_exit(SECS_15);
+}
