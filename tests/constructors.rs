@@ -257,7 +257,9 @@ fn every_driver(sharing: &Sharing, tag: &str) {
     .expect("async majordomo client");
     let id = many.send("echo", b"many".to_vec()).expect("send");
     match many.recv(Duration::from_secs(10)).expect("recv") {
-        Some(Outcome::Reply { id: got, body }) => assert_eq!((got, body), (id, b"many".to_vec())),
+        Some(Outcome::Reply { id: got, body, .. }) => {
+            assert_eq!((got, body), (id, b"many".to_vec()))
+        }
         other => panic!("async majordomo client: {other:?}"),
     }
     let handle = shared!(AsyncClient::builder(&ep("broker")), sharing, "async client")

@@ -271,7 +271,7 @@ fn md_worker_handler_panic_fails_the_request_and_keeps_serving(capacity: u32) {
         let left = until.saturating_duration_since(now());
         assert!(!left.is_zero(), "pair requests unanswered: {answered:?}");
         match many.recv(left).unwrap() {
-            Some(Outcome::Reply { id, body }) => {
+            Some(Outcome::Reply { id, body, .. }) => {
                 assert_eq!(body, b"met", "only some handler slots took requests");
                 answered.push(id);
             }

@@ -895,3 +895,119 @@ fn stats_json_parses_and_watch_repeats_until_ctrl_c_then_exits_0() {
     let status = watch.expect_exit(Duration::from_secs(2));
     assert_eq!(status.code(), Some(0), "{}", watch.dump());
 }
+
+/// With several requests in flight, `--json` says which attempt answered each reply
+/// and tells a request the broker refused (a full queue: `refused`) from one whose
+/// handler failed; the give-up of the queued ones makes the exit status 69. Catches: the
+/// pipelined client reporting every refusal as a failed handler and no attempt.
+#[test]
+fn in_flight_json_names_the_attempt_and_tells_refusals_apart() {
+    let (mut broker, ep) = start_broker(
+        "broker",
+        &mut bosun(&[
+            "-v",
+            "broker",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--max-queue",
+            "2",
+        ]),
+    );
+    let _w = Proc::spawn(
+        "worker",
+        &mut bosun(&["worker", "--connect", &ep, "--service", "echo"]),
+    );
+    broker.expect_stderr("worker ready", SECS_10, |l| l.contains("worker ready"));
+    let json = |service: &str, input: &str| {
+        run_bytes(
+            &[
+                "client",
+                "--connect",
+                &ep,
+                "--service",
+                service,
+                "--in-flight",
+                "4",
+                "--json",
+                "--timeout",
+                "300ms",
+                "--retries",
+                "1",
+            ],
+            &[],
+            input.as_bytes().to_vec(),
+            SECS_15,
+        )
+    };
+    let out = json("echo", "a\nb\n");
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let parsed = python_json(&String::from_utf8(out.stdout).expect("utf8"));
+    assert_eq!(parsed.len(), 2, "{parsed:?}");
+    assert!(
+        parsed
+            .iter()
+            .all(|l| l.contains(r#""attempt": 1"#) && l.contains(r#""status": "ok""#)),
+        "{parsed:?}"
+    );
+
+    // No worker for `nobody` and room for two: lines 1 and 2 wait (and time out),
+    // the four others are refused at once.
+    let out = json("nobody", "1\n2\n3\n4\n5\n6\n");
+    let parsed = python_json(&String::from_utf8(out.stdout).expect("utf8"));
+    let refused = parsed
+        .iter()
+        .filter(|l| l.contains(r#""status": "refused""#))
+        .count();
+    assert_eq!(refused, 4, "{parsed:?}\n{}", out.stderr);
+    assert!(
+        !parsed.iter().any(|l| l.contains(r#""status": "failed""#)),
+        "a refusal is not a failed handler: {parsed:?}"
+    );
+    assert_eq!(out.status.code(), Some(UNAVAILABLE), "{}", out.stderr);
+}
+
+/// `-vv` shows every request: the client logs each send and each reply (Lazy Pirate
+/// and Majordomo), the server each request it handles. Catches: clients and servers
+/// that said nothing per request even at the most verbose level.
+#[test]
+fn clients_and_servers_log_each_request_at_debug_level() {
+    let mut server = Proc::spawn(
+        "server",
+        &mut bosun(&["-vv", "server", "--bind", "tcp://127.0.0.1:*"]),
+    );
+    let line = server.expect_stdout("server bound=", SECS_10);
+    let ep = field(&line, "bound").expect("bound=");
+    let out = run(
+        &["-vv", "client", "--connect", &ep, "--request", "hi"],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let logged = |needle: &str| out.stderr.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!((logged("request sent"), logged("reply")), (1, 1), "{out:?}");
+    server.expect_stderr("the server's request line", SECS_10, |l| {
+        l.contains("request") && l.contains("attempt=1")
+    });
+
+    let (_b, _w, ep) = broker_and_worker(None);
+    let out = run(
+        &[
+            "-vv",
+            "client",
+            "--connect",
+            &ep,
+            "--service",
+            "echo",
+            "--request",
+            "hi",
+        ],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let logged = |needle: &str| out.stderr.iter().filter(|l| l.contains(needle)).count();
+    assert!(
+        logged("request sent") >= 1 && logged(" reply") >= 1,
+        "{out:?}"
+    );
+}

@@ -141,6 +141,7 @@ fn pings_every_server_then_sends_to_one_that_is_up() {
         vec![Event::Reply {
             id,
             server: b"tcp://b".to_vec(),
+            attempt: 1,
             answer: Answer::Ok(vec![b"q".to_vec()])
         }]
     );
@@ -182,6 +183,7 @@ fn a_timed_out_server_is_left_for_another_and_its_late_reply_is_dropped() {
         vec![Event::Reply {
             id,
             server: b"tcp://b".to_vec(),
+            attempt: 2,
             answer: Answer::Ok(vec![b"q".to_vec()])
         }]
     );
@@ -406,6 +408,7 @@ fn plain_replies_are_matched_by_the_control_frame() {
         vec![Event::Reply {
             id,
             server: b"tcp://a".to_vec(),
+            attempt: 1,
             answer: Answer::Ok(vec![b"A".to_vec(), b"B".to_vec()])
         }]
     );
@@ -424,6 +427,7 @@ fn plain_replies_are_matched_by_the_control_frame() {
         vec![Event::Reply {
             id,
             server: b"tcp://a".to_vec(),
+            attempt: 1,
             answer: Answer::Failed {
                 status: Status::Error,
                 message: "no disk".into()

@@ -708,6 +708,7 @@ fn mmi_service_and_unknown_mmi() {
         Some(CEvent::Reply {
             id,
             service: b"mmi.nope".to_vec(),
+            attempt: 1,
             answer: Answer::Ok(vec![b"501".to_vec()])
         })
     );
@@ -1541,14 +1542,15 @@ fn cdrain(c: &mut MdpClient) -> (Vec<CTx>, Vec<CEvent>) {
     (tx, ev)
 }
 
-/// What [`cdrain`] gives after ECHO's reply to request `id`: nothing sent, one Reply
-/// with `answer`.
-fn replied_by_echo(id: Uuid, answer: Answer) -> (Vec<CTx>, Vec<CEvent>) {
+/// What [`cdrain`] gives after ECHO's reply to attempt `attempt` of request `id`:
+/// nothing sent, one Reply with `answer`.
+fn replied_by_echo(id: Uuid, attempt: u32, answer: Answer) -> (Vec<CTx>, Vec<CEvent>) {
     (
         vec![],
         vec![CEvent::Reply {
             id,
             service: ECHO.to_vec(),
+            attempt,
             answer,
         }],
     )
@@ -1672,6 +1674,7 @@ fn pipelined_client_retries_each_request_on_its_own_schedule() {
     let reply = |n: &str| CEvent::Reply {
         id: ids[n],
         service: ECHO.to_vec(),
+        attempt: 1,
         answer: Answer::Ok(vec![format!("re:{n}").into_bytes()]),
     };
     let retrying = |n: &str, attempt: u32, after: u64| CEvent::Retrying {
@@ -1766,6 +1769,7 @@ fn pipelined_client_reports_malformed_and_unmatched_replies() {
         Some(CEvent::Reply {
             id,
             service: ECHO.to_vec(),
+            attempt: 1,
             answer: Answer::Ok(vec![b"a".to_vec()])
         })
     );
@@ -1842,7 +1846,7 @@ fn blocking_client_resets_after_a_timeout_and_takes_plain_replies() {
     c.handle_frames(t, frames(&[b"", b"MDPC01", ECHO, b"A", b"B"]));
     assert_eq!(
         cdrain(&mut c),
-        replied_by_echo(id, Answer::Ok(vec![b"A".to_vec(), b"B".to_vec()]))
+        replied_by_echo(id, 2, Answer::Ok(vec![b"A".to_vec(), b"B".to_vec()]))
     );
     assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
     // Once answered, a second plain reply has nothing to answer.
@@ -1985,7 +1989,7 @@ fn broker_gives_a_foreign_workers_plain_reply_the_requests_metadata() {
     c.handle_frames(t, to_client);
     assert_eq!(
         cdrain(&mut c),
-        replied_by_echo(id, Answer::Ok(frames(&[b"A", b"B"])))
+        replied_by_echo(id, 2, Answer::Ok(frames(&[b"A", b"B"])))
     );
     assert_eq!((c.outstanding(), c.poll_timeout()), (0, None));
 
@@ -2076,6 +2080,7 @@ fn a_failed_handler_reaches_the_client_as_a_failed_answer() {
         cdrain(&mut c),
         replied_by_echo(
             id,
+            1,
             Answer::Failed {
                 status: Status::Error,
                 message: "disk on fire".into()

@@ -51,7 +51,7 @@ pub fn run(
 
 /// One finished request, waiting for its turn to be printed.
 enum Done {
-    Reply(Vec<u8>, Duration),
+    Reply(Vec<u8>, u32, Duration),
     Failed(Error, Option<u32>, Duration, Option<String>),
 }
 
@@ -112,13 +112,16 @@ fn run_async(
         if let (Some(outcome), Some((n, at))) = (outcome, order.remove(&id)) {
             let rtt = crate::io::now() - at;
             let finished = match outcome {
-                Outcome::Reply { body, .. } => Done::Reply(body, rtt),
-                Outcome::Failed { id, message } => {
-                    // The async client does not tell a refusal from a failed handler.
+                Outcome::Reply { body, attempt, .. } => Done::Reply(body, attempt, rtt),
+                Outcome::Failed {
+                    id,
+                    status,
+                    message,
+                } => {
                     let e = ClientError::Remote {
                         id,
                         peer: peer.clone(),
-                        status: crate::proto::envelope::Status::Error,
+                        status,
                         message,
                     };
                     Done::Failed(e.into(), None, rtt, None)
@@ -165,9 +168,8 @@ fn run_async(
 /// Writes one finished request (input line `line`); 1 when it was a reply.
 fn emit(out: &mut Output, line: u64, finished: Done) -> Result<u64, Error> {
     match finished {
-        Done::Reply(body, rtt) => {
-            // The async client does not say which attempt was answered.
-            out.reply(line, None, rtt, &body)?;
+        Done::Reply(body, attempt, rtt) => {
+            out.reply(line, Some(attempt), rtt, &body)?;
             Ok(1)
         }
         Done::Failed(e, attempt, rtt, why) => {

@@ -489,6 +489,7 @@ fn drive(mut driver: Driver<MdpClient>, pull: zmq::Socket, shared: Arc<Shared>) 
                 for s in queued {
                     match d.core.send(io::now(), &s.service, s.envelope) {
                         Ok(id) => {
+                            tracing::debug!(%id, service = %String::from_utf8_lossy(&s.service), "request sent");
                             in_core.insert(id, (s.service, s.slot));
                         }
                         Err(e) => {
@@ -498,11 +499,16 @@ fn drive(mut driver: Driver<MdpClient>, pull: zmq::Socket, shared: Arc<Shared>) 
                     }
                 }
             }
-            Input::Event(Event::Reply { id, answer, .. }) => {
+            Input::Event(Event::Reply {
+                id,
+                attempt,
+                answer,
+                ..
+            }) => {
                 if let Some((service, slot)) = in_core.remove(&id) {
                     shared.outstanding.fetch_sub(1, Ordering::SeqCst);
                     let peer = peer(&shared.peer, &service);
-                    slot.complete(answer_to_result(answer, id, &peer));
+                    slot.complete(answer_to_result(answer, id, attempt, &peer));
                 }
             }
             Input::Event(Event::GaveUp {

@@ -139,11 +139,18 @@ impl FreelanceClient {
         self.driver.core.handle_timeout(io::now());
         let id = self.driver.core.send(io::now(), io::envelope(payload))?;
         let endpoints = self.endpoints.clone();
+        tracing::debug!(%id, servers = %endpoints, "request sent");
         let failovers = &mut self.failovers;
         let outcome = self.driver.run(None, None, |_, input| match input {
-            Input::Event(Event::Reply { answer, server, .. }) => Flow::Break(answer_to_result(
+            Input::Event(Event::Reply {
+                answer,
+                server,
+                attempt,
+                ..
+            }) => Flow::Break(answer_to_result(
                 answer,
                 id,
+                attempt,
                 &String::from_utf8_lossy(&server),
             )),
             Input::Event(Event::GaveUp {

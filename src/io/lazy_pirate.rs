@@ -162,11 +162,14 @@ impl LazyPirateClient {
         let id = self.driver.core.send(io::now(), io::envelope(payload))?;
         self.stats.requests += 1;
         let endpoint = self.endpoint.clone();
+        tracing::debug!(%id, endpoint = %endpoint, "request sent");
         let stats = &mut self.stats;
         let outcome = self.driver.run(None, None, |d, input| match input {
-            Input::Event(Event::Reply { answer, .. }) => {
+            Input::Event(Event::Reply {
+                attempt, answer, ..
+            }) => {
                 stats.answered += 1;
-                Flow::Break(answer_to_result(answer, id, &endpoint))
+                Flow::Break(answer_to_result(answer, id, attempt, &endpoint))
             }
             Input::Event(Event::GaveUp {
                 attempts, payload, ..
@@ -207,11 +210,20 @@ impl LazyPirateClient {
 }
 
 /// A reply's answer as a client returns it.
+/// Also logs the reply at debug level: with `-vv`, a client shows every request's
+/// outcome (its send is logged where it is made).
 pub(crate) fn answer_to_result(
     answer: Answer,
     id: uuid::Uuid,
+    attempt: u32,
     peer: &str,
 ) -> Result<Frames, Error> {
+    match &answer {
+        Answer::Ok(_) => tracing::debug!(%id, attempt, peer, "reply"),
+        Answer::Failed { status, .. } => {
+            tracing::debug!(%id, attempt, peer, ?status, "failure reply")
+        }
+    }
     match answer {
         Answer::Ok(frames) => Ok(frames),
         Answer::Failed { status, message } => Err(ClientError::Remote {

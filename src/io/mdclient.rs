@@ -14,7 +14,7 @@ use crate::io::lazy_pirate::answer_to_result;
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::client::{Event, MdpClient, Mode, Transmit};
-use crate::proto::envelope::Answer;
+use crate::proto::envelope::{Answer, Status};
 use crate::proto::frames::Frames;
 
 impl Core for MdpClient {
@@ -172,11 +172,12 @@ impl MajordomoClient {
             .core
             .send(io::now(), service.as_bytes(), io::envelope(payload))?;
         let peer = format!("{} (service {service})", self.endpoint);
+        tracing::debug!(%id, endpoint = %peer, "request sent");
         let retries = &mut self.retries;
         let outcome = self.driver.run(None, None, |d, input| match input {
-            Input::Event(Event::Reply { answer, .. }) => {
-                Flow::Break(answer_to_result(answer, id, &peer))
-            }
+            Input::Event(Event::Reply {
+                attempt, answer, ..
+            }) => Flow::Break(answer_to_result(answer, id, attempt, &peer)),
             Input::Event(Event::GaveUp {
                 attempts, payload, ..
             }) => Flow::Break(Err(ClientError::GaveUp {
@@ -219,14 +220,19 @@ pub enum Outcome {
     Reply {
         /// The request id [`AsyncMajordomoClient::send`] returned.
         id: Uuid,
+        /// The attempt that was answered, from 1.
+        attempt: u32,
         /// The reply's payload frames joined.
         body: Vec<u8>,
     },
-    /// The worker's handler failed (or the request was refused); its message.
+    /// The worker's handler failed, or the broker refused the request unhandled.
     Failed {
         /// The request id.
         id: Uuid,
-        /// The worker's message.
+        /// [`Status::Error`]: the handler failed; [`Status::Refused`]: the broker
+        /// refused it (a full queue), so it never ran and may be sent again later.
+        status: Status,
+        /// The worker's or broker's message.
         message: String,
     },
     /// Every attempt timed out.
@@ -322,6 +328,7 @@ impl AsyncMajordomoClient {
             .driver
             .core
             .send(io::now(), service.as_bytes(), io::envelope(payload))?;
+        tracing::debug!(%id, service, "request sent");
         self.undelivered += 1;
         self.driver.flush()?;
         Ok(id)
@@ -354,13 +361,26 @@ impl AsyncMajordomoClient {
         let outcome = self
             .driver
             .run(Some(deadline), None, |_, input| match input {
-                Input::Event(Event::Reply { id, answer, .. }) => Flow::Break(match answer {
-                    Answer::Ok(frames) => Outcome::Reply {
-                        id,
-                        body: frames.concat(),
-                    },
-                    Answer::Failed { message, .. } => Outcome::Failed { id, message },
-                }),
+                Input::Event(Event::Reply {
+                    id,
+                    attempt,
+                    answer,
+                    ..
+                }) => {
+                    tracing::debug!(%id, attempt, "reply");
+                    Flow::Break(match answer {
+                        Answer::Ok(frames) => Outcome::Reply {
+                            id,
+                            attempt,
+                            body: frames.concat(),
+                        },
+                        Answer::Failed { status, message } => Outcome::Failed {
+                            id,
+                            status,
+                            message,
+                        },
+                    })
+                }
                 Input::Event(Event::GaveUp {
                     id,
                     attempts,

@@ -59,6 +59,9 @@ pub enum Event {
         id: Uuid,
         /// The service that answered.
         service: Vec<u8>,
+        /// The attempt that was answered: the reply's own, or for a plain reply (blocking
+        /// mode), the attempt that was waiting.
+        attempt: u32,
         /// The handler's payload, or the failure the worker or broker reported.
         answer: Answer,
     },
@@ -194,10 +197,10 @@ impl MdpClient {
             Ok(split) => split,
             Err(e) => return self.events.push_back(Event::Malformed(e.into())),
         };
-        let (id, status) = match meta {
-            Some(m) => (m.id, m.status),
+        let (id, status, attempt) = match meta {
+            Some(m) => (m.id, m.status, Some(m.attempt)),
             None => match self.plain_reply_target() {
-                Some(id) => (id, Status::Ok),
+                Some(id) => (id, Status::Ok, None),
                 None => return self.events.push_back(Event::Unmatched { service }),
             },
         };
@@ -207,6 +210,7 @@ impl MdpClient {
                 self.events.push_back(Event::Reply {
                     id,
                     service,
+                    attempt: attempt.unwrap_or(out.envelope.meta.attempt),
                     answer: Answer::from_reply(status, payload),
                 });
             }

@@ -83,6 +83,8 @@ pub enum Event {
         id: Uuid,
         /// The server that answered.
         server: Vec<u8>,
+        /// The attempt the reply answered (a plain reply: the attempt that was out).
+        attempt: u32,
         /// The handler's payload, or the failure the server reported.
         answer: Answer,
     },
@@ -403,6 +405,9 @@ impl Freelance {
         // A bosun server answers with the attempt it got; a reply to an earlier attempt
         // still answers the request (the id matched), so it is taken.
         let status = meta.as_ref().map_or(Status::Ok, |m| m.status);
+        let attempt = meta
+            .as_ref()
+            .map_or(out.envelope.meta.attempt, |m| m.attempt);
         let id = out.envelope.meta.id;
         self.outstanding = None;
         self.timers.cancel(Timer::Attempt);
@@ -410,6 +415,7 @@ impl Freelance {
         self.events.push_back(Event::Reply {
             id,
             server,
+            attempt,
             answer: Answer::from_reply(status, payload),
         });
     }
