@@ -327,7 +327,29 @@ fn an_interrupted_batch_exits_130_on_sigint_and_143_on_sigterm() {
 #[test]
 fn a_closed_stdout_ends_the_client_quietly_with_exit_0() {
     let (_s, ep) = echo_server();
-    let mut cmd = bosun(&["client", "--connect", &ep]);
+    closed_stdout_ends_quietly(&["client", "--connect", &ep]);
+}
+
+/// The same with many requests in flight (Majordomo): the ones still out when stdout
+/// closed are not named either. Catches: a line of "no answer" per request in flight.
+#[test]
+fn a_closed_stdout_ends_an_in_flight_client_quietly_too() {
+    let (_b, _w, ep) = broker_and_worker(None);
+    closed_stdout_ends_quietly(&[
+        "client",
+        "--connect",
+        &ep,
+        "--service",
+        "echo",
+        "--in-flight",
+        "50",
+    ]);
+}
+
+/// Runs `bosun args` with endless `line-N` input, reads the first reply and closes
+/// stdout (`| head -1`): the client must exit 0 with nothing on stderr.
+fn closed_stdout_ends_quietly(args: &[&str]) {
+    let mut cmd = bosun(args);
     cmd.stdin(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn client");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -1010,4 +1032,90 @@ fn clients_and_servers_log_each_request_at_debug_level() {
         logged("request sent") >= 1 && logged(" reply") >= 1,
         "{out:?}"
     );
+}
+
+/// `demo --requests 3` (the least it takes) runs every stage and finishes; 2 is refused
+/// (there would be no request in flight for the broker's kill), as is a zero deadline.
+/// Catches: a demo of 2 or 3 requests that waited for its deadline and then reported a
+/// request it never sent as lost.
+#[test]
+fn the_smallest_demo_finishes_and_smaller_ones_are_refused() {
+    let out = run(
+        &["demo", "--requests", "3", "--work", "10ms"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .iter()
+            .any(|l| l.contains("sent 3, answered 3, lost 0, duplicates 0")
+                && l.contains("broker restarts 1")),
+        "{out:?}"
+    );
+    for bad in [
+        vec!["demo", "--requests", "2"],
+        vec!["demo", "--deadline", "0s"],
+    ] {
+        let out = run(&bad, &[], SECS_10);
+        assert_eq!(out.status.code(), Some(USAGE), "{bad:?}: {out:?}");
+    }
+}
+
+/// A read error on stdin (here stdin is a directory) is an I/O error, exit 74, with
+/// the reason on stderr. Catches: a read error taken for the end of input, exit 0.
+#[test]
+fn a_stdin_read_error_exits_74() {
+    let (_s, ep) = echo_server();
+    let dir = std::env::temp_dir();
+    let out = bosun(&["client", "--connect", &ep])
+        .stdin(std::fs::File::open(&dir).expect("open the temp dir"))
+        .output()
+        .expect("run bosun client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains("reading stdin"), "{stderr}");
+}
+
+/// Ctrl-C ends a simulated stall (`server --delay-every`) at once: the server exits 0
+/// well before the stall would have ended. Catches: a stall slept out in full.
+#[test]
+fn ctrl_c_ends_a_servers_simulated_stall_at_once() {
+    let mut server = Proc::spawn(
+        "server",
+        &mut bosun(&[
+            "-v",
+            "server",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--delay-every",
+            "1",
+            "--delay",
+            "20s",
+        ]),
+    );
+    let line = server.expect_stdout("server bound=", SECS_10);
+    let ep = field(&line, "bound").expect("bound=");
+    let _client = spawn_piped(
+        "client",
+        &[
+            "client",
+            "--connect",
+            &ep,
+            "--request",
+            "x",
+            "--timeout",
+            "30s",
+        ],
+    );
+    server.expect_stderr("the stall", SECS_10, |l| l.contains("simulating a stall"));
+    let asked = now();
+    server.signal(libc::SIGINT);
+    let status = server.expect_exit(SECS_10);
+    assert!(
+        now() - asked < Duration::from_secs(1),
+        "took {:?}",
+        now() - asked
+    );
+    assert_eq!(status.code(), Some(0));
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::args::parse_size;
 use super::{parse_duration, HeartbeatArgs};
 use crate::error::Error;
 use crate::io::broker::BrokerDriver;
@@ -22,8 +23,9 @@ pub struct BrokerArgs {
     #[arg(long, env = "BOSUN_MAX_QUEUE", default_value_t = BrokerConfig::default().max_queue)]
     pub max_queue: usize,
     /// Most bytes of requests waiting per service (an empty queue takes any one request);
-    /// more are refused as for --max-queue.
-    #[arg(long, env = "BOSUN_MAX_QUEUE_BYTES", default_value_t = BrokerConfig::default().max_queue_bytes)]
+    /// more are refused as for --max-queue. A number of bytes, or with a unit: 512KiB,
+    /// 256MiB, 1GiB (also KB, MB, GB: powers of 1000).
+    #[arg(long, env = "BOSUN_MAX_QUEUE_BYTES", value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_queue_bytes: usize,
     /// How long a request may wait for a worker before it is dropped.
     #[arg(long, env = "BOSUN_REQUEST_TTL", default_value = "30s", value_parser = parse_duration)]

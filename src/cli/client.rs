@@ -297,6 +297,8 @@ impl Output {
     pub(super) fn code(&self) -> ExitCode {
         ExitCode::from(if self.gave_up {
             exit::UNAVAILABLE
+        } else if STDIN_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+            exit::IO
         } else if self.refused {
             exit::TEMPFAIL
         } else if self.too_large {
@@ -390,8 +392,12 @@ impl Output {
         Ok(())
     }
 
-    /// Input line `line` got no outcome before the client stopped.
+    /// Input line `line` got no outcome before the client stopped. Nothing is said when
+    /// the client stopped because its reader closed stdout: nobody wants the rest.
     pub(super) fn unanswered(&mut self, line: u64) -> Result<(), Error> {
+        if self.closed {
+            return Ok(());
+        }
         let message = "no answer before the client stopped";
         eprintln!("bosun client: line {line}: {message}");
         if self.json {
@@ -428,9 +434,13 @@ impl Output {
 }
 
 /// Requests of stdin as bytes (any bytes: a request need not be UTF-8), each ended by
+/// Set when reading stdin failed: the input ended early, so the exit status is 74.
+static STDIN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Requests of stdin as bytes (any bytes: a request need not be UTF-8), each ended by
 /// `terminator` (newline, or NUL with `--null`), which is removed (nothing else is
 /// changed); read on a thread so that Ctrl-C is seen while stdin is quiet. A read error
-/// ends the input with a message on stderr.
+/// ends the input with a message on stderr and makes the exit status 74 (I/O error).
 fn stdin_lines(terminator: u8) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::sync_channel(64);
     std::thread::spawn(move || {
@@ -449,6 +459,7 @@ fn stdin_lines(terminator: u8) -> mpsc::Receiver<Vec<u8>> {
                 }
                 Err(e) => {
                     eprintln!("bosun client: reading stdin: {e}");
+                    STDIN_FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
             }

@@ -22,8 +22,9 @@ pub struct DemoArgs {
     /// Paranoid Pirate queue.
     #[arg(long, value_enum, default_value_t = Pattern::Majordomo)]
     pub pattern: Pattern,
-    /// How many requests the client sends (at least 2: one before the kill, one after).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..))]
+    /// How many requests the client sends (at least 3: one before the worker is
+    /// killed, one after, and one in flight when the broker is killed).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(3..))]
     pub requests: u32,
     /// Simulated work per request at the workers.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
@@ -31,9 +32,17 @@ pub struct DemoArgs {
     /// Show the children's logs (broker or queue, workers) on stderr.
     #[arg(long)]
     pub logs: bool,
-    /// Give up on the whole demo after this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// Give up on the whole demo after this long (more than zero).
+    #[arg(long, default_value = "60s", value_parser = parse_deadline)]
     pub deadline: Duration,
+}
+
+/// `--deadline`: a duration, not zero (a zero deadline ends the demo before it starts).
+fn parse_deadline(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
 }
 
 /// The pattern `bosun demo` runs.
@@ -196,10 +205,16 @@ pub fn run(args: DemoArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             let upto = if broker_restarted {
                 feed.total
             } else {
-                feed.written + (feed.total - feed.written) / 2
+                // At least one request now (nothing else would move the demo on), and
+                // at least one left for the broker's kill.
+                let left = feed.total - feed.written;
+                (feed.written + (left / 2).max(1)).min(feed.total - 1)
             };
             feed.write_up_to(upto)?;
-        } else if killed && !broker_restarted && count.replies() == u64::from(feed.written) {
+        }
+        // Not `else`: when the worker's kill left nothing to write, the broker's turn
+        // is now.
+        if killed && !broker_restarted && count.replies() == u64::from(feed.written) {
             // Everything written is answered: send one request and kill the broker
             // while it is in flight, then start a new broker on the same endpoint.
             feed.write_up_to(feed.written + 1)?;

@@ -70,7 +70,7 @@ Exit status (the same for every subcommand):
    74    I/O error: reading stdin, writing stdout, starting a child process
    75    temporary failure: the broker refused a request unhandled (full queue)
   130    interrupted by SIGINT (Ctrl-C) before finishing (143: SIGTERM, 129: SIGHUP)
-When several apply, the first of 130/143/129, 69, 75, 65, 1 wins. A closed stdout
+When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
 (`bosun client | head -1`) is not an error: the client stops sending and exits as if
 its input had ended.";
 

@@ -325,6 +325,11 @@ impl<C: Core> Driver<C> {
         }
     }
 
+    /// Whether the stop was asked for (for a driver's own waits between events).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
     /// Stops on `shutdown` from now on (instead of the flag it was made with).
     pub fn set_shutdown(&mut self, shutdown: &Shutdown) {
         self.shutdown = shutdown.clone();

@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use crate::io::{self, guard::lock};
+use crate::proto::envelope::MAX_PAYLOAD_BYTES;
 pub use crate::proto::envelope::{HandlerError, Reply, Request};
 use crate::proto::frames::Frames;
 
@@ -109,7 +110,9 @@ pub fn slow(delay: Duration, inner: Handler) -> Handler {
 
 /// Calls `handler`, turning a panic into a [`HandlerError`] that names it, so that one
 /// bad request neither kills the worker nor leaves its client without an answer. A
-/// failed request is logged (WARN) with its id.
+/// reply over [`MAX_PAYLOAD_BYTES`] (64 MiB, all frames together) fails its request
+/// too: a bosun peer's socket would drop it (`ZMQ_MAXMSGSIZE`) and the client would
+/// see only silence, then retry. A failed request is logged (WARN) with its id.
 pub fn call(handler: &Handler, request: Request) -> Reply {
     let id = request.id();
     let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
@@ -120,6 +123,16 @@ pub fn call(handler: &Handler, request: Request) -> Reply {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a non-string panic".to_string());
             Err(HandlerError::new(format!("handler panicked: {why}")))
+        })
+        .and_then(|frames| {
+            let len: usize = frames.iter().map(Vec::len).sum();
+            if len > MAX_PAYLOAD_BYTES {
+                Err(HandlerError::new(format!(
+                    "the reply is {len} bytes, over the {MAX_PAYLOAD_BYTES} a bosun peer accepts: not sent"
+                )))
+            } else {
+                Ok(frames)
+            }
         });
     if let Err(e) = &reply {
         if Commands::current().is_some_and(|c| c.is_stopped()) {
@@ -190,11 +203,17 @@ pub fn run_command_with(
         .spawn(move || {
             let mut out = Vec::new();
             let read = match stdout {
-                Some(mut stdout) => stdout.read_to_end(&mut out).map(|_| ()),
+                Some(stdout) => stdout.take(OUTPUT_LIMIT).read_to_end(&mut out).map(|_| ()),
                 None => Ok(()),
             };
+            if out.len() as u64 >= OUTPUT_LIMIT {
+                // Over the limit: the command may be blocked writing more; do not wait
+                // for its exit (the caller kills it).
+                let _ = tx.send((read, out, true));
+                return;
+            }
             wait_exited(pid);
-            let _ = tx.send((read, out));
+            let _ = tx.send((read, out, false));
         });
     let got = match (reader, deadline) {
         (Err(e), _) => Err(format!(
@@ -210,6 +229,15 @@ pub fn run_command_with(
             }),
         (Ok(_), None) => rx.recv().map_err(|_| format!("command `{cmd}` was lost")),
     };
+    let got = got.and_then(|(read, out, over)| {
+        if over {
+            Err(format!(
+                "command `{cmd}` wrote more than the {MAX_PAYLOAD_BYTES} bytes a reply may hold, and was killed"
+            ))
+        } else {
+            Ok((read, out))
+        }
+    });
     let (read, mut out) = match got {
         Ok(done) => done,
         Err(why) => {
@@ -238,6 +266,11 @@ pub fn run_command_with(
     }
     Ok(out)
 }
+
+/// How much of a command's stdout is read: a reply's limit, its trailing newline (which
+/// is removed), and one byte more to see that the limit was passed. Bounds the memory a
+/// command can make its worker use.
+const OUTPUT_LIMIT: u64 = MAX_PAYLOAD_BYTES as u64 + 2;
 
 /// Waits until our child `pid` has exited, without reaping it: until the caller reaps
 /// it, its pid, and so the id of the process group it leads, cannot be reused.
@@ -392,6 +425,43 @@ mod tests {
         let err = call(&h, one(b"x")).unwrap_err();
         assert_eq!(err.message, "handler panicked: boom");
         assert_eq!(call(&echo(), one(b"x")), Ok(vec![b"x".to_vec()]));
+    }
+
+    #[test]
+    fn a_reply_over_64_mib_fails_its_request_instead_of_vanishing_on_the_wire() {
+        let big = from_fn(|_| {
+            Ok(vec![
+                vec![0; MAX_PAYLOAD_BYTES / 2],
+                vec![0; MAX_PAYLOAD_BYTES / 2 + 1],
+            ])
+        });
+        let err = call(&big, one(b"x")).unwrap_err();
+        assert!(err.message.contains("over the"), "{}", err.message);
+        let fits = from_fn(|_| Ok(vec![vec![0; MAX_PAYLOAD_BYTES]]));
+        assert!(call(&fits, one(b"x")).is_ok());
+    }
+
+    #[test]
+    fn a_command_that_writes_too_much_is_killed_without_waiting_for_it() {
+        // It would write 70 MB and then sleep: reading stops at the limit, and the
+        // command is killed at once rather than waited for.
+        let started = io::now();
+        let err = run_command_with(
+            "head -c 70000000 /dev/zero; sleep 30",
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("more than"), "{}", err.message);
+        assert!(io::now() - started < Duration::from_secs(10));
+        // Exactly at the limit, with a trailing newline, is still a reply.
+        let out = run_command_with(
+            &format!("head -c {MAX_PAYLOAD_BYTES} /dev/zero; echo"),
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(out.len(), MAX_PAYLOAD_BYTES);
     }
 
     #[test]

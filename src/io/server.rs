@@ -122,6 +122,9 @@ impl Server {
     }
 }
 
+/// How often a simulated stall checks for a stop.
+const STALL_NAP: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Runs a server core: each request to `handler` (a panic or error is answered as a
 /// failure), each answer back.
 pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Result<Stopped, Error> {
@@ -133,8 +136,20 @@ pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Resu
         }) => {
             if let Some(delay) = stall {
                 tracing::warn!(received = d.core.received(), ?delay, "simulating a stall");
-                #[allow(clippy::disallowed_methods)] // the simulated stall itself
-                std::thread::sleep(delay);
+                // The stall itself, in short naps so that a stop ends it at once (the
+                // request then goes unanswered, as with any stop mid-request).
+                let until = io::now() + delay;
+                while !d.is_stopping() {
+                    let left = until.saturating_duration_since(io::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    #[allow(clippy::disallowed_methods)] // the simulated stall itself
+                    std::thread::sleep(left.min(STALL_NAP));
+                }
+                if d.is_stopping() {
+                    return Flow::Break(Stopped::Shutdown);
+                }
             }
             tracing::debug!(id = ?request.id(), attempt = request.attempt(), "request");
             let reply = handler::call(handler, request);
