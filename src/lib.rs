@@ -23,6 +23,10 @@
 //!   [`io::freelance`]. Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker.
+//! - [`store`]: what must survive a crash, one sled database per peer (or one in memory
+//!   for simulations): the [`store::Outbox`] of pending requests, the
+//!   [`store::DedupLog`] behind the duplicate window of [`proto::dedup`], and the
+//!   [`store::DeadLetters`].
 //! - [`cli`]: the `bosun` command line (option structs and one run function each).
 //!
 //! # Example
@@ -39,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod proto;
+pub mod store;
 
 pub use config::{Backoff, Heartbeat, Retry};
 pub use error::{Error, Result};
