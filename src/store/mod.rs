@@ -29,19 +29,28 @@
 //! the path: a path that is a file; a directory that holds files but no sled database; a
 //! database that sled cannot read (garbage, truncated: sled's errors and panics are both
 //! caught); a database without a bosun format version, or with one this code does not
-//! know; and a directory that another process (or another [`Store`] in this one) has
-//! open, detected by a lock on `bosun.lock` inside it.
+//! know; a store that lost entries since it was last closed cleanly (sled opens some
+//! truncated files with entries silently missing: see `bosun.state` below); and a
+//! directory that another process (or another [`Store`] in this one) has open, detected
+//! by a lock on `bosun.lock` inside it.
+//!
+//! Beside sled's files, a data directory holds `bosun.lock` and `bosun.state`: the
+//! number of clean closes and each tree's entry count at the last one, or `open` while
+//! the store is open (or was when its process died). After a crash sled's recovery is
+//! trusted, as it must be: damage that follows a crash cannot be told from it.
 
 mod codec;
 pub mod dead_letter;
 pub mod dedup;
 pub mod outbox;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
@@ -64,7 +73,11 @@ const SLED_CACHE_BYTES: u64 = 64 << 20;
 
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &[u8] = b"format";
+/// How many times the store was closed cleanly (big-endian u64), see `state`.
+const CLOSES_KEY: &[u8] = b"closes";
 const CURSORS_TREE: &str = "cursors";
+/// The trees whose entry counts a clean close records.
+const COUNTED: [&str; 4] = [outbox::TREE, dedup::TREE, dead_letter::TREE, CURSORS_TREE];
 
 /// A stored value that could not be decoded: why, in words.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -106,9 +119,9 @@ pub enum StoreError {
         /// What was found, in words.
         reason: String,
     },
-    /// sled could not read the database (an error or a panic while opening it). Nothing
-    /// was reset.
-    #[error("data dir {}: the store cannot be read (nothing was changed or reset): {reason}", path.display())]
+    /// sled could not read the database (an error or a panic while opening it). bosun
+    /// reset nothing.
+    #[error("data dir {}: the store cannot be read, so it was not opened (nothing was reset): {reason}", path.display())]
     Damaged {
         /// The data directory.
         path: PathBuf,
@@ -239,9 +252,42 @@ struct Shared {
     name: String,
     path: Option<PathBuf>,
     backend: Backend,
+    /// Clean closes so far (sled stores), read when opened.
+    closes: AtomicU64,
+    /// Set once opening succeeded: only then does dropping record a clean close.
+    opened: AtomicBool,
     /// Held for the store's lifetime; declared after `backend` so that sled closes (and
     /// flushes) before the directory is unlocked.
     _lock: Option<File>,
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: record a clean close (see `state`). On failure the state
+    /// file keeps saying `open`, and the next start trusts sled as after a crash.
+    fn drop(&mut self) {
+        if let (Backend::Sled(db), Some(path)) = (&self.backend, &self.path) {
+            if self.opened.load(Ordering::Relaxed) {
+                let closes = self.closes.load(Ordering::Relaxed) + 1;
+                let _ = close_cleanly(db, path, closes);
+            }
+        }
+    }
+}
+
+fn close_cleanly(
+    db: &sled::Db,
+    path: &Path,
+    closes: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    db.open_tree(META_TREE)?
+        .insert(CLOSES_KEY, &closes.to_be_bytes())?;
+    let mut counts = Vec::new();
+    for tree in COUNTED {
+        counts.push((tree.to_string(), db.open_tree(tree)?.len()));
+    }
+    db.flush()?;
+    state::write(path, &state::DirState::Closed { closes, counts })?;
+    Ok(())
 }
 
 enum Backend {
@@ -276,8 +322,9 @@ impl Store {
         let mut others = Vec::new();
         for entry in fs::read_dir(path).map_err(io("list"))? {
             let name = entry.map_err(io("list"))?.file_name();
-            if name != LOCK_FILE {
-                others.push(name.to_string_lossy().into_owned());
+            let name = name.to_string_lossy();
+            if name != LOCK_FILE && !state::is_ours(&name) {
+                others.push(name.into_owned());
             }
         }
         let fresh = others.is_empty();
@@ -293,17 +340,26 @@ impl Store {
                 ),
             });
         }
+        let recorded = if fresh { None } else { state::read(path) };
         let db = open_sled(path)?;
         let shared = Shared {
             name: path.display().to_string(),
             path: Some(path.to_path_buf()),
             backend: Backend::Sled(db),
+            closes: AtomicU64::new(0),
+            opened: AtomicBool::new(false),
             _lock: Some(lock),
         };
         let store = Store {
             shared: Arc::new(shared),
         };
-        store.check_format(fresh)?;
+        store.check_format(
+            fresh,
+            matches!(recorded, Some(state::DirState::Closed { .. })),
+        )?;
+        store.check_clean_close(recorded)?;
+        state::write(path, &state::DirState::Open).map_err(io("write bosun.state"))?;
+        store.shared.opened.store(true, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -314,7 +370,7 @@ impl Store {
         let store = Store::from_mem(MemDb::default());
         // The memory store records its format like a sled one, so a test can corrupt it.
         store
-            .check_format(true)
+            .check_format(true, false)
             .expect("a memory store cannot fail to write"); // memory writes never fail
         store
     }
@@ -325,6 +381,8 @@ impl Store {
                 name: "memory".into(),
                 path: None,
                 backend: Backend::Memory(Arc::new(Mutex::new(db))),
+                closes: AtomicU64::new(0),
+                opened: AtomicBool::new(true),
                 _lock: None,
             }),
         }
@@ -434,7 +492,9 @@ impl Store {
     }
 
     /// Writes the format version into a fresh store, or checks the one found.
-    fn check_format(&self, fresh: bool) -> Result<(), StoreError> {
+    /// `was_closed`: the state file says the store was closed cleanly, so a database with
+    /// no version at all is a damaged one.
+    fn check_format(&self, fresh: bool, was_closed: bool) -> Result<(), StoreError> {
         let meta = self.tree(META_TREE)?;
         let path = || self.shared.path.clone().unwrap_or_default();
         match meta.get(FORMAT_KEY)? {
@@ -442,11 +502,21 @@ impl Store {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION.to_be_bytes().to_vec())?;
                 meta.flush()
             }
+            None if was_closed => Err(StoreError::Damaged {
+                path: path(),
+                reason: format!(
+                    "it has no bosun format version, but it was closed cleanly as a bosun \
+                     store (see its {}): the database file is truncated or damaged (sled \
+                     reads some damaged files as an empty database)",
+                    state::STATE_FILE
+                ),
+            }),
             None => Err(StoreError::NotAStore {
                 path: path(),
-                reason: "it holds a sled database with no bosun format version (another \
-                         program's database, or one whose creation was interrupted); \
-                         move it away to start afresh"
+                reason: "it holds a sled database with no bosun format version: another \
+                         program's database, one whose creation was interrupted, or a \
+                         damaged one (sled reads some damaged files as an empty \
+                         database); move it away to start afresh"
                     .into(),
             }),
             Some(v) => match <[u8; 4]>::try_from(v.as_slice()) {
@@ -461,6 +531,53 @@ impl Store {
                 }),
             },
         }
+    }
+
+    /// Compares the database with what its last clean close recorded (see `state`), and
+    /// reads the number of clean closes so far.
+    fn check_clean_close(&self, recorded: Option<state::DirState>) -> Result<(), StoreError> {
+        let meta = self.tree(META_TREE)?;
+        let damaged = |reason: String| StoreError::Damaged {
+            path: self.shared.path.clone().unwrap_or_default(),
+            reason,
+        };
+        let closes =
+            match meta.get(CLOSES_KEY)? {
+                None => 0,
+                Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                    damaged(format!("close count of {} bytes, expected 8", v.len()))
+                })?),
+            };
+        self.shared.closes.store(closes, Ordering::Relaxed);
+        let Some(state::DirState::Closed {
+            closes: expected,
+            counts,
+        }) = recorded
+        else {
+            return Ok(()); // open at a crash, or nothing recorded: trust sled's recovery
+        };
+        let lost = "since then: the database file is truncated or damaged (not opened with \
+                    entries missing)";
+        if closes != expected {
+            return Err(damaged(format!(
+                "it records {closes} clean closes, {} says {expected}, so it lost writes \
+                 {lost}",
+                state::STATE_FILE
+            )));
+        }
+        for (tree, count) in counts {
+            let Some(&tree) = COUNTED.iter().find(|t| **t == tree) else {
+                continue; // a tree this version does not know
+            };
+            let found = self.tree(tree)?.len();
+            if found != count {
+                return Err(damaged(format!(
+                    "tree {tree} holds {found} entries, {count} at its last clean close; \
+                     it lost entries {lost}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -758,75 +875,6 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_is_a_file_is_refused() {
-        let dir = TestDir::new("file");
-        fs::write(dir.path(), b"not a directory").unwrap();
-        let err = Store::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::NotADirectory { .. }), "{err}");
-        assert!(err.to_string().contains(&dir.path().display().to_string()));
-        let _ = fs::remove_file(dir.path());
-    }
-
-    #[test]
-    fn a_directory_of_other_files_is_refused_and_left_alone() {
-        let dir = TestDir::new("other");
-        fs::create_dir_all(dir.path()).unwrap();
-        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-        let err = Store::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
-        assert!(err.to_string().contains("notes.txt"), "{err}");
-        assert!(!dir.path().join("db").exists());
-    }
-
-    #[test]
-    fn garbage_or_truncated_databases_are_refused_never_reset() {
-        let dir = TestDir::new("garbage");
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let mut outbox = store.outbox(10, Durability::Every).unwrap();
-            let appended = outbox
-                .append(&OutboxRecord::new(
-                    uuid::Uuid::from_u128(1),
-                    5,
-                    vec![b"x".to_vec()],
-                ))
-                .unwrap();
-            assert_eq!(appended, Appended::Ready);
-        }
-        let db = dir.path().join("db");
-        let good = fs::read(&db).unwrap();
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("empty", vec![]),
-            ("10 bytes", good[..10].to_vec()),
-            ("a third", good[..good.len() / 3].to_vec()),
-            (
-                "junk",
-                (0..good.len())
-                    .map(|i| (i as u8).wrapping_mul(31) | 1)
-                    .collect(),
-            ),
-        ];
-        for (what, bytes) in cases {
-            fs::write(&db, &bytes).unwrap();
-            let err = Store::open(dir.path()).expect_err(what);
-            let msg = err.to_string();
-            assert!(
-                msg.contains(&dir.path().display().to_string()),
-                "{what}: {msg}"
-            );
-            assert!(
-                matches!(
-                    err,
-                    StoreError::Damaged { .. } | StoreError::NotAStore { .. }
-                ),
-                "{what}: {msg}"
-            );
-            // Refused again: the failed open changed nothing that makes it open later.
-            assert!(Store::open(dir.path()).is_err(), "{what}");
-        }
-    }
-
-    #[test]
     fn unknown_format_versions_are_refused() {
         let dir = TestDir::new("version");
         {
@@ -842,13 +890,80 @@ mod tests {
             "{err}"
         );
         {
-            // Remove the version: a sled database that is not a bosun store.
+            // Remove the version, behind the store's back.
             let db = sled::open(dir.path()).unwrap();
             db.open_tree(META_TREE).unwrap().remove(FORMAT_KEY).unwrap();
             db.flush().unwrap();
         }
+        // It was closed cleanly as a bosun store: damaged.
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        // Without that record: some sled database.
+        fs::remove_file(dir.path().join(state::STATE_FILE)).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    }
+
+    #[test]
+    fn entries_lost_since_a_clean_close_are_found_not_ignored() {
+        let dir = TestDir::new("lost");
+        let ids = [1u128, 2, 3].map(uuid::Uuid::from_u128);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut outbox = store.outbox(10, Durability::Every).unwrap();
+            for id in ids {
+                let _ = outbox.append(&OutboxRecord::new(id, 1, vec![])).unwrap();
+            }
+        }
+        // Reopening after a clean close checks, and counts this close too.
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(
+            state::read(dir.path()),
+            Some(state::DirState::Closed {
+                closes: 2,
+                counts: COUNTED
+                    .iter()
+                    .map(|t| (t.to_string(), if *t == outbox::TREE { 3 } else { 0 }))
+                    .collect()
+            })
+        );
+        {
+            // One request disappears while the store is closed.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(outbox::TREE)
+                .unwrap()
+                .remove(ids[1].as_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{msg}");
+        assert!(
+            msg.contains("tree outbox holds 2 entries, 3 at its last clean close"),
+            "{msg}"
+        );
+        // After a crash (the state says open) sled's recovery is trusted.
+        state::write(dir.path(), &state::DirState::Open).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.outbox(10, Durability::Every).unwrap().len(), 2);
+        // A failed open records no close.
+        drop(store);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(META_TREE)
+                .unwrap()
+                .insert(CLOSES_KEY, &7u64.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let before = state::read(dir.path());
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("it records 7 clean closes"),
+            "{err}"
+        );
+        assert_eq!(state::read(dir.path()), before);
     }
 
     #[test]
