@@ -5,7 +5,7 @@
 //! [`crate::store::DedupLog`]).
 //!
 //! # How a receiver uses it
-//! For each request with an id: [`Window::decide`]. On [`Decision::New`], call
+//! For each request with an id: [`Window::decide`] (a pure query). On [`Decision::New`], call
 //! [`Window::begin`] and run the handler; when it answers, [`Window::finish`] with the
 //! reply frames; if it was interrupted (the request may run again), [`Window::abandon`].
 //! On [`Decision::Wait`], the first copy is still running: answer the duplicate with the
@@ -91,13 +91,13 @@ impl Limits {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_ids == 0 {
             return Err(ConfigError::Invalid {
-                field: "dedup-window",
+                field: "dedup.max_ids",
                 reason: "must remember at least one id".into(),
             });
         }
         if self.max_age.is_zero() {
             return Err(ConfigError::Invalid {
-                field: "dedup-max-age",
+                field: "dedup.max_age",
                 reason: "must be greater than zero".into(),
             });
         }
@@ -185,26 +185,34 @@ impl Window {
         self.limits
     }
 
-    /// What to do with a request `id` arriving at `now_ms`. Forgets expired entries
-    /// first (returned, for the dedup log), so an entry past `max_age` is
-    /// [`Decision::New`] whether or not [`Window::expire`] was called.
-    pub fn decide(&mut self, id: Uuid, now_ms: u64) -> (Decision, Vec<Uuid>) {
-        let evicted = self.expire(now_ms);
-        let decision = match self.entries.get(&id).map(|e| &e.state) {
+    /// What to do with a request `id` arriving at `now_ms`. A finished entry older than
+    /// `max_age` is [`Decision::New`], whether or not it was expired yet.
+    #[must_use]
+    pub fn decide(&self, id: Uuid, now_ms: u64) -> Decision {
+        match self.entries.get(&id) {
             None => Decision::New,
-            Some(State::Running) => Decision::Wait,
-            Some(State::Done(Some(reply))) => Decision::Replay(Arc::clone(reply)),
-            Some(State::Done(None)) => Decision::Handled,
-        };
-        (decision, evicted)
+            Some(e) if self.expired(e, now_ms) => Decision::New,
+            Some(e) => match &e.state {
+                State::Running => Decision::Wait,
+                State::Done(Some(reply)) => Decision::Replay(Arc::clone(reply)),
+                State::Done(None) => Decision::Handled,
+            },
+        }
     }
 
     /// Records that `id` was handed to the application at `now_ms`. Does nothing to an id
-    /// the window holds already (ask [`Window::decide`] first). Returns the evicted ids.
+    /// the window holds (ask [`Window::decide`] first), unless it has expired: that one
+    /// starts again as running. Returns the evicted ids (never `id`).
     #[must_use = "evicted ids must be forgotten by the dedup log"]
     pub fn begin(&mut self, id: Uuid, now_ms: u64) -> Vec<Uuid> {
-        if self.entries.contains_key(&id) {
-            return Vec::new();
+        match self.entries.get(&id) {
+            Some(e) if !self.expired(e, now_ms) => return Vec::new(),
+            Some(_) => {
+                if let Some(old) = self.entries.remove(&id) {
+                    self.unlink(&old);
+                }
+            }
+            None => {}
         }
         self.entries.insert(
             id,
@@ -250,6 +258,12 @@ impl Window {
             return true;
         }
         false
+    }
+
+    /// Whether `e` is a finished entry past `max_age` at `now_ms`.
+    fn expired(&self, e: &Entry, now_ms: u64) -> bool {
+        matches!(e.state, State::Done(_))
+            && now_ms.saturating_sub(e.at_ms) >= self.limits.max_age_ms()
     }
 
     /// Forgets every finished entry older than `max_age` at `now_ms`; returns them.
@@ -394,12 +408,12 @@ mod tests {
     #[test]
     fn new_then_wait_then_replay() {
         let mut w = Window::new(Limits::default());
-        assert_eq!(w.decide(id(1), T0).0, Decision::New);
+        assert_eq!(w.decide(id(1), T0), Decision::New);
         assert!(w.begin(id(1), T0).is_empty());
-        assert_eq!(w.decide(id(1), T0 + 1).0, Decision::Wait);
+        assert_eq!(w.decide(id(1), T0 + 1), Decision::Wait);
         assert!(w.finish(id(1), reply("hi"), T0 + 2).is_empty());
         assert_eq!(
-            w.decide(id(1), T0 + 3).0,
+            w.decide(id(1), T0 + 3),
             Decision::Replay(Arc::new(reply("hi")))
         );
         assert_eq!(w.len(), 1);
@@ -411,11 +425,11 @@ mod tests {
         let mut w = Window::new(Limits::default());
         let _ = w.begin(id(1), T0);
         assert!(w.abandon(id(1)));
-        assert_eq!(w.decide(id(1), T0).0, Decision::New);
+        assert_eq!(w.decide(id(1), T0), Decision::New);
         let _ = w.begin(id(1), T0);
         let _ = w.finish(id(1), reply("x"), T0);
         assert!(!w.abandon(id(1)));
-        assert!(matches!(w.decide(id(1), T0).0, Decision::Replay(_)));
+        assert!(matches!(w.decide(id(1), T0), Decision::Replay(_)));
         assert!(!w.abandon(id(9)));
     }
 
@@ -430,7 +444,7 @@ mod tests {
         assert!(w.finish(id(1), reply("again"), T0 + 10).is_empty());
         assert_eq!(w.begin(id(4), T0 + 11), [id(2)]);
         assert_eq!(
-            w.decide(id(2), T0 + 12).0,
+            w.decide(id(2), T0 + 12),
             Decision::New,
             "forgotten: runs again"
         );
@@ -446,7 +460,7 @@ mod tests {
         }
         assert_eq!(w.len(), 3, "over max_ids by the running handlers");
         assert!(w.expire(T0 + 1_000_000).is_empty());
-        assert_eq!(w.decide(id(1), T0 + 1_000_000).0, Decision::Wait);
+        assert_eq!(w.decide(id(1), T0 + 1_000_000), Decision::Wait);
         // Finishing one brings the count down to the limit, evicting the oldest finished
         // entry, but never the one just finished.
         assert!(w.finish(id(1), reply("a"), T0 + 5).is_empty());
@@ -461,12 +475,17 @@ mod tests {
         let _ = w.begin(id(1), T0);
         let _ = w.finish(id(1), reply("a"), T0 + 500);
         assert_eq!(w.next_expiry(), Some(T0 + 1_500));
-        assert!(matches!(w.decide(id(1), T0 + 1_499).0, Decision::Replay(_)));
-        let (d, evicted) = w.decide(id(1), T0 + 1_500);
-        assert_eq!((d, evicted), (Decision::New, vec![id(1)]));
-        assert!(w.is_empty());
+        assert!(matches!(w.decide(id(1), T0 + 1_499), Decision::Replay(_)));
+        assert_eq!(w.decide(id(1), T0 + 1_500), Decision::New);
+        assert_eq!(w.len(), 1, "a query forgets nothing");
+        // The expired entry runs again: begin replaces it, reporting no eviction.
+        assert!(w.begin(id(1), T0 + 1_500).is_empty());
+        assert_eq!(w.decide(id(1), T0 + 1_500), Decision::Wait);
         assert_eq!(w.reply_bytes(), 0);
         assert_eq!(w.next_expiry(), None);
+        let _ = w.finish(id(1), reply("b"), T0 + 1_600);
+        assert_eq!(w.expire(T0 + 2_600), [id(1)]);
+        assert!(w.is_empty());
     }
 
     #[test]
@@ -477,8 +496,8 @@ mod tests {
         assert_eq!(w.reply_bytes(), 6);
         // 11 bytes: larger than the whole cache, so not kept, and nothing evicted for it.
         assert!(w.finish(id(3), reply("ccccccccc"), T0 + 2).is_empty());
-        assert_eq!(w.decide(id(3), T0 + 3).0, Decision::Handled);
-        assert!(matches!(w.decide(id(2), T0 + 3).0, Decision::Replay(_)));
+        assert_eq!(w.decide(id(3), T0 + 3), Decision::Handled);
+        assert!(matches!(w.decide(id(2), T0 + 3), Decision::Replay(_)));
         assert_eq!(w.reply_bytes(), 6);
     }
 
@@ -488,7 +507,7 @@ mod tests {
         assert!(w.restore(id(1), Some(reply("new")), T0 + 30).is_empty());
         assert!(w.restore(id(2), None, T0 + 10).is_empty());
         assert_eq!(w.restore(id(3), Some(reply("mid")), T0 + 20), [id(2)]);
-        assert_eq!(w.decide(id(2), T0 + 40).0, Decision::New);
+        assert_eq!(w.decide(id(2), T0 + 40), Decision::New);
         assert_eq!(w.len(), 2);
         // A restored entry that is itself the oldest over the limit goes at once.
         assert_eq!(w.restore(id(4), None, T0), [id(4)]);
@@ -500,8 +519,9 @@ mod tests {
         let _ = w.finish(id(1), reply("a"), T0 + 5_000);
         // The clock steps back, then forward past the entry.
         let _ = w.finish(id(2), reply("b"), T0);
-        assert_eq!(w.decide(id(2), T0 + 5_000).1, [id(2)]);
-        assert!(matches!(w.decide(id(1), T0 + 5_000).0, Decision::Replay(_)));
+        assert_eq!(w.decide(id(2), T0 + 5_000), Decision::New);
+        assert_eq!(w.expire(T0 + 5_000), [id(2)]);
+        assert!(matches!(w.decide(id(1), T0 + 5_000), Decision::Replay(_)));
     }
 
     #[test]
@@ -515,9 +535,7 @@ mod tests {
         let mut forgotten = 0;
         for n in 0..20_000u64 {
             let now = T0 + n;
-            let (d, ev) = w.decide(id(n as u128), now);
-            assert_eq!(d, Decision::New);
-            forgotten += ev.len();
+            assert_eq!(w.decide(id(n as u128), now), Decision::New);
             forgotten += w.begin(id(n as u128), now).len();
             forgotten += w.finish(id(n as u128), big.clone(), now).len();
             assert!(w.len() <= 1_000);
@@ -529,5 +547,116 @@ mod tests {
             "every id is held or was reported"
         );
         assert_eq!(w.len(), 50, "bytes are the bound that acts here");
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap as Map;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Begin(u8),
+            Finish(u8, u8),
+            Abandon(u8),
+            Advance(u16),
+            Expire,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            // Few ids, so that duplicates, re-finishes and evictions are common.
+            prop_oneof![
+                4 => (0u8..24).prop_map(Op::Begin),
+                4 => (0u8..24, 0u8..40).prop_map(|(i, n)| Op::Finish(i, n)),
+                1 => (0u8..24).prop_map(Op::Abandon),
+                2 => (0u16..400).prop_map(Op::Advance),
+                1 => Just(Op::Expire),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            /// Whatever the sequence: the bounds hold, a running id is never forgotten,
+            /// every id leaves the window only by abandon or a reported eviction, and
+            /// `decide` agrees with what the window holds.
+            #[test]
+            fn bounds_hold_and_every_eviction_is_reported(
+                max_ids in 1usize..8,
+                max_age in 1u64..1_000,
+                max_bytes in 0usize..60,
+                ops in proptest::collection::vec(op(), 1..200),
+            ) {
+                let mut w = Window::new(limits(max_ids, max_age, max_bytes));
+                let mut now = T0;
+                // What the window should hold: id -> running?
+                let mut held: Map<u128, bool> = Map::new();
+                for op in ops {
+                    let evicted = match op {
+                        Op::Begin(i) => {
+                            let id = id(i.into());
+                            let was = w.decide(id, now);
+                            let ev = w.begin(id, now);
+                            if was == Decision::New {
+                                held.insert(i.into(), true);
+                            }
+                            ev
+                        }
+                        Op::Finish(i, n) => {
+                            let ev = w.finish(id(i.into()), reply(&"r".repeat(n.into())), now);
+                            prop_assert!(!ev.contains(&id(i.into())), "finish evicted its own id");
+                            held.insert(i.into(), false);
+                            ev
+                        }
+                        Op::Abandon(i) => {
+                            let was_running = held.get(&i.into()) == Some(&true);
+                            prop_assert_eq!(w.abandon(id(i.into())), was_running);
+                            if was_running {
+                                held.remove(&i.into());
+                            }
+                            Vec::new()
+                        }
+                        Op::Advance(ms) => {
+                            now += u64::from(ms);
+                            Vec::new()
+                        }
+                        Op::Expire => w.expire(now),
+                    };
+                    for e in evicted {
+                        let n = e.as_u128();
+                        prop_assert_eq!(held.remove(&n), Some(false), "evicted {} not held done", n);
+                    }
+                    let running = held.values().filter(|r| **r).count();
+                    prop_assert_eq!(w.len(), held.len());
+                    prop_assert!(w.len() <= max_ids.max(running + 1), "{} ids", w.len());
+                    prop_assert!(w.reply_bytes() <= max_bytes);
+                    let mut bytes = 0;
+                    for (&n, &is_running) in &held {
+                        let state = w.get(id(n));
+                        prop_assert!(state.is_some(), "{} lost", n);
+                        let d = w.decide(id(n), now);
+                        match state {
+                            Some(State::Running) => {
+                                prop_assert!(is_running);
+                                prop_assert_eq!(d, Decision::Wait);
+                            }
+                            Some(State::Done(r)) => {
+                                prop_assert!(!is_running);
+                                bytes += r.as_ref().map_or(0, |r| r.size());
+                                prop_assert!(matches!(
+                                    d,
+                                    Decision::Replay(_) | Decision::Handled | Decision::New
+                                ));
+                            }
+                            None => {}
+                        }
+                    }
+                    prop_assert_eq!(bytes, w.reply_bytes());
+                }
+            }
+        }
     }
 }

@@ -153,7 +153,7 @@ impl DedupLog {
 
     /// Records that `id` was handed to the application at `at_ms`.
     pub fn begin(&self, id: Uuid, at_ms: u64) -> Result<(), StoreError> {
-        self.write(id, &LogEntry::Running { at_ms })
+        self.put(id, LogEntry::Running { at_ms }.encode())
     }
 
     /// Records that `id` finished at `at_ms` with `reply` (`None` when the window did
@@ -223,10 +223,6 @@ impl DedupLog {
             interrupted,
             forgotten: drop.len(),
         })
-    }
-
-    fn write(&self, id: Uuid, entry: &LogEntry) -> Result<(), StoreError> {
-        self.put(id, entry.encode())
     }
 
     fn put(&self, id: Uuid, value: Vec<u8>) -> Result<(), StoreError> {
@@ -310,7 +306,7 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         let log = store.dedup_log(Durability::Every).unwrap();
-        let mut r = log.load(limits(100, 60_000), T0 + 10).unwrap();
+        let r = log.load(limits(100, 60_000), T0 + 10).unwrap();
         assert_eq!(
             r.interrupted,
             [Interrupted {
@@ -321,11 +317,11 @@ mod tests {
         assert_eq!(r.forgotten, 0);
         assert_eq!(r.window.len(), 2);
         assert_eq!(
-            r.window.decide(id(1), T0 + 10).0,
+            r.window.decide(id(1), T0 + 10),
             Decision::Replay(reply("one").into())
         );
-        assert_eq!(r.window.decide(id(2), T0 + 10).0, Decision::Handled);
-        assert_eq!(r.window.decide(id(3), T0 + 10).0, Decision::New);
+        assert_eq!(r.window.decide(id(2), T0 + 10), Decision::Handled);
+        assert_eq!(r.window.decide(id(3), T0 + 10), Decision::New);
         assert_eq!(log.len(), 3, "the interrupted entry waits for the caller");
     }
 

@@ -457,7 +457,8 @@ impl Store {
         }
     }
 
-    /// The outbox of a client: see [`Outbox`].
+    /// The outbox of a client: see [`Outbox`]. Make one per store: it counts its
+    /// requests in memory, so two would each think the other's appends absent.
     pub fn outbox(&self, limit: usize, durability: Durability) -> Result<Outbox, StoreError> {
         Outbox::open(self.tree(outbox::TREE)?, limit, durability)
     }
@@ -840,6 +841,16 @@ pub(crate) mod testdir {
 mod tests {
     use super::testdir::TestDir;
     use super::*;
+
+    #[test]
+    fn handles_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Store>();
+        send::<Outbox>();
+        send::<DedupLog>();
+        send::<DeadLetters>();
+    }
 
     #[test]
     fn durability_parses_and_shows_its_flag_values() {
