@@ -6,7 +6,7 @@
 //! | `dedup` | message id | an id a receiver handed to its application, and its reply | [`DedupLog`] |
 //! | `dead_letters` | message id | a request given up on | [`DeadLetters`] |
 //! | `cursors` | stream name | the last sequence number read from it (big-endian u64) | [`Store::cursor`] |
-//! | `meta` | `format` | the store's format version (big-endian u32) | [`FORMAT_VERSION`] |
+//! | `meta` | `format`, `closes` | the format version ([`FORMAT_VERSION`], big-endian u32); clean closes so far (u64) | |
 //!
 //! Ids are UUID v7 and keys are their 16 bytes, so iteration is in creation order.
 //! Values have small length-prefixed binary layouts with a version byte, documented on
@@ -232,8 +232,9 @@ impl FromStr for Durability {
 }
 
 /// One database per peer. Cheap to clone: clones share the database, and the data
-/// directory stays locked until the last clone and every tree handle made from it are
-/// dropped (sled then flushes what was written).
+/// directory stays locked until the last clone and every handle made from it (outbox,
+/// dedup log, dead letters) are dropped; sled then flushes what was written, and the
+/// clean close is recorded (see the module docs).
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
