@@ -27,6 +27,10 @@
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
 //!   or `.bind()` (see [`io`]).
+//! - [`store`]: what must survive a crash, one sled database per peer (or one in memory
+//!   for simulations): the [`store::Outbox`] of pending requests, the
+//!   [`store::DedupLog`] behind the duplicate window of [`proto::dedup`], and the
+//!   [`store::DeadLetters`].
 //! - `cli` (with the default `cli` feature): the `bosun` command line (option structs
 //!   and one run function each).
 //! - [`zmq`]: the zmq crate bosun is built on, re-exported, so that a program can make a
@@ -56,6 +60,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod proto;
+pub mod store;
 
 pub use config::{Backoff, Heartbeat, Retry};
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod broker;
 pub mod client;
+pub mod dedup;
 pub mod envelope;
 pub mod frames;
 pub mod freelance;
