@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -775,20 +776,42 @@ impl Broker {
         }
         let id = body_id(&body);
         if let Some(id) = id {
-            if self.join_retry(&client, &service, &body, id)
-                || self.dead_letter_again(now, &client, &service, &body, id)
-            {
+            if !self.dead.is_empty() && self.dead_letter_again(now, &client, &service, &body, id) {
                 return;
             }
         }
-        let Some(deadline) = self.deadline_at(now, &body) else {
-            // Its client's own budget has ended: nobody waits for an answer.
-            return self.count_drop(now, &service, DropReason::DeadlinePassed);
-        };
-        let key = self.key(deadline.unwrap_or(now + self.cfg.request_ttl));
+        let deadline = self.deadline_at(now, &body);
+        let key = self.key(deadline.flatten().unwrap_or(now + self.cfg.request_ttl));
         let (max_queue, max_bytes) = (self.cfg.max_queue, self.cfg.max_queue_bytes);
         let bytes: usize = body.iter().map(Vec::len).sum();
         let s = service_entry(&mut self.services, self.cfg.stats_window, now, &service);
+        // One lookup of the id: a retry of a request held is joined to it; a new id's
+        // slot is kept for when the request is accepted.
+        let slot = match id.map(|id| s.ids.entry(id)) {
+            Some(Entry::Occupied(mut held)) => {
+                let attempt = envelope::peek_attempt(&body).unwrap_or(1);
+                let held_now = held.get_mut();
+                // A late copy of an older attempt (a network duplicate) changes nothing.
+                if attempt >= held_now.attempt {
+                    held_now.attempt = attempt;
+                    held_now.reply_to = Some(client);
+                }
+                let id = *held.key();
+                self.events.push_back(Event::RetryJoined {
+                    service,
+                    id,
+                    attempt,
+                });
+                return;
+            }
+            Some(Entry::Vacant(slot)) => Some(slot),
+            None => None,
+        };
+        let Some(deadline) = deadline else {
+            // Its client's own budget has ended: nobody waits for an answer.
+            self.count_drop(now, &service, DropReason::DeadlinePassed);
+            return self.forget_if_empty(&service);
+        };
         s.stats.arrived(now);
         let full = if s.requests.len() >= max_queue {
             Some((
@@ -817,15 +840,11 @@ impl Broker {
             return self.drop_request(now, client, &service, &body, reason, &why);
         }
         s.queued_bytes += bytes;
-        if let Some(id) = id {
-            let attempt = envelope::peek_attempt(&body).unwrap_or(1);
-            s.ids.insert(
-                id,
-                Held {
-                    attempt,
-                    reply_to: None,
-                },
-            );
+        if let Some(slot) = slot {
+            slot.insert(Held {
+                attempt: envelope::peek_attempt(&body).unwrap_or(1),
+                reply_to: None,
+            });
         }
         // Handed to a worker at once (nothing waits ahead of it and a worker has room):
         // then it never waits, and its TTL need not be filed.
@@ -962,52 +981,48 @@ impl Broker {
         let done = pos.and_then(|p| w.inflight.remove(p));
         let service = w.service.clone();
         let now_free = w.inflight.len() < w.capacity as usize;
-        if let Some(req) = &done {
-            if id.is_none() {
-                // A foreign worker answered with a plain payload: give the reply the
-                // metadata of the request it answers, so that a bosun client (which
-                // matches replies by id) can take it.
-                if let Some(meta) = req.body.last().and_then(|f| Meta::decode(f).ok()) {
-                    body.push(meta.reply(Status::Ok).encode());
-                }
-            }
-            let mut to = client;
-            let held = req
-                .id
-                .and_then(|rid| self.services.get_mut(&service)?.ids.remove(&rid));
-            if let Some(Held {
-                attempt,
-                reply_to: Some(latest),
-            }) = held
-            {
-                // A retry was joined to this request: the reply goes to the retry's
-                // address, as the answer to its attempt.
-                if body_id(&body) == req.id {
-                    if let Some(meta) = body.last_mut() {
-                        envelope::set_attempt(meta, attempt);
-                    }
-                }
-                to = latest;
-            }
-            self.transmits
-                .push_back(mdp::client_reply(to, &service, body));
-        } else {
+        let Some(req) = done else {
             // It answers nothing this worker holds (a request re-queued away from it, or
             // an id it never had): forwarding it could hand a plain client a wrong answer.
-            self.events.push_back(Event::ReplyDropped {
-                identity: identity.clone(),
-                client,
-            });
-        }
-        if let Some(s) = self.services.get_mut(&service) {
-            if let Some(req) = done {
-                let service_time = req.dispatched.map_or(Duration::ZERO, |d| now - d);
-                s.stats.completed(now, service_time);
+            // (Nothing was removed, so the worker's room did not change.)
+            self.events
+                .push_back(Event::ReplyDropped { identity, client });
+            return self.dispatch(now, &service);
+        };
+        if id.is_none() {
+            // A foreign worker answered with a plain payload: give the reply the
+            // metadata of the request it answers, so that a bosun client (which matches
+            // replies by id) can take it.
+            if let Some(meta) = req.body.last().and_then(|f| Meta::decode(f).ok()) {
+                body.push(meta.reply(Status::Ok).encode());
             }
+        }
+        let mut held = None;
+        if let Some(s) = self.services.get_mut(&service) {
+            held = req.id.and_then(|rid| s.ids.remove(&rid));
+            let service_time = req.dispatched.map_or(Duration::ZERO, |d| now - d);
+            s.stats.completed(now, service_time);
             if was_full && now_free {
                 s.available.push_back(identity);
             }
         }
+        let mut to = client;
+        if let Some(Held {
+            attempt,
+            reply_to: Some(latest),
+        }) = held
+        {
+            // A retry was joined to this request: the reply goes to the retry's
+            // address, as the answer to its attempt.
+            if body_id(&body) == req.id {
+                if let Some(meta) = body.last_mut() {
+                    envelope::set_attempt(meta, attempt);
+                }
+            }
+            to = latest;
+        }
+        self.transmits
+            .push_back(mdp::client_reply(to, &service, body));
         self.dispatch(now, &service);
     }
 
@@ -1124,31 +1139,6 @@ impl Broker {
         }
     }
 
-    /// Joins a retry of `id` to the copy the broker holds, if it holds one: the reply
-    /// will go to `client`, as the answer to the retry's attempt (unless a later
-    /// attempt came already, as when the network delivers an old one late). True when
-    /// joined.
-    fn join_retry(&mut self, client: &[u8], service: &[u8], body: &[Vec<u8>], id: Uuid) -> bool {
-        let Some(held) = self
-            .services
-            .get_mut(service)
-            .and_then(|s| s.ids.get_mut(&id))
-        else {
-            return false;
-        };
-        let attempt = envelope::peek_attempt(body).unwrap_or(1);
-        if attempt >= held.attempt {
-            held.attempt = attempt;
-            held.reply_to = Some(client.to_vec());
-        }
-        self.events.push_back(Event::RetryJoined {
-            service: service.to_vec(),
-            id,
-            attempt,
-        });
-        true
-    }
-
     /// When the request's deadline passes on the broker's clock: `Some(None)` when it
     /// has none, no wall-clock reading came yet, or it passes after its TTL anyway;
     /// `None` when it has passed.
@@ -1175,6 +1165,7 @@ impl Broker {
     /// `worker`): answers a bosun client (at its latest address and attempt) with
     /// status `Error`, remembers the id for a while so that a retry gets the same
     /// answer, and reports [`Event::DeadLettered`].
+    #[cold]
     fn dead_letter(&mut self, now: Instant, service: &[u8], worker: &[u8], req: Request) {
         let held = req
             .id
@@ -1202,6 +1193,7 @@ impl Broker {
         });
     }
 
+    #[cold]
     fn remember_dead(&mut self, now: Instant, id: Uuid, service: &[u8], deliveries: u32) {
         let ttl = self.cfg.request_ttl;
         while let Some(&(at, old)) = self.dead_order.front() {
@@ -1229,6 +1221,7 @@ impl Broker {
     /// Answers a retry of a request dead-lettered within the last `request_ttl` with the
     /// same error, so that it does not run (and kill workers) again. True when it was
     /// one.
+    #[cold]
     fn dead_letter_again(
         &mut self,
         now: Instant,
@@ -1316,6 +1309,7 @@ impl Broker {
     /// answered with status `Refused` and `why`; a foreign one is not answered (a plain
     /// frame would read as the reply), so it retries or gives up as it would on a lost
     /// request. Counted for the next [`Event::DropSummary`].
+    #[cold]
     fn drop_request(
         &mut self,
         now: Instant,
@@ -1336,6 +1330,7 @@ impl Broker {
     }
 
     /// Counts a dropped request for the next [`Event::DropSummary`], and reports it.
+    #[cold]
     fn count_drop(&mut self, now: Instant, service: &[u8], reason: DropReason) {
         self.events.push_back(Event::RequestDropped {
             service: service.to_vec(),
