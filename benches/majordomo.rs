@@ -893,8 +893,12 @@ struct Core {
     now: Instant,
     names: Vec<Vec<u8>>,
     client: Vec<u8>,
-    /// The request's payload and metadata frames (one request id, sent again and again).
+    /// The request's payload and metadata frames; each round writes a new id into the
+    /// metadata (a real client's ids are unique, and the broker joins a repeated id to
+    /// the copy it holds).
     envelope: Vec<Vec<u8>>,
+    /// Rounds so far: the low 8 bytes of the next id.
+    seq: u64,
     workers: usize,
     /// REQUESTs sent to the workers and not answered yet, oldest first.
     pending: VecDeque<Vec<Vec<u8>>>,
@@ -931,6 +935,7 @@ impl Core {
             names,
             client: identity(b'c', 0),
             envelope: bosun::io::envelope(vec![body()]).encode(),
+            seq: 0,
             workers: services * per_service,
             pending: VecDeque::with_capacity(capacity + 1),
             depth: capacity,
@@ -951,6 +956,11 @@ impl Core {
             self.names[k].clone(),
         ]);
         request.extend(self.envelope.iter().cloned());
+        self.seq += 1;
+        let low = envelope::ID_OFFSET + 8..envelope::ID_OFFSET + 16;
+        if let Some(id) = request.last_mut().and_then(|m| m.get_mut(low)) {
+            id.copy_from_slice(&self.seq.to_be_bytes());
+        }
         self.broker.handle_message(self.now, request);
         let to_worker = self.broker.poll_transmit().ok_or("no REQUEST dispatched")?;
         self.pending.push_back(to_worker);

@@ -505,10 +505,14 @@ fn freelance_client_and_three_transforming_pyzmq_flp_servers() {
     );
 }
 
-/// (6) A pyzmq 7/MDP worker that answers the first attempt of each request LATE (600 ms,
-/// longer than the client's 300 ms timeout), behind `bosun broker`: the client retries,
-/// prints each reply exactly once and exits 0. The worker saw every attempt of a line
-/// with the same plain payload and the same message id, attempts counting from 1.
+/// (6) A pyzmq 7/MDP worker that answers the first copy of each request LATE (700 ms,
+/// longer than the client's 300 ms timeout), behind `bosun broker`: the client retries
+/// on a fresh socket, prints each reply exactly once and exits 0. The broker joins a
+/// retry to the copy the worker holds, and the late reply reaches the retry's socket
+/// (attempt 2 goes out 500 to 550 ms after attempt 1 and waits until 800 to 850 ms:
+/// 700 ms falls inside with room on both sides), so the worker mostly sees a line once;
+/// a copy it sees again (a reply that fell between two attempts, when the client had
+/// no socket) carries the same plain payload and message id, and a later attempt.
 #[test]
 fn mdp_client_retries_a_late_pyzmq_worker_without_duplicates() {
     if !interop_available("mdp_client_retries_a_late_pyzmq_worker_without_duplicates") {
@@ -516,7 +520,7 @@ fn mdp_client_retries_a_late_pyzmq_worker_without_duplicates() {
     }
     let (mut broker, ep) = bosun_broker(&[]);
     let record = Record::new("late");
-    let mut worker = mdp_worker(&ep, "slow", &record, &["--late-ms", "600"]);
+    let mut worker = mdp_worker(&ep, "slow", &record, &["--late-ms", "700"]);
     let lines = ["first late", "zweite Anfrage: größer", "third"];
     let want: Vec<String> = lines
         .iter()
@@ -538,6 +542,7 @@ fn mdp_client_retries_a_late_pyzmq_worker_without_duplicates() {
     let context = dump_all(&mut worker, &mut [&mut broker]);
     let bodies = mdp_requests(&record);
     let mut i = 0;
+    let mut once = 0;
     for line in lines {
         // The attempts of one line arrive one after the other (the client sends the
         // next line only once this one is answered).
@@ -548,14 +553,14 @@ fn mdp_client_retries_a_late_pyzmq_worker_without_duplicates() {
             i += 1;
         }
         assert!(
-            attempts.len() >= 2,
-            "{line:?}: the late first attempt and at least one retry: {attempts:02x?}\n{context}"
+            !attempts.is_empty(),
+            "{line:?}: the late first attempt: {attempts:02x?}\n{context}"
         );
+        once += usize::from(attempts.len() == 1);
         let numbers: Vec<u32> = attempts.iter().map(|(_, n)| *n).collect();
-        assert_eq!(
-            numbers,
-            (1..=attempts.len() as u32).collect::<Vec<_>>(),
-            "{line:?}: attempts from 1, one by one\n{context}"
+        assert!(
+            numbers[0] == 1 && numbers.windows(2).all(|w| w[0] < w[1]),
+            "{line:?}: attempts from 1, rising: {numbers:?}\n{context}"
         );
         assert!(
             attempts.iter().all(|(id, _)| *id == attempts[0].0),
@@ -566,5 +571,10 @@ fn mdp_client_retries_a_late_pyzmq_worker_without_duplicates() {
         i,
         bodies.len(),
         "nothing but these lines: {bodies:02x?}\n{context}"
+    );
+    // Without the broker joining retries, every line would reach the worker twice.
+    assert!(
+        once > 0,
+        "every line ran again: the retries were not joined\n{context}"
     );
 }

@@ -172,6 +172,16 @@ fn invalid_configuration_is_refused_naming_the_flag() {
             vec![],
             "--reconnect",
         ),
+        (
+            vec!["broker", "--max-deliveries", "0"],
+            vec![],
+            "--max-deliveries",
+        ),
+        (
+            vec!["broker"],
+            vec![("BOSUN_MAX_DELIVERIES", "0")],
+            "--max-deliveries",
+        ),
     ];
     for (mut args, env, flag) in cases {
         // Never the default endpoints: other tests run in parallel.
@@ -182,6 +192,7 @@ fn invalid_configuration_is_refused_naming_the_flag() {
                 "--backend",
                 "tcp://127.0.0.1:*",
             ]),
+            "broker" => args.extend(["--bind", "tcp://127.0.0.1:*"]),
             _ => args.extend(["--connect", nowhere.as_str()]),
         }
         if args[0] == "client" {

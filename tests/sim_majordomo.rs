@@ -46,6 +46,7 @@ fn bcfg() -> BrokerConfig {
         request_ttl: Duration::from_secs(600),
         max_services: 100,
         stats_window: Duration::from_secs(10),
+        max_deliveries: 3,
     }
 }
 
@@ -2189,6 +2190,13 @@ fn constructors_reject_settings_that_stop_traffic_or_overflow() {
             },
             "request_ttl",
         ),
+        (
+            BrokerConfig {
+                max_deliveries: 0,
+                ..bcfg()
+            },
+            "max_deliveries",
+        ),
     ];
     for (cfg, field) in cases {
         assert_eq!(broker(cfg), field, "{cfg:?}");
@@ -2273,6 +2281,12 @@ enum Op {
     Ready(usize, usize, CapFrame),
     /// A client request (envelope or plain body, always unique).
     Request(usize, usize, bool),
+    /// A client request with an envelope whose deadline is this many ms from now
+    /// (0: already passed).
+    Deadline(usize, usize, u64),
+    /// A retry (same id, next attempt) of one of the envelopes sent so far, from any
+    /// identity (a blocking client re-makes its socket per attempt).
+    Retry(usize, usize),
     /// The worker answers (echoes) one of the requests the broker says it holds.
     Answer(usize, usize),
     /// As a foreign worker would: the payload of one of them back, metadata left off.
@@ -2348,6 +2362,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (0..4usize, svc(), cap).prop_map(|(i, s, c)| Op::Ready(i, s, c)),
         1 => (id.clone(), svc(), cap_any()).prop_map(|(i, s, c)| Op::Ready(i, s, c)),
         6 => (id.clone(), svc(), any::<bool>()).prop_map(|(i, s, e)| Op::Request(i, s, e)),
+        2 => (id.clone(), svc(), prop_oneof![Just(0u64), 1u64..9000])
+            .prop_map(|(i, s, d)| Op::Deadline(i, s, d)),
+        3 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::Retry(i, k)),
         6 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::Answer(i, k)),
         3 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::AnswerPlain(i, k)),
         1 => (id.clone(), any::<usize>()).prop_map(|(i, k)| Op::Stale(i, k)),
@@ -2369,7 +2386,12 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 /// - conservation: requests pending before + accepted − dropped (RequestDropped events)
 ///   − completed == requests pending after (queued + in flight), so a request is never
 ///   lost, duplicated or answered twice inside the broker;
-/// - a completion always goes with a reply transmitted to a client.
+/// - a completion always goes with a reply transmitted to a client;
+/// - a retry of an id the broker holds is joined (nothing queued) and the reply goes to
+///   the latest retry's address with its attempt; a retry of an id dead-lettered lately
+///   is answered, not queued; a request a worker died holding `max_deliveries` times is
+///   dead-lettered, never re-queued; the id index never holds more than the requests
+///   pending.
 struct BrokerModel {
     now: Instant,
     b: Broker,
@@ -2382,6 +2404,16 @@ struct BrokerModel {
     completed: usize,
     dropped: usize,
     replies: usize,
+    /// The wall clock (unix ms) at the model's start.
+    wall0: u64,
+    t0: Instant,
+    /// Every envelope sent, with its service, for retries.
+    sent_envelopes: Vec<(Vec<u8>, Envelope)>,
+    /// Ids with a retry joined: service, the latest retry's address and attempt.
+    latest: HashMap<Uuid, (Vec<u8>, Vec<u8>, u32)>,
+    /// Ids dead-lettered, with their service and when.
+    dead_ids: HashMap<Uuid, (Vec<u8>, Instant)>,
+    dead_lettered: usize,
 }
 
 impl BrokerModel {
@@ -2393,10 +2425,14 @@ impl BrokerModel {
             request_ttl: ms(6000),
             max_services: 3,
             stats_window: ms(5000),
+            max_deliveries: 3,
         };
+        let wall0 = 1_700_000_000_000;
+        let mut b = Broker::new(now, cfg).unwrap();
+        b.handle_wall_clock(now, wall0);
         BrokerModel {
             now,
-            b: Broker::new(now, cfg).unwrap(),
+            b,
             cap: HashMap::new(),
             held: HashMap::new(),
             ever_sent: Vec::new(),
@@ -2406,7 +2442,18 @@ impl BrokerModel {
             completed: 0,
             dropped: 0,
             replies: 0,
+            wall0,
+            t0: now,
+            sent_envelopes: Vec::new(),
+            latest: HashMap::new(),
+            dead_ids: HashMap::new(),
+            dead_lettered: 0,
         }
+    }
+
+    /// The wall clock at virtual time `now`.
+    fn wall(&self) -> u64 {
+        self.wall0 + (self.now - self.t0).as_millis() as u64
     }
 
     fn pending(&self) -> usize {
@@ -2446,11 +2493,28 @@ impl BrokerModel {
             Op::Request(i, s, env) => {
                 self.next_id += 1;
                 let body = if *env {
-                    envelope(self.next_id, b"q").encode()
+                    let e = envelope(self.next_id, b"q");
+                    self.sent_envelopes.push((SERVICES[*s].to_vec(), e.clone()));
+                    e.encode()
                 } else {
                     vec![format!("plain-{}", self.next_id).into_bytes()]
                 };
                 request(IDS[*i], SERVICES[*s], body)
+            }
+            Op::Deadline(i, s, d) => {
+                self.next_id += 1;
+                let mut e = envelope(self.next_id, b"q");
+                e.meta.deadline_ms = Some(self.wall() + d);
+                self.sent_envelopes.push((SERVICES[*s].to_vec(), e.clone()));
+                request(IDS[*i], SERVICES[*s], e.encode())
+            }
+            Op::Retry(i, k) => {
+                let n = self.sent_envelopes.len();
+                let Some((service, e)) = self.sent_envelopes.get_mut(k % n.max(1)) else {
+                    return Ok(());
+                };
+                e.meta.attempt += 1;
+                request(IDS[*i], service, e.encode())
             }
             Op::Answer(i, k) => {
                 let held = self.held.get(IDS[*i]).cloned().unwrap_or_default();
@@ -2493,10 +2557,30 @@ impl BrokerModel {
         let mut accepted = 0;
         let mut expect_completed = 0;
         let mut expect_reply = None;
+        let mut expect_joined = false;
+        let mut expect_dead_again = false;
         match parsed {
-            Some(mdp::ToBroker::Client { service, .. }) if !service.starts_with(b"mmi.") => {
-                self.services.insert(service);
+            Some(mdp::ToBroker::Client { service, body }) if !service.starts_with(b"mmi.") => {
+                self.services.insert(service.clone());
                 accepted = 1;
+                if let Some(id) = body_id(&body) {
+                    let recently_dead = self.dead_ids.get(&id).is_some_and(|(s, at)| {
+                        *s == service && self.now.saturating_duration_since(*at) <= ms(6000)
+                    });
+                    if self.b.holds(&service, &id) {
+                        // Joined to the copy the broker holds: nothing new pending.
+                        accepted = 0;
+                        expect_joined = true;
+                        let attempt = Meta::decode(body.last().unwrap()).unwrap().attempt;
+                        let newer = self.latest.get(&id).map_or(true, |l| attempt >= l.2);
+                        if newer {
+                            self.latest.insert(id, (service, sender.clone(), attempt));
+                        }
+                    } else if recently_dead {
+                        accepted = 0;
+                        expect_dead_again = true;
+                    }
+                }
             }
             Some(mdp::ToBroker::Worker(mdp::FromWorker::Reply { client, body }))
                 if self.b.inflight(&sender).is_some() =>
@@ -2518,29 +2602,87 @@ impl BrokerModel {
                             body.push(m.reply(Status::Ok).encode());
                         }
                     }
-                    expect_reply = Some((client, body));
+                    // A request a retry was joined to answers the latest retry, at its
+                    // address.
+                    let mut to = client;
+                    let rid = body_id(&request);
+                    if let Some((_, latest, attempt)) = rid.and_then(|r| self.latest.remove(&r)) {
+                        if body_id(&body) == rid {
+                            let last = body.last_mut().unwrap();
+                            prop_assert!(bosun::proto::envelope::set_attempt(last, attempt));
+                        }
+                        to = latest;
+                    }
+                    expect_reply = Some((to, body));
                 }
             }
             _ => {}
         }
         let before = self.pending();
+        self.b.handle_wall_clock(self.now, self.wall());
         self.b.handle_message(self.now, msg);
-        self.settle(before, accepted, expect_reply, expect_completed)
+        self.settle_retry(
+            before,
+            accepted,
+            expect_reply,
+            expect_completed,
+            (expect_joined, expect_dead_again),
+        )
     }
 
     fn settle(
         &mut self,
         before: usize,
         accepted: usize,
+        expect_reply: Option<(Vec<u8>, Frames)>,
+        expect_completed: usize,
+    ) -> Result<(), TestCaseError> {
+        self.settle_retry(
+            before,
+            accepted,
+            expect_reply,
+            expect_completed,
+            (false, false),
+        )
+    }
+
+    fn settle_retry(
+        &mut self,
+        before: usize,
+        accepted: usize,
         mut expect_reply: Option<(Vec<u8>, Frames)>,
         expect_completed: usize,
+        (expect_joined, expect_dead_again): (bool, bool),
     ) -> Result<(), TestCaseError> {
         let (out, events) = drain(&mut self.b);
         let mut dropped = 0;
         let mut gone_now = HashSet::new();
+        let mut joined = false;
+        let mut dead_again = false;
+        // Dead-lettered per worker, and in all.
+        let mut dead_from: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut dead_now = 0;
+        // WorkerGone comes before the DeadLettered events of its requests.
+        let mut gone_held: Vec<(Vec<u8>, usize, usize)> = Vec::new();
         for e in events {
             match e {
                 BEvent::RequestDropped { .. } => dropped += 1,
+                BEvent::RetryJoined { .. } => joined = true,
+                BEvent::RetryDeadLettered { .. } => dead_again = true,
+                BEvent::DeadLettered {
+                    service,
+                    id,
+                    deliveries,
+                    last_worker,
+                    ..
+                } => {
+                    prop_assert_eq!(deliveries, 3);
+                    if let Some(id) = id {
+                        self.dead_ids.insert(id, (service, self.now));
+                    }
+                    *dead_from.entry(last_worker).or_default() += 1;
+                    dead_now += 1;
+                }
                 BEvent::WorkerReady {
                     identity, capacity, ..
                 } => {
@@ -2548,17 +2690,39 @@ impl BrokerModel {
                     self.cap.insert(identity, capacity);
                 }
                 BEvent::WorkerGone {
-                    identity, requeued, ..
+                    identity,
+                    requeued,
+                    reason,
                 } => {
                     let held = self.held.remove(&identity).unwrap_or_default();
-                    prop_assert_eq!(held.len(), requeued, "requeued count of {:?}", identity);
+                    if reason == GoneReason::Disconnected {
+                        // A clean stop hands every request back.
+                        prop_assert_eq!(held.len(), requeued, "requeued count of {:?}", identity);
+                    }
+                    gone_held.push((identity.clone(), held.len(), requeued));
                     gone_now.insert(identity);
                 }
                 _ => {}
             }
         }
+        prop_assert_eq!(joined, expect_joined, "retry joined?");
+        prop_assert_eq!(
+            dead_again,
+            expect_dead_again,
+            "retry of a dead letter answered?"
+        );
+        for (identity, held, requeued) in gone_held {
+            let dead = dead_from.get(&identity).copied().unwrap_or(0);
+            prop_assert_eq!(
+                held,
+                requeued + dead,
+                "requeued + dead-lettered of {:?}",
+                identity
+            );
+        }
         let mut worker_replies = 0;
         let mut refusals = 0;
+        let mut dead_answers = 0;
         for o in out {
             match o {
                 Out::Request {
@@ -2579,14 +2743,22 @@ impl BrokerModel {
                     service,
                     body,
                 } => {
-                    let refused = body
+                    let status = body
                         .last()
                         .and_then(|f| Meta::decode(f).ok())
-                        .is_some_and(|m| m.status == Status::Refused);
-                    if refused {
+                        .map(|m| m.status);
+                    let dead_letter = status == Some(Status::Error)
+                        && body
+                            .first()
+                            .is_some_and(|f| f.starts_with(b"dead-lettered"));
+                    if status == Some(Status::Refused) {
                         // The broker's own answer to a request it dropped (a bosun
                         // client is told): never without a RequestDropped.
                         refusals += 1;
+                    } else if dead_letter && (dead_now > 0 || dead_again) {
+                        // The broker's answer to a dead-lettered request, or to a retry
+                        // of one.
+                        dead_answers += 1;
                     } else if !service.starts_with(b"mmi.") {
                         // Only the reply that completes a request is forwarded, once,
                         // to its client, with the body the matching rule says.
@@ -2604,14 +2776,27 @@ impl BrokerModel {
         let after = self.pending();
         prop_assert_eq!(
             before + accepted,
-            after + dropped + expect_completed,
-            "conservation: before {} accepted {} after {} dropped {} completed {}",
+            after + dropped + dead_now + expect_completed,
+            "conservation: before {} accepted {} after {} dropped {} dead-lettered {} completed {}",
             before,
             accepted,
             after,
             dropped,
+            dead_now,
             expect_completed
         );
+        prop_assert!(dead_answers <= dead_now + usize::from(dead_again));
+        prop_assert!(
+            self.b.indexed() <= after,
+            "{} ids indexed, {} requests pending",
+            self.b.indexed(),
+            after
+        );
+        // A retry joined to a request the broker no longer holds is history.
+        let b = &self.b;
+        self.latest
+            .retain(|id, (service, _, _)| b.holds(service, id));
+        self.dead_lettered += dead_now;
         prop_assert_eq!(expect_completed, worker_replies);
         prop_assert!(
             refusals <= dropped,
@@ -2662,7 +2847,8 @@ proptest! {
             m.apply(&Op::Advance(2500))?;
         }
         prop_assert_eq!(m.pending(), 0);
-        prop_assert_eq!(m.accepted, m.completed + m.dropped);
+        prop_assert_eq!(m.b.indexed(), 0);
+        prop_assert_eq!(m.accepted, m.completed + m.dropped + m.dead_lettered);
         prop_assert!(m.completed <= m.replies);
         prop_assert_eq!(m.b.workers(), 0);
     }
@@ -2877,8 +3063,15 @@ impl World {
         let t0 = clock.now();
         let mut rng = fastrand::Rng::with_seed(seed);
         let heartbeat = hb(500, 3);
+        // Every lost message breaks a connection here, and the broker cannot tell a
+        // worker whose connection broke holding a request from one that died with it:
+        // with the default max_deliveries of 3, about 1 request in 200 (33 of 6,000
+        // over the seeds, mostly on the flapping capacity-2 worker) was dead-lettered
+        // after three such "deaths"; none reached 6. This test is about delivery, so
+        // poison handling is out of its way (tests of its own cover it).
         let cfg = BrokerConfig {
             heartbeat,
+            max_deliveries: 10,
             ..BrokerConfig::default()
         };
         let reconnect = Backoff {
@@ -3599,4 +3792,593 @@ fn broker_names_a_heartbeat_mismatch_once_per_service() {
     b.handle_timeout(t);
     let events = drain(&mut b).1;
     assert!(mismatches(&events).is_empty(), "{events:?}");
+}
+
+// ======================================================================================
+// Issue 9: the broker stops multiplying work (one copy per id, deadlines, poison)
+// ======================================================================================
+
+/// The wall clock (unix ms) the deadline tests start at.
+const WALL: u64 = 1_800_000_000_000;
+
+/// An envelope of one frame `body` with id `id` and attempt `attempt`.
+fn attempt_of(id: u128, attempt: u32, body: &[u8]) -> Envelope {
+    let mut e = envelope(id, body);
+    e.meta.attempt = attempt;
+    e
+}
+
+/// What a bosun worker answers to a REQUEST body: the payload echoed, with the
+/// request's metadata (its id and attempt, status Ok).
+fn bosun_echo(body: &Frames) -> Frames {
+    let (request, _) = Request::parse(None, body.clone());
+    bosun::proto::envelope::answer(request.meta.as_ref(), Ok(request.payload))
+}
+
+/// The metadata of a reply to `client` in `out`.
+fn reply_meta(out: &Out) -> (Vec<u8>, Meta, Frames) {
+    let Out::Reply { client, body, .. } = out else {
+        panic!("not a reply: {out:?}")
+    };
+    let meta = Meta::decode(body.last().expect("a metadata frame")).unwrap();
+    (client.clone(), meta, body[..body.len() - 1].to_vec())
+}
+
+/// A blocking client (a new socket, so a new ROUTER address, per attempt) retries a
+/// request that waits in the queue: the broker keeps one copy, hands exactly one to the
+/// worker that registers, and routes the reply to the socket of the latest attempt with
+/// that attempt in its metadata, which the client takes as its answer. The id leaves
+/// the index with the reply. Without the feature: a second copy is queued and
+/// dispatched after the first, and the reply goes to the first socket, long closed.
+#[test]
+fn a_retry_of_a_queued_request_is_joined_and_answered_at_its_new_address() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    let mut c = MdpClient::new(t, Mode::Blocking, retry_3x1s(), 1).unwrap();
+    let id = c.send(t, ECHO, envelope(901, b"job")).unwrap();
+    let (tx, _) = cdrain(&mut c);
+    let [CTx::Send(first)] = &tx[..] else {
+        panic!("{tx:?}")
+    };
+    b.handle_message(t, from(b"sock-1", first.clone()));
+    assert!(sent(&mut b).is_empty());
+    assert!(b.holds(ECHO, &id));
+
+    // No answer within 1 s: the client closes its socket, and 100 ms later sends
+    // attempt 2 on a fresh one.
+    let t = clock.set(ms(1000));
+    c.handle_timeout(t);
+    assert_eq!(cdrain(&mut c).0, vec![CTx::Reset]);
+    let t = clock.set(ms(1100));
+    c.handle_timeout(t);
+    let (tx, _) = cdrain(&mut c);
+    let [CTx::Send(second)] = &tx[..] else {
+        panic!("{tx:?}")
+    };
+    assert_eq!(sent_request(&tx[0]).1.meta.attempt, 2);
+    b.handle_message(t, from(b"sock-2", second.clone()));
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        events,
+        vec![BEvent::RetryJoined {
+            service: ECHO.to_vec(),
+            id,
+            attempt: 2
+        }]
+    );
+    assert_eq!(b.queued(ECHO), 1, "one copy waits");
+
+    // A worker registers: one REQUEST, the first copy, as it came.
+    let t = clock.set(ms(1200));
+    b.handle_message(t, ready(W1, ECHO, 1));
+    let out = sent(&mut b);
+    let [Out::Request {
+        worker,
+        client,
+        body,
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((worker.as_slice(), client.as_slice()), (W1, &b"sock-1"[..]));
+    assert_eq!(Meta::decode(body.last().unwrap()).unwrap().attempt, 1);
+
+    // Its reply (attempt 1) goes to the second socket, as the answer to attempt 2.
+    let t = clock.set(ms(1300));
+    b.handle_message(t, reply(W1, b"sock-1", bosun_echo(body)));
+    let out = sent(&mut b);
+    assert_eq!(out.len(), 1, "the reply and nothing else: {out:?}");
+    let (to, meta, payload) = reply_meta(&out[0]);
+    assert_eq!(to, b"sock-2");
+    assert_eq!((meta.id, meta.attempt, meta.status), (id, 2, Status::Ok));
+    assert_eq!(payload, frames(&[b"job"]));
+    let (_, to_client) = route(mdp::client_reply(to, ECHO, {
+        let Out::Reply { body, .. } = &out[0] else {
+            unreachable!()
+        };
+        body.clone()
+    }));
+    c.handle_frames(t, to_client);
+    assert_eq!(
+        cdrain(&mut c),
+        replied_by_echo(id, 2, Answer::Ok(frames(&[b"job"])))
+    );
+
+    // Nothing was left to run a second time, and the index is empty.
+    let t = clock.set(ms(1400));
+    b.handle_timeout(t);
+    assert!(sent_no_hb(&mut b).is_empty());
+    assert_eq!(
+        (b.queued(ECHO), b.inflight(W1), b.indexed()),
+        (0, Some(0), 0)
+    );
+}
+
+/// A retry of a request a worker holds is not dispatched again, even with a second
+/// worker idle; the reply goes to the latest attempt's address with its attempt, and an
+/// older attempt that arrives late (a network duplicate) changes neither. Without the
+/// feature: the idle worker runs the request a second time.
+#[test]
+fn a_retry_of_a_request_in_flight_is_not_dispatched_again() {
+    let clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    b.handle_message(t, ready(W1, ECHO, 1));
+    b.handle_message(t, ready(W2, ECHO, 1));
+    drain(&mut b);
+    b.handle_message(t, request(C1, ECHO, attempt_of(902, 1, b"job").encode()));
+    let out = sent(&mut b);
+    let [Out::Request { worker, body, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(worker, W1);
+    let body = body.clone();
+
+    // Attempt 2 from a new address, attempt 3 from the first, then attempt 2 again.
+    b.handle_message(t, request(C2, ECHO, attempt_of(902, 2, b"job").encode()));
+    b.handle_message(t, request(C1, ECHO, attempt_of(902, 3, b"job").encode()));
+    b.handle_message(t, request(C2, ECHO, attempt_of(902, 2, b"job").encode()));
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty(), "W2 is idle and gets nothing: {out:?}");
+    assert_eq!(events.len(), 3);
+    assert!(events
+        .iter()
+        .all(|e| matches!(e, BEvent::RetryJoined { .. })));
+    assert_eq!((b.inflight(W1), b.inflight(W2)), (Some(1), Some(0)));
+
+    b.handle_message(t, reply(W1, C1, bosun_echo(&body)));
+    let out = sent(&mut b);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (to, meta, payload) = reply_meta(&out[0]);
+    assert_eq!((to.as_slice(), meta.attempt), (C1, 3));
+    assert_eq!(meta.id, Uuid::from_u128(902));
+    assert_eq!(payload, frames(&[b"job"]));
+    assert_eq!(b.indexed(), 0);
+
+    // Once answered, the id is free: a late retry runs again (the worker-side dedup
+    // window is what covers that).
+    b.handle_message(t, request(C2, ECHO, attempt_of(902, 4, b"job").encode()));
+    assert_eq!(requests(&sent(&mut b)), vec![req_of(W2, b"job")]);
+}
+
+/// Requests without bosun metadata (a foreign client's, or one whose last frame only
+/// starts like metadata) are never joined: the same request twice is dispatched twice.
+/// And the same id for another service is another request.
+#[test]
+fn foreign_requests_are_never_deduplicated() {
+    let clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    for w in [W1, W2, W3] {
+        b.handle_message(t, ready(w, ECHO, 2));
+    }
+    b.handle_message(t, ready(b"other", b"other", 1));
+    drain(&mut b);
+    b.handle_message(t, plain(C1, ECHO, b"x"));
+    b.handle_message(t, plain(C1, ECHO, b"x"));
+    let almost = frames(&[b"y", &MAGIC]);
+    b.handle_message(t, request(C1, ECHO, almost.clone()));
+    b.handle_message(t, request(C1, ECHO, almost));
+    let e = envelope(903, b"z");
+    b.handle_message(t, request(C1, ECHO, e.encode()));
+    b.handle_message(t, request(C1, b"other", e.encode()));
+    let (out, events) = drain(&mut b);
+    let bodies: Vec<Vec<u8>> = requests(&out).into_iter().map(|(_, body)| body).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            b"x".to_vec(),
+            b"x".to_vec(),
+            b"y".to_vec(),
+            b"y".to_vec(),
+            b"z".to_vec(),
+            b"z".to_vec()
+        ]
+    );
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(b.indexed(), 2, "the bosun request, once per service");
+}
+
+/// A request carries a deadline (unix ms) in its metadata; the broker maps it to its own
+/// clock from the wall-clock reading it was fed. Queued past its deadline, it is
+/// dropped at that instant (`poll_timeout` asks for it), counted as "deadline passed",
+/// and its client gets nothing (its own budget has ended); it is never dispatched, not
+/// even to a worker freed exactly at its deadline before `handle_timeout`; one that
+/// arrives past its deadline is dropped at once though a worker is idle. Without the
+/// feature each would run.
+#[test]
+fn a_queued_request_past_its_deadline_is_dropped_counted_and_never_dispatched() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    b.handle_wall_clock(t, WALL);
+    let mut e = envelope(904, b"late");
+    e.meta.deadline_ms = Some(WALL + 500);
+    b.handle_message(t, request(C1, ECHO, e.encode()));
+    assert_eq!(b.queued(ECHO), 1);
+    assert_eq!(b.poll_timeout(), Some(t + ms(500)));
+    let t = clock.set(ms(499));
+    b.handle_timeout(t);
+    assert_eq!(b.queued(ECHO), 1);
+    let t = clock.set(ms(500));
+    b.handle_timeout(t);
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty(), "the client is not answered: {out:?}");
+    assert_eq!(events, vec![dropped(ECHO, DropReason::DeadlinePassed)]);
+    assert_eq!((b.queued(ECHO), b.indexed()), (0, 0));
+    let t = clock.set(ms(1500));
+    b.handle_timeout(t);
+    assert_eq!(
+        drain(&mut b).1,
+        vec![BEvent::DropSummary {
+            service: Some(ECHO.to_vec()),
+            reason: DropReason::DeadlinePassed,
+            count: 1
+        }]
+    );
+    b.handle_message(t, ready(W1, ECHO, 1));
+    assert!(sent(&mut b).is_empty(), "nothing left to dispatch");
+
+    // Arrives past its deadline (the wall clock has moved on by 1.5 s since the
+    // reading): dropped though W1 is idle.
+    let mut e = envelope(905, b"too late");
+    e.meta.deadline_ms = Some(WALL + 1000);
+    b.handle_message(t, request(C1, ECHO, e.encode()));
+    let (out, events) = drain(&mut b);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(events, vec![dropped(ECHO, DropReason::DeadlinePassed)]);
+
+    // Queued behind a busy worker that frees up exactly at its deadline, before the
+    // driver's handle_timeout: not dispatched.
+    b.handle_message(t, plain(C2, ECHO, b"busy"));
+    let mut e = envelope(906, b"waits");
+    e.meta.deadline_ms = Some(WALL + 3000);
+    b.handle_message(t, request(C1, ECHO, e.encode()));
+    // A deadline later than the TTL: an ordinary request.
+    let mut e = envelope(907, b"next");
+    e.meta.deadline_ms = Some(WALL + 3_600_000);
+    b.handle_message(t, request(C1, ECHO, e.encode()));
+    assert_eq!(requests(&sent(&mut b)), vec![req_of(W1, b"busy")]);
+    let t = clock.set(ms(3000));
+    b.handle_message(t, reply(W1, C2, frames(&[b"done"])));
+    let (out, events) = drain(&mut b);
+    assert_eq!(out[0], Out::rep(C2, ECHO, b"done"));
+    assert_eq!(requests(&out), vec![req_of(W1, b"next")], "906 is skipped");
+    assert_eq!(
+        but_summaries(events),
+        vec![dropped(ECHO, DropReason::DeadlinePassed)]
+    );
+    assert_eq!(b.indexed(), 1, "only 907, in flight");
+}
+
+/// A poison request: every worker it is handed to dies holding it (expires). After
+/// `max_deliveries` (3) deaths it is not re-queued: the broker reports DeadLettered with
+/// everything a dead letter needs, answers the bosun client with status Error naming
+/// the dead-lettering (the client reads a failed answer), hands it to no further
+/// worker, and answers a retry of the id with the same error instead of running it
+/// again. A foreign client's poison request is dead-lettered too, unanswered. Without
+/// the feature it goes round the workers until its TTL.
+#[test]
+fn a_request_whose_workers_die_max_deliveries_times_is_dead_lettered() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    let long = Retry {
+        timeout: Duration::from_secs(60),
+        ..retry_3x1s()
+    };
+    let mut c = MdpClient::new(t, Mode::Pipelined, long, 1).unwrap();
+    let id = c.send(t, ECHO, envelope(908, b"poison")).unwrap();
+    let (tx, _) = cdrain(&mut c);
+    let [CTx::Send(msg)] = &tx[..] else {
+        panic!("{tx:?}")
+    };
+    b.handle_message(t, from(C1, msg.clone()));
+    let mut dead = None;
+    for (round, w) in [W1, W2, W3].into_iter().enumerate() {
+        let start = ms(10_000 * round as u64);
+        let t = clock.set(start);
+        b.handle_message(t, ready(w, ECHO, 1));
+        let (out, _) = drain(&mut b);
+        assert_eq!(requests(&out), vec![req_of(w, b"poison")], "round {round}");
+        // It dies with it: silent past liveness × interval.
+        let t = clock.set(start + ms(3000));
+        b.handle_timeout(t);
+        let (out, events) = drain(&mut b);
+        let requeued = usize::from(round < 2);
+        assert_eq!(
+            events[0],
+            gone(w, GoneReason::Expired, requeued),
+            "round {round}"
+        );
+        if round < 2 {
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert!(
+                out.iter().all(|o| matches!(o, Out::Heartbeat(_))),
+                "{out:?}"
+            );
+            assert_eq!(b.queued(ECHO), 1);
+        } else {
+            dead = Some((out, events));
+        }
+    }
+    let (out, events) = dead.unwrap();
+    let mut meta = Meta::new(id, 0);
+    meta.attempt = 1;
+    assert_eq!(
+        events[1..],
+        [BEvent::DeadLettered {
+            service: ECHO.to_vec(),
+            id: Some(id),
+            payload: frames(&[b"poison"]),
+            meta: Some(meta),
+            deliveries: 3,
+            reason: bosun::proto::broker::DeadLetterReason::WorkersDied,
+            last_worker: W3.to_vec(),
+        }]
+    );
+    let replies: Vec<&Out> = out
+        .iter()
+        .filter(|o| matches!(o, Out::Reply { .. }))
+        .collect();
+    assert_eq!(replies.len(), 1, "{out:?}");
+    let (to, m, message) = reply_meta(replies[0]);
+    assert_eq!((to.as_slice(), m.id, m.status), (C1, id, Status::Error));
+    let Out::Reply { body, .. } = replies[0] else {
+        unreachable!()
+    };
+    c.handle_frames(clock.now(), client_reply_frames(ECHO, body.clone()));
+    let (_, ev) = cdrain(&mut c);
+    let [CEvent::Reply {
+        answer: Answer::Failed {
+            status,
+            message: text,
+        },
+        ..
+    }] = &ev[..]
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(*status, Status::Error);
+    assert_eq!(text.as_bytes(), message.concat());
+    assert!(
+        text.contains("dead-lettered") && text.contains("after 3 deliveries"),
+        "{text}"
+    );
+    assert_eq!((b.queued(ECHO), b.indexed()), (0, 0));
+
+    // Not re-queued: a new worker gets nothing. A retry of the id (a client whose
+    // answer was lost) is answered with the same error at its address and attempt.
+    let t = clock.set(ms(30_000));
+    b.handle_message(t, ready(W4, ECHO, 1));
+    assert!(sent(&mut b).is_empty());
+    b.handle_message(t, request(C2, ECHO, attempt_of(908, 2, b"poison").encode()));
+    let (out, events) = drain(&mut b);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (to, m, again) = reply_meta(&out[0]);
+    assert_eq!((to.as_slice(), m.attempt, m.status), (C2, 2, Status::Error));
+    assert_eq!(again, message);
+    assert_eq!(
+        events,
+        vec![BEvent::RetryDeadLettered {
+            service: ECHO.to_vec(),
+            id,
+            attempt: 2
+        }]
+    );
+    assert_eq!((b.inflight(W4), b.queued(ECHO)), (Some(0), 0));
+
+    // A foreign client's poison request: dead-lettered, no answer (a plain frame would
+    // read as the reply).
+    b.handle_message(t, plain(C2, ECHO, b"p"));
+    assert_eq!(requests(&sent(&mut b)), vec![req_of(W4, b"p")]);
+    let mut last = Vec::new();
+    for (round, w) in [W4, b"w5".as_slice(), b"w6".as_slice()]
+        .into_iter()
+        .enumerate()
+    {
+        let start = ms(30_000 + 10_000 * round as u64);
+        let t = clock.set(start);
+        if round > 0 {
+            b.handle_message(t, ready(w, ECHO, 1));
+            assert_eq!(requests(&sent(&mut b)), vec![req_of(w, b"p")]);
+        }
+        assert_eq!(b.inflight(w), Some(1), "round {round}");
+        let t = clock.set(start + ms(3000));
+        b.handle_timeout(t);
+        let (out, events) = drain(&mut b);
+        assert!(
+            out.iter().all(|o| matches!(o, Out::Heartbeat(_))),
+            "{out:?}"
+        );
+        last = events;
+    }
+    assert!(
+        matches!(
+            &last[1..],
+            [BEvent::DeadLettered { id: None, meta: None, payload, deliveries: 3, .. }] if *payload == frames(&[b"p"])
+        ),
+        "{last:?}"
+    );
+}
+
+const W4: &[u8] = b"w4";
+
+/// A worker that says DISCONNECT while holding a request hands it back cleanly: that is
+/// not a death, however often it happens. Expiries and a second READY (a worker that
+/// restarted under the same identity) are. Five clean stops, then an expiry and a
+/// second READY: still re-queued; the third death dead-letters it. Without the
+/// distinction the fifth DISCONNECT would already have dead-lettered it.
+#[test]
+fn a_clean_disconnect_does_not_count_as_a_death() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let mut b = Broker::new(t, bcfg()).unwrap();
+    b.handle_message(t, request(C1, ECHO, envelope(909, b"job").encode()));
+    for k in 0..5 {
+        let w = format!("stopper-{k}").into_bytes();
+        b.handle_message(t, ready(&w, ECHO, 1));
+        assert_eq!(requests(&sent(&mut b)), vec![req_of(&w, b"job")]);
+        b.handle_message(t, cmd(&w, Command::Disconnect));
+        assert_eq!(
+            drain(&mut b).1,
+            vec![gone(&w, GoneReason::Disconnected, 1)],
+            "stop {k}"
+        );
+    }
+    // Death 1: expiry.
+    b.handle_message(t, ready(W1, ECHO, 1));
+    sent(&mut b);
+    let t = clock.set(ms(3000));
+    b.handle_timeout(t);
+    assert_eq!(drain(&mut b).1, vec![gone(W1, GoneReason::Expired, 1)]);
+    // Death 2: it comes back under the same identity and says READY again.
+    b.handle_message(t, ready(W2, ECHO, 1));
+    assert_eq!(requests(&sent(&mut b)), vec![req_of(W2, b"job")]);
+    b.handle_message(t, ready(W2, ECHO, 1));
+    let (_, events) = drain(&mut b);
+    assert!(
+        events.contains(&gone(W2, GoneReason::ProtocolError, 1)),
+        "{events:?}"
+    );
+    assert_eq!(b.queued(ECHO), 1);
+    // Death 3.
+    let t = clock.set(ms(3100));
+    b.handle_message(t, ready(W3, ECHO, 1));
+    sent(&mut b);
+    let t = clock.set(ms(6100));
+    b.handle_timeout(t);
+    let (out, events) = drain(&mut b);
+    assert_eq!(events[0], gone(W3, GoneReason::Expired, 0));
+    assert!(
+        matches!(&events[1..], [BEvent::DeadLettered { deliveries: 3, .. }]),
+        "{events:?}"
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Out::Reply { .. }))
+            .count(),
+        1
+    );
+    assert_eq!((b.queued(ECHO), b.indexed()), (0, 0));
+}
+
+/// The id index holds only requests that are queued or in flight: with 60 requests,
+/// each retried twice from new addresses, it never holds more than the requests
+/// pending, every reply goes to its request's latest address, and once all are
+/// answered it is empty; requests dropped by their TTL leave it too. (The count-bounded
+/// memory of dead-lettered ids is checked by `a_request_whose_workers_die_...`.)
+#[test]
+fn the_id_index_is_bounded_by_the_requests_pending_and_empty_after_every_reply() {
+    let mut clock = Clock::new();
+    let t = clock.now();
+    let cfg = BrokerConfig {
+        request_ttl: ms(5000),
+        heartbeat: hb(60_000, 3),
+        ..bcfg()
+    };
+    let mut b = Broker::new(t, cfg).unwrap();
+    b.handle_message(t, ready(W1, ECHO, 4));
+    b.handle_message(t, ready(W2, ECHO, 4));
+    drain(&mut b);
+    let pending = |b: &Broker| b.queued(ECHO) + b.inflight(W1).unwrap() + b.inflight(W2).unwrap();
+    let mut held: Vec<(Vec<u8>, Vec<u8>, Frames)> = Vec::new();
+    let collect = |out: Vec<Out>, held: &mut Vec<(Vec<u8>, Vec<u8>, Frames)>| {
+        for o in out {
+            if let Out::Request {
+                worker,
+                client,
+                body,
+            } = o
+            {
+                held.push((worker, client, body));
+            }
+        }
+    };
+    for k in 0..60u128 {
+        let first = format!("c{k}-a1").into_bytes();
+        b.handle_message(
+            t,
+            request(&first, ECHO, attempt_of(1000 + k, 1, b"q").encode()),
+        );
+        collect(sent(&mut b), &mut held);
+        for attempt in 2..=3 {
+            let addr = format!("c{k}-a{attempt}").into_bytes();
+            b.handle_message(
+                t,
+                request(&addr, ECHO, attempt_of(1000 + k, attempt, b"q").encode()),
+            );
+            collect(sent(&mut b), &mut held);
+        }
+        assert!(b.indexed() <= pending(&b));
+    }
+    assert_eq!((b.indexed(), pending(&b)), (60, 60));
+    let mut answered = 0;
+    for _ in 0..1000 {
+        let Some((worker, client, body)) = held.pop() else {
+            break;
+        };
+        b.handle_message(t, reply(&worker, &client, bosun_echo(&body)));
+        let out = sent(&mut b);
+        for o in &out {
+            if let Out::Reply { .. } = o {
+                let (to, meta, _) = reply_meta(o);
+                let k = meta.id.as_u128() - 1000;
+                assert_eq!(to, format!("c{k}-a3").into_bytes());
+                assert_eq!(meta.attempt, 3);
+                answered += 1;
+            }
+        }
+        collect(out, &mut held);
+        assert!(b.indexed() <= pending(&b));
+    }
+    assert_eq!((answered, b.indexed(), pending(&b)), (60, 0, 0));
+
+    // Requests that expire unserved leave the index too; the refusal goes to the
+    // latest address.
+    for k in 0..5u128 {
+        b.handle_message(
+            t,
+            request(C1, b"nobody", attempt_of(2000 + k, 1, b"q").encode()),
+        );
+        b.handle_message(
+            t,
+            request(C2, b"nobody", attempt_of(2000 + k, 2, b"q").encode()),
+        );
+    }
+    assert_eq!(b.indexed(), 5);
+    let t = clock.set(ms(5000));
+    b.handle_timeout(t);
+    let out = sent_no_hb(&mut b);
+    assert_eq!(out.len(), 5);
+    for o in &out {
+        let (to, meta, _) = reply_meta(o);
+        assert_eq!(
+            (to.as_slice(), meta.attempt, meta.status),
+            (C2, 2, Status::Refused)
+        );
+    }
+    assert_eq!(b.indexed(), 0);
 }

@@ -38,6 +38,7 @@ pub fn flag_of(field: &str) -> &str {
         "max_services" => "--max-services",
         "request_ttl" => "--request-ttl",
         "stats_window" => "--stats-window",
+        "max_deliveries" => "--max-deliveries",
         "servers" => "--connect",
         other => other,
     }

@@ -33,6 +33,11 @@ pub struct BrokerArgs {
     /// Most services tracked at once; requests for more are dropped.
     #[arg(long, env = "BOSUN_MAX_SERVICES", default_value_t = BrokerConfig::default().max_services)]
     pub max_services: usize,
+    /// How many workers may die holding one request (a poison request that kills its
+    /// workers) before it is dead-lettered instead of re-queued; its client gets an
+    /// error. A worker that stops cleanly (DISCONNECT) does not count.
+    #[arg(long, env = "BOSUN_MAX_DELIVERIES", default_value_t = BrokerConfig::default().max_deliveries)]
+    pub max_deliveries: u32,
     /// Sliding window of the statistics `mmi.stats` reports.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_window: Duration,
@@ -52,6 +57,7 @@ pub fn run(args: BrokerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         request_ttl: args.request_ttl,
         max_services: args.max_services,
         stats_window: args.stats_window,
+        max_deliveries: args.max_deliveries,
     };
     let driver = BrokerDriver::builder(&args.bind)
         .context(&ctx)

@@ -15,6 +15,9 @@ use crate::proto::stats::escape_name;
 impl Core for Broker {
     type Event = Event;
     fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        // Request deadlines are wall-clock times: the core is told the time before
+        // every message (a vDSO read, tens of nanoseconds).
+        self.handle_wall_clock(now, io::unix_ms());
         self.handle_message(now, frames)
     }
     fn handle_timeout(&mut self, now: Instant) {
@@ -180,6 +183,45 @@ fn log_event(event: Event) {
         Event::Malformed { identity, error } => {
             tracing::warn!(peer = %hex(&identity), %error, "malformed message dropped")
         }
+        // A retry is routine: the first copy answers it.
+        Event::RetryJoined {
+            service,
+            id,
+            attempt,
+        } => {
+            tracing::debug!(service = %escape_name(&service), %id, attempt, "retry joined to the request held")
+        }
+        Event::DeadLettered {
+            service,
+            id,
+            payload,
+            meta: _,
+            deliveries,
+            reason,
+            last_worker,
+        } => {
+            let id = id.map_or_else(
+                || "(none: a foreign client)".to_string(),
+                |id| id.to_string(),
+            );
+            let bytes: usize = payload.iter().map(Vec::len).sum();
+            tracing::warn!(
+                service = %escape_name(&service),
+                %id,
+                deliveries,
+                ?reason,
+                last_worker = %hex(&last_worker),
+                payload_bytes = bytes,
+                "request dead-lettered: {deliveries} workers died holding it (--max-deliveries); not re-queued"
+            )
+        }
+        Event::RetryDeadLettered {
+            service,
+            id,
+            attempt,
+        } => {
+            tracing::info!(service = %escape_name(&service), %id, attempt, "retry of a dead-lettered request answered with its error, not queued")
+        }
     }
 }
 
@@ -191,6 +233,7 @@ fn drop_words(reason: DropReason) -> &'static str {
         DropReason::BadServiceName => "invalid service name",
         DropReason::TooManyServices => "too many services: --max-services",
         DropReason::Expired => "waited --request-ttl with no worker",
+        DropReason::DeadlinePassed => "deadline passed: the client's own budget ended",
     }
 }
 

@@ -68,6 +68,15 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
+/// The wall clock, in milliseconds since the Unix epoch (0 for a clock set before
+/// 1970). Drivers read it here and hand it to the cores that judge deadlines carried in
+/// messages, which are wall-clock times because they cross machines.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Milliseconds for `zmq::poll` until `deadline`, capped at [`SHUTDOWN_CHECK`];
 /// `0` when the deadline has passed.
 pub fn poll_millis(now: Instant, deadline: Option<Instant>) -> i64 {

@@ -4,15 +4,24 @@
 //! request held by a worker that died back at the front of its service queue, bounds
 //! and expires requests waiting for a service with no workers, and drops (never
 //! asserts on) malformed input.
+//!
+//! It also stops multiplying work. A bosun request (one whose last frame is bosun
+//! metadata) is indexed by its message id while it is queued or held by a worker: a
+//! retry of that id is not queued a second time but joined to the first copy, whose
+//! reply goes to the retry's address with the retry's attempt. A queued request whose
+//! deadline (in its metadata) has passed is dropped, never dispatched. A request whose
+//! workers died holding it `max_deliveries` times is not re-queued again: it is
+//! dead-lettered ([`Event::DeadLettered`]) and a bosun client is told.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::envelope::{self, Meta, Request as AppRequest, Status};
+use super::envelope::{self, HandlerError, Meta, Request as AppRequest, Status};
 use super::frames::mdp::{self, Command, FromWorker, ToBroker};
 use super::frames::Frames;
 use super::stats::{escape_name, Rates, Window};
@@ -37,6 +46,13 @@ const MAX_DROP_KEYS: usize = 256;
 /// Most expired workers remembered, to measure the heartbeat interval of one that is
 /// heard from again (see [`Event::HeartbeatMismatch`]).
 const MAX_REMEMBERED_EXPIRED: usize = 1024;
+
+/// Most dead-lettered ids remembered (each for at most `request_ttl`), so that a
+/// client's retry of a request the broker just dead-lettered is answered with the same
+/// error instead of killing `max_deliveries` more workers. A client retries within its
+/// own budget, seconds; 1024 ids cover a burst of poison requests at a few dozen bytes
+/// each.
+const MAX_REMEMBERED_DEAD: usize = 1024;
 
 /// Checks a service name. A valid name is 1 to [`MAX_SERVICE_NAME`] bytes, any bytes:
 /// 7/MDP puts no rule on them, so spaces, newlines, `=` and non-UTF-8 bytes are all
@@ -83,6 +99,14 @@ pub struct BrokerConfig {
     pub max_services: usize,
     /// Span of the sliding window of `mmi.stats`. Default 10 s.
     pub stats_window: Duration,
+    /// How many times one request may be handed to a worker that then dies holding it
+    /// (expires, or registers again with a second READY) before the broker stops
+    /// re-queueing it: it is dead-lettered and a bosun client gets an error. A worker
+    /// that says DISCONNECT hands its requests back cleanly; that does not count.
+    /// Default 3: one death is an accident (a crash, a kill, a lost connection); the
+    /// same request killing three workers in a row is a poison message, and every
+    /// further delivery costs one more worker.
+    pub max_deliveries: u32,
 }
 
 impl BrokerConfig {
@@ -102,6 +126,7 @@ impl BrokerConfig {
         positive("max_queue", self.max_queue)?;
         positive("max_queue_bytes", self.max_queue_bytes)?;
         positive("max_services", self.max_services)?;
+        positive("max_deliveries", self.max_deliveries as usize)?;
         for (field, d) in [
             ("request_ttl", self.request_ttl),
             ("stats_window", self.stats_window),
@@ -130,6 +155,7 @@ impl Default for BrokerConfig {
             request_ttl: Duration::from_secs(30),
             max_services: 65_536,
             stats_window: Duration::from_secs(10),
+            max_deliveries: 3,
         }
     }
 }
@@ -213,6 +239,69 @@ pub enum Event {
         /// What was wrong.
         error: ProtocolError,
     },
+    /// A retry of a request the broker holds (queued, or in flight on a worker) was not
+    /// queued again: the first copy's reply will go to the retry's address, with its
+    /// attempt.
+    RetryJoined {
+        /// The service.
+        service: Vec<u8>,
+        /// The message id.
+        id: Uuid,
+        /// The retry's attempt.
+        attempt: u32,
+    },
+    /// A request was given up on: `deliveries` workers died holding it
+    /// ([`BrokerConfig::max_deliveries`]). A bosun client was answered with status
+    /// `Error` and a message saying so; a foreign one hears nothing. Carries everything
+    /// a dead-letter store keeps.
+    DeadLettered {
+        /// The service.
+        service: Vec<u8>,
+        /// The message id (`None` for a foreign client's request, which has none).
+        id: Option<Uuid>,
+        /// The application's payload frames, metadata left off.
+        payload: Frames,
+        /// The request's metadata, with the latest attempt the client made (`None`
+        /// for a foreign client's request).
+        meta: Option<Meta>,
+        /// How many workers it was handed to that died holding it.
+        deliveries: u32,
+        /// Why it was given up on.
+        reason: DeadLetterReason,
+        /// The last worker that died holding it.
+        last_worker: Vec<u8>,
+    },
+    /// A retry of a request the broker dead-lettered lately was answered with the same
+    /// error, not queued.
+    RetryDeadLettered {
+        /// The service.
+        service: Vec<u8>,
+        /// The message id.
+        id: Uuid,
+        /// The retry's attempt.
+        attempt: u32,
+    },
+}
+
+/// Why a request was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterReason {
+    /// Every worker it was handed to died holding it, `max_deliveries` times.
+    WorkersDied,
+}
+
+impl DeadLetterReason {
+    /// The message a bosun client gets, for a request handed to `deliveries` workers.
+    pub fn message(self, deliveries: u32) -> String {
+        match self {
+            DeadLetterReason::WorkersDied => format!(
+                "dead-lettered by the broker after {deliveries} deliveries whose workers \
+                 died holding it (its --max-deliveries): a request that kills its workers \
+                 is not re-queued"
+            ),
+        }
+    }
 }
 
 /// Why a worker was removed.
@@ -228,6 +317,7 @@ pub enum GoneReason {
 
 /// Why a request was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The service queue held `max_queue` requests.
     QueueFull,
@@ -239,6 +329,9 @@ pub enum DropReason {
     Expired,
     /// `max_services` services exist already.
     TooManyServices,
+    /// The deadline in its metadata passed while it waited (or before it arrived). The
+    /// client is not answered: its own budget has ended.
+    DeadlinePassed,
 }
 
 /// A snapshot of one service, as `mmi.stats` reports it.
@@ -306,7 +399,11 @@ struct Request {
     bytes: usize,
     id: Option<Uuid>,
     arrived: Instant,
-    /// Key in `Broker::ttl`.
+    /// When the deadline in its metadata passes, if it does before `request_ttl`.
+    deadline: Option<Instant>,
+    /// How many workers died holding it.
+    deaths: u32,
+    /// Key in `Broker::ttl`: the earlier of its TTL and its deadline.
     key: (Instant, u64),
     /// Whether `key` is in `Broker::ttl`: a request handed to a worker on arrival
     /// never waits, so it is never put there.
@@ -314,9 +411,29 @@ struct Request {
     dispatched: Option<Instant>,
 }
 
+/// What the broker knows of a bosun request it holds (queued or in flight), by id.
+#[derive(Debug)]
+struct Held {
+    /// The latest attempt seen: the first copy's, or a later retry's.
+    attempt: u32,
+    /// Where the reply goes when a retry came: the latest retry's address (a blocking
+    /// client makes a new socket per attempt). `None`: the first copy's.
+    reply_to: Option<Vec<u8>>,
+}
+
+/// A request dead-lettered lately, by id.
+#[derive(Debug)]
+struct DeadMemo {
+    service: Vec<u8>,
+    deliveries: u32,
+    at: Instant,
+}
+
 #[derive(Debug)]
 struct Service {
     requests: VecDeque<Request>,
+    /// The ids of its bosun requests that are queued or in flight: bounded by them.
+    ids: HashMap<Uuid, Held>,
     /// The bytes of `requests`.
     queued_bytes: usize,
     /// Workers with spare capacity, least recently used first.
@@ -356,13 +473,16 @@ enum Timer {
 
 /// The Majordomo broker state machine.
 ///
-/// Contract: after every [`Broker::handle_message`] and [`Broker::handle_timeout`],
+/// Contract: feed [`Broker::handle_wall_clock`] before [`Broker::handle_message`] (the
+/// driver does before every message; deadlines are judged against it). After every
+/// [`Broker::handle_message`] and [`Broker::handle_timeout`],
 /// drain [`Broker::poll_transmit`] (each item is a message for the ROUTER socket, its
 /// first frame the destination identity), drain [`Broker::poll_event`], and call
 /// [`Broker::handle_timeout`] no later than [`Broker::poll_timeout`].
 ///
 /// Costs: dispatch and replies are O(1) in the number of services and workers (hash
-/// lookups and deque ends); only heartbeats (once per interval) visit every worker.
+/// lookups and deque ends; a bosun request's id is looked up once on arrival and once
+/// with its reply); only heartbeats (once per interval) visit every worker.
 #[derive(Debug)]
 pub struct Broker {
     cfg: BrokerConfig,
@@ -381,6 +501,12 @@ pub struct Broker {
     expired: HashMap<Vec<u8>, (Vec<u8>, Instant)>,
     /// Services whose heartbeat mismatch was reported.
     hinted: HashSet<Vec<u8>>,
+    /// The last wall-clock reading: at this instant, this many ms since the Unix epoch.
+    wall: Option<(Instant, u64)>,
+    /// Requests dead-lettered lately, at most [`MAX_REMEMBERED_DEAD`].
+    dead: HashMap<Uuid, DeadMemo>,
+    /// The ids of `dead`, oldest first, with when each was put there.
+    dead_order: VecDeque<(Instant, Uuid)>,
 }
 
 impl Broker {
@@ -405,7 +531,19 @@ impl Broker {
             drops: BTreeMap::new(),
             expired: HashMap::default(),
             hinted: HashSet::default(),
+            wall: None,
+            dead: HashMap::default(),
+            dead_order: VecDeque::new(),
         })
+    }
+
+    /// Feeds a reading of the wall clock: at `now` it reads `unix_ms` ms since the Unix
+    /// epoch. Request deadlines are wall-clock times (they cross machines), so the
+    /// broker maps each to its own clock on arrival, from the last reading moved on by
+    /// the time passed since. The driver feeds one before every message; until the
+    /// first, no deadline is judged.
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall = Some((now, unix_ms));
     }
 
     /// Feeds a message from the ROUTER socket: `[sender identity][7/MDP message...]`.
@@ -462,12 +600,18 @@ impl Broker {
                 if let Some(req) = service.requests.remove(pos) {
                     service.queued_bytes -= req.bytes;
                     service.stats.queue_length(now, service.requests.len());
-                    let why = format!(
-                        "expired: no worker of service {} took it within {} (the broker's request TTL)",
-                        escape_name(&name),
-                        humanize(self.cfg.request_ttl)
-                    );
-                    self.drop_request(now, req.client, &name, &req.body, DropReason::Expired, &why);
+                    let held = req.id.and_then(|id| service.ids.remove(&id));
+                    if req.deadline.is_some_and(|d| d <= now) {
+                        self.count_drop(now, &name, DropReason::DeadlinePassed);
+                    } else {
+                        let why = format!(
+                            "expired: no worker of service {} took it within {} (the broker's request TTL)",
+                            escape_name(&name),
+                            humanize(self.cfg.request_ttl)
+                        );
+                        let (client, body) = latest(req.client, req.body, held);
+                        self.drop_request(now, client, &name, &body, DropReason::Expired, &why);
+                    }
                 }
             }
             self.forget_if_empty(&name);
@@ -555,6 +699,21 @@ impl Broker {
         self.services.get(service).map_or(0, |s| s.requests.len())
     }
 
+    /// Whether the bosun request `id` for `service` is queued or in flight (a retry of
+    /// it would be joined to it).
+    pub fn holds(&self, service: &[u8], id: &Uuid) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|s| s.ids.contains_key(id))
+    }
+
+    /// How many request ids the broker indexes, over every service: never more than the
+    /// requests queued and in flight. Visits every service (for tests and checks, not
+    /// the hot path).
+    pub fn indexed(&self) -> usize {
+        self.services.values().map(|s| s.ids.len()).sum()
+    }
+
     /// Statistics of every service (or of `only`), sorted by name.
     pub fn stats(&mut self, now: Instant, only: Option<&[u8]>) -> Vec<ServiceStats> {
         let mut out: Vec<ServiceStats> = Vec::new();
@@ -615,10 +774,44 @@ impl Broker {
                 &why,
             );
         }
-        let key = self.key(now + self.cfg.request_ttl);
+        let id = body_id(&body);
+        if let Some(id) = id {
+            if !self.dead.is_empty() && self.dead_letter_again(now, &client, &service, &body, id) {
+                return;
+            }
+        }
+        let deadline = self.deadline_at(now, &body);
+        let key = self.key(deadline.flatten().unwrap_or(now + self.cfg.request_ttl));
         let (max_queue, max_bytes) = (self.cfg.max_queue, self.cfg.max_queue_bytes);
         let bytes: usize = body.iter().map(Vec::len).sum();
         let s = service_entry(&mut self.services, self.cfg.stats_window, now, &service);
+        // One lookup of the id: a retry of a request held is joined to it; a new id's
+        // slot is kept for when the request is accepted.
+        let slot = match id.map(|id| s.ids.entry(id)) {
+            Some(Entry::Occupied(mut held)) => {
+                let attempt = envelope::peek_attempt(&body).unwrap_or(1);
+                let held_now = held.get_mut();
+                // A late copy of an older attempt (a network duplicate) changes nothing.
+                if attempt >= held_now.attempt {
+                    held_now.attempt = attempt;
+                    held_now.reply_to = Some(client);
+                }
+                let id = *held.key();
+                self.events.push_back(Event::RetryJoined {
+                    service,
+                    id,
+                    attempt,
+                });
+                return;
+            }
+            Some(Entry::Vacant(slot)) => Some(slot),
+            None => None,
+        };
+        let Some(deadline) = deadline else {
+            // Its client's own budget has ended: nobody waits for an answer.
+            self.count_drop(now, &service, DropReason::DeadlinePassed);
+            return self.forget_if_empty(&service);
+        };
         s.stats.arrived(now);
         let full = if s.requests.len() >= max_queue {
             Some((
@@ -647,7 +840,12 @@ impl Broker {
             return self.drop_request(now, client, &service, &body, reason, &why);
         }
         s.queued_bytes += bytes;
-        let id = body_id(&body);
+        if let Some(slot) = slot {
+            slot.insert(Held {
+                attempt: envelope::peek_attempt(&body).unwrap_or(1),
+                reply_to: None,
+            });
+        }
         // Handed to a worker at once (nothing waits ahead of it and a worker has room):
         // then it never waits, and its TTL need not be filed.
         let waits = !s.requests.is_empty()
@@ -661,6 +859,8 @@ impl Broker {
             bytes,
             id,
             arrived: now,
+            deadline,
+            deaths: 0,
             key,
             in_ttl: waits,
             dispatched: None,
@@ -781,34 +981,48 @@ impl Broker {
         let done = pos.and_then(|p| w.inflight.remove(p));
         let service = w.service.clone();
         let now_free = w.inflight.len() < w.capacity as usize;
-        if let Some(req) = &done {
-            if id.is_none() {
-                // A foreign worker answered with a plain payload: give the reply the
-                // metadata of the request it answers, so that a bosun client (which
-                // matches replies by id) can take it.
-                if let Some(meta) = req.body.last().and_then(|f| Meta::decode(f).ok()) {
-                    body.push(meta.reply(Status::Ok).encode());
-                }
-            }
-            self.transmits
-                .push_back(mdp::client_reply(client, &service, body));
-        } else {
+        let Some(req) = done else {
             // It answers nothing this worker holds (a request re-queued away from it, or
             // an id it never had): forwarding it could hand a plain client a wrong answer.
-            self.events.push_back(Event::ReplyDropped {
-                identity: identity.clone(),
-                client,
-            });
-        }
-        if let Some(s) = self.services.get_mut(&service) {
-            if let Some(req) = done {
-                let service_time = req.dispatched.map_or(Duration::ZERO, |d| now - d);
-                s.stats.completed(now, service_time);
+            // (Nothing was removed, so the worker's room did not change.)
+            self.events
+                .push_back(Event::ReplyDropped { identity, client });
+            return self.dispatch(now, &service);
+        };
+        if id.is_none() {
+            // A foreign worker answered with a plain payload: give the reply the
+            // metadata of the request it answers, so that a bosun client (which matches
+            // replies by id) can take it.
+            if let Some(meta) = req.body.last().and_then(|f| Meta::decode(f).ok()) {
+                body.push(meta.reply(Status::Ok).encode());
             }
+        }
+        let mut held = None;
+        if let Some(s) = self.services.get_mut(&service) {
+            held = req.id.and_then(|rid| s.ids.remove(&rid));
+            let service_time = req.dispatched.map_or(Duration::ZERO, |d| now - d);
+            s.stats.completed(now, service_time);
             if was_full && now_free {
                 s.available.push_back(identity);
             }
         }
+        let mut to = client;
+        if let Some(Held {
+            attempt,
+            reply_to: Some(latest),
+        }) = held
+        {
+            // A retry was joined to this request: the reply goes to the retry's
+            // address, as the answer to its attempt.
+            if body_id(&body) == req.id {
+                if let Some(meta) = body.last_mut() {
+                    envelope::set_attempt(meta, attempt);
+                }
+            }
+            to = latest;
+        }
+        self.transmits
+            .push_back(mdp::client_reply(to, &service, body));
         self.dispatch(now, &service);
     }
 
@@ -831,26 +1045,42 @@ impl Broker {
             self.expired
                 .insert(identity.clone(), (w.service.clone(), w.heard));
         }
-        let requeued = w.inflight.len();
+        // A worker that said DISCONNECT handed its requests back; one that went silent
+        // or registered again (it restarted under the same identity) died with them.
+        let died = matches!(reason, GoneReason::Expired | GoneReason::ProtocolError);
+        let mut requeued = 0;
+        let mut dead = Vec::new();
         if let Some(s) = self.services.get_mut(&w.service) {
             s.workers = s.workers.saturating_sub(1);
             s.available.retain(|i| *i != identity);
             // Back to the front, oldest first, keeping their original TTL. They were
             // accepted once: they go back whatever the bounds say.
             for mut req in w.inflight.into_iter().rev() {
+                if died {
+                    req.deaths = req.deaths.saturating_add(1);
+                    if req.deaths >= self.cfg.max_deliveries {
+                        dead.push(req);
+                        continue;
+                    }
+                }
                 req.dispatched = None;
                 req.in_ttl = true;
                 self.ttl.insert(req.key, w.service.clone());
                 s.queued_bytes += req.bytes;
                 s.requests.push_front(req);
+                requeued += 1;
             }
             s.stats.queue_length(now, s.requests.len());
         }
         self.events.push_back(Event::WorkerGone {
-            identity,
+            identity: identity.clone(),
             reason,
             requeued,
         });
+        // In dispatch order (they were collected newest first).
+        for req in dead.into_iter().rev() {
+            self.dead_letter(now, &w.service, &identity, req);
+        }
         self.dispatch(now, &w.service);
         self.forget_if_empty(&w.service);
     }
@@ -859,7 +1089,22 @@ impl Broker {
         let Some(s) = self.services.get_mut(name) else {
             return;
         };
-        while !s.requests.is_empty() {
+        // Requests at the front whose deadline passed before the TTL sweep saw them.
+        let mut late = 0;
+        while let Some(front) = s.requests.front() {
+            if front.deadline.is_some_and(|d| d <= now) {
+                if let Some(req) = s.requests.pop_front() {
+                    s.queued_bytes -= req.bytes;
+                    if req.in_ttl {
+                        self.ttl.remove(&req.key);
+                    }
+                    if let Some(id) = req.id {
+                        s.ids.remove(&id);
+                    }
+                    late += 1;
+                }
+                continue;
+            }
             let Some(identity) = s.available.pop_front() else {
                 break;
             };
@@ -889,6 +1134,126 @@ impl Broker {
             }
         }
         s.stats.queue_length(now, s.requests.len());
+        for _ in 0..late {
+            self.count_drop(now, name, DropReason::DeadlinePassed);
+        }
+    }
+
+    /// When the request's deadline passes on the broker's clock: `Some(None)` when it
+    /// has none, no wall-clock reading came yet, or it passes after its TTL anyway;
+    /// `None` when it has passed.
+    fn deadline_at(&self, now: Instant, body: &[Vec<u8>]) -> Option<Option<Instant>> {
+        let (Some(deadline_ms), Some((at, unix_ms))) = (envelope::peek_deadline(body), self.wall)
+        else {
+            return Some(None);
+        };
+        // The wall clock now, moved on from the last reading.
+        let wall_now = match now.checked_duration_since(at) {
+            Some(d) => unix_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => {
+                unix_ms.saturating_sub(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX))
+            }
+        };
+        if deadline_ms <= wall_now {
+            return None;
+        }
+        let left = Duration::from_millis(deadline_ms - wall_now);
+        Some((left < self.cfg.request_ttl).then(|| now + left))
+    }
+
+    /// Gives up on `req`, which `deliveries` workers died holding (the last one
+    /// `worker`): answers a bosun client (at its latest address and attempt) with
+    /// status `Error`, remembers the id for a while so that a retry gets the same
+    /// answer, and reports [`Event::DeadLettered`].
+    #[cold]
+    fn dead_letter(&mut self, now: Instant, service: &[u8], worker: &[u8], req: Request) {
+        let held = req
+            .id
+            .and_then(|id| self.services.get_mut(service)?.ids.remove(&id));
+        let (client, body) = latest(req.client, req.body, held);
+        let (request, _) = AppRequest::parse(None, body);
+        let reason = DeadLetterReason::WorkersDied;
+        let message = reason.message(req.deaths);
+        if let Some(meta) = &request.meta {
+            let answer = envelope::answer(Some(meta), Err(HandlerError::new(message)));
+            self.transmits
+                .push_back(mdp::client_reply(client, service, answer));
+        }
+        if let Some(id) = req.id {
+            self.remember_dead(now, id, service, req.deaths);
+        }
+        self.events.push_back(Event::DeadLettered {
+            service: service.to_vec(),
+            id: req.id,
+            payload: request.payload,
+            meta: request.meta,
+            deliveries: req.deaths,
+            reason,
+            last_worker: worker.to_vec(),
+        });
+    }
+
+    #[cold]
+    fn remember_dead(&mut self, now: Instant, id: Uuid, service: &[u8], deliveries: u32) {
+        let ttl = self.cfg.request_ttl;
+        while let Some(&(at, old)) = self.dead_order.front() {
+            let stale = now.saturating_duration_since(at) > ttl;
+            if !stale && self.dead_order.len() < MAX_REMEMBERED_DEAD {
+                break;
+            }
+            self.dead_order.pop_front();
+            // Only the entry this one filed: the id may have been filed again since.
+            if self.dead.get(&old).is_some_and(|m| m.at == at) {
+                self.dead.remove(&old);
+            }
+        }
+        self.dead.insert(
+            id,
+            DeadMemo {
+                service: service.to_vec(),
+                deliveries,
+                at: now,
+            },
+        );
+        self.dead_order.push_back((now, id));
+    }
+
+    /// Answers a retry of a request dead-lettered within the last `request_ttl` with the
+    /// same error, so that it does not run (and kill workers) again. True when it was
+    /// one.
+    #[cold]
+    fn dead_letter_again(
+        &mut self,
+        now: Instant,
+        client: &[u8],
+        service: &[u8],
+        body: &[Vec<u8>],
+        id: Uuid,
+    ) -> bool {
+        if self.dead.is_empty() {
+            return false;
+        }
+        let Some(memo) = self.dead.get(&id) else {
+            return false;
+        };
+        if memo.service != service || now.saturating_duration_since(memo.at) > self.cfg.request_ttl
+        {
+            return false;
+        }
+        let deliveries = memo.deliveries;
+        let attempt = envelope::peek_attempt(body).unwrap_or(1);
+        if let Some(meta) = body.last().and_then(|f| Meta::decode(f).ok()) {
+            let message = DeadLetterReason::WorkersDied.message(deliveries);
+            let answer = envelope::answer(Some(&meta), Err(HandlerError::new(message)));
+            self.transmits
+                .push_back(mdp::client_reply(client.to_vec(), service, answer));
+        }
+        self.events.push_back(Event::RetryDeadLettered {
+            service: service.to_vec(),
+            id,
+            attempt,
+        });
+        true
     }
 
     /// Answers an 8/MMI request: to a bosun client with the request's id and attempt
@@ -944,6 +1309,7 @@ impl Broker {
     /// answered with status `Refused` and `why`; a foreign one is not answered (a plain
     /// frame would read as the reply), so it retries or gives up as it would on a lost
     /// request. Counted for the next [`Event::DropSummary`].
+    #[cold]
     fn drop_request(
         &mut self,
         now: Instant,
@@ -960,6 +1326,12 @@ impl Broker {
                 envelope::refusal(Some(&meta), why),
             ));
         }
+        self.count_drop(now, service, reason);
+    }
+
+    /// Counts a dropped request for the next [`Event::DropSummary`], and reports it.
+    #[cold]
+    fn count_drop(&mut self, now: Instant, service: &[u8], reason: DropReason) {
         self.events.push_back(Event::RequestDropped {
             service: service.to_vec(),
             reason,
@@ -1022,6 +1394,7 @@ fn service_entry<'a>(
             name.to_vec(),
             Service {
                 requests: VecDeque::new(),
+                ids: HashMap::default(),
                 queued_bytes: 0,
                 available: VecDeque::new(),
                 workers: 0,
@@ -1032,6 +1405,24 @@ fn service_entry<'a>(
     services
         .get_mut(name)
         .expect("the service was inserted just above")
+}
+
+/// Where the answer to a request from `client` goes, and the request's frames with the
+/// attempt it answers: the latest retry's address and attempt when one was joined to it
+/// (`held`), else the request's own.
+fn latest(client: Vec<u8>, mut body: Frames, held: Option<Held>) -> (Vec<u8>, Frames) {
+    match held {
+        Some(Held {
+            attempt,
+            reply_to: Some(to),
+        }) => {
+            if let Some(meta) = body.last_mut() {
+                envelope::set_attempt(meta, attempt);
+            }
+            (to, body)
+        }
+        _ => (client, body),
+    }
 }
 
 /// A duration in words for a message: whole seconds as `30s`, else milliseconds.

@@ -40,6 +40,10 @@ pub const VERSION: u8 = 1;
 pub const FIXED_LEN: usize = 44;
 /// Offset of the 16-byte id in every version.
 pub const ID_OFFSET: usize = 8;
+/// Offset of the 4-byte attempt in every version.
+pub const ATTEMPT_OFFSET: usize = 24;
+/// Offset of the 8-byte deadline in every version.
+pub const DEADLINE_OFFSET: usize = 36;
 /// Largest metadata frame accepted: 64 KiB of headers is far beyond any real use, and
 /// bounds what a peer can make a receiver parse.
 pub const MAX_META_BYTES: usize = 64 << 10;
@@ -261,6 +265,56 @@ pub fn peek_id(frames: &[Vec<u8>]) -> Option<Uuid> {
     }
     let bytes: [u8; 16] = last.get(ID_OFFSET..ID_OFFSET + 16)?.try_into().ok()?;
     Some(Uuid::from_bytes(bytes))
+}
+
+/// The fixed part of the metadata frame that ends `frames`, if it has one: the frame
+/// starts with the magic and is long enough for every version-1 field.
+fn fixed_part(frames: &[Vec<u8>]) -> Option<&[u8; FIXED_LEN]> {
+    let last = frames.last()?;
+    if !Meta::looks_like(last) {
+        return None;
+    }
+    last.get(..FIXED_LEN)?.try_into().ok()
+}
+
+/// A big-endian field of `N` bytes at `offset` of a fixed part.
+fn be_field<const N: usize>(fixed: &[u8; FIXED_LEN], offset: usize) -> Option<[u8; N]> {
+    fixed.get(offset..offset + N)?.try_into().ok()
+}
+
+/// The attempt of a message whose last frame is a metadata frame, read from the fixed
+/// layout like [`peek_id`]. `None` when the message carries no metadata.
+pub fn peek_attempt(frames: &[Vec<u8>]) -> Option<u32> {
+    let fixed = fixed_part(frames)?;
+    be_field(fixed, ATTEMPT_OFFSET).map(u32::from_be_bytes)
+}
+
+/// The deadline (ms since the Unix epoch) of a message whose last frame is a metadata
+/// frame, read from the fixed layout like [`peek_id`]. `None` when the message carries
+/// no metadata or its deadline is 0 (none).
+pub fn peek_deadline(frames: &[Vec<u8>]) -> Option<u64> {
+    let fixed = fixed_part(frames)?;
+    be_field(fixed, DEADLINE_OFFSET)
+        .map(u64::from_be_bytes)
+        .filter(|&d| d != 0)
+}
+
+/// Writes `attempt` into the metadata frame `frame` in place (the field has a fixed
+/// offset in every version, so nothing else is decoded or moved). Returns false, and
+/// leaves the frame as it was, when `frame` is not a metadata frame or is too short to
+/// hold the fixed part. A router uses it to answer the latest attempt of a retried
+/// request with the reply to its first copy.
+pub fn set_attempt(frame: &mut [u8], attempt: u32) -> bool {
+    if !Meta::looks_like(frame) || frame.len() < FIXED_LEN {
+        return false;
+    }
+    match frame.get_mut(ATTEMPT_OFFSET..ATTEMPT_OFFSET + 4) {
+        Some(field) => {
+            field.copy_from_slice(&attempt.to_be_bytes());
+            true
+        }
+        None => false,
+    }
 }
 
 /// A message: payload frames and, from a bosun peer, its metadata.
@@ -518,6 +572,42 @@ mod tests {
         assert_eq!(peek_id(&[b"plain".to_vec()]), None);
         assert_eq!(peek_id(&[]), None);
         assert_eq!(peek_id(&[MAGIC.to_vec()]), None);
+    }
+
+    #[test]
+    fn attempt_and_deadline_are_read_and_the_attempt_rewritten_in_place() {
+        let mut m = Meta::new(id(3), 1_700_000_000_000);
+        m.attempt = 1;
+        m.deadline_ms = Some(1_700_000_009_000);
+        m.headers.insert("k".into(), "v".into());
+        let mut frames = vec![b"p".to_vec(), m.encode()];
+        assert_eq!(peek_attempt(&frames), Some(1));
+        assert_eq!(peek_deadline(&frames), Some(1_700_000_009_000));
+        assert!(set_attempt(&mut frames[1], 4));
+        // Only the attempt changed: everything else decodes as before.
+        let back = Meta::decode(&frames[1]).unwrap();
+        assert_eq!(
+            back,
+            Meta {
+                attempt: 4,
+                ..m.clone()
+            }
+        );
+        assert_eq!(peek_attempt(&frames), Some(4));
+        assert_eq!(peek_id(&frames), Some(id(3)));
+        // No deadline reads as none; frames that are not metadata are left alone.
+        let plain = Meta::new(id(1), 1).encode();
+        assert_eq!(peek_deadline(&[plain]), None);
+        for mut not_meta in [b"payload".to_vec(), MAGIC.to_vec(), Vec::new()] {
+            let before = not_meta.clone();
+            assert!(!set_attempt(&mut not_meta, 9));
+            assert_eq!(not_meta, before);
+            assert_eq!(peek_attempt(&[not_meta.clone()]), None);
+            assert_eq!(peek_deadline(&[not_meta]), None);
+        }
+        let mut short = m.encode()[..FIXED_LEN - 1].to_vec();
+        assert!(!set_attempt(&mut short, 9));
+        assert_eq!(peek_attempt(&[]), None);
     }
 
     #[test]
