@@ -164,6 +164,13 @@ pub struct Retry {
     /// jitter 0.2: short enough that a restarted server is found quickly, capped so a
     /// long outage does not turn into minute-long waits.
     pub backoff: Backoff,
+    /// The overall budget of a request, from its first send: no attempt is waited for
+    /// past it, and none starts after it, whatever `retries` says. `None` (the default):
+    /// every attempt is made, and the budget is the policy's own worst case, every
+    /// attempt timing out after the longest pause ([`Retry::budget`]). Either way a
+    /// request carries its deadline (send time plus budget) in its metadata, so a broker
+    /// drops it once its client has given up.
+    pub deadline: Option<Duration>,
 }
 
 impl Default for Retry {
@@ -176,6 +183,7 @@ impl Default for Retry {
                 max: Duration::from_secs(8),
                 jitter: 0.2,
             },
+            deadline: None,
         }
     }
 }
@@ -193,6 +201,9 @@ impl Retry {
                 "must be at least 1 (the first attempt)",
             ));
         }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("retry.deadline", "must be greater than zero"));
+        }
         self.backoff.validate("retry.backoff")
     }
 
@@ -201,7 +212,42 @@ impl Retry {
     pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
         self.validate()?;
         fits("retry.timeout", now, self.timeout)?;
+        if let Some(d) = self.deadline {
+            fits("retry.deadline", now, d)?;
+        }
         self.backoff.validate_at("retry.backoff", now)
+    }
+
+    /// The overall budget of one request: [`Retry::deadline`] if set, else the worst
+    /// case of the policy: `retries` timeouts and the longest pause (no jitter) after
+    /// each but the last. At most [`MAX_DURATION`].
+    pub fn budget(&self) -> Duration {
+        if let Some(d) = self.deadline {
+            return d.min(MAX_DURATION);
+        }
+        let waits = self.timeout.saturating_mul(self.retries);
+        // Pauses after attempts 1..retries-1: they double from `initial` until they
+        // reach `max`, then stay there.
+        let pauses = self.retries.saturating_sub(1);
+        let mut total = Duration::ZERO;
+        let mut pause = self.backoff.initial.min(self.backoff.max);
+        let mut counted = 0;
+        while counted < pauses && pause < self.backoff.max {
+            total = total.saturating_add(pause);
+            pause = pause.saturating_mul(2).min(self.backoff.max);
+            counted += 1;
+        }
+        total = total.saturating_add(self.backoff.max.saturating_mul(pauses - counted));
+        waits.saturating_add(total).min(MAX_DURATION)
+    }
+
+    /// With a [`Retry::deadline`], the last moment a request first sent at `now` may
+    /// still be waited for; without one, `None`: every attempt is made, however late
+    /// (a busy process may start them late), and the budget is only the deadline the
+    /// request carries.
+    pub fn give_up_at(&self, now: Instant) -> Option<Instant> {
+        self.deadline
+            .map(|d| now.checked_add(d).unwrap_or(now + MAX_DURATION))
     }
 }
 
@@ -223,6 +269,33 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_is_the_worst_case_of_the_policy_or_the_deadline() {
+        // 3 × 2.5 s, pauses of 250 ms and 500 ms.
+        assert_eq!(Retry::default().budget(), Duration::from_millis(8250));
+        let r = Retry {
+            retries: 10,
+            ..Retry::default()
+        };
+        // 10 × 2.5 s; pauses 0.25, 0.5, 1, 2, 4, then 8 s × 4.
+        assert_eq!(r.budget(), Duration::from_millis(25_000 + 7_750 + 32_000));
+        let r = Retry {
+            retries: u32::MAX,
+            ..Retry::default()
+        };
+        assert_eq!(r.budget(), MAX_DURATION);
+        let r = Retry {
+            deadline: Some(Duration::from_secs(1)),
+            ..Retry::default()
+        };
+        assert_eq!(r.budget(), Duration::from_secs(1));
+        let r = Retry {
+            deadline: Some(Duration::ZERO),
+            ..Retry::default()
+        };
+        assert!(r.validate().is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

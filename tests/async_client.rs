@@ -190,6 +190,7 @@ fn no_broker_gives_up_within_the_retry_budget() {
             max: Duration::from_millis(100),
             jitter: 0.0,
         },
+        deadline: None,
     };
     let client = AsyncClient::builder(&ep)
         .retry(retry)

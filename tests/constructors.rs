@@ -453,6 +453,7 @@ fn a_client_given_a_transport_with_a_small_largest_frame_drops_a_larger_reply() 
                     max: Duration::from_millis(10),
                     jitter: 0.0,
                 },
+                deadline: None,
             })
             .connect()
             .expect("client");

@@ -1119,3 +1119,44 @@ fn ctrl_c_ends_a_servers_simulated_stall_at_once() {
     );
     assert_eq!(status.code(), Some(0));
 }
+
+/// `--deadline` bounds a request whatever `--retries` says, in every client mode (Lazy
+/// Pirate, Majordomo, Freelance: one retry policy); zero is refused. Catches: a flag
+/// that only some clients honour.
+#[test]
+fn deadline_bounds_every_client_whatever_the_retries() {
+    let ep = nowhere();
+    for mode in [vec![], vec!["--service", "echo"], vec!["--freelance"]] {
+        let mut args = vec![
+            "client",
+            "--connect",
+            &ep,
+            "--request",
+            "x",
+            "--timeout",
+            "400ms",
+            "--retries",
+            "50",
+            "--deadline",
+            "1s",
+        ];
+        args.extend(mode.iter().copied());
+        let out = run(&args, &[], Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(UNAVAILABLE), "{mode:?}: {out:?}");
+        // 1 s of budget, and up to a second asking what answers there.
+        assert!(
+            out.elapsed < Duration::from_millis(3500),
+            "{mode:?}: {out:?}"
+        );
+    }
+    let out = run(
+        &["client", "--deadline", "0s", "--request", "x"],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(out.status.code(), Some(USAGE), "{out:?}");
+    assert!(
+        out.stderr.iter().any(|l| l.contains("--deadline")),
+        "{out:?}"
+    );
+}

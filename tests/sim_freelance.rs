@@ -34,6 +34,7 @@ fn cfg(retries: u32) -> FreelanceConfig {
                 max: ms(100),
                 jitter: 0.0,
             },
+            deadline: None,
         },
     }
 }

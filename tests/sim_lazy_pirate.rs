@@ -156,6 +156,7 @@ fn retry(timeout: Duration, retries: u32, initial: Duration, max: Duration, jitt
             max,
             jitter,
         },
+        deadline: None,
     }
 }
 
@@ -973,4 +974,63 @@ proptest! {
             prop_assert_eq!(m.terminal.get(id).copied(), Some(1), "request {} has no single outcome", id);
         }
     }
+}
+
+/// An overall deadline ends the request before its attempts run out: the attempt that
+/// would run past it is cut short at the deadline, and no attempt starts after it.
+/// Every request carries its deadline (created-at plus budget) in its metadata, so a
+/// broker can drop it once its client has given up. Catches: a deadline that was only
+/// a number in the metadata, or a give-up after every attempt regardless.
+#[test]
+fn an_overall_deadline_ends_the_request_before_its_attempts_run_out() {
+    let mut r = retry(ms(400), 10, ms(100), ms(100), 0.0);
+    r.deadline = Some(ms(1000));
+    let log = run_unanswered(r, 5, envelope(9, b"job"));
+    let sends: Vec<Duration> = log
+        .iter()
+        .filter(|(_, s)| matches!(s, Step::Send { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    // 0 ms, then 400 + 100, then (900 + 100 = 1000: past the deadline, not started).
+    assert_eq!(sends, vec![ms(0), ms(500)], "{log:?}");
+    let (at, last) = log.last().unwrap();
+    assert_eq!(
+        *at,
+        ms(900),
+        "the second attempt times out at 900 ms: {log:?}"
+    );
+    assert!(matches!(last, Step::GaveUp { attempts: 2, .. }), "{log:?}");
+
+    // An attempt is cut short at the deadline: with 1000 ms per attempt and a 700 ms
+    // deadline, the first attempt ends at 700 ms.
+    let mut r = retry(ms(1000), 10, ms(100), ms(100), 0.0);
+    r.deadline = Some(ms(700));
+    let log = run_unanswered(r, 5, envelope(10, b"job"));
+    assert_eq!(log.last().unwrap().0, ms(700), "{log:?}");
+
+    // The deadline in the metadata: created-at (here 0) plus the budget, with or
+    // without an explicit deadline.
+    for (r, budget) in [
+        (r, 700),
+        (
+            retry(ms(1000), 4, ms(100), ms(10_000), 0.0),
+            4 * 1000 + 100 + 200 + 400,
+        ),
+    ] {
+        let mut lp = LazyPirate::new(Clock::new().now(), r, 1).unwrap();
+        lp.send(Clock::new().now(), envelope(11, b"x")).unwrap();
+        let Some(Transmit::Send(frames)) = lp.poll_transmit() else {
+            panic!("nothing sent")
+        };
+        assert_eq!(decode_sent(frames).meta.deadline_ms, Some(budget));
+    }
+    // A deadline the caller set is kept.
+    let mut lp = LazyPirate::new(Clock::new().now(), Retry::default(), 1).unwrap();
+    let mut own = envelope(12, b"x");
+    own.meta.deadline_ms = Some(42);
+    lp.send(Clock::new().now(), own).unwrap();
+    let Some(Transmit::Send(frames)) = lp.poll_transmit() else {
+        panic!("nothing sent")
+    };
+    assert_eq!(decode_sent(frames).meta.deadline_ms, Some(42));
 }

@@ -1533,6 +1533,7 @@ fn retry_3x1s() -> Retry {
         timeout: ms(1000),
         retries: 3,
         backoff: backoff(100, 1000),
+        deadline: None,
     }
 }
 
@@ -3100,6 +3101,7 @@ impl World {
                 max: ms(1000),
                 jitter: 0.2,
             },
+            deadline: None,
         };
         let clients = (0..N_CLIENTS)
             .map(|j| {
@@ -4127,6 +4129,8 @@ fn a_request_whose_workers_die_max_deliveries_times_is_dead_lettered() {
     let (out, events) = dead.unwrap();
     let mut meta = Meta::new(id, 0);
     meta.attempt = 1;
+    // The client stamped its whole retry budget as the request's deadline.
+    meta.deadline_ms = Some(u64::try_from(long.budget().as_millis()).unwrap());
     assert_eq!(
         events[1..],
         [BEvent::DeadLettered {

@@ -2316,6 +2316,7 @@ fn moderate() -> Scenario {
                 max: ms(200),
                 jitter: 0.3,
             },
+            deadline: None,
         },
         heartbeat: hb(100, 3),
         reconnect: Backoff {

@@ -30,6 +30,7 @@ pub fn flag_of(field: &str) -> &str {
         "retry.timeout" => "--timeout",
         "retry.retries" => "--retries",
         "retry.backoff" => "--backoff-initial/--backoff-max",
+        "retry.deadline" => "--deadline",
         "reconnect" => "--reconnect-initial/--reconnect-max",
         "capacity" => "--capacity",
         "service" => "--service",
@@ -164,6 +165,11 @@ pub struct RetryArgs {
     /// Longest pause between attempts.
     #[arg(long, env = "BOSUN_BACKOFF_MAX", default_value = "8s", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// Overall budget of one request from its first send: no attempt is waited for past
+    /// it [default: the worst case of the settings above, 8.25s with their defaults].
+    /// The request carries its deadline, so a broker drops it once it has passed.
+    #[arg(long, env = "BOSUN_DEADLINE", value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
 }
 
 impl RetryArgs {
@@ -178,6 +184,7 @@ impl RetryArgs {
                 max: self.backoff_max,
                 jitter: d.backoff.jitter,
             },
+            deadline: self.deadline,
         }
     }
 }

@@ -27,7 +27,7 @@ use super::backoff;
 use super::envelope::{Answer, Envelope, Status};
 use super::frames::mdp;
 use super::frames::Frames;
-use super::lazy_pirate::check_size;
+use super::lazy_pirate::{attempt_ends, check_size, gives_up, start_request};
 use crate::config::Retry;
 use crate::error::{ClientError, ConfigError, ProtocolError};
 
@@ -104,6 +104,8 @@ struct Outstanding {
     envelope: Envelope,
     /// Key in `MdpClient::deadlines`.
     deadline: (Instant, u64),
+    /// When the request's overall budget ends, with a [`Retry::deadline`].
+    give_up_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,9 +170,9 @@ impl MdpClient {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        envelope.meta.attempt = 1;
+        let give_up_at = start_request(&mut envelope, &self.retry, now);
         let id = envelope.meta.id;
-        let deadline = self.key(now + self.retry.timeout);
+        let deadline = self.key(attempt_ends(&self.retry, now, give_up_at));
         self.deadlines.insert(deadline, (id, Phase::Waiting));
         self.transmits.push_back(Transmit::Send(mdp::client_request(
             service,
@@ -182,6 +184,7 @@ impl MdpClient {
                 service: service.to_vec(),
                 envelope,
                 deadline,
+                give_up_at,
             },
         );
         Ok(id)
@@ -247,7 +250,8 @@ impl MdpClient {
                     if self.mode == Mode::Blocking {
                         self.transmits.push_back(Transmit::Reset);
                     }
-                    if attempt >= self.retry.retries {
+                    let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
+                    if gives_up(&self.retry, attempt, now, after, out.give_up_at) {
                         if let Some(out) = self.outstanding.remove(&id) {
                             self.events.push_back(Event::GaveUp {
                                 id,
@@ -257,7 +261,6 @@ impl MdpClient {
                         }
                         continue;
                     }
-                    let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
                     self.next_key += 1;
                     let key = (now + after, self.next_key);
                     out.deadline = key;
@@ -268,7 +271,10 @@ impl MdpClient {
                 Phase::Backoff => {
                     out.envelope.meta.attempt += 1;
                     self.next_key += 1;
-                    let key = (now + self.retry.timeout, self.next_key);
+                    let key = (
+                        attempt_ends(&self.retry, now, out.give_up_at),
+                        self.next_key,
+                    );
                     out.deadline = key;
                     self.deadlines.insert(key, (id, Phase::Waiting));
                     self.transmits.push_back(Transmit::Send(mdp::client_request(

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::backoff;
 use super::envelope::{self, Answer, Envelope, Meta, Reply, Request, Status};
 use super::frames::Frames;
-use super::lazy_pirate::check_size;
+use super::lazy_pirate::{attempt_ends, check_size, gives_up, start_request};
 use super::timer::Timers;
 use crate::config::{fits, Retry};
 use crate::error::{ClientError, ConfigError, ProtocolError};
@@ -143,6 +143,8 @@ struct Outstanding {
     envelope: Envelope,
     /// Index of the server the current attempt went to, if it went anywhere.
     server: Option<usize>,
+    /// When the request's overall budget ends, with a [`Retry::deadline`].
+    give_up_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +229,12 @@ impl Freelance {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        envelope.meta.attempt = 1;
+        let give_up_at = start_request(&mut envelope, &self.cfg.retry, now);
         let id = envelope.meta.id;
         self.outstanding = Some(Outstanding {
             envelope,
             server: None,
+            give_up_at,
         });
         self.attempt(now);
         Ok(id)
@@ -426,8 +429,10 @@ impl Freelance {
             return;
         };
         out.server = None;
-        self.timers
-            .set(Timer::Attempt, now + self.cfg.retry.timeout);
+        self.timers.set(
+            Timer::Attempt,
+            attempt_ends(&self.cfg.retry, now, out.give_up_at),
+        );
         if let Some(index) = self.servers.iter().position(|s| s.up) {
             self.send_to(now, index);
         }
@@ -469,7 +474,13 @@ impl Freelance {
             return;
         };
         let attempts = out.envelope.meta.attempt;
-        if attempts >= self.cfg.retry.retries {
+        // A fail-over starts the next attempt at once; a backoff after `after`.
+        let after = if self.servers.iter().any(|s| s.up) {
+            Duration::ZERO
+        } else {
+            backoff::delay(&self.cfg.retry.backoff, attempts, self.rng.f64())
+        };
+        if gives_up(&self.cfg.retry, attempts, now, after, out.give_up_at) {
             if let Some(out) = self.outstanding.take() {
                 self.events.push_back(Event::GaveUp {
                     id: out.envelope.meta.id,
@@ -483,10 +494,9 @@ impl Freelance {
             out.envelope.meta.attempt += 1;
         }
         // Another server may be up already: fail over at once; else back off.
-        if self.servers.iter().any(|s| s.up) {
+        if after.is_zero() {
             self.attempt(now);
         } else {
-            let after = backoff::delay(&self.cfg.retry.backoff, attempts, self.rng.f64());
             self.timers.set(Timer::Backoff, now + after);
         }
     }

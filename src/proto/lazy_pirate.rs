@@ -95,6 +95,8 @@ enum Timer {
 #[derive(Debug)]
 struct Outstanding {
     envelope: Envelope,
+    /// When the request's overall budget ends, with a [`Retry::deadline`].
+    give_up_at: Option<Instant>,
 }
 
 /// The Lazy Pirate state machine.
@@ -146,9 +148,12 @@ impl LazyPirate {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        envelope.meta.attempt = 1;
+        let give_up_at = start_request(&mut envelope, &self.retry, now);
         let id = envelope.meta.id;
-        self.outstanding = Some(Outstanding { envelope });
+        self.outstanding = Some(Outstanding {
+            envelope,
+            give_up_at,
+        });
         self.transmit_attempt(now);
         Ok(id)
     }
@@ -221,7 +226,8 @@ impl LazyPirate {
         if let Some(out) = self.outstanding.as_ref() {
             self.transmits
                 .push_back(Transmit::Send(out.envelope.encode()));
-            self.timers.set(Timer::Reply, now + self.retry.timeout);
+            self.timers
+                .set(Timer::Reply, attempt_ends(&self.retry, now, out.give_up_at));
         }
     }
 
@@ -232,7 +238,8 @@ impl LazyPirate {
         let attempt = out.envelope.meta.attempt;
         // The REQ socket is stuck waiting for a reply that may never come.
         self.transmits.push_back(Transmit::Reset);
-        if attempt >= self.retry.retries {
+        let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
+        if gives_up(&self.retry, attempt, now, after, out.give_up_at) {
             let Some(out) = self.outstanding.take() else {
                 return;
             };
@@ -243,7 +250,6 @@ impl LazyPirate {
             });
             return;
         }
-        let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
         self.timers.set(Timer::Backoff, now + after);
         self.events.push_back(Event::Retrying {
             id: out.envelope.meta.id,
@@ -255,6 +261,40 @@ impl LazyPirate {
     fn discard(&mut self, why: Discard) {
         self.events.push_back(Event::Discarded(why));
     }
+}
+
+/// Makes `envelope` the first attempt of a request sent at `now` under `retry`: attempt
+/// 1, and, unless it carries one already (a caller's own, or a recovered request's),
+/// the deadline `created_at + budget` in its metadata. Returns the moment to give up
+/// (see [`Retry::give_up_at`]). Every client core starts its requests here, so every
+/// pattern has the same retry policy (see [`Retry::budget`]).
+pub fn start_request(envelope: &mut Envelope, retry: &Retry, now: Instant) -> Option<Instant> {
+    envelope.meta.attempt = 1;
+    let budget = retry.budget();
+    if envelope.meta.deadline_ms.is_none() {
+        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+        envelope.meta.deadline_ms = Some(envelope.meta.created_at_ms.saturating_add(ms));
+    }
+    retry.give_up_at(now)
+}
+
+/// When the reply to an attempt started at `now` stops being waited for: one timeout
+/// later, or at `give_up_at` if that comes first.
+pub fn attempt_ends(retry: &Retry, now: Instant, give_up_at: Option<Instant>) -> Instant {
+    let end = now + retry.timeout;
+    give_up_at.map_or(end, |g| end.min(g))
+}
+
+/// Whether a request whose `attempt` just timed out at `now` is given up: it had its
+/// last attempt, or the next would start (after `pause`) at or past `give_up_at`.
+pub fn gives_up(
+    retry: &Retry,
+    attempt: u32,
+    now: Instant,
+    pause: Duration,
+    give_up_at: Option<Instant>,
+) -> bool {
+    attempt >= retry.retries || give_up_at.is_some_and(|g| now + pause >= g)
 }
 
 /// Refuses a payload larger than [`MAX_PAYLOAD_BYTES`]: a bosun peer's socket would drop
