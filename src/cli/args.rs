@@ -39,6 +39,9 @@ pub fn flag_of(field: &str) -> &str {
         "request_ttl" => "--request-ttl",
         "stats_window" => "--stats-window",
         "servers" => "--connect",
+        "max_attempts" => "--max-attempts",
+        "dedup.max_ids" => "--dedup-max-ids",
+        "dedup.max_age" => "--dedup-max-age",
         other => other,
     }
 }

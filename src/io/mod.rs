@@ -23,6 +23,7 @@ pub mod mdworker;
 pub(crate) mod pool;
 pub mod ppworker;
 pub mod queue;
+pub mod receiver;
 pub mod server;
 pub mod transport;
 
@@ -66,6 +67,15 @@ impl Shutdown {
 #[allow(clippy::disallowed_methods)] // the drivers are where the real clock lives
 pub fn now() -> Instant {
     Instant::now()
+}
+
+/// The wall clock, in milliseconds since the Unix epoch (0 for a clock set before
+/// 1970). Drivers read it here and hand it to the cores that judge deadlines carried in
+/// messages, which are wall-clock times because they cross machines.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds for `zmq::poll` until `deadline`, capped at [`SHUTDOWN_CHECK`];

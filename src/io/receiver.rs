@@ -1,0 +1,280 @@
+//! The receiving side of the durability layer, as the drivers of workers and servers
+//! use it: [`ReceiverOptions`] say what a receiver's gate does (see
+//! [`crate::proto::gate`]) and where it keeps what must survive a crash; the drivers
+//! open that store when they start (loading the duplicate window and logging what they
+//! recovered), and write what the core decided through one hook, before they send what
+//! the core queued with it.
+//!
+//! # What is written, and when it is durable
+//! With a store, every request with bosun metadata leaves an entry in the dedup log:
+//! "running" when its handler starts, "finished" with its reply when it is answered; an
+//! id is forgotten when it leaves the window. A request given up on after
+//! `max_attempts` goes to the dead letters. [`Durability`] says when these are flushed:
+//!
+//! | durability | "running" | "finished" | a crash loses |
+//! | --- | --- | --- | --- |
+//! | `every` | flushed before the handler runs | flushed before the reply is sent | nothing |
+//! | `batched` (default) | not flushed | flushed before the reply is sent: one flush for all the replies ready at once (a pool's, or one at a time) | "running" entries: an interrupted handler may go unreported |
+//! | `none` | not flushed | not flushed (sled flushes every 500 ms) | the last half second: those ids' retries run again |
+//!
+//! Dead letters are flushed before the error that names them is sent, whatever the
+//! durability.
+//!
+//! # Recovery
+//! On start a receiver with a store loads the window ([`DedupLog::load`]: finished ids
+//! within the limits, with their replies) and logs at INFO
+//! `recovered: M ids in the dedup window, K interrupted handlers, D dead letters`.
+//! Interrupted handlers (ids found running: the process died while their handler ran)
+//! are abandoned: forgotten, so that a copy of the request **may run again** (the
+//! handler may or may not have done its work before the crash; bosun cannot know).
+
+use crate::error::{ConfigError, Error};
+use crate::io;
+use crate::proto::dedup::{Limits, Window};
+use crate::proto::gate::{Note, Policy, Record};
+use crate::proto::{paranoid_pirate, server, worker};
+use crate::store::{DeadLetter, DeadLetters, DeadReason, DedupLog, Durability, Store, StoreError};
+
+/// What a worker's or server's gate does, and where it keeps it. The default does
+/// nothing (a receiver behaves as it did without the durability layer): no duplicate
+/// window, a failure answered once, nothing kept.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverOptions {
+    /// The duplicate window's bounds. `None` (the default) with no store: no duplicate
+    /// suppression; with a store, [`Limits::default`].
+    pub dedup: Option<Limits>,
+    /// Where the window and the dead letters are kept, so that they survive a restart.
+    /// `None` (the default): the window lives in memory only, and no dead letter is
+    /// kept. One receiver per store ([`Store::open`] refuses a directory in use).
+    pub store: Option<Store>,
+    /// When the store is flushed (see the module docs). Default
+    /// [`Durability::Batched`].
+    pub durability: Durability,
+    /// The attempt on which a failing handler is given up on (and dead-lettered, with a
+    /// store); earlier failures run it again at once. At least 1. `None` (the default):
+    /// a failure is answered as it is, once. See [`crate::proto::gate`].
+    pub max_attempts: Option<u32>,
+    /// Test only: abort the process right after the first reply was recorded as
+    /// finished (and flushed, unless the durability is `none`), before it is sent; a
+    /// crash between handler and reply, for the kill tests. The command line sets it
+    /// from the environment variable `BOSUN_TEST_CRASH_AFTER_HANDLER=1`.
+    #[doc(hidden)]
+    pub crash_after_handler: bool,
+}
+
+impl ReceiverOptions {
+    /// Checks the limits and `max_attempts`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(limits) = &self.dedup {
+            limits.validate()?;
+        }
+        Policy {
+            max_attempts: self.max_attempts,
+            ..Policy::default()
+        }
+        .validate()
+    }
+
+    /// The window's bounds, if there is a window.
+    fn limits(&self) -> Option<Limits> {
+        self.dedup
+            .or_else(|| self.store.as_ref().map(|_| Limits::default()))
+    }
+}
+
+/// A core whose gate queues records for the store.
+pub(crate) trait Recorded {
+    /// The next record.
+    fn next_record(&mut self) -> Option<Record>;
+}
+
+impl Recorded for worker::MdWorker {
+    fn next_record(&mut self) -> Option<Record> {
+        self.poll_record()
+    }
+}
+
+impl Recorded for paranoid_pirate::Worker {
+    fn next_record(&mut self) -> Option<Record> {
+        self.poll_record()
+    }
+}
+
+impl Recorded for server::Server {
+    fn next_record(&mut self) -> Option<Record> {
+        self.poll_record()
+    }
+}
+
+/// Writes a core's records to the store (the one hook of a receiver's driver).
+pub(crate) struct Hook {
+    log: Option<DedupLog>,
+    dead: Option<DeadLetters>,
+    durability: Durability,
+    /// Finished entries written since the last flush.
+    finished: bool,
+    crash_after_handler: bool,
+}
+
+impl Hook {
+    /// Writes what the core decided so far. Call before anything the core queued with it
+    /// is sent; "running" entries are flushed here with `every`.
+    pub(crate) fn record(&mut self, core: &mut impl Recorded) -> Result<(), StoreError> {
+        while let Some(record) = core.next_record() {
+            self.write(record)?;
+        }
+        Ok(())
+    }
+
+    /// [`Hook::record`], then makes the finished entries durable (`batched`; `every`
+    /// did as it wrote them): call once the handlers' answers are in the core, before
+    /// they are sent.
+    pub(crate) fn settle(&mut self, core: &mut impl Recorded) -> Result<(), StoreError> {
+        self.record(core)?;
+        if !self.finished {
+            return Ok(());
+        }
+        self.finished = false;
+        if let (Some(log), Durability::Batched) = (&self.log, self.durability) {
+            log.flush()?;
+        }
+        if self.crash_after_handler {
+            // Test only (see ReceiverOptions::crash_after_handler): a crash after the
+            // reply was recorded and before it leaves.
+            eprintln!("bosun: BOSUN_TEST_CRASH_AFTER_HANDLER: aborting after the handler");
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, record: Record) -> Result<(), StoreError> {
+        match record {
+            Record::Began { id, at_ms } => {
+                if let Some(log) = &self.log {
+                    log.begin(id, at_ms)?;
+                }
+            }
+            Record::Finished { id, reply, at_ms } => {
+                if let Some(log) = &self.log {
+                    log.finish(id, reply.as_deref(), at_ms)?;
+                }
+                self.finished = true;
+            }
+            Record::Forgotten { ids } => {
+                if let Some(log) = &self.log {
+                    log.forget(&ids)?;
+                }
+            }
+            Record::DeadLettered {
+                id,
+                service,
+                payload,
+                attempts,
+                last_error,
+                at_ms,
+            } => {
+                if let Some(dead) = &self.dead {
+                    dead.put(&DeadLetter {
+                        id,
+                        service,
+                        payload,
+                        attempts,
+                        last_error,
+                        reason: DeadReason::HandlerFailed,
+                        at_ms,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens what `options` ask for: loads the window from the store (logging the recovery
+/// line) and returns the gate's policy and the hook that records into the store.
+pub(crate) fn start(options: &ReceiverOptions) -> Result<(Policy, Hook), Error> {
+    options.validate()?;
+    let limits = options.limits();
+    let mut hook = Hook {
+        log: None,
+        dead: None,
+        durability: options.durability,
+        finished: false,
+        crash_after_handler: options.crash_after_handler,
+    };
+    let window = match (&options.store, limits) {
+        (Some(store), Some(limits)) => {
+            let log = store.dedup_log(options.durability)?;
+            let recovered = log.load(limits, io::unix_ms())?;
+            let interrupted: Vec<_> = recovered.interrupted.iter().map(|i| i.id).collect();
+            // Abandoned: a copy may run again (see the module docs).
+            log.forget(&interrupted)?;
+            log.flush()?;
+            let dead = store.dead_letters()?;
+            let data_dir = store
+                .path()
+                .map_or_else(|| "memory".to_string(), |p| p.display().to_string());
+            tracing::info!(
+                data_dir,
+                forgotten = recovered.forgotten,
+                "recovered: {} ids in the dedup window, {} interrupted handlers, {} dead letters",
+                recovered.window.len(),
+                interrupted.len(),
+                dead.len(),
+            );
+            if !interrupted.is_empty() {
+                tracing::warn!(
+                    ids = ?interrupted,
+                    "{} handlers were running when this peer stopped: their requests may run again",
+                    interrupted.len()
+                );
+            }
+            hook.log = Some(log);
+            hook.dead = Some(dead);
+            Some(recovered.window)
+        }
+        (_, limits) => limits.map(Window::new),
+    };
+    let policy = Policy {
+        window,
+        max_attempts: options.max_attempts,
+        dead_letters_kept: hook.dead.is_some(),
+    };
+    Ok((policy, hook))
+}
+
+/// Logs what the gate did.
+pub(crate) fn log_note(note: &Note) {
+    match note {
+        Note::Replayed { id, attempt }
+        | Note::Joined { id, attempt }
+        | Note::StillRunning { id, attempt }
+        | Note::AlreadyHandled { id, attempt } => {
+            tracing::info!(%id, attempt, "{note}")
+        }
+        Note::DeadlinePassed {
+            id,
+            attempt,
+            late_ms,
+        } => tracing::warn!(%id, attempt, late_ms, "{note}"),
+        Note::Rerun {
+            id,
+            attempt,
+            max_attempts,
+            error,
+        } => tracing::info!(%id, attempt, max_attempts, %error, "{note}"),
+        Note::GaveUp {
+            id,
+            attempts,
+            error,
+            ..
+        } => tracing::warn!(%id, attempts, %error, "{note}"),
+    }
+}
+
+/// Logs a store failure that stops a receiver: the guarantees of the store cannot be
+/// kept without it, so the receiver stops rather than answer unrecorded.
+pub(crate) fn store_failed(e: StoreError) -> Error {
+    tracing::error!(error = %e, "the store failed; stopping");
+    Error::Store(e)
+}
