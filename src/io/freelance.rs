@@ -287,7 +287,7 @@ impl FreelanceServer {
     /// Serves until `shutdown` is triggered. With a store, first loads the duplicate
     /// window and logs what it recovered.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<(), Error> {
-        let (policy, hook) = receiver::start(&self.receiver)?;
+        let (policy, hook) = receiver::open(&self.receiver, io::unix_ms())?;
         let mut core = core::Server::new(Dialect::Freelance, Faults::default());
         core.set_policy(policy)?;
         let stopped = serve(Driver::new(core, self.sockets, shutdown), &handler, hook)?;

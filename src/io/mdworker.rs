@@ -19,7 +19,7 @@ use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
 use crate::io::pool::Pool;
-use crate::io::receiver::{self, Hook, ReceiverOptions};
+use crate::io::receiver::{self, ReceiverOptions, Recorder};
 use crate::io::transport::{check_endpoint, Side, Transport};
 use crate::io::{self, Shutdown};
 use crate::proto::broker::BrokerConfig;
@@ -180,7 +180,7 @@ impl Worker {
             transport,
             settings,
         } = self;
-        let (policy, mut hook) = receiver::start(&settings.receiver)?;
+        let (policy, mut hook) = receiver::open(&settings.receiver, io::unix_ms())?;
         let mut core = settings.core()?;
         core.set_policy(policy)?;
         let sockets = Sockets::connecting(
@@ -266,7 +266,7 @@ impl Settings {
         d: &mut Driver<MdWorker>,
         g: &Guarded,
         exec: Exec<'_>,
-        hook: &mut Hook,
+        hook: &mut Recorder,
     ) -> Result<(), Error> {
         let endpoint = self.endpoint.as_str();
         let wake = match &exec {

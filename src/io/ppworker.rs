@@ -15,7 +15,7 @@ use crate::error::{ConfigError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
-use crate::io::receiver::{self, Hook, ReceiverOptions};
+use crate::io::receiver::{self, ReceiverOptions, Recorder};
 use crate::io::transport::{check_endpoint, Side, Transport};
 use crate::io::{self, Shutdown};
 use crate::proto::frames::ppp::Command;
@@ -183,7 +183,7 @@ impl PpWorker {
             transport,
             settings,
         } = self;
-        let (policy, hook) = receiver::start(&settings.receiver)?;
+        let (policy, hook) = receiver::open(&settings.receiver, io::unix_ms())?;
         let mut core = settings.core()?;
         core.set_policy(policy)?;
         let shared = Guarded::new(transport.clone());
@@ -226,7 +226,7 @@ fn drive_guarded(
     handler: &Handler,
     endpoint: &str,
     stop: &Shutdown,
-    mut hook: Hook,
+    mut hook: Recorder,
 ) -> Result<(), Error> {
     d.sockets.report_sends_to(Arc::clone(g));
     let ended = d.run(None, None, |d, input| {

@@ -29,7 +29,6 @@
 //! handler may or may not have done its work before the crash; bosun cannot know).
 
 use crate::error::{ConfigError, Error};
-use crate::io;
 use crate::proto::dedup::{Limits, Window};
 use crate::proto::gate::{Note, Policy, Record};
 use crate::proto::{paranoid_pirate, server, worker};
@@ -106,48 +105,23 @@ impl Recorded for server::Server {
     }
 }
 
-/// Writes a core's records to the store (the one hook of a receiver's driver).
-pub(crate) struct Hook {
+/// Writes a receiver core's [`Record`]s to its store: the one hook through which a
+/// driver records what the core decided. Made by [`open`]; without a store it writes
+/// nothing. Simulations drive it with [`Store::memory`] like a driver does.
+#[derive(Debug)]
+pub struct Recorder {
     log: Option<DedupLog>,
     dead: Option<DeadLetters>,
     durability: Durability,
-    /// Finished entries written since the last flush.
+    /// Finished entries written since the last commit.
     finished: bool,
     crash_after_handler: bool,
 }
 
-impl Hook {
-    /// Writes what the core decided so far. Call before anything the core queued with it
-    /// is sent; "running" entries are flushed here with `every`.
-    pub(crate) fn record(&mut self, core: &mut impl Recorded) -> Result<(), StoreError> {
-        while let Some(record) = core.next_record() {
-            self.write(record)?;
-        }
-        Ok(())
-    }
-
-    /// [`Hook::record`], then makes the finished entries durable (`batched`; `every`
-    /// did as it wrote them): call once the handlers' answers are in the core, before
-    /// they are sent.
-    pub(crate) fn settle(&mut self, core: &mut impl Recorded) -> Result<(), StoreError> {
-        self.record(core)?;
-        if !self.finished {
-            return Ok(());
-        }
-        self.finished = false;
-        if let (Some(log), Durability::Batched) = (&self.log, self.durability) {
-            log.flush()?;
-        }
-        if self.crash_after_handler {
-            // Test only (see ReceiverOptions::crash_after_handler): a crash after the
-            // reply was recorded and before it leaves.
-            eprintln!("bosun: BOSUN_TEST_CRASH_AFTER_HANDLER: aborting after the handler");
-            std::process::abort();
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, record: Record) -> Result<(), StoreError> {
+impl Recorder {
+    /// Writes `record` (with `every`, "running" and "finished" entries are flushed as
+    /// they are written; dead letters always are).
+    pub fn write(&mut self, record: Record) -> Result<(), StoreError> {
         match record {
             Record::Began { id, at_ms } => {
                 if let Some(log) = &self.log {
@@ -188,14 +162,53 @@ impl Hook {
         }
         Ok(())
     }
+
+    /// Makes the finished entries written since the last commit durable (`batched`
+    /// flushes here; `every` did as it wrote them; `none` never does). Call once the
+    /// answers are recorded, before they are sent.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.finished {
+            return Ok(());
+        }
+        self.finished = false;
+        if let (Some(log), Durability::Batched) = (&self.log, self.durability) {
+            log.flush()?;
+        }
+        if self.crash_after_handler {
+            // Test only (see ReceiverOptions::crash_after_handler): a crash after the
+            // reply was recorded and before it leaves.
+            eprintln!("bosun: BOSUN_TEST_CRASH_AFTER_HANDLER: aborting after the handler");
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    /// Writes what the core decided so far. Call before anything the core queued with it
+    /// is sent.
+    pub(crate) fn record(&mut self, core: &mut impl Recorded) -> Result<(), StoreError> {
+        while let Some(record) = core.next_record() {
+            self.write(record)?;
+        }
+        Ok(())
+    }
+
+    /// [`Recorder::record`], then [`Recorder::commit`]: call once the handlers' answers
+    /// are in the core, before they are sent.
+    pub(crate) fn settle(&mut self, core: &mut impl Recorded) -> Result<(), StoreError> {
+        self.record(core)?;
+        self.commit()
+    }
 }
 
-/// Opens what `options` ask for: loads the window from the store (logging the recovery
-/// line) and returns the gate's policy and the hook that records into the store.
-pub(crate) fn start(options: &ReceiverOptions) -> Result<(Policy, Hook), Error> {
+/// Opens what `options` ask for: checks them, loads the window from the store as it
+/// stands at `now_ms` (ms since the Unix epoch: the drivers pass [`crate::io::unix_ms`],
+/// simulations their virtual wall clock), logging the recovery line and abandoning
+/// interrupted handlers (see the module docs), and returns the gate's policy (for the
+/// core's `set_policy`) and the recorder that writes into the store.
+pub fn open(options: &ReceiverOptions, now_ms: u64) -> Result<(Policy, Recorder), Error> {
     options.validate()?;
     let limits = options.limits();
-    let mut hook = Hook {
+    let mut hook = Recorder {
         log: None,
         dead: None,
         durability: options.durability,
@@ -205,7 +218,7 @@ pub(crate) fn start(options: &ReceiverOptions) -> Result<(Policy, Hook), Error> 
     let window = match (&options.store, limits) {
         (Some(store), Some(limits)) => {
             let log = store.dedup_log(options.durability)?;
-            let recovered = log.load(limits, io::unix_ms())?;
+            let recovered = log.load(limits, now_ms)?;
             let interrupted: Vec<_> = recovered.interrupted.iter().map(|i| i.id).collect();
             // Abandoned: a copy may run again (see the module docs).
             log.forget(&interrupted)?;

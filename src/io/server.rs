@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::handler::{self, Handler};
-use crate::io::receiver::{self, Hook, ReceiverOptions};
+use crate::io::receiver::{self, ReceiverOptions, Recorder};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::frames::Frames;
@@ -139,7 +139,7 @@ impl Server {
     /// Answers requests with `handler` until shutdown or a simulated crash. With a
     /// store, first loads the duplicate window and logs what it recovered.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<Stopped, Error> {
-        let (policy, hook) = receiver::start(&self.receiver)?;
+        let (policy, hook) = receiver::open(&self.receiver, io::unix_ms())?;
         let mut core = self.core;
         core.set_policy(policy)?;
         serve(Driver::new(core, self.sockets, shutdown), &handler, hook)
@@ -154,7 +154,7 @@ const STALL_NAP: std::time::Duration = std::time::Duration::from_millis(20);
 pub(crate) fn serve(
     mut driver: Driver<core::Server>,
     handler: &Handler,
-    mut hook: Hook,
+    mut hook: Recorder,
 ) -> Result<Stopped, Error> {
     let stopped = driver.run(None, None, |d, input| match input {
         Input::Event(Event::Request {
