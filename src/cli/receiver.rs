@@ -13,8 +13,8 @@ use crate::io::receiver::ReceiverOptions;
 use crate::proto::dedup::{Limits, DEFAULT_MAX_AGE, DEFAULT_MAX_IDS, DEFAULT_MAX_REPLY_BYTES};
 use crate::store::{Durability, Store};
 
-/// The environment variable that makes a worker or server abort right after its first
-/// reply was recorded, before it is sent: test only (the kill tests' crash between
+/// The environment variable that makes a worker or server SIGKILL itself right after its
+/// first reply was recorded, before it is sent: test only (the kill tests' crash between
 /// handler and reply). `1` turns it on.
 pub const CRASH_AFTER_HANDLER_VAR: &str = "BOSUN_TEST_CRASH_AFTER_HANDLER";
 

@@ -53,8 +53,8 @@ pub struct ReceiverOptions {
     /// store); earlier failures run it again at once. At least 1. `None` (the default):
     /// a failure is answered as it is, once. See [`crate::proto::gate`].
     pub max_attempts: Option<u32>,
-    /// Test only: abort the process right after the first reply was recorded as
-    /// finished (and flushed, unless the durability is `none`), before it is sent; a
+    /// Test only: SIGKILL the process right after the first reply was recorded as
+    /// finished (and flushed, unless the durability is `none`), before it is sent: a
     /// crash between handler and reply, for the kill tests. The command line sets it
     /// from the environment variable `BOSUN_TEST_CRASH_AFTER_HANDLER=1`.
     #[doc(hidden)]
@@ -176,9 +176,15 @@ impl Recorder {
         }
         if self.crash_after_handler {
             // Test only (see ReceiverOptions::crash_after_handler): a crash after the
-            // reply was recorded and before it leaves.
-            eprintln!("bosun: BOSUN_TEST_CRASH_AFTER_HANDLER: aborting after the handler");
-            std::process::abort();
+            // reply was recorded and before it leaves. SIGKILL, as `kill -9` would: no
+            // destructor runs, no core file is written.
+            eprintln!(
+                "bosun: BOSUN_TEST_CRASH_AFTER_HANDLER: killing this process after the handler"
+            );
+            // SAFETY: kill(2) of this very process has no memory effects.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
         }
         Ok(())
     }
