@@ -47,8 +47,9 @@ pub struct DedupArgs {
     pub dedup_max_reply_bytes: Option<usize>,
     /// With --data-dir: when the window is flushed to disk. `batched`: each reply is on
     /// disk before it is sent (one flush for the replies ready at once); `every`: the
-    /// start of each handler too; `none`: sled's own flush every 500 ms (a crash may lose
-    /// the last half second, whose retries then run again) [default: batched].
+    /// start of each handler too, so a restart reports the handlers a crash interrupted;
+    /// `none`: sled's own flush every 500 ms (a crash may lose the last half second,
+    /// whose retries then run again) [default: batched].
     #[arg(long, value_name = "MODE", requires = "data_dir")]
     pub durability: Option<Durability>,
 }

@@ -7,15 +7,15 @@
 //!
 //! # What is written, and when it is durable
 //! With a store, every request with bosun metadata leaves an entry in the dedup log:
-//! "running" when its handler starts, "finished" with its reply when it is answered; an
-//! id is forgotten when it leaves the window. A request given up on after
+//! "finished" with its reply when it is answered (and, with `every`, "running" when its
+//! handler starts); an id is forgotten when it leaves the window. A request given up on after
 //! `max_attempts` goes to the dead letters. [`Durability`] says when these are flushed:
 //!
 //! | durability | "running" | "finished" | a crash loses |
 //! | --- | --- | --- | --- |
-//! | `every` | flushed before the handler runs | flushed before the reply is sent | nothing |
-//! | `batched` (default) | not flushed | flushed before the reply is sent: one flush for all the replies ready at once (a pool's, or one at a time) | "running" entries: an interrupted handler may go unreported |
-//! | `none` | not flushed | not flushed (sled flushes every 500 ms) | the last half second: those ids' retries run again |
+//! | `every` | written and flushed before the handler runs | flushed before the reply is sent | nothing |
+//! | `batched` (default) | not written | flushed before the reply is sent: one flush for all the replies ready at once (a pool's, or one at a time) | nothing that was answered; interrupted handlers go unreported |
+//! | `none` | not written | not flushed (sled flushes every 500 ms) | the last half second: those ids' retries run again |
 //!
 //! Dead letters are flushed before the error that names them is sent, whatever the
 //! durability.
@@ -24,9 +24,11 @@
 //! On start a receiver with a store loads the window ([`DedupLog::load`]: finished ids
 //! within the limits, with their replies) and logs at INFO
 //! `recovered: M ids in the dedup window, K interrupted handlers, D dead letters`.
-//! Interrupted handlers (ids found running: the process died while their handler ran)
-//! are abandoned: forgotten, so that a copy of the request **may run again** (the
-//! handler may or may not have done its work before the crash; bosun cannot know).
+//! Interrupted handlers (ids found running: the process died while their handler ran;
+//! only `every` records them) are abandoned: forgotten, so that a copy of the request
+//! **may run again** (the handler may or may not have done its work before the crash;
+//! bosun cannot know). Whatever the durability, a handler that was running when the
+//! process died may run again.
 
 use crate::error::{ConfigError, Error};
 use crate::proto::dedup::{Limits, Window};
@@ -119,12 +121,16 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Writes `record` (with `every`, "running" and "finished" entries are flushed as
-    /// they are written; dead letters always are).
+    /// Writes `record`: "running" entries only with `every` (see the module docs);
+    /// with `every` entries are flushed as they are written; dead letters always are.
     pub fn write(&mut self, record: Record) -> Result<(), StoreError> {
         match record {
             Record::Began { id, at_ms } => {
-                if let Some(log) = &self.log {
+                // Only `every` makes a start durable before the handler runs, and only a
+                // durable start tells an interrupted handler from one never started; with
+                // `batched` or `none` the write would cost a sled insert per request for
+                // a report that a crash may lose anyway.
+                if let (Some(log), Durability::Every) = (&self.log, self.durability) {
                     log.begin(id, at_ms)?;
                 }
             }
