@@ -314,6 +314,82 @@ fn a_handler_that_always_fails_is_dead_lettered_after_exactly_max_attempts_runs(
     again.kill();
 }
 
+/// The documented limit: a handler that was running when its worker was killed may run
+/// again. With `--durability every` its start was on disk, so the restarted worker
+/// reports it (`1 interrupted handlers`), abandons it, and the client's retry runs the
+/// handler a second time.
+#[test]
+fn a_handler_interrupted_by_a_kill_is_reported_and_may_run_again() {
+    let dir = TempDir::new("interrupted");
+    let data = dir.join("data");
+    let runs = dir.join("runs");
+    // Counts its runs; the first one hangs until the worker is killed.
+    let handler = format!(
+        "x=$(cat); echo \"$x\" >> {runs}; if [ \"$(wc -l < {runs})\" -eq 1 ]; then sleep 30; fi; printf 'ran %s' \"$x\""
+    );
+    let (_b, ep) = start_broker(
+        "broker",
+        &mut bosun(&[&["broker", "--bind", ANY][..], &HB].concat()),
+    );
+    let args = [
+        "-v",
+        "worker",
+        "--connect",
+        &ep,
+        "--service",
+        "svc",
+        "--durability",
+        "every",
+        "--data-dir",
+        &data,
+        "--exec",
+        &handler,
+    ];
+    let mut first = Proc::spawn("first", &mut bosun(&[&args[..], &HB].concat()));
+    recovered(&mut first);
+    let mut client = Proc::spawn(
+        "client",
+        &mut bosun(
+            &[
+                &[
+                    "client",
+                    "--connect",
+                    &ep,
+                    "--service",
+                    "svc",
+                    "--request",
+                    "job",
+                ][..],
+                &RETRIES,
+            ]
+            .concat(),
+        ),
+    );
+    assert!(
+        common::wait_until(SECS_20, || runs_in(&runs) == 1),
+        "the handler never started: {}",
+        first.dump()
+    );
+    // SIGKILL the worker and its command, mid-handler.
+    first.kill_group();
+    let mut second = Proc::spawn("second", &mut bosun(&[&args[..], &HB].concat()));
+    let line = recovered(&mut second);
+    assert!(
+        line.contains(
+            "recovered: 0 ids in the dedup window, 1 interrupted handlers, 0 dead letters"
+        ),
+        "{line}"
+    );
+    second.expect_stderr("the warning", SECS_20, |l| {
+        l.contains("1 handlers were running when this peer stopped: their requests may run again")
+    });
+    let status = client.expect_done(SECS_20);
+    assert!(status.success(), "{}\n{}", client.dump(), second.dump());
+    assert_eq!(client.stdout.texts(), ["ran job"]);
+    assert_eq!(runs_in(&runs), 2, "the interrupted handler ran again");
+    second.kill();
+}
+
 /// A data dir that cannot be a bosun store (a file; other files; a sled database that
 /// does not read) is refused at start with exit 64 and the path named; one that another
 /// worker or server has open, with exit 69. No panic, and nothing is reset.
