@@ -8,7 +8,8 @@
 //! - [`config`]: every settings type in one place, with its defaults: [`Heartbeat`],
 //!   [`Retry`], [`Backoff`], [`config::BrokerConfig`], [`config::QueueConfig`],
 //!   [`config::FreelanceConfig`], [`config::TransportOptions`], [`config::Faults`],
-//!   [`config::ExecOptions`].
+//!   [`config::ExecOptions`], [`config::ReceiverOptions`] (with
+//!   [`config::DedupLimits`]).
 //! - [`error`]: one error enum per layer, joined into [`Error`].
 //! - [`proto`]: pure state machines (no sockets, no clock), one core per pattern:
 //!   [`proto::lazy_pirate`], [`proto::paranoid_pirate`] (queue and worker),

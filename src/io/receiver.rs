@@ -39,6 +39,26 @@ use crate::store::{DeadLetter, DeadLetters, DeadReason, DedupLog, Durability, St
 /// What a worker's or server's gate does, and where it keeps it. The default does
 /// nothing (a receiver behaves as it did without the durability layer): no duplicate
 /// window, a failure answered once, nothing kept.
+///
+/// A Majordomo worker that hands each id to its handler once, across restarts, and
+/// dead-letters what fails three times (as `bosun worker --data-dir DIR`):
+///
+/// ```no_run
+/// use bosun::io::receiver::ReceiverOptions;
+/// use bosun::store::Store;
+///
+/// let options = ReceiverOptions {
+///     store: Some(Store::open(std::path::Path::new("/var/lib/bosun/worker-1"))?),
+///     max_attempts: Some(3),
+///     ..ReceiverOptions::default()
+/// };
+/// let shutdown = bosun::Shutdown::new();
+/// bosun::Worker::builder("tcp://127.0.0.1:5555", "echo")
+///     .receiver(options)
+///     .connect()?
+///     .run(bosun::io::handler::echo(), &shutdown)?;
+/// # Ok::<(), bosun::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ReceiverOptions {
     /// The duplicate window's bounds. `None` (the default) with no store: no duplicate
