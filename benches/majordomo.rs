@@ -57,6 +57,9 @@
 //! - `BOSUN_BENCH_N_RTT`, `BOSUN_BENCH_N_INFLIGHT`, `BOSUN_BENCH_N_CORE`,
 //!   `BOSUN_BENCH_N_MEM_FIRST`, `BOSUN_BENCH_N_MEM_TOTAL`: one count each.
 //! - `BOSUN_BENCH_REPEATS`: runs per side (default 3).
+//! - `BOSUN_BENCH_RECEIVER`: what the bosun workers and servers do with each request:
+//!   `off` (default), `memory` (a duplicate window and max attempts 3, as `--dedup`) or
+//!   `disk` (the same in a data dir per worker, `batched`, as `--data-dir`).
 //! - `BOSUN_BENCH_ONLY`: the parts to run, e.g. `a,c` (default `a,b,c,d,e`); `x` is the
 //!   diagnostics (also added by `BOSUN_BENCH_DIAG=1`).
 //!
@@ -236,6 +239,7 @@ fn start(t: Topology) -> Res<Running> {
                 let worker = Worker::builder(&back, SERVICE)
                     .context(&worker_ctx)
                     .capacity(capacity)
+                    .receiver(receiver_options()?)
                     .connect()
                     .map_err(|e| format!("worker: {e}"))?;
                 stage.spawn("bosun-worker", move |stop| {
@@ -1363,8 +1367,9 @@ fn part_x(s: &Settings) -> Res<()> {
 
 fn run(s: &Settings) -> Res<()> {
     println!(
-        "bosun majordomo bench: tcp loopback, {BODY}-byte bodies, {} run(s) per side interleaved raw/bosun, medians",
-        s.repeats
+        "bosun majordomo bench: tcp loopback, {BODY}-byte bodies, {} run(s) per side interleaved raw/bosun, medians; receivers: {} (BOSUN_BENCH_RECEIVER)",
+        s.repeats,
+        receiver_name()
     );
     let started = now();
     for part in &s.parts {
@@ -1385,6 +1390,7 @@ fn run(s: &Settings) -> Res<()> {
 fn main() {
     let result = Settings::from_env().and_then(|s| run(&s));
     check_threads_stopped();
+    remove_receiver_dirs();
     if let Err(e) = result {
         eprintln!("bench failed: {e}");
         std::process::exit(1);

@@ -39,6 +39,9 @@
 //! - `BOSUN_BENCH_N_RTT`, `BOSUN_BENCH_N_QUEUE`, `BOSUN_BENCH_N_INFLIGHT`,
 //!   `BOSUN_BENCH_N_MEM_WARMUP`, `BOSUN_BENCH_N_MEM`: one count each.
 //! - `BOSUN_BENCH_REPEATS`: runs per side (default 3).
+//! - `BOSUN_BENCH_RECEIVER`: what the bosun workers and servers do with each request:
+//!   `off` (default), `memory` (a duplicate window and max attempts 3, as `--dedup`) or
+//!   `disk` (the same in a data dir per worker, `batched`, as `--data-dir`).
 //! - `BOSUN_BENCH_ONLY`: the parts to run, e.g. `a,c` (default `a,b,c,d`); `x` is all
 //!   the diagnostics (also added by `BOSUN_BENCH_DIAG=1`), `r`, `q`, `f` those of (a),
 //!   (b), (c) alone.
@@ -162,6 +165,7 @@ fn start(topology: Topology) -> Res<Running> {
                 Answerer::BosunServer => {
                     let server = Server::builder("tcp://127.0.0.1:*")
                         .context(&ctx)
+                        .receiver(receiver_options()?)
                         .bind()
                         .map_err(|e| format!("server bind: {e}"))?;
                     let ep = server.endpoint();
@@ -196,6 +200,7 @@ fn start(topology: Topology) -> Res<Running> {
                     (Broker::BosunQueue, Answerer::BosunWorker) => {
                         let worker = PpWorker::builder(&back)
                             .context(&worker_ctx)
+                            .receiver(receiver_options()?)
                             .connect()
                             .map_err(|e| format!("worker: {e}"))?;
                         stage.spawn("bosun-worker", move |stop| {
@@ -646,8 +651,9 @@ fn diag_flight(s: &Settings) -> Res<()> {
 
 fn run(s: &Settings) -> Res<()> {
     println!(
-        "bosun pirates bench: tcp loopback, {BODY}-byte bodies, {} run(s) per side interleaved raw/bosun, medians",
-        s.repeats
+        "bosun pirates bench: tcp loopback, {BODY}-byte bodies, {} run(s) per side interleaved raw/bosun, medians; receivers: {} (BOSUN_BENCH_RECEIVER)",
+        s.repeats,
+        receiver_name()
     );
     let started = now();
     for part in &s.parts {
@@ -667,6 +673,7 @@ fn run(s: &Settings) -> Res<()> {
 fn main() {
     let result = Settings::from_env().and_then(|s| run(&s));
     check_threads_stopped();
+    remove_receiver_dirs();
     if let Err(e) = result {
         eprintln!("bench failed: {e}");
         std::process::exit(1);

@@ -31,8 +31,10 @@ use std::time::{Duration, Instant};
 use crate::error::ConfigError;
 
 pub use crate::io::handler::ExecOptions;
+pub use crate::io::receiver::ReceiverOptions;
 pub use crate::io::transport::TransportOptions;
 pub use crate::proto::broker::BrokerConfig;
+pub use crate::proto::dedup::Limits as DedupLimits;
 pub use crate::proto::freelance::FreelanceConfig;
 pub use crate::proto::paranoid_pirate::QueueConfig;
 pub use crate::proto::server::Faults;

@@ -207,6 +207,9 @@ pub enum Error {
     /// See [`ClientError`].
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// See [`StoreError`](crate::store::StoreError).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Reading stdin, writing stdout, or running a handler command failed.
     #[error("{context}: {source}")]
     Io {

@@ -8,7 +8,8 @@
 //! - [`config`]: every settings type in one place, with its defaults: [`Heartbeat`],
 //!   [`Retry`], [`Backoff`], [`config::BrokerConfig`], [`config::QueueConfig`],
 //!   [`config::FreelanceConfig`], [`config::TransportOptions`], [`config::Faults`],
-//!   [`config::ExecOptions`].
+//!   [`config::ExecOptions`], [`config::ReceiverOptions`] (with
+//!   [`config::DedupLimits`]).
 //! - [`error`]: one error enum per layer, joined into [`Error`].
 //! - [`proto`]: pure state machines (no sockets, no clock), one core per pattern:
 //!   [`proto::lazy_pirate`], [`proto::paranoid_pirate`] (queue and worker),
@@ -17,7 +18,10 @@
 //!   Freelance client), [`proto::server`] (the REP and Freelance servers), the frame
 //!   parsers in [`proto::frames`] (6/PPP, 7/MDP), the message format in
 //!   [`proto::envelope`] (the payload frames unchanged plus one metadata frame; see
-//!   [`Envelope`]), [`proto::stats`], [`proto::backoff`] and [`proto::timer`].
+//!   [`Envelope`]), [`proto::stats`], [`proto::backoff`] and [`proto::timer`]; the
+//!   duplicate window of [`proto::dedup`], and [`proto::gate`], what every worker and
+//!   server does before and after its handler (duplicates held or answered from the
+//!   reply cache, deadlines, re-runs and dead letters).
 //! - [`io`]: the thin drivers that own the zmq sockets and the clock. Every core runs in
 //!   the one loop of [`io::driver`], over an arrangement of sockets that all come from
 //!   one [`io::Transport`] ([`io::transport`]: context, linger, high-water marks,
@@ -26,7 +30,9 @@
 //!   [`io::freelance`]. Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
-//!   or `.bind()` (see [`io`]).
+//!   or `.bind()` (see [`io`]). Workers and servers take [`io::receiver::ReceiverOptions`]
+//!   (duplicate suppression, max attempts, their store), written through the one hook of
+//!   [`io::receiver`].
 //! - [`store`]: what must survive a crash, one sled database per peer (or one in memory
 //!   for simulations): the [`store::Outbox`] of pending requests, the
 //!   [`store::DedupLog`] behind the duplicate window of [`proto::dedup`], and the

@@ -755,3 +755,66 @@ pub fn named_context(name: &str) -> Res<zmq::Context> {
         .map_err(|e| format!("{name} socket: {e}"))?;
     Ok(ctx)
 }
+
+/// The data dirs made by [`receiver_options`], removed by [`remove_receiver_dirs`].
+static RECEIVER_DIRS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// What the bosun workers and servers of a run do with each request, from
+/// `BOSUN_BENCH_RECEIVER`: unset or `off`, nothing more (the library's default); `memory`,
+/// a duplicate window in memory and max attempts 3 (as `bosun worker --dedup`); `disk`,
+/// the same kept in a data dir of each worker's own with `batched` durability (as `bosun
+/// worker --data-dir`: each reply flushed before it is sent), under the temp dir (or
+/// `BOSUN_BENCH_DIR`), removed at the end of the bench.
+pub fn receiver_options() -> Res<bosun::io::receiver::ReceiverOptions> {
+    use bosun::io::receiver::ReceiverOptions;
+    use bosun::proto::dedup::Limits;
+    let window = ReceiverOptions {
+        dedup: Some(Limits::default()),
+        max_attempts: Some(3),
+        ..ReceiverOptions::default()
+    };
+    match std::env::var("BOSUN_BENCH_RECEIVER").as_deref() {
+        Err(_) | Ok("") | Ok("off") => Ok(ReceiverOptions::default()),
+        Ok("memory") => Ok(window),
+        Ok("disk") => {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let root = std::env::var_os("BOSUN_BENCH_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            let dir = root.join(format!(
+                "bosun-bench-data-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            RECEIVER_DIRS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dir.clone());
+            let store = bosun::store::Store::open(&dir).map_err(|e| e.to_string())?;
+            Ok(ReceiverOptions {
+                store: Some(store),
+                ..window
+            })
+        }
+        Ok(other) => Err(format!(
+            "BOSUN_BENCH_RECEIVER={other}: expected off, memory or disk"
+        )),
+    }
+}
+
+/// The value of `BOSUN_BENCH_RECEIVER`, for the bench's first line.
+pub fn receiver_name() -> String {
+    std::env::var("BOSUN_BENCH_RECEIVER")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "off".into())
+}
+
+/// Removes the data dirs [`receiver_options`] made (their workers have stopped).
+pub fn remove_receiver_dirs() {
+    let dirs = std::mem::take(&mut *RECEIVER_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -41,6 +41,9 @@ pub fn flag_of(field: &str) -> &str {
         "stats_window" => "--stats-window",
         "max_deliveries" => "--max-deliveries",
         "servers" => "--connect",
+        "max_attempts" => "--max-attempts",
+        "dedup.max_ids" => "--dedup-max-ids",
+        "dedup.max_age" => "--dedup-max-age",
         other => other,
     }
 }

@@ -7,6 +7,7 @@ mod demo;
 mod json;
 mod mdclient;
 mod queue;
+mod receiver;
 mod server;
 mod stats;
 mod worker;
@@ -21,6 +22,7 @@ pub use args::{flag_of, parse_duration, HeartbeatArgs, ReconnectArgs, RetryArgs}
 
 use crate::error::{ClientError, ConfigError, Error, TransportError};
 use crate::io::Shutdown;
+use crate::store::StoreError;
 
 /// The exit codes, the same in every subcommand (sysexits-style; see [`EXIT_CODES`]).
 pub mod exit {
@@ -31,18 +33,19 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// `server --crash-after N`: the simulated crash.
     pub const CRASHED: u8 = 3;
-    /// Usage: a bad flag, value or environment variable, or a configuration that
-    /// cannot work (EX_USAGE).
+    /// Usage: a bad flag, value or environment variable, a configuration that cannot
+    /// work, or a `--data-dir` that is not a usable bosun store (EX_USAGE).
     pub const USAGE: u8 = 64;
     /// An input line the client cannot send: over the 64 MiB a bosun peer accepts
     /// (EX_DATAERR).
     pub const DATA: u8 = 65;
     /// Unavailable: no reply after every attempt, the peer is not a bosun broker, an
-    /// address is in use (EX_UNAVAILABLE).
+    /// address or a `--data-dir` is in use (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
     /// An internal error: a bug (EX_SOFTWARE).
     pub const SOFTWARE: u8 = 70;
-    /// Reading stdin, writing stdout or starting a child process failed (EX_IOERR).
+    /// Reading stdin, writing stdout, starting a child process or using the store's
+    /// disk failed (EX_IOERR).
     pub const IO: u8 = 74;
     /// A temporary failure: the broker refused a request unhandled (a full queue); try
     /// again later (EX_TEMPFAIL).
@@ -62,12 +65,14 @@ Exit status (the same for every subcommand):
          `stats --watch`: stopped by SIGINT/SIGTERM, their normal way to end)
     1    a request failed remotely: its handler failed (demo: a check failed)
     3    server --crash-after: the simulated crash
-   64    usage: a bad flag, value or BOSUN_* variable, or settings that cannot work
+   64    usage: a bad flag, value or BOSUN_* variable, settings that cannot work, or
+         a --data-dir that is not a usable bosun store (a file, other files, damaged)
    65    an input line too large to send (over 64 MiB)
    69    unavailable: no reply after every attempt, the peer is not a bosun broker,
-         or the address is in use
+         the address is in use, or the --data-dir is in use by another process
    70    internal error (a bug: please report it)
-   74    I/O error: reading stdin, writing stdout, starting a child process
+   74    I/O error: reading stdin, writing stdout, starting a child process, the
+         store's disk
    75    temporary failure: the broker refused a request unhandled (full queue)
   130    interrupted by SIGINT (Ctrl-C) before finishing (143: SIGTERM, 129: SIGHUP)
 When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
@@ -241,6 +246,14 @@ pub fn code_of(e: &Error) -> u8 {
             _ => exit::UNAVAILABLE,
         },
         Error::Io { .. } => exit::IO,
+        Error::Store(s) => match s {
+            StoreError::InUse { .. } => exit::UNAVAILABLE,
+            StoreError::Io { .. } | StoreError::Backend { .. } => exit::IO,
+            StoreError::OutboxFull { .. } => exit::TEMPFAIL,
+            // A --data-dir that is not a usable bosun store: a file, another program's
+            // files, a damaged or unknown-version database, an entry that does not decode.
+            _ => exit::USAGE,
+        },
         _ => exit::SOFTWARE,
     }
 }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::args::parse_every;
 use super::parse_duration;
+use super::receiver::DedupArgs;
 use crate::error::Error;
 use crate::io::freelance::FreelanceServer;
 use crate::io::handler;
@@ -38,13 +39,21 @@ pub struct ServerArgs {
     /// answering it. Not with --freelance.
     #[arg(long, value_parser = parse_every, conflicts_with = "freelance")]
     pub crash_after: Option<u64>,
+    /// Duplicate suppression and its store.
+    #[command(flatten)]
+    pub dedup: DedupArgs,
 }
 
 /// Prints `server bound=ENDPOINT` on stdout once bound, then serves.
 pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    // The echo handler never fails: nothing to run again or dead-letter.
+    let receiver = args.dedup.options(None)?;
     let ctx = zmq::Context::new();
     if args.freelance {
-        let server = FreelanceServer::builder(&args.bind).context(&ctx).bind()?;
+        let server = FreelanceServer::builder(&args.bind)
+            .context(&ctx)
+            .receiver(receiver)
+            .bind()?;
         println!("server bound={}", server.endpoint());
         server.run(handler::echo(), shutdown)?;
         return Ok(ExitCode::SUCCESS);
@@ -58,6 +67,7 @@ pub fn run(args: ServerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let server = Server::builder(&args.bind)
         .context(&ctx)
         .faults(faults)
+        .receiver(receiver)
         .bind()?;
     println!("server bound={}", server.endpoint());
     match server.run(handler::echo(), shutdown)? {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::parse_service;
+use super::receiver::DedupArgs;
 use super::{parse_duration, HeartbeatArgs, ReconnectArgs};
 use crate::error::ConfigError;
 use crate::error::Error;
@@ -48,6 +49,15 @@ pub struct WorkerArgs {
     /// Put TEXT in front of every reply (shows which worker answered, in demos).
     #[arg(long)]
     pub reply_prefix: Option<String>,
+    /// Give up on a request whose handler failed (an error, a failed or timed-out
+    /// --exec command) on this attempt: earlier failures run it again at once, counting
+    /// from the attempt in the client's metadata. Given up on, it is kept as a dead
+    /// letter (with --data-dir) and its client gets an error saying so. 1 runs it once.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Duplicate suppression and its store.
+    #[command(flatten)]
+    pub dedup: DedupArgs,
     /// Heartbeat settings (must match the queue's).
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
@@ -97,6 +107,7 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             ),
         }));
     }
+    let receiver = args.dedup.options(Some(args.max_attempts))?;
     let ctx = zmq::Context::new();
     let handler = handler_of(&args);
     let stats = match &args.service {
@@ -110,6 +121,7 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                         .heartbeat_or(BrokerConfig::default().heartbeat),
                 )
                 .reconnect(args.reconnect.backoff())
+                .receiver(receiver)
                 .connect()?
                 .run(handler, shutdown)?
         }
@@ -119,6 +131,7 @@ pub fn run(args: WorkerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 .context(&ctx)
                 .heartbeat(args.heartbeat.heartbeat())
                 .reconnect(args.reconnect.backoff())
+                .receiver(receiver)
                 .connect()?
                 .run(handler, shutdown)?
         }

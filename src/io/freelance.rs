@@ -9,6 +9,7 @@ use crate::error::{ClientError, Error, TransportError};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::handler::Handler;
 use crate::io::lazy_pirate::answer_to_result;
+use crate::io::receiver::{self, ReceiverOptions};
 use crate::io::server::{serve, Stopped};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
@@ -201,6 +202,7 @@ impl FreelanceClient {
 pub struct FreelanceServerBuilder {
     endpoint: String,
     transport: Option<Transport>,
+    receiver: ReceiverOptions,
 }
 
 impl FreelanceServerBuilder {
@@ -216,10 +218,18 @@ impl FreelanceServerBuilder {
         self
     }
 
-    /// Makes the ROUTER socket, with the endpoint as its identity, and binds it. A `*`
-    /// port is resolved to a free port first (the identity must be known before the
-    /// bind).
+    /// Sets duplicate suppression, re-runs, dead letters and their store (default:
+    /// none of them; see [`ReceiverOptions`]).
+    pub fn receiver(mut self, options: ReceiverOptions) -> Self {
+        self.receiver = options;
+        self
+    }
+
+    /// Checks the receiver options, makes the ROUTER socket, with the endpoint as its
+    /// identity, and binds it. A `*` port is resolved to a free port first (the identity
+    /// must be known before the bind).
     pub fn bind(self) -> Result<FreelanceServer, Error> {
+        self.receiver.validate()?;
         let transport = self.transport.unwrap_or_default();
         let endpoint = resolve_port(&self.endpoint)?;
         let socket = transport.socket(zmq::ROUTER)?;
@@ -227,7 +237,10 @@ impl FreelanceServerBuilder {
             .set_identity(endpoint.as_bytes())
             .map_err(|e| TransportError::zmq("set identity", &endpoint, e))?;
         let sockets = Sockets::bound_socket(&transport, zmq::ROUTER, socket, &endpoint)?;
-        Ok(FreelanceServer { sockets })
+        Ok(FreelanceServer {
+            sockets,
+            receiver: self.receiver,
+        })
     }
 }
 
@@ -247,6 +260,7 @@ impl FreelanceServerBuilder {
 /// ```
 pub struct FreelanceServer {
     sockets: Sockets,
+    receiver: ReceiverOptions,
 }
 
 impl FreelanceServer {
@@ -256,6 +270,7 @@ impl FreelanceServer {
         FreelanceServerBuilder {
             endpoint: endpoint.to_string(),
             transport: None,
+            receiver: ReceiverOptions::default(),
         }
     }
 
@@ -269,10 +284,13 @@ impl FreelanceServer {
         self.sockets.endpoint(0)
     }
 
-    /// Serves until `shutdown` is triggered.
+    /// Serves until `shutdown` is triggered. With a store, first loads the duplicate
+    /// window and logs what it recovered.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<(), Error> {
-        let core = core::Server::new(Dialect::Freelance, Faults::default());
-        let stopped = serve(Driver::new(core, self.sockets, shutdown), &handler)?;
+        let (policy, hook) = receiver::open(&self.receiver, io::unix_ms())?;
+        let mut core = core::Server::new(Dialect::Freelance, Faults::default());
+        core.set_policy(policy)?;
+        let stopped = serve(Driver::new(core, self.sockets, shutdown), &handler, hook)?;
         debug_assert_eq!(stopped, Stopped::Shutdown);
         Ok(())
     }

@@ -112,9 +112,9 @@ pub fn slow(delay: Duration, inner: Handler) -> Handler {
 /// bad request neither kills the worker nor leaves its client without an answer. A
 /// reply over [`MAX_PAYLOAD_BYTES`] (64 MiB, all frames together) fails its request
 /// too: a bosun peer's socket would drop it (`ZMQ_MAXMSGSIZE`) and the client would
-/// see only silence, then retry. A failed request is logged (WARN) with its id.
+/// see only silence, then retry. A failed request is logged (WARN) with its id and attempt.
 pub fn call(handler: &Handler, request: Request) -> Reply {
-    let id = request.id();
+    let (id, attempt) = (request.id(), request.attempt());
     let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
         .unwrap_or_else(|panic| {
             let why = panic
@@ -138,7 +138,7 @@ pub fn call(handler: &Handler, request: Request) -> Reply {
         if Commands::current().is_some_and(|c| c.is_stopped()) {
             tracing::info!(?id, error = %e, "handler ended by the stop; request not answered");
         } else {
-            tracing::warn!(?id, error = %e, "request failed; its client is told");
+            tracing::warn!(?id, attempt, error = %e, "request handler failed");
         }
     }
     reply

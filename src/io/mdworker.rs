@@ -4,6 +4,10 @@
 //! request), and a guard thread keeps heartbeats flowing while the handler runs and says
 //! DISCONNECT at once on Ctrl-C even mid-request. A worker of capacity K > 1 hands
 //! requests to a pool of K handler threads.
+//!
+//! With [`WorkerBuilder::receiver`] the worker suppresses duplicates, re-runs failing
+//! handlers and dead-letters what keeps failing (see [`crate::io::receiver`]); what the
+//! core decides is written to the store before the replies it goes with are sent.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
 use crate::io::pool::Pool;
+use crate::io::receiver::{self, ReceiverOptions, Recorder};
 use crate::io::transport::{check_endpoint, Side, Transport};
 use crate::io::{self, Shutdown};
 use crate::proto::broker::BrokerConfig;
@@ -25,6 +30,9 @@ use crate::proto::worker::{Event, MdWorker, Transmit};
 impl Core for MdWorker {
     type Event = Event;
     fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        // Deadlines and the duplicate window are wall-clock times: the core is told the
+        // time before every message (a vDSO read, tens of nanoseconds).
+        self.handle_wall_clock(now, io::unix_ms());
         self.handle_frames(now, frames)
     }
     fn handle_timeout(&mut self, now: Instant) {
@@ -96,13 +104,21 @@ impl WorkerBuilder {
         self
     }
 
-    /// Checks the settings (heartbeat, backoff, capacity, service name) and the
-    /// endpoint, and makes the worker. Its socket is made and connected by
+    /// Sets duplicate suppression, re-runs, dead letters and their store (default:
+    /// none of them; see [`ReceiverOptions`]).
+    pub fn receiver(mut self, options: ReceiverOptions) -> Self {
+        self.settings.receiver = options;
+        self
+    }
+
+    /// Checks the settings (heartbeat, backoff, capacity, service name, receiver
+    /// options) and the endpoint, and makes the worker. Its socket is made and connected by
     /// [`Worker::run`], which registers with READY at once.
     pub fn connect(self) -> Result<Worker, Error> {
         // A core made now only to check the settings; `run` makes the one it drives,
         // so that its timers start when it does.
         self.settings.core()?;
+        self.settings.receiver.validate()?;
         check_endpoint(&self.settings.endpoint, Side::Connect)?;
         Ok(Worker {
             transport: self.transport.unwrap_or_default(),
@@ -139,6 +155,7 @@ impl Worker {
                 capacity: 1,
                 heartbeat: BrokerConfig::default().heartbeat,
                 reconnect: RECONNECT,
+                receiver: ReceiverOptions::default(),
             },
         }
     }
@@ -154,13 +171,18 @@ impl Worker {
     /// the process groups of the `exec` commands still running are killed (their output
     /// is never sent). A handler that fails once the stop was asked for is taken to have
     /// failed because of it: its request goes back too. A handler that fails or panics
-    /// otherwise fails its request (its client gets the message); the worker goes on.
+    /// otherwise fails its request (its client gets the message), unless the receiver
+    /// options run it again; the worker goes on. With a store, the worker first loads
+    /// its duplicate window and logs what it recovered; a store that fails while it runs
+    /// stops it with [`Error::Store`].
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<MdWorkerStats, Error> {
         let Worker {
             transport,
             settings,
         } = self;
-        let core = settings.core()?;
+        let (policy, mut hook) = receiver::open(&settings.receiver, io::unix_ms())?;
+        let mut core = settings.core()?;
+        core.set_policy(policy)?;
         let sockets = Sockets::connecting(
             &transport,
             zmq::DEALER,
@@ -183,7 +205,7 @@ impl Worker {
                 move |g, stop| {
                     let mut d = Driver::new(core, sockets, stop);
                     d.sockets.report_sends_to(Arc::clone(g));
-                    settings.drive(&mut d, g, Exec::Inline(&handler, stop))
+                    settings.drive(&mut d, g, Exec::Inline(&handler, stop), &mut hook)
                 },
             );
             // What the guard killed is killed; this catches a command started since.
@@ -193,7 +215,7 @@ impl Worker {
             let pool = Pool::start(settings.capacity, &shared.commands.scoped(&handler))?;
             // Dropping the pool at the end stops its threads once they are idle.
             let mut d = Driver::new(core, sockets, shutdown);
-            let result = settings.drive(&mut d, &shared, Exec::Pool(&pool));
+            let result = settings.drive(&mut d, &shared, Exec::Pool(&pool), &mut hook);
             // The requests of the commands still running went back with DISCONNECT;
             // their replies are never sent (the loop is over).
             let killed = shared.commands.kill_all();
@@ -214,6 +236,7 @@ struct Settings {
     capacity: u32,
     heartbeat: Heartbeat,
     reconnect: Backoff,
+    receiver: ReceiverOptions,
 }
 
 /// How requests reach the handler.
@@ -238,44 +261,71 @@ impl Settings {
         )
     }
 
-    fn drive(&self, d: &mut Driver<MdWorker>, g: &Guarded, exec: Exec<'_>) -> Result<(), Error> {
+    fn drive(
+        &self,
+        d: &mut Driver<MdWorker>,
+        g: &Guarded,
+        exec: Exec<'_>,
+        hook: &mut Recorder,
+    ) -> Result<(), Error> {
         let endpoint = self.endpoint.as_str();
         let wake = match &exec {
             Exec::Pool(pool) => Some(pool.doorbell()),
             Exec::Inline(..) => None,
         };
-        d.run(None, wake, |d, input| {
+        let ended = d.run(None, wake, |d, input| {
             match input {
-                Input::Event(Event::Request { token, request }) => match &exec {
-                    Exec::Inline(handler, stop) => {
-                        let reply =
-                            g.while_handling(&mut d.sockets, || handler::call(handler, request));
-                        if g.farewell() {
-                            // The guard said DISCONNECT: the request is the broker's
-                            // again, so the reply must not go out.
-                            return Flow::Break(());
-                        }
-                        if reply.is_err() && stop.is_triggered() {
-                            // Stopped, and the handler failed before the guard saw the
-                            // stop: it may have failed because of it (its command
-                            // killed), so its error is no answer. DISCONNECT without
-                            // replying: the broker re-queues the request.
-                            d.core.disconnect();
-                            return Flow::Break(());
-                        }
-                        d.core.reply(io::now(), token, reply);
-                        g.handled.fetch_add(1, Ordering::Relaxed);
+                Input::Event(Event::Request { token, request }) => {
+                    // Its "running" entry (and evictions) before the handler starts.
+                    if let Err(e) = hook.record(&mut d.core) {
+                        return Flow::Break(Err(receiver::store_failed(e)));
                     }
-                    Exec::Pool(pool) => pool.submit(token, request),
-                },
+                    match &exec {
+                        Exec::Inline(handler, stop) => {
+                            let reply = g
+                                .while_handling(&mut d.sockets, || handler::call(handler, request));
+                            if g.farewell() {
+                                // The guard said DISCONNECT: the request is the broker's
+                                // again, so the reply must not go out.
+                                return Flow::Break(Ok(()));
+                            }
+                            if reply.is_err() && stop.is_triggered() {
+                                // Stopped, and the handler failed before the guard saw
+                                // the stop: it may have failed because of it (its command
+                                // killed), so its error is no answer. DISCONNECT without
+                                // replying: the broker re-queues the request.
+                                d.core.disconnect();
+                                return Flow::Break(Ok(()));
+                            }
+                            let before = d.core.inflight();
+                            d.core.reply(io::now(), token, reply);
+                            // Recorded (and flushed) before the pump sends the reply.
+                            if let Err(e) = hook.settle(&mut d.core) {
+                                return Flow::Break(Err(receiver::store_failed(e)));
+                            }
+                            if d.core.inflight() < before {
+                                g.handled.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Exec::Pool(pool) => pool.submit(token, request),
+                    }
+                }
                 Input::Wake => {
                     if let Exec::Pool(pool) = &exec {
                         for (token, reply) in pool.outcomes() {
+                            let before = d.core.inflight();
                             d.core.reply(io::now(), token, reply);
-                            g.handled.fetch_add(1, Ordering::Relaxed);
+                            if d.core.inflight() < before {
+                                g.handled.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // One flush for every reply that came back at once.
+                        if let Err(e) = hook.settle(&mut d.core) {
+                            return Flow::Break(Err(receiver::store_failed(e)));
                         }
                     }
                 }
+                Input::Event(Event::Gated(note)) => receiver::log_note(&note),
                 Input::Event(Event::BrokerLost { attempt, after }) => {
                     tracing::warn!(endpoint, attempt, ?after, "broker silent; reconnecting")
                 }
@@ -291,11 +341,11 @@ impl Settings {
                 }
                 Input::Stop => {
                     d.core.disconnect();
-                    return Flow::Break(());
+                    return Flow::Break(Ok(()));
                 }
             }
             Flow::Continue
         })?;
-        Ok(())
+        ended.unwrap_or(Ok(()))
     }
 }

@@ -23,6 +23,7 @@ pub mod mdworker;
 pub(crate) mod pool;
 pub mod ppworker;
 pub mod queue;
+pub mod receiver;
 pub mod server;
 pub mod transport;
 

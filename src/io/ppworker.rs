@@ -1,6 +1,10 @@
 //! Driver of the Paranoid Pirate worker: a DEALER to the queue and the core. The handler
 //! runs on the socket thread (no thread hop per request) while a guard thread keeps
 //! heartbeats flowing (see `io::guard`).
+//!
+//! With [`PpWorkerBuilder::receiver`] the worker suppresses duplicates, re-runs failing
+//! handlers and dead-letters what keeps failing (see [`crate::io::receiver`]); what the
+//! core decides is written to the store before the reply it goes with is sent.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use crate::error::{ConfigError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::guard::{run_guarded, GuardFrames, Guarded};
 use crate::io::handler::{self, Handler};
+use crate::io::receiver::{self, ReceiverOptions, Recorder};
 use crate::io::transport::{check_endpoint, Side, Transport};
 use crate::io::{self, Shutdown};
 use crate::proto::frames::ppp::Command;
@@ -20,6 +25,8 @@ use crate::proto::paranoid_pirate::{Worker, WorkerEvent, WorkerTransmit};
 impl Core for Worker {
     type Event = WorkerEvent;
     fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        // Deadlines and the duplicate window are wall-clock times.
+        self.handle_wall_clock(now, io::unix_ms());
         self.handle_frames(now, frames)
     }
     fn handle_timeout(&mut self, now: Instant) {
@@ -87,12 +94,21 @@ impl PpWorkerBuilder {
         self
     }
 
-    /// Checks the settings (heartbeat, backoff) and the endpoint, and makes the worker.
-    /// Its socket is made and connected by [`PpWorker::run`], which says READY at once.
+    /// Sets duplicate suppression, re-runs, dead letters and their store (default:
+    /// none of them; see [`ReceiverOptions`]).
+    pub fn receiver(mut self, options: ReceiverOptions) -> Self {
+        self.settings.receiver = options;
+        self
+    }
+
+    /// Checks the settings (heartbeat, backoff, receiver options) and the endpoint, and
+    /// makes the worker. Its socket is made and connected by [`PpWorker::run`], which
+    /// says READY at once.
     pub fn connect(self) -> Result<PpWorker, Error> {
         // A core made now only to check the settings; `run` makes the one it drives,
         // so that its timers start when it does.
         self.settings.core()?;
+        self.settings.receiver.validate()?;
         check_endpoint(&self.settings.endpoint, Side::Connect)?;
         Ok(PpWorker {
             transport: self.transport.unwrap_or_default(),
@@ -120,6 +136,7 @@ struct Settings {
     endpoint: String,
     heartbeat: Heartbeat,
     reconnect: Backoff,
+    receiver: ReceiverOptions,
 }
 
 impl Settings {
@@ -140,6 +157,7 @@ impl PpWorker {
                 endpoint: endpoint.to_string(),
                 heartbeat: Heartbeat::default(),
                 reconnect: RECONNECT,
+                receiver: ReceiverOptions::default(),
             },
         }
     }
@@ -156,14 +174,18 @@ impl PpWorker {
     /// the worker and the client retries the request), having killed the process group
     /// of the `exec` command it runs, whose output is never sent. A handler that fails
     /// once the stop was asked for is taken to have failed because of it: nothing is sent
-    /// for it either. A handler that fails or panics otherwise fails its request; the
-    /// worker goes on.
+    /// for it either. A handler that fails or panics otherwise fails its request, unless
+    /// the receiver options run it again; the worker goes on. With a store, the worker
+    /// first loads its duplicate window and logs what it recovered; a store that fails
+    /// while it runs stops it with [`Error::Store`].
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<WorkerStats, Error> {
         let PpWorker {
             transport,
             settings,
         } = self;
-        let core = settings.core()?;
+        let (policy, hook) = receiver::open(&settings.receiver, io::unix_ms())?;
+        let mut core = settings.core()?;
+        core.set_policy(policy)?;
         let shared = Guarded::new(transport.clone());
         let frames = GuardFrames {
             heartbeat: Command::Heartbeat.frames(),
@@ -187,6 +209,7 @@ impl PpWorker {
                     &handler,
                     &settings.endpoint,
                     stop,
+                    hook,
                 )
             },
         );
@@ -203,14 +226,19 @@ fn drive_guarded(
     handler: &Handler,
     endpoint: &str,
     stop: &Shutdown,
+    mut hook: Recorder,
 ) -> Result<(), Error> {
     d.sockets.report_sends_to(Arc::clone(g));
-    d.run(None, None, |d, input| {
+    let ended = d.run(None, None, |d, input| {
         match input {
             Input::Event(WorkerEvent::Request { request }) => {
+                // Its "running" entry (and evictions) before the handler starts.
+                if let Err(e) = hook.record(&mut d.core) {
+                    return Flow::Break(Err(receiver::store_failed(e)));
+                }
                 let reply = g.while_handling(&mut d.sockets, || handler::call(handler, request));
                 if g.farewell() {
-                    return Flow::Break(());
+                    return Flow::Break(Ok(()));
                 }
                 if reply.is_err() && stop.is_triggered() {
                     // Stopped, and the handler failed before the guard saw the stop: it
@@ -218,12 +246,17 @@ fn drive_guarded(
                     // is no answer. Nothing is sent: the client's retry finds another
                     // worker.
                     let _ = d.sockets.apply(Op::Close(0));
-                    return Flow::Break(());
+                    return Flow::Break(Ok(()));
                 }
-                if d.core.reply(io::now(), reply).is_ok() {
+                if d.core.reply(io::now(), reply).is_ok() && !d.core.is_busy() {
                     g.handled.fetch_add(1, Ordering::Relaxed);
                 }
+                // Recorded (and flushed) before the pump sends the reply.
+                if let Err(e) = hook.settle(&mut d.core) {
+                    return Flow::Break(Err(receiver::store_failed(e)));
+                }
             }
+            Input::Event(WorkerEvent::Gated(note)) => receiver::log_note(&note),
             Input::Event(WorkerEvent::QueueLost { attempt, after }) => {
                 tracing::warn!(endpoint, attempt, ?after, "queue silent; reconnecting")
             }
@@ -240,10 +273,10 @@ fn drive_guarded(
             Input::Wake => {}
             Input::Stop => {
                 let _ = d.sockets.apply(Op::Close(0));
-                return Flow::Break(());
+                return Flow::Break(Ok(()));
             }
         }
         Flow::Continue
     })?;
-    Ok(())
+    ended.unwrap_or(Ok(()))
 }

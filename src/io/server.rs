@@ -1,12 +1,18 @@
 //! Drivers of the servers: a plain REP server for Lazy Pirate clients (with switches
 //! that simulate crashes and stalls for demos and tests), and the Freelance server in
 //! [`crate::io::freelance`]. Both drive [`crate::proto::server::Server`].
+//!
+//! With `receiver` options a server suppresses duplicates (a retry is answered from the
+//! reply cache, with its own attempt), re-runs failing handlers and dead-letters what
+//! keeps failing (see [`crate::io::receiver`]); what the core decides is written to the
+//! store before the reply it goes with is sent.
 
 use std::time::Instant;
 
 use crate::error::Error;
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::handler::{self, Handler};
+use crate::io::receiver::{self, ReceiverOptions, Recorder};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::frames::Frames;
@@ -16,6 +22,8 @@ use crate::proto::server::{self as core, Dialect, Event, Transmit};
 impl Core for core::Server {
     type Event = Event;
     fn handle_input(&mut self, now: Instant, _socket: usize, frames: Frames) {
+        // Deadlines and the duplicate window are wall-clock times.
+        self.handle_wall_clock(now, io::unix_ms());
         self.handle_frames(now, frames)
     }
     fn handle_timeout(&mut self, _now: Instant) {}
@@ -49,6 +57,7 @@ pub struct ServerBuilder {
     endpoint: String,
     transport: Option<Transport>,
     faults: Faults,
+    receiver: ReceiverOptions,
 }
 
 impl ServerBuilder {
@@ -70,13 +79,22 @@ impl ServerBuilder {
         self
     }
 
-    /// Makes the REP socket and binds it.
+    /// Sets duplicate suppression, re-runs, dead letters and their store (default:
+    /// none of them; see [`ReceiverOptions`]).
+    pub fn receiver(mut self, options: ReceiverOptions) -> Self {
+        self.receiver = options;
+        self
+    }
+
+    /// Checks the receiver options, makes the REP socket and binds it.
     pub fn bind(self) -> Result<Server, Error> {
+        self.receiver.validate()?;
         let transport = self.transport.unwrap_or_default();
         let sockets = Sockets::bound(&transport, &[(zmq::REP, &self.endpoint)])?;
         Ok(Server {
             core: core::Server::new(Dialect::Rep, self.faults),
             sockets,
+            receiver: self.receiver,
         })
     }
 }
@@ -92,6 +110,7 @@ impl ServerBuilder {
 pub struct Server {
     core: core::Server,
     sockets: Sockets,
+    receiver: ReceiverOptions,
 }
 
 impl Server {
@@ -102,6 +121,7 @@ impl Server {
             endpoint: endpoint.to_string(),
             transport: None,
             faults: Faults::default(),
+            receiver: ReceiverOptions::default(),
         }
     }
 
@@ -116,9 +136,13 @@ impl Server {
         self.sockets.endpoint(0)
     }
 
-    /// Answers requests with `handler` until shutdown or a simulated crash.
+    /// Answers requests with `handler` until shutdown or a simulated crash. With a
+    /// store, first loads the duplicate window and logs what it recovered.
     pub fn run(self, handler: Handler, shutdown: &Shutdown) -> Result<Stopped, Error> {
-        serve(Driver::new(self.core, self.sockets, shutdown), &handler)
+        let (policy, hook) = receiver::open(&self.receiver, io::unix_ms())?;
+        let mut core = self.core;
+        core.set_policy(policy)?;
+        serve(Driver::new(core, self.sockets, shutdown), &handler, hook)
     }
 }
 
@@ -126,8 +150,12 @@ impl Server {
 const STALL_NAP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Runs a server core: each request to `handler` (a panic or error is answered as a
-/// failure), each answer back.
-pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Result<Stopped, Error> {
+/// failure), each answer back, what the core decides written through `hook` first.
+pub(crate) fn serve(
+    mut driver: Driver<core::Server>,
+    handler: &Handler,
+    mut hook: Recorder,
+) -> Result<Stopped, Error> {
     let stopped = driver.run(None, None, |d, input| match input {
         Input::Event(Event::Request {
             token,
@@ -148,12 +176,24 @@ pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Resu
                     std::thread::sleep(left.min(STALL_NAP));
                 }
                 if d.is_stopping() {
-                    return Flow::Break(Stopped::Shutdown);
+                    return Flow::Break(Ok(Stopped::Shutdown));
                 }
+            }
+            // Its "running" entry (and evictions) before the handler starts.
+            if let Err(e) = hook.record(&mut d.core) {
+                return Flow::Break(Err(receiver::store_failed(e)));
             }
             tracing::debug!(id = ?request.id(), attempt = request.attempt(), "request");
             let reply = handler::call(handler, request);
             d.core.reply(io::now(), token, reply);
+            // Recorded (and flushed) before the pump sends the reply.
+            match hook.settle(&mut d.core) {
+                Ok(()) => Flow::Continue,
+                Err(e) => Flow::Break(Err(receiver::store_failed(e))),
+            }
+        }
+        Input::Event(Event::Gated(note)) => {
+            receiver::log_note(&note);
             Flow::Continue
         }
         Input::Event(Event::Dropped { received }) => {
@@ -162,7 +202,7 @@ pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Resu
         }
         Input::Event(Event::Crashed { received }) => {
             tracing::warn!(received, "simulating a crash");
-            Flow::Break(Stopped::Crashed)
+            Flow::Break(Ok(Stopped::Crashed))
         }
         Input::Event(Event::Malformed(e)) => {
             // A Freelance server drops what it cannot read; a REP server must answer, so
@@ -175,7 +215,7 @@ pub(crate) fn serve(mut driver: Driver<core::Server>, handler: &Handler) -> Resu
             Flow::Continue
         }
         Input::Wake => Flow::Continue,
-        Input::Stop => Flow::Break(Stopped::Shutdown),
+        Input::Stop => Flow::Break(Ok(Stopped::Shutdown)),
     })?;
-    Ok(stopped.unwrap_or(Stopped::Shutdown))
+    stopped.unwrap_or(Ok(Stopped::Shutdown))
 }

@@ -529,6 +529,16 @@ impl ReplyTo {
         out.extend(envelope::answer(self.meta.as_ref(), reply));
         out
     }
+
+    /// The message for the ROUTER carrying an answer already made (payload and
+    /// metadata frames): `[client][control][body...]`.
+    pub fn route(self, body: Frames) -> Frames {
+        let mut out = Vec::with_capacity(2 + body.len());
+        out.push(self.client);
+        out.push(self.control);
+        out.extend(body);
+        out
+    }
 }
 
 /// Reads one message a Freelance server's ROUTER received. Payload frames are kept as

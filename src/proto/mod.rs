@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod envelope;
 pub mod frames;
 pub mod freelance;
+pub mod gate;
 pub mod lazy_pirate;
 pub mod paranoid_pirate;
 pub mod server;

@@ -4,16 +4,25 @@
 //!
 //! The REP server also carries the fault switches that demos and tests use to make a
 //! server lose replies, stall, or crash.
+//!
+//! Each request that passes the fault switches passes the server's [`Gate`] (see
+//! [`crate::proto::gate`]; off unless [`Server::set_policy`] turns it on). A REP socket
+//! answers only the request it holds, so a REP server never holds a copy of a running
+//! request: such a copy is refused at once. With bosun's drivers that never happens,
+//! since a REP server runs its handler before it reads the next request: a retry is read
+//! after the first copy was answered, and is answered from the reply cache, with the
+//! retry's own attempt. A Freelance server holds copies like a worker.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use foldhash::HashMap;
 
-use super::envelope::{self, Meta, Reply, Request};
+use super::envelope::{Reply, Request};
 use super::frames::Frames;
 use super::freelance::{self, Incoming, ReplyTo};
-use crate::error::ProtocolError;
+use super::gate::{Admit, Done, Gate, Note, Policy, Record, Running};
+use crate::error::{ConfigError, ProtocolError};
 
 /// Which protocol the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +80,36 @@ pub enum Event {
     },
     /// A message that breaks the protocol was dropped.
     Malformed(ProtocolError),
+    /// The gate answered or held a request without the application, or is running one
+    /// again or gave up on it (see [`crate::proto::gate`]).
+    Gated(Note),
 }
 
+/// Where an answer goes.
 #[derive(Debug)]
-enum Pending {
-    Rep(Option<Meta>),
+enum To {
+    /// The request the REP socket holds.
+    Rep,
+    /// A Freelance client, with the control frame to echo.
     Freelance(ReplyTo),
+}
+
+impl To {
+    /// The message for the socket carrying `body` (payload and metadata frames).
+    fn route(self, body: Frames) -> Frames {
+        match self {
+            To::Rep => body,
+            To::Freelance(to) => to.route(body),
+        }
+    }
 }
 
 /// A server state machine.
 ///
-/// Contract: after every [`Server::handle_frames`] and [`Server::reply`], drain
+/// Contract: feed [`Server::handle_wall_clock`] before [`Server::handle_frames`]
+/// (deadlines and the duplicate window are judged against it). After every
+/// [`Server::handle_frames`] and [`Server::reply`], drain [`Server::poll_record`] into
+/// the store first (before anything queued with it is sent), then
 /// [`Server::poll_transmit`] and [`Server::poll_event`]. A REP server must be answered
 /// (or its socket re-bound) before the driver reads the next request.
 #[derive(Debug)]
@@ -90,7 +118,8 @@ pub struct Server {
     faults: Faults,
     received: u64,
     next_token: u64,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, (To, Running)>,
+    gate: Gate<To>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -104,24 +133,44 @@ impl Server {
             received: 0,
             next_token: 0,
             pending: HashMap::default(),
+            gate: Gate::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
 
+    /// Sets what the gate does (default: nothing; see [`crate::proto::gate`]). Call
+    /// before the first request.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), ConfigError> {
+        policy.validate()?;
+        self.gate = Gate::new(policy);
+        Ok(())
+    }
+
+    /// Feeds a reading of the wall clock (see [`Gate::handle_wall_clock`]).
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.gate.handle_wall_clock(now, unix_ms);
+    }
+
+    /// The next record for the store (see [`crate::proto::gate::Record`]).
+    #[must_use]
+    pub fn poll_record(&mut self) -> Option<Record> {
+        self.gate.poll_record()
+    }
+
     /// Feeds a message the socket received.
-    pub fn handle_frames(&mut self, _now: Instant, frames: Frames) {
-        let (pending, request) = match self.dialect {
+    pub fn handle_frames(&mut self, now: Instant, frames: Frames) {
+        let (to, request) = match self.dialect {
             Dialect::Rep => {
                 let (request, bad) = Request::parse(None, frames);
                 if let Some(e) = bad {
                     self.events.push_back(Event::Malformed(e.into()));
                 }
-                (Pending::Rep(request.meta.clone()), request)
+                (To::Rep, request)
             }
             Dialect::Freelance => match freelance::parse_incoming(frames) {
                 Ok(Incoming::Ping(pong)) => return self.transmits.push_back(Transmit::Send(pong)),
-                Ok(Incoming::Request(to, request)) => (Pending::Freelance(to), request),
+                Ok(Incoming::Request(to, request)) => (To::Freelance(to), request),
                 Err(e) => return self.events.push_back(Event::Malformed(e)),
             },
         };
@@ -137,10 +186,19 @@ impl Server {
             }
             return self.events.push_back(Event::Dropped { received: n });
         }
+        let can_hold = self.dialect == Dialect::Freelance;
+        let to = match self.gate.admit(now, &request, to, can_hold) {
+            Admit::Run(to, running) => (to, running),
+            Admit::Answer(to, body, note) => {
+                self.transmits.push_back(Transmit::Send(to.route(body)));
+                return self.events.push_back(Event::Gated(note));
+            }
+            Admit::Held(note) => return self.events.push_back(Event::Gated(note)),
+        };
         let stall = hits(self.faults.delay_every).then_some(self.faults.delay);
         self.next_token += 1;
         let token = self.next_token;
-        self.pending.insert(token, pending);
+        self.pending.insert(token, to);
         self.events.push_back(Event::Request {
             token,
             request,
@@ -149,15 +207,35 @@ impl Server {
     }
 
     /// Sends the answer to request `token`: the payload (or the error) and, when the
-    /// client is a bosun peer, the metadata with its id, attempt and status. An unknown
-    /// token is ignored.
-    pub fn reply(&mut self, _now: Instant, token: u64, reply: Reply) {
-        let frames = match self.pending.remove(&token) {
-            Some(Pending::Rep(meta)) => envelope::answer(meta.as_ref(), reply),
-            Some(Pending::Freelance(to)) => to.answer(reply),
-            None => return,
+    /// client is a bosun peer, the metadata with its id, attempt and status; and the same
+    /// answer to every copy the gate held (Freelance only), each with its own attempt. A
+    /// failure that the gate runs again is not sent: the request comes back as an
+    /// [`Event::Request`] with the same token (and no stall). An unknown token is
+    /// ignored.
+    pub fn reply(&mut self, now: Instant, token: u64, reply: Reply) {
+        let Some((to, running)) = self.pending.remove(&token) else {
+            return;
         };
-        self.transmits.push_back(Transmit::Send(frames));
+        match self.gate.finish(now, running, reply) {
+            Done::Rerun(running, request, note) => {
+                self.pending.insert(token, (to, running));
+                self.events.push_back(Event::Gated(note));
+                self.events.push_back(Event::Request {
+                    token,
+                    request,
+                    stall: None,
+                });
+            }
+            Done::Answered { first, held, note } => {
+                self.transmits.push_back(Transmit::Send(to.route(first)));
+                for (to, body) in held {
+                    self.transmits.push_back(Transmit::Send(to.route(body)));
+                }
+                if let Some(note) = note {
+                    self.events.push_back(Event::Gated(note));
+                }
+            }
+        }
     }
 
     /// The next thing to do to the socket.

@@ -1,4 +1,10 @@
 //! The Majordomo (7/MDP) worker core.
+//!
+//! Each request passes the worker's [`Gate`] on arrival and on its answer: duplicate
+//! suppression with a reply cache, deadlines, re-runs and dead letters, all off unless
+//! [`MdWorker::set_policy`] turns them on (see [`crate::proto::gate`]). A copy of a
+//! running request is answered at the client address frame of its own REQUEST, with its
+//! own attempt.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -6,9 +12,10 @@ use std::time::{Duration, Instant};
 use foldhash::HashMap;
 
 use super::backoff::Reconnects;
-use super::envelope::{self, Meta, Reply, Request};
+use super::envelope::{Reply, Request};
 use super::frames::mdp::{self, Command, ToWorker};
 use super::frames::Frames;
+use super::gate::{Admit, Done, Gate, Note, Policy, Record, Running};
 use super::timer::Timers;
 use crate::config::{Backoff, Heartbeat};
 use crate::error::{ConfigError, ProtocolError};
@@ -47,6 +54,9 @@ pub enum Event {
     Connected,
     /// A message that breaks the protocol was dropped.
     Malformed(ProtocolError),
+    /// The gate answered or held a request without the application, or is running one
+    /// again or gave up on it (see [`crate::proto::gate`]).
+    Gated(Note),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +68,13 @@ enum Timer {
 
 /// The Majordomo worker state machine: one service, up to `capacity` requests at once.
 ///
-/// Contract: after [`MdWorker::new`] and every `handle_*`, [`MdWorker::reply`] or
-/// [`MdWorker::disconnect`] call, drain [`MdWorker::poll_transmit`] and act on each item
-/// in order, drain [`MdWorker::poll_event`], and call [`MdWorker::handle_timeout`] no
-/// later than [`MdWorker::poll_timeout`].
+/// Contract: feed [`MdWorker::handle_wall_clock`] before [`MdWorker::handle_frames`]
+/// (deadlines and the duplicate window are judged against it). After
+/// [`MdWorker::new`] and every `handle_*`, [`MdWorker::reply`] or
+/// [`MdWorker::disconnect`] call, drain [`MdWorker::poll_record`] into the store first
+/// (before anything queued with it is sent), then drain [`MdWorker::poll_transmit`] and
+/// act on each item in order, drain [`MdWorker::poll_event`], and call
+/// [`MdWorker::handle_timeout`] no later than [`MdWorker::poll_timeout`].
 ///
 /// Requests are never dropped for lack of capacity: after a reconnect a new broker may
 /// hand out requests while old ones still run, and the driver queues them.
@@ -72,9 +85,10 @@ pub struct MdWorker {
     heartbeat: Heartbeat,
     reconnects: Reconnects,
     connected: bool,
-    /// Requests handed out and not replied to: the client address and metadata their
-    /// reply needs.
-    inflight: HashMap<u64, (Vec<u8>, Option<Meta>)>,
+    /// Requests handed out and not replied to: the client address their reply goes to,
+    /// and what the gate tracks of them.
+    inflight: HashMap<u64, (Vec<u8>, Running)>,
+    gate: Gate<Vec<u8>>,
     next_token: u64,
     timers: Timers<Timer>,
     transmits: VecDeque<Transmit>,
@@ -115,6 +129,7 @@ impl MdWorker {
             reconnects: Reconnects::new(reconnect, seed),
             connected: false,
             inflight: HashMap::default(),
+            gate: Gate::default(),
             next_token: 0,
             timers: Timers::new(),
             transmits: VecDeque::new(),
@@ -123,6 +138,30 @@ impl MdWorker {
         w.connect(now);
         w.events.push_back(Event::Connected);
         Ok(w)
+    }
+
+    /// Sets what the gate does (default: nothing; see [`crate::proto::gate`]). Call
+    /// before the first request: requests in flight are tracked by the old gate's rules.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), ConfigError> {
+        policy.validate()?;
+        self.gate = Gate::new(policy);
+        Ok(())
+    }
+
+    /// Feeds a reading of the wall clock (see [`Gate::handle_wall_clock`]).
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.gate.handle_wall_clock(now, unix_ms);
+    }
+
+    /// The next record for the store (see [`crate::proto::gate::Record`]).
+    #[must_use]
+    pub fn poll_record(&mut self) -> Option<Record> {
+        self.gate.poll_record()
+    }
+
+    /// The gate, to look at.
+    pub fn gate(&self) -> &Gate<Vec<u8>> {
+        &self.gate
     }
 
     /// Feeds a message from the broker.
@@ -146,10 +185,19 @@ impl MdWorker {
                     self.events
                         .push_back(Event::Malformed(ProtocolError::Envelope(e)));
                 }
-                self.next_token += 1;
-                let token = self.next_token;
-                self.inflight.insert(token, (client, request.meta.clone()));
-                self.events.push_back(Event::Request { token, request });
+                match self.gate.admit(now, &request, client, true) {
+                    Admit::Run(client, running) => {
+                        self.next_token += 1;
+                        let token = self.next_token;
+                        self.inflight.insert(token, (client, running));
+                        self.events.push_back(Event::Request { token, request });
+                    }
+                    Admit::Answer(client, body, note) => {
+                        self.send_reply(&client, body);
+                        self.events.push_back(Event::Gated(note));
+                    }
+                    Admit::Held(note) => self.events.push_back(Event::Gated(note)),
+                }
             }
             ToWorker::Disconnect => {
                 self.transmits.push_back(Transmit::Disconnect);
@@ -160,18 +208,41 @@ impl MdWorker {
     }
 
     /// Sends the answer to request `token`: the payload (or the error) and, when the
-    /// client is a bosun peer, the metadata with its id, attempt and status. An unknown
-    /// token (answered already) is ignored.
-    pub fn reply(&mut self, _now: Instant, token: u64, reply: Reply) {
-        let Some((client, meta)) = self.inflight.remove(&token) else {
+    /// client is a bosun peer, the metadata with its id, attempt and status; and the same
+    /// answer to every copy of it the gate held, each with its own attempt. A failure
+    /// that the gate runs again is not sent: the request comes back as an
+    /// [`Event::Request`] with the same token. An unknown token (answered already) is
+    /// ignored.
+    pub fn reply(&mut self, now: Instant, token: u64, reply: Reply) {
+        let Some((client, running)) = self.inflight.remove(&token) else {
             return;
         };
+        match self.gate.finish(now, running, reply) {
+            Done::Rerun(running, request, note) => {
+                self.inflight.insert(token, (client, running));
+                self.events.push_back(Event::Gated(note));
+                self.events.push_back(Event::Request { token, request });
+            }
+            Done::Answered { first, held, note } => {
+                self.send_reply(&client, first);
+                for (client, body) in held {
+                    self.send_reply(&client, body);
+                }
+                if let Some(note) = note {
+                    self.events.push_back(Event::Gated(note));
+                }
+            }
+        }
+    }
+
+    /// A REPLY of `body` to `client`, when connected.
+    fn send_reply(&mut self, client: &[u8], body: Frames) {
         if self.connected {
             self.transmits.push_back(Transmit::Send(mdp::routed(
                 None,
                 Command::Reply,
-                &client,
-                envelope::answer(meta.as_ref(), reply),
+                client,
+                body,
             )));
         }
     }

@@ -1,4 +1,10 @@
 //! The 6/PPP worker core.
+//!
+//! Each request passes the worker's [`Gate`] on arrival and on its answer (see
+//! [`crate::proto::gate`]; off unless [`Worker::set_policy`] turns it on). A copy of the
+//! running request that arrives while the worker is busy is held and answered at its own
+//! routing envelope, with its own attempt, when the first copy's reply is sent; any other
+//! request that arrives while busy is dropped, as before.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -6,9 +12,10 @@ use std::time::{Duration, Instant};
 use crate::config::{Backoff, Heartbeat};
 use crate::error::{ConfigError, ProtocolError};
 use crate::proto::backoff::Reconnects;
-use crate::proto::envelope::{self, Meta, Reply, Request};
+use crate::proto::envelope::{Reply, Request};
 use crate::proto::frames::ppp::{self, Command, FromQueue};
 use crate::proto::frames::Frames;
+use crate::proto::gate::{Admit, Done, Gate, Note, Policy, Record, Running};
 use crate::proto::timer::Timers;
 
 /// What the driver must do to the socket.
@@ -45,6 +52,9 @@ pub enum Event {
     DroppedWhileBusy,
     /// A message that breaks the protocol was dropped.
     Malformed(ProtocolError),
+    /// The gate answered or held a request without the application, or is running one
+    /// again or gave up on it (see [`crate::proto::gate`]).
+    Gated(Note),
 }
 
 /// [`Worker::reply`] was called with no request outstanding.
@@ -64,10 +74,12 @@ enum Timer {
 
 /// The Paranoid Pirate worker state machine.
 ///
-/// Contract: after [`Worker::new`] and every `handle_*` or [`Worker::reply`] call,
-/// drain [`Worker::poll_transmit`] and act on each item in order, drain
-/// [`Worker::poll_event`], and call [`Worker::handle_timeout`] no later than
-/// [`Worker::poll_timeout`].
+/// Contract: feed [`Worker::handle_wall_clock`] before [`Worker::handle_frames`]
+/// (deadlines and the duplicate window are judged against it). After [`Worker::new`]
+/// and every `handle_*` or [`Worker::reply`] call, drain [`Worker::poll_record`] into the
+/// store first (before anything queued with it is sent), then drain
+/// [`Worker::poll_transmit`] and act on each item in order, drain [`Worker::poll_event`],
+/// and call [`Worker::handle_timeout`] no later than [`Worker::poll_timeout`].
 ///
 /// One request at a time. The driver's guard keeps heartbeats flowing while a slow
 /// request is handled.
@@ -78,8 +90,9 @@ pub struct Worker {
     connected: bool,
     /// Whether the queue knows this socket (READY was sent on it).
     registered: bool,
-    /// The client address and metadata of the request being handled.
-    busy: Option<(Frames, Option<Meta>)>,
+    /// The client address of the request being handled, and what the gate tracks of it.
+    busy: Option<(Frames, Running)>,
+    gate: Gate<Frames>,
     timers: Timers<Timer>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -102,12 +115,37 @@ impl Worker {
             connected: false,
             registered: false,
             busy: None,
+            gate: Gate::default(),
             timers: Timers::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
         w.connect(now);
         Ok(w)
+    }
+
+    /// Sets what the gate does (default: nothing; see [`crate::proto::gate`]). Call
+    /// before the first request.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), ConfigError> {
+        policy.validate()?;
+        self.gate = Gate::new(policy);
+        Ok(())
+    }
+
+    /// Feeds a reading of the wall clock (see [`Gate::handle_wall_clock`]).
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.gate.handle_wall_clock(now, unix_ms);
+    }
+
+    /// The next record for the store (see [`crate::proto::gate::Record`]).
+    #[must_use]
+    pub fn poll_record(&mut self) -> Option<Record> {
+        self.gate.poll_record()
+    }
+
+    /// The gate, to look at.
+    pub fn gate(&self) -> &Gate<Frames> {
+        &self.gate
     }
 
     /// Feeds a message that arrived from the queue.
@@ -128,35 +166,72 @@ impl Worker {
         match msg {
             FromQueue::Heartbeat => {}
             FromQueue::Request { address, body } => {
+                let (request, bad) = Request::parse(None, body);
                 if self.busy.is_some() {
-                    self.events.push_back(Event::DroppedWhileBusy);
-                } else {
-                    let (request, bad) = Request::parse(None, body);
-                    if let Some(e) = bad {
-                        self.events
-                            .push_back(Event::Malformed(ProtocolError::Envelope(e)));
+                    // Only a copy of the running request is kept; anything else (bad
+                    // metadata included) is dropped unread, as 6/PPP queues never send it.
+                    match self.gate.join(&request, address) {
+                        Ok(note) => self.events.push_back(Event::Gated(note)),
+                        Err(_) => self.events.push_back(Event::DroppedWhileBusy),
                     }
-                    self.busy = Some((address, request.meta.clone()));
-                    self.events.push_back(Event::Request { request });
+                    return;
+                }
+                if let Some(e) = bad {
+                    self.events
+                        .push_back(Event::Malformed(ProtocolError::Envelope(e)));
+                }
+                // Idle, so nothing runs: a copy can only be answered now.
+                match self.gate.admit(now, &request, address, false) {
+                    Admit::Run(address, running) => {
+                        self.busy = Some((address, running));
+                        self.events.push_back(Event::Request { request });
+                    }
+                    Admit::Answer(address, body, note) => {
+                        self.send_reply(&address, body);
+                        self.events.push_back(Event::Gated(note));
+                    }
+                    Admit::Held(note) => self.events.push_back(Event::Gated(note)),
                 }
             }
         }
     }
 
     /// Sends the answer to the outstanding request: the payload (or the error) and,
-    /// when the client is a bosun peer, the metadata with its id, attempt and status.
+    /// when the client is a bosun peer, the metadata with its id, attempt and status; and
+    /// the same answer to every copy of it the gate held, each with its own attempt. A
+    /// failure that the gate runs again is not sent: the request comes back as an
+    /// [`Event::Request`] and the worker stays busy.
     pub fn reply(&mut self, now: Instant, reply: Reply) -> Result<(), NotBusy> {
-        let (address, meta) = self.busy.take().ok_or(NotBusy)?;
-        if self.connected {
-            let body = envelope::answer(meta.as_ref(), reply);
-            self.transmits
-                .push_back(Transmit::Send(ppp::reply(&address, body)));
-            if !self.registered {
-                // Reconnected while busy: register now that a request can be taken.
-                self.register(now);
+        let (address, running) = self.busy.take().ok_or(NotBusy)?;
+        match self.gate.finish(now, running, reply) {
+            Done::Rerun(running, request, note) => {
+                self.busy = Some((address, running));
+                self.events.push_back(Event::Gated(note));
+                self.events.push_back(Event::Request { request });
+            }
+            Done::Answered { first, held, note } => {
+                self.send_reply(&address, first);
+                for (address, body) in held {
+                    self.send_reply(&address, body);
+                }
+                if let Some(note) = note {
+                    self.events.push_back(Event::Gated(note));
+                }
+                if self.connected && !self.registered {
+                    // Reconnected while busy: register now that a request can be taken.
+                    self.register(now);
+                }
             }
         }
         Ok(())
+    }
+
+    /// The answer `body` to the client at `address`, when connected.
+    fn send_reply(&mut self, address: &Frames, body: Frames) {
+        if self.connected {
+            self.transmits
+                .push_back(Transmit::Send(ppp::reply(address, body)));
+        }
     }
 
     /// Feeds the passing of time.
