@@ -632,6 +632,9 @@ fn async_pipeline(
             Some(Outcome::GaveUp { attempts, .. }) => {
                 return Err(format!("a request gave up after {attempts} attempts"))
             }
+            Some(Outcome::Unsent { message, .. }) => {
+                return Err(format!("a request was not stored: {message}"))
+            }
             None => {
                 return Err(format!(
                     "no reply within {IO_TIMEOUT_MS} ms after {got} of {n}"

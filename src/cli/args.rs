@@ -40,6 +40,8 @@ pub fn flag_of(field: &str) -> &str {
         "stats_window" => "--stats-window",
         "max_deliveries" => "--max-deliveries",
         "servers" => "--connect",
+        "outbox_limit" => "--outbox-limit",
+        "data_dir" => "--data-dir",
         other => other,
     }
 }

@@ -27,7 +27,7 @@ use super::backoff;
 use super::envelope::{Answer, Envelope, Status};
 use super::frames::mdp;
 use super::frames::Frames;
-use super::lazy_pirate::check_size;
+use super::lazy_pirate::{check_size, session_attempts};
 use crate::config::Retry;
 use crate::error::{ClientError, ConfigError, ProtocolError};
 
@@ -102,6 +102,8 @@ pub enum Event {
 struct Outstanding {
     service: Vec<u8>,
     envelope: Envelope,
+    /// The attempt it was started with: the retry budget counts from here.
+    first: u32,
     /// Key in `MdpClient::deadlines`.
     deadline: (Instant, u64),
 }
@@ -155,7 +157,9 @@ impl MdpClient {
         &self.retry
     }
 
-    /// Starts `envelope` as a request to `service` (attempt 1); returns its id. In
+    /// Starts `envelope` as a request to `service`, with its attempt as it is (at least
+    /// 1: a new request is attempt 1, one re-sent from an outbox after a restart
+    /// continues its count; the retry budget counts from it); returns its id. In
     /// blocking mode, fails with [`ClientError::Busy`] while a request is outstanding;
     /// fails with [`ClientError::TooLarge`] for a payload no bosun peer would accept.
     pub fn send(
@@ -168,8 +172,9 @@ impl MdpClient {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        envelope.meta.attempt = 1;
+        envelope.meta.attempt = envelope.meta.attempt.max(1);
         let id = envelope.meta.id;
+        let first = envelope.meta.attempt;
         let deadline = self.key(now + self.retry.timeout);
         self.deadlines.insert(deadline, (id, Phase::Waiting));
         self.transmits.push_back(Transmit::Send(mdp::client_request(
@@ -181,6 +186,7 @@ impl MdpClient {
             Outstanding {
                 service: service.to_vec(),
                 envelope,
+                first,
                 deadline,
             },
         );
@@ -242,12 +248,13 @@ impl MdpClient {
                 continue;
             };
             let attempt = out.envelope.meta.attempt;
+            let made = session_attempts(out.first, attempt);
             match phase {
                 Phase::Waiting => {
                     if self.mode == Mode::Blocking {
                         self.transmits.push_back(Transmit::Reset);
                     }
-                    if attempt >= self.retry.retries {
+                    if made >= self.retry.retries {
                         if let Some(out) = self.outstanding.remove(&id) {
                             self.events.push_back(Event::GaveUp {
                                 id,
@@ -257,7 +264,7 @@ impl MdpClient {
                         }
                         continue;
                     }
-                    let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
+                    let after = backoff::delay(&self.retry.backoff, made, self.rng.f64());
                     self.next_key += 1;
                     let key = (now + after, self.next_key);
                     out.deadline = key;
@@ -301,6 +308,11 @@ impl MdpClient {
     /// Requests sent and not yet answered or given up.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Whether request `id` is outstanding.
+    pub fn is_outstanding(&self, id: Uuid) -> bool {
+        self.outstanding.contains_key(&id)
     }
 
     /// Forgets every outstanding request (their replies will count as duplicates);

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::backoff;
 use super::envelope::{self, Answer, Envelope, Meta, Reply, Request, Status};
 use super::frames::Frames;
-use super::lazy_pirate::check_size;
+use super::lazy_pirate::{check_size, session_attempts};
 use super::timer::Timers;
 use crate::config::{fits, Retry};
 use crate::error::{ClientError, ConfigError, ProtocolError};
@@ -88,6 +88,16 @@ pub enum Event {
         /// The handler's payload, or the failure the server reported.
         answer: Answer,
     },
+    /// An attempt timed out; the next goes to another server at once when one is up,
+    /// else after `after`.
+    Retrying {
+        /// The request id.
+        id: Uuid,
+        /// The attempt that timed out.
+        attempt: u32,
+        /// The pause before the next (zero: failed over at once).
+        after: Duration,
+    },
     /// Every attempt timed out.
     GaveUp {
         /// The request id.
@@ -143,6 +153,8 @@ struct Outstanding {
     envelope: Envelope,
     /// Index of the server the current attempt went to, if it went anywhere.
     server: Option<usize>,
+    /// The attempt it was started with: the retry budget counts from here.
+    first: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,18 +232,22 @@ impl Freelance {
         Ok(client)
     }
 
-    /// Starts `envelope` as the outstanding request. It goes out at once if a server is
-    /// up, else as soon as one answers a ping (within the attempt timeout).
+    /// Starts `envelope` as the outstanding request, with its attempt as it is (at
+    /// least 1: a new request is attempt 1, one re-sent from an outbox after a restart
+    /// continues its count; the retry budget counts from it). It goes out at once if a
+    /// server is up, else as soon as one answers a ping (within the attempt timeout).
     pub fn send(&mut self, now: Instant, mut envelope: Envelope) -> Result<Uuid, ClientError> {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        envelope.meta.attempt = 1;
+        envelope.meta.attempt = envelope.meta.attempt.max(1);
         let id = envelope.meta.id;
+        let first = envelope.meta.attempt;
         self.outstanding = Some(Outstanding {
             envelope,
             server: None,
+            first,
         });
         self.attempt(now);
         Ok(id)
@@ -469,7 +485,9 @@ impl Freelance {
             return;
         };
         let attempts = out.envelope.meta.attempt;
-        if attempts >= self.cfg.retry.retries {
+        let made = session_attempts(out.first, attempts);
+        let id = out.envelope.meta.id;
+        if made >= self.cfg.retry.retries {
             if let Some(out) = self.outstanding.take() {
                 self.events.push_back(Event::GaveUp {
                     id: out.envelope.meta.id,
@@ -484,9 +502,19 @@ impl Freelance {
         }
         // Another server may be up already: fail over at once; else back off.
         if self.servers.iter().any(|s| s.up) {
+            self.events.push_back(Event::Retrying {
+                id,
+                attempt: attempts,
+                after: Duration::ZERO,
+            });
             self.attempt(now);
         } else {
-            let after = backoff::delay(&self.cfg.retry.backoff, attempts, self.rng.f64());
+            let after = backoff::delay(&self.cfg.retry.backoff, made, self.rng.f64());
+            self.events.push_back(Event::Retrying {
+                id,
+                attempt: attempts,
+                after,
+            });
             self.timers.set(Timer::Backoff, now + after);
         }
     }

@@ -95,6 +95,8 @@ enum Timer {
 #[derive(Debug)]
 struct Outstanding {
     envelope: Envelope,
+    /// The attempt it was started with: the retry budget counts from here.
+    first: u32,
 }
 
 /// The Lazy Pirate state machine.
@@ -138,17 +140,21 @@ impl LazyPirate {
         self.outstanding.is_some()
     }
 
-    /// Starts `envelope` as the outstanding request (its attempt is set to 1).
-    /// Fails with [`ClientError::Busy`] while another request is outstanding, and with
-    /// [`ClientError::TooLarge`] for a payload no bosun peer would accept.
+    /// Starts `envelope` as the outstanding request, with its attempt as it is (at
+    /// least 1): a new request is attempt 1, and one re-sent from an outbox after a
+    /// restart continues its count. The retry budget (`retries` attempts) counts from
+    /// this attempt. Fails with [`ClientError::Busy`] while another request is
+    /// outstanding, and with [`ClientError::TooLarge`] for a payload no bosun peer
+    /// would accept.
     pub fn send(&mut self, now: Instant, mut envelope: Envelope) -> Result<Uuid, ClientError> {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        envelope.meta.attempt = 1;
+        envelope.meta.attempt = envelope.meta.attempt.max(1);
         let id = envelope.meta.id;
-        self.outstanding = Some(Outstanding { envelope });
+        let first = envelope.meta.attempt;
+        self.outstanding = Some(Outstanding { envelope, first });
         self.transmit_attempt(now);
         Ok(id)
     }
@@ -230,9 +236,10 @@ impl LazyPirate {
             return;
         };
         let attempt = out.envelope.meta.attempt;
+        let made = session_attempts(out.first, attempt);
         // The REQ socket is stuck waiting for a reply that may never come.
         self.transmits.push_back(Transmit::Reset);
-        if attempt >= self.retry.retries {
+        if made >= self.retry.retries {
             let Some(out) = self.outstanding.take() else {
                 return;
             };
@@ -243,7 +250,7 @@ impl LazyPirate {
             });
             return;
         }
-        let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
+        let after = backoff::delay(&self.retry.backoff, made, self.rng.f64());
         self.timers.set(Timer::Backoff, now + after);
         self.events.push_back(Event::Retrying {
             id: out.envelope.meta.id,
@@ -255,6 +262,12 @@ impl LazyPirate {
     fn discard(&mut self, why: Discard) {
         self.events.push_back(Event::Discarded(why));
     }
+}
+
+/// How many attempts a request started at attempt `first` has made once attempt
+/// `attempt` is out: what the retry budget and the backoff count.
+pub fn session_attempts(first: u32, attempt: u32) -> u32 {
+    attempt.saturating_sub(first).saturating_add(1)
 }
 
 /// Refuses a payload larger than [`MAX_PAYLOAD_BYTES`]: a bosun peer's socket would drop
