@@ -427,6 +427,20 @@ mod tests {
         assert_eq!(code_of(&bad_endpoint), exit::USAGE);
         let in_use = Error::Transport(TransportError::zmq("bind", "x", zmq::Error::EADDRINUSE));
         assert_eq!(code_of(&in_use), exit::UNAVAILABLE);
+        let full = Error::Client(ClientError::OutboxFull {
+            limit: 1,
+            body: Vec::new(),
+        });
+        assert_eq!(code_of(&full), exit::TEMPFAIL);
+        let in_use = Error::Store(crate::store::StoreError::InUse {
+            path: "/d".into(),
+        });
+        assert_eq!(code_of(&in_use), exit::TEMPFAIL);
+        let garbage = Error::Store(crate::store::StoreError::NotAStore {
+            path: "/d".into(),
+            reason: String::new(),
+        });
+        assert_eq!(code_of(&garbage), exit::DATA);
         assert_eq!(interrupted_code(libc::SIGINT), exit::SIGINT);
         assert_eq!(interrupted_code(libc::SIGTERM), exit::SIGTERM);
         assert_eq!(interrupted_code(libc::SIGHUP), exit::SIGHUP);

@@ -161,33 +161,40 @@ impl ClientOutbox {
     }
 
     /// Every attempt of request `id` timed out: moves it to the dead letters (reason
-    /// [`DeadReason::GaveUp`], error "no reply after N attempts"), flushed, then
-    /// removes it from the outbox. On a store error it stays pending (logged), to be
-    /// re-sent by the next recovery.
+    /// [`DeadReason::GaveUp`], error "no reply after N attempts"). The ack is written
+    /// first and the dead letter's flush makes both durable at once, so a crash leaves
+    /// the request either pending or dead-lettered, never both nor neither. On a store
+    /// error it stays pending (logged), to be re-sent by the next recovery.
     pub fn abandoned(&mut self, id: Uuid, attempts: u32, at_ms: u64) {
-        let moved = self.outbox.get(id).and_then(|record| {
-            let Some(record) = record else {
-                return Ok(false);
-            };
-            let s = if attempts == 1 { "" } else { "s" };
-            self.dead.put(&DeadLetter {
-                id,
-                service: record.service,
-                payload: record.payload,
-                attempts,
-                last_error: format!("no reply after {attempts} attempt{s}"),
-                reason: DeadReason::GaveUp,
-                at_ms,
-            })?;
-            self.outbox.ack(id)
-        });
+        let record = match self.outbox.get(id) {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "outbox: could not read a request given up on; it stays pending");
+                return;
+            }
+        };
+        let s = if attempts == 1 { "" } else { "s" };
+        let letter = DeadLetter {
+            id,
+            service: record.service.clone(),
+            payload: record.payload.clone(),
+            attempts,
+            last_error: format!("no reply after {attempts} attempt{s}"),
+            reason: DeadReason::GaveUp,
+            at_ms,
+        };
+        let moved = self.outbox.ack(id).and_then(|_| self.dead.put(&letter));
         match moved {
-            Ok(true) => {
+            Ok(()) => {
                 tracing::info!(%id, attempts, "request given up on: moved to the dead letters")
             }
-            Ok(false) => {}
             Err(e) => {
-                tracing::error!(%id, error = %e, "outbox: could not dead-letter a request given up on; it stays pending")
+                tracing::error!(%id, error = %e, "outbox: could not dead-letter a request given up on; it stays pending");
+                // Put it back, so that a later flush does not make the ack durable alone.
+                if !self.contains(id).unwrap_or(true) {
+                    let _ = self.outbox.append(&record);
+                }
             }
         }
     }
