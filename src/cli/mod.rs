@@ -432,9 +432,7 @@ mod tests {
             body: Vec::new(),
         });
         assert_eq!(code_of(&full), exit::TEMPFAIL);
-        let in_use = Error::Store(crate::store::StoreError::InUse {
-            path: "/d".into(),
-        });
+        let in_use = Error::Store(crate::store::StoreError::InUse { path: "/d".into() });
         assert_eq!(code_of(&in_use), exit::TEMPFAIL);
         let garbage = Error::Store(crate::store::StoreError::NotAStore {
             path: "/d".into(),
