@@ -165,6 +165,41 @@ fn batched_commits_a_turn_with_one_flush_before_sending_it() {
     assert_eq!(store.unflushed_writes(), 0);
 }
 
+/// A pipelined application takes one outcome and sends one request at a time; the
+/// requests it sends while a burst of replies is being handed out are committed
+/// together once the burst is drained (before the driver would wait), not one flush
+/// each. Catches: a commit per request in the steady state of a pipeline.
+#[test]
+fn requests_sent_during_a_burst_of_replies_share_one_flush() {
+    let mut clock = Clock::new();
+    let store = Store::memory();
+    let mut core = pipelined(&clock, &store, Durability::Batched, 10);
+    for n in 1..=3 {
+        submit(&mut core, &clock, n).unwrap();
+    }
+    assert_eq!(ids(&sent(&mut core)), [1, 2, 3]);
+    for n in 1..=3 {
+        core.handle_input(clock.advance(ms(1)), 0, reply(n, 1, Status::Ok, b"r"));
+    }
+    // The driver: ops, then one event to the application, which sends one request;
+    // count the commits (staged requests handed to the core) and what each sent.
+    let mut commits = Vec::new();
+    for next in 4..14 {
+        let staged = core.staged();
+        let out = sent(&mut core);
+        if staged > 0 && core.staged() == 0 {
+            commits.push(ids(&out));
+            assert_eq!(store.unflushed_writes(), 0, "flushed by the commit");
+        }
+        let Some(event) = core.poll_event() else {
+            break;
+        };
+        assert!(matches!(event, Hooked::Core(Event::Reply { .. })));
+        submit(&mut core, &clock, next).unwrap();
+    }
+    assert_eq!(commits, [vec![4, 5, 6]], "one commit, after the burst");
+}
+
 /// `none`: requests go out at once and nothing is flushed.
 #[test]
 fn none_sends_at_once_and_never_flushes() {

@@ -499,6 +499,7 @@ impl AsyncMajordomoClient {
     /// Sends what is waiting for the outbox's next commit (`batched`) now, instead of
     /// at the next [`AsyncMajordomoClient::recv`].
     pub fn flush(&mut self) -> Result<(), Error> {
+        self.driver.core.commit_now();
         self.driver.flush()
     }
 

@@ -8,7 +8,7 @@
 //! | when | what the hook does |
 //! | --- | --- |
 //! | accepted ([`Stored::submit`]) | appends the request to the outbox before it is sent ([`ClientOutbox::accept`]); a full outbox refuses it with [`ClientError::OutboxFull`] |
-//! | the driver's next turn ([`Core::poll_op`]) | `batched`: one flush confirms every request accepted since the last turn (group commit), and only then are they handed to the core and sent |
+//! | the end of a driver turn ([`Core::poll_op`] once the core has no event left for the application) | `batched`: one flush confirms every request accepted since the last commit (group commit: all those sent while a burst of replies was handed out, say), and only then are they handed to the core and sent |
 //! | an attempt timed out | records the attempts made, so that a restart continues the count |
 //! | answered (a reply, or a remote error answer) | acks: removes the request from the outbox |
 //! | abandoned (every attempt timed out) | moves the request to the dead letters ([`DeadReason::GaveUp`], "no reply after N attempts"), then acks it |
@@ -316,9 +316,11 @@ struct Waiting {
 /// A client core with an outbox (or without one: then every call passes through). The
 /// driver runs it like the core it wraps; see the [module docs](self).
 ///
-/// Contract: the wrapped core's. [`Core::poll_op`] commits what is staged before it
-/// hands out the core's first op of a turn, so a request accepted with `batched` goes
-/// out only after the one flush that confirms it and every request accepted with it.
+/// Contract: the wrapped core's. [`Core::poll_op`] commits what is staged once the core
+/// has no event left for the application (that is, before the driver waits), and only
+/// then hands the staged requests to the core: a request accepted with `batched` goes
+/// out only after the one flush that confirms it and every request accepted in the
+/// same turn (while a burst of replies was handed out, say).
 #[derive(Debug)]
 pub struct Stored<C: ClientCore> {
     core: C,
@@ -518,6 +520,25 @@ impl<C: ClientCore> Stored<C> {
     pub fn staged(&self) -> usize {
         self.waiting.len()
     }
+
+    /// Commits what is staged now and hands it to the core, whatever events are
+    /// pending (the driver otherwise waits until the application has taken them).
+    pub fn commit_now(&mut self) {
+        self.commit_waiting();
+    }
+
+    /// The core's next event, recorded in the outbox.
+    fn next_core_event(&mut self) -> Option<Event<C::Event>> {
+        let event = self.core.poll_event()?;
+        if let (Some(report), Some(mut outbox)) = (C::report(&event), self.lock_outbox()) {
+            match report {
+                Report::Answered(id) => outbox.answered(id),
+                Report::Retrying { id, attempt } => outbox.retried(id, attempt),
+                Report::GaveUp { id, attempts } => outbox.abandoned(id, attempts, unix_ms()),
+            }
+        }
+        Some(Event::Core(event))
+    }
 }
 
 /// The wall clock in ms since the Unix epoch, for dead letters' times (the cores take
@@ -538,23 +559,25 @@ impl<C: ClientCore> Core for Stored<C> {
     }
 
     fn poll_op(&mut self) -> Option<Op> {
-        self.commit_waiting();
+        if !self.waiting.is_empty() {
+            // Group commit: while the core still has events for the application (a
+            // burst of replies being handed out one by one), more requests may be
+            // accepted in this same turn; commit once it has none, that is before the
+            // driver waits. An event fetched to find out is kept, in order.
+            if self.events.is_empty() {
+                if let Some(e) = self.next_core_event() {
+                    self.events.push_back(e);
+                }
+            }
+            if self.events.is_empty() {
+                self.commit_waiting();
+            }
+        }
         self.core.poll_op()
     }
 
     fn poll_event(&mut self) -> Option<Self::Event> {
-        if let Some(e) = self.events.pop_front() {
-            return Some(e);
-        }
-        let event = self.core.poll_event()?;
-        if let (Some(report), Some(mut outbox)) = (C::report(&event), self.lock_outbox()) {
-            match report {
-                Report::Answered(id) => outbox.answered(id),
-                Report::Retrying { id, attempt } => outbox.retried(id, attempt),
-                Report::GaveUp { id, attempts } => outbox.abandoned(id, attempts, unix_ms()),
-            }
-        }
-        Some(Event::Core(event))
+        self.events.pop_front().or_else(|| self.next_core_event())
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
