@@ -8,7 +8,7 @@
 //! - [`config`]: every settings type in one place, with its defaults: [`Heartbeat`],
 //!   [`Retry`], [`Backoff`], [`config::BrokerConfig`], [`config::QueueConfig`],
 //!   [`config::FreelanceConfig`], [`config::TransportOptions`], [`config::Faults`],
-//!   [`config::ExecOptions`].
+//!   [`config::ExecOptions`], [`config::OutboxConfig`].
 //! - [`error`]: one error enum per layer, joined into [`Error`].
 //! - [`proto`]: pure state machines (no sockets, no clock), one core per pattern:
 //!   [`proto::lazy_pirate`], [`proto::paranoid_pirate`] (queue and worker),
@@ -26,11 +26,12 @@
 //!   [`io::freelance`]. Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
-//!   or `.bind()` (see [`io`]).
+//!   or `.bind()` (see [`io`]). Every client takes an optional outbox
+//!   (`.outbox(&store, config)`), written through the one hook of [`io::outbox`].
 //! - [`store`]: what must survive a crash, one sled database per peer (or one in memory
 //!   for simulations): the [`store::Outbox`] of pending requests, the
 //!   [`store::DedupLog`] behind the duplicate window of [`proto::dedup`], and the
-//!   [`store::DeadLetters`].
+//!   [`store::DeadLetters`] (`bosun dlq` reads and replays them).
 //! - `cli` (with the default `cli` feature): the `bosun` command line (option structs
 //!   and one run function each).
 //! - [`zmq`]: the zmq crate bosun is built on, re-exported, so that a program can make a
