@@ -596,3 +596,61 @@ fn a_data_dir_in_use_or_full_of_garbage_is_refused_by_name() {
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+/// Freelance: a client with a data dir whose servers are all down gives up into its dead
+/// letters; `dlq replay --freelance` sends the request again through a Freelance client
+/// once a server runs, and removes it. Catches: a Freelance client that writes no outbox
+/// or dead letter, or a replay that cannot reach Freelance servers.
+#[test]
+fn a_freelance_dead_letter_is_replayed_through_a_freelance_client() {
+    let dir = TempDir::new("dlq-flp");
+    let data = dir.join("client");
+    let ep = format!("tcp://127.0.0.1:{}", free_port());
+    let out = run(
+        &[
+            "client",
+            "--freelance",
+            "--connect",
+            &ep,
+            "--request",
+            "far-1",
+            "--timeout",
+            "200ms",
+            "--retries",
+            "2",
+            "--data-dir",
+            s(&data),
+        ],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let letters = dead_letters(&data);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].1, "gave-up");
+    let mut server = Proc::spawn(
+        "server",
+        &mut bosun(&["server", "--freelance", "--bind", &ep]),
+    );
+    server.expect_stdout("server bound=", SECS_10);
+    let done = run(
+        &[
+            "dlq",
+            "replay",
+            "--all",
+            "--freelance",
+            "--connect",
+            &ep,
+            "--timeout",
+            "5s",
+            "--data-dir",
+            s(&data),
+        ],
+        &[],
+        SECS_30,
+    );
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    assert_eq!(done.stdout, ["far-1"]);
+    assert!(dead_letters(&data).is_empty());
+    server.kill();
+}
