@@ -33,6 +33,12 @@
 //!     threads) after 100,000 and after 1,000,000 requests through real sockets,
 //!     pipelined with `AsyncMajordomoClient` (100 in flight, the fastest set-up of (c):
 //!     1 worker of capacity 100); the growth (target within 10%), and samples between.
+//! (o) The client outbox: the clients of (a) and (c) (1 request at a time with 1 worker;
+//!     100 in flight with 1 worker of capacity 100) without an outbox, and with one on
+//!     disk (`BOSUN_BENCH_DIR`, default the temp dir) in `batched` and `every`
+//!     durability, interleaved in the same run; req/s, p50/p99 (one at a time) and the
+//!     ratio to no outbox (issue 9 wants 100 in flight with `batched` at 0.5x or more;
+//!     this measures the client's outbox alone).
 //! (x) Diagnostics, only on request: (a) and (c) with one part swapped at a time (a raw
 //!     client speaking 7/MDP, a worker written here that answers inline instead of on a
 //!     handler thread, raw REP with an inproc hop), to show where bosun's time goes.
@@ -55,13 +61,15 @@
 //!   then 50 N in all (default 20000, so (e) is 100,000 and 1,000,000; quick: 500, with
 //!   (d) 20 N and (e) 2 N then 10 N).
 //! - `BOSUN_BENCH_N_RTT`, `BOSUN_BENCH_N_INFLIGHT`, `BOSUN_BENCH_N_CORE`,
-//!   `BOSUN_BENCH_N_MEM_FIRST`, `BOSUN_BENCH_N_MEM_TOTAL`: one count each.
+//!   `BOSUN_BENCH_N_MEM_FIRST`, `BOSUN_BENCH_N_MEM_TOTAL`, `BOSUN_BENCH_N_OUTBOX_RTT`
+//!   ((o) one at a time: N / 4, a flush each), `BOSUN_BENCH_N_OUTBOX` ((o) in flight:
+//!   2.5 N): one count each.
 //! - `BOSUN_BENCH_REPEATS`: runs per side (default 3).
 //! - `BOSUN_BENCH_RECEIVER`: what the bosun workers and servers do with each request:
 //!   `off` (default), `memory` (a duplicate window and max attempts 3, as `--dedup`) or
 //!   `disk` (the same in a data dir per worker, `batched`, as `--data-dir`).
-//! - `BOSUN_BENCH_ONLY`: the parts to run, e.g. `a,c` (default `a,b,c,d,e`); `x` is the
-//!   diagnostics (also added by `BOSUN_BENCH_DIAG=1`).
+//! - `BOSUN_BENCH_ONLY`: the parts to run, e.g. `a,c` (default `a,b,c,d,e,o`); `x` is
+//!   the diagnostics (also added by `BOSUN_BENCH_DIAG=1`).
 //!
 //! Every thread and socket the bench starts is stopped before it exits: the bosun drivers
 //! through a [`Shutdown`], the raw proxy with `TERMINATE` on its control socket, the raw
@@ -76,9 +84,11 @@ use std::time::{Duration, Instant};
 use bosun::io::broker::BrokerDriver;
 use bosun::io::handler;
 use bosun::io::mdclient::{AsyncMajordomoClient, MajordomoClient, Outcome};
+use bosun::io::outbox::OutboxConfig;
 use bosun::proto::broker::{Broker, BrokerConfig};
 use bosun::proto::envelope::{self, Request};
 use bosun::proto::frames::mdp;
+use bosun::store::{Durability, Store};
 use bosun::{Retry, Shutdown, Worker};
 
 use common::*;
@@ -110,6 +120,8 @@ struct Settings {
     n_core: usize,
     n_mem_first: usize,
     n_mem_total: usize,
+    n_outbox_rtt: usize,
+    n_outbox: usize,
     parts: BTreeSet<char>,
 }
 
@@ -117,7 +129,7 @@ impl Settings {
     fn from_env() -> Res<Self> {
         let quick = quick();
         let n = env_count("BOSUN_BENCH_N")?.unwrap_or(if quick { 500 } else { 20_000 });
-        let mut parts = parts("abcde");
+        let mut parts = parts("abcdeo");
         if std::env::var("BOSUN_BENCH_DIAG").is_ok_and(|v| !v.is_empty() && v != "0") {
             parts.insert('x');
         }
@@ -130,6 +142,8 @@ impl Settings {
             n_mem_first,
             n_mem_total: count("BOSUN_BENCH_N_MEM_TOTAL", n * if quick { 10 } else { 50 })?
                 .max(n_mem_first),
+            n_outbox_rtt: count("BOSUN_BENCH_N_OUTBOX_RTT", (n / 4).max(1))?,
+            n_outbox: count("BOSUN_BENCH_N_OUTBOX", n * 5 / 2)?,
             parts,
         })
     }
@@ -635,6 +649,9 @@ fn async_pipeline(
             }
             Some(Outcome::GaveUp { attempts, .. }) => {
                 return Err(format!("a request gave up after {attempts} attempts"))
+            }
+            Some(Outcome::Unsent { message, .. }) => {
+                return Err(format!("a request was not stored: {message}"))
             }
             None => {
                 return Err(format!(
@@ -1364,6 +1381,100 @@ fn part_x(s: &Settings) -> Res<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// (o) The client outbox
+
+/// Runs the Majordomo client of (a) (`pipelined` false) or (c) (true) with the outbox
+/// in `durability` (`None`: no outbox) on a fresh data dir: a warm-up, then `n` timed
+/// requests.
+fn outbox_run(pipelined: bool, durability: Option<Durability>, n: usize) -> Res<Figures> {
+    let capacity = if pipelined { IN_FLIGHT as u32 } else { 1 };
+    let running = start(topo(Router::Bosun, Answerer::BosunWorker(capacity), 1))?;
+    let ctx = client_context(true)?;
+    let ep = running.endpoint.as_str();
+    let dir = DataDir::new("outbox")?;
+    let store = match durability {
+        Some(_) => Some(Store::open(&dir.0).map_err(|e| format!("store: {e}"))?),
+        None => None,
+    };
+    let config = |durability| OutboxConfig {
+        durability,
+        ..OutboxConfig::default()
+    };
+    let body = body();
+    let out = if pipelined {
+        let mut builder = AsyncMajordomoClient::builder(ep).context(&ctx);
+        if let (Some(store), Some(d)) = (&store, durability) {
+            builder = builder.outbox(store, config(d));
+        }
+        let mut client = builder.connect().map_err(|e| format!("client: {e}"))?;
+        async_pipeline(&mut client, warmup(n), IN_FLIGHT, &body)?;
+        let before = usage();
+        let elapsed = async_pipeline(&mut client, n, IN_FLIGHT, &body)?;
+        Figures::throughput(n, elapsed).with_usage(before, n)
+    } else {
+        let mut builder = MajordomoClient::builder(ep).context(&ctx);
+        if let (Some(store), Some(d)) = (&store, durability) {
+            builder = builder.outbox(store, config(d));
+        }
+        let mut client = builder.connect().map_err(|e| format!("client: {e}"))?;
+        timed(warmup(n), n, || {
+            let reply = client
+                .request(SERVICE, body.clone())
+                .map_err(|e| format!("request: {e}"))?;
+            if reply.len() != BODY {
+                return Err(format!("bosun reply of {} bytes", reply.len()));
+            }
+            Ok(())
+        })?
+    };
+    drop(running);
+    Ok(out)
+}
+
+fn part_o(s: &Settings) -> Res<()> {
+    let modes = [None, Some(Durability::Batched), Some(Durability::Every)];
+    let name = |d: Option<Durability>| d.map_or("no outbox", |d| d.as_str());
+    for (pipelined, n) in [(false, s.n_outbox_rtt), (true, s.n_outbox)] {
+        let runs = interleaved(s.repeats, &modes, |d| outbox_run(pipelined, d, n))?;
+        let base = medians(&runs[0]);
+        let label = if pipelined {
+            format!("{IN_FLIGHT} in flight, 1 worker of capacity {IN_FLIGHT}")
+        } else {
+            "1 request at a time, 1 worker".to_string()
+        };
+        let mut line = format!("(o) majordomo client outbox, {label}, {BODY}B n={n}:");
+        for (i, d) in modes.iter().enumerate() {
+            let m = medians(&runs[i]);
+            line.push_str(&format!(" {} {:.0} req/s", name(*d), m.per_sec));
+            if !pipelined {
+                line.push_str(&format!(" (p50 {:.0}us p99 {:.0}us)", m.p50, m.p99));
+            }
+            if i > 0 {
+                line.push_str(&format!(" = {:.3}x", m.per_sec / base.per_sec));
+            }
+            line.push_str(if i + 1 < modes.len() { " |" } else { "" });
+        }
+        if pipelined {
+            let batched = medians(&runs[1]).per_sec / base.per_sec;
+            line.push_str(&format!(
+                " (batched target >= 0.5x: {})",
+                verdict(batched >= 0.5)
+            ));
+        }
+        println!("{line}");
+        for (i, d) in modes.iter().enumerate() {
+            println!(
+                "  {}: runs {} ; per request {}",
+                name(*d),
+                list(&runs[i], |x| x.per_sec, ""),
+                cost(&medians(&runs[i]))
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 
 fn run(s: &Settings) -> Res<()> {
     println!(
@@ -1379,6 +1490,7 @@ fn run(s: &Settings) -> Res<()> {
             'c' => part_c(s)?,
             'd' => part_d(s)?,
             'e' => part_e(s)?,
+            'o' => part_o(s)?,
             'x' => part_x(s)?,
             other => return Err(format!("unknown part {other:?} in BOSUN_BENCH_ONLY")),
         }

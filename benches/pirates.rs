@@ -18,6 +18,10 @@
 //!     REP workers; req/s and the ratio.
 //! (d) Memory: VmRSS of this process (which hosts the bosun queue and 4 workers as
 //!     threads) after a warm-up through the bosun queue and after more requests.
+//! (o) The client outbox: (a)'s round trip with `LazyPirateClient` and no outbox, and
+//!     with one on disk (`BOSUN_BENCH_DIR`, default the temp dir) in `batched` and
+//!     `every` durability (one request per driver turn, so both flush once per request),
+//!     interleaved in the same run; p50/p99 and the ratio of p50s.
 //! (x) Diagnostics, only on request: the CPU cost of the envelope work, and (a)-(c) with
 //!     one side swapped at a time (raw client on a bosun server, bosun queue with a 6/PPP
 //!     worker written here, raw worker with an inproc PAIR hop to a handler thread,
@@ -37,12 +41,13 @@
 //! - `BOSUN_BENCH_N`: base count N: (a) and (b) N each, (c) 2.5 N, (d) N then 5 N
 //!   (default 20000; quick: 500, with (b) N/2 and (d) N then 2 N).
 //! - `BOSUN_BENCH_N_RTT`, `BOSUN_BENCH_N_QUEUE`, `BOSUN_BENCH_N_INFLIGHT`,
-//!   `BOSUN_BENCH_N_MEM_WARMUP`, `BOSUN_BENCH_N_MEM`: one count each.
+//!   `BOSUN_BENCH_N_MEM_WARMUP`, `BOSUN_BENCH_N_MEM`, `BOSUN_BENCH_N_OUTBOX` ((o):
+//!   N / 4, a flush each): one count each.
 //! - `BOSUN_BENCH_REPEATS`: runs per side (default 3).
 //! - `BOSUN_BENCH_RECEIVER`: what the bosun workers and servers do with each request:
 //!   `off` (default), `memory` (a duplicate window and max attempts 3, as `--dedup`) or
 //!   `disk` (the same in a data dir per worker, `batched`, as `--data-dir`).
-//! - `BOSUN_BENCH_ONLY`: the parts to run, e.g. `a,c` (default `a,b,c,d`); `x` is all
+//! - `BOSUN_BENCH_ONLY`: the parts to run, e.g. `a,c` (default `a,b,c,d,o`); `x` is all
 //!   the diagnostics (also added by `BOSUN_BENCH_DIAG=1`), `r`, `q`, `f` those of (a),
 //!   (b), (c) alone.
 //!
@@ -58,9 +63,11 @@ use std::time::Duration;
 use common::*;
 
 use bosun::io::handler;
+use bosun::io::outbox::OutboxConfig;
 use bosun::io::queue::QueueDriver;
 use bosun::io::server::Server;
 use bosun::proto::envelope::{self, Request};
+use bosun::store::{Durability, Store};
 use bosun::{Envelope, LazyPirateClient, PpWorker, Shutdown};
 
 /// Requests kept outstanding in (c).
@@ -81,6 +88,7 @@ struct Settings {
     n_inflight: usize,
     n_mem_warmup: usize,
     n_mem: usize,
+    n_outbox: usize,
     parts: BTreeSet<char>,
 }
 
@@ -88,7 +96,7 @@ impl Settings {
     fn from_env() -> Res<Self> {
         let quick = quick();
         let n = env_count("BOSUN_BENCH_N")?.unwrap_or(if quick { 500 } else { 20_000 });
-        let mut parts = parts("abcd");
+        let mut parts = parts("abcdo");
         if std::env::var("BOSUN_BENCH_DIAG").is_ok_and(|v| !v.is_empty() && v != "0") {
             parts.insert('x');
         }
@@ -99,6 +107,7 @@ impl Settings {
             n_inflight: count("BOSUN_BENCH_N_INFLIGHT", n * 5 / 2)?,
             n_mem_warmup: count("BOSUN_BENCH_N_MEM_WARMUP", n)?,
             n_mem: count("BOSUN_BENCH_N_MEM", n * if quick { 2 } else { 5 })?,
+            n_outbox: count("BOSUN_BENCH_N_OUTBOX", (n / 4).max(1))?,
             parts,
         })
     }
@@ -648,6 +657,77 @@ fn diag_flight(s: &Settings) -> Res<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// (o) The client outbox
+
+/// `n` timed Lazy Pirate round trips to a bosun echo server, with the outbox in
+/// `durability` (`None`: no outbox) on a fresh data dir.
+fn outbox_round_trips(durability: Option<Durability>, n: usize) -> Res<Figures> {
+    let running = start(Topology::Direct(Answerer::BosunServer))?;
+    let ctx = zmq::Context::new();
+    let dir = DataDir::new("outbox")?;
+    let mut builder = LazyPirateClient::builder(&running.endpoint).context(&ctx);
+    let store;
+    if let Some(d) = durability {
+        store = Store::open(&dir.0).map_err(|e| format!("store: {e}"))?;
+        builder = builder.outbox(
+            &store,
+            OutboxConfig {
+                durability: d,
+                ..OutboxConfig::default()
+            },
+        );
+    }
+    let mut client = builder.connect().map_err(|e| format!("client: {e}"))?;
+    let body = body();
+    let out = timed(warmup(n), n, || {
+        let reply = client
+            .request(body.clone())
+            .map_err(|e| format!("request: {e}"))?;
+        if reply.len() != BODY {
+            return Err(format!("bosun reply of {} bytes", reply.len()));
+        }
+        Ok(())
+    })?;
+    drop(client);
+    drop(running);
+    Ok(out)
+}
+
+fn part_o(s: &Settings) -> Res<()> {
+    let modes = [None, Some(Durability::Batched), Some(Durability::Every)];
+    let runs = interleaved(s.repeats, &modes, |d| outbox_round_trips(d, s.n_outbox))?;
+    let base = medians(&runs[0]);
+    let name = |d: Option<Durability>| d.map_or("no outbox", |d| d.as_str());
+    let mut line = format!(
+        "(o) lazy-pirate rtt with the client outbox, {BODY}B n={}:",
+        s.n_outbox
+    );
+    for (i, d) in modes.iter().enumerate() {
+        let m = medians(&runs[i]);
+        line.push_str(&format!(
+            " {} p50 {:.0}us p99 {:.0}us",
+            name(*d),
+            m.p50,
+            m.p99
+        ));
+        if i > 0 {
+            line.push_str(&format!(" = {:.2}x", m.p50 / base.p50));
+        }
+        line.push_str(if i + 1 < modes.len() { " |" } else { "" });
+    }
+    println!("{line}");
+    for (i, d) in modes.iter().enumerate() {
+        println!(
+            "  {}: p50 runs {} ; per request {}",
+            name(*d),
+            list(&runs[i], |x| x.p50, "us"),
+            cost(&medians(&runs[i]))
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 
 fn run(s: &Settings) -> Res<()> {
     println!(
@@ -662,6 +742,7 @@ fn run(s: &Settings) -> Res<()> {
             'b' => part_b(s)?,
             'c' => part_c(s)?,
             'd' => part_d(s)?,
+            'o' => part_o(s)?,
             'x' | 'r' | 'q' | 'f' => part_x(s, part)?,
             other => return Err(format!("unknown part {other:?} in BOSUN_BENCH_ONLY")),
         }

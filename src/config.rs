@@ -14,6 +14,7 @@
 //! | [`TransportOptions`] | every socket (linger, high-water marks, largest frame) | [`crate::io`], [`crate::io::transport`] |
 //! | [`Faults`] | the REP server's fault switches | [`crate::io::server`], [`crate::proto::server`] |
 //! | [`ExecOptions`] | an `exec` handler (its timeout) | [`crate::io::handler`] |
+//! | [`OutboxConfig`] | a client's outbox (durability, limit) | [`crate::io::outbox`] |
 //!
 //! ```
 //! use std::time::Duration;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::error::ConfigError;
 
 pub use crate::io::handler::ExecOptions;
+pub use crate::io::outbox::OutboxConfig;
 pub use crate::io::receiver::ReceiverOptions;
 pub use crate::io::transport::TransportOptions;
 pub use crate::proto::broker::BrokerConfig;

@@ -183,9 +183,29 @@ pub enum ClientError {
     /// A request is already outstanding; Lazy Pirate has one at a time.
     #[error("a request is already in flight")]
     Busy,
-    /// The client was asked to stop (Ctrl-C) before a reply arrived.
+    /// The client was asked to stop (Ctrl-C) before a reply arrived. With an outbox,
+    /// the request stays in it and is re-sent by the next recovery.
     #[error("interrupted before a reply arrived")]
     Interrupted,
+    /// Backpressure: the client's outbox holds its limit of pending requests, so the
+    /// request was neither stored nor sent. Wait for replies (or recover and answer what
+    /// is pending), then try again.
+    #[error("outbox full: {limit} requests pending (--outbox-limit); not sent, try again once replies have come")]
+    OutboxFull {
+        /// The outbox's limit.
+        limit: usize,
+        /// The request body (its frames joined), handed back.
+        body: Vec<u8>,
+    },
+    /// The outbox could not make the request durable (the store failed to write or
+    /// flush it), so it was not sent.
+    #[error("the outbox could not store the request, so it was not sent: {reason}")]
+    NotStored {
+        /// The store's error, in words.
+        reason: String,
+        /// The request body (its frames joined), handed back.
+        body: Vec<u8>,
+    },
 }
 
 /// Every error bosun returns.

@@ -9,7 +9,7 @@
 //!   [`Retry`], [`Backoff`], [`config::BrokerConfig`], [`config::QueueConfig`],
 //!   [`config::FreelanceConfig`], [`config::TransportOptions`], [`config::Faults`],
 //!   [`config::ExecOptions`], [`config::ReceiverOptions`] (with
-//!   [`config::DedupLimits`]).
+//!   [`config::DedupLimits`]), [`config::OutboxConfig`].
 //! - [`error`]: one error enum per layer, joined into [`Error`].
 //! - [`proto`]: pure state machines (no sockets, no clock), one core per pattern:
 //!   [`proto::lazy_pirate`], [`proto::paranoid_pirate`] (queue and worker),
@@ -32,11 +32,12 @@
 //!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
 //!   or `.bind()` (see [`io`]). Workers and servers take [`io::receiver::ReceiverOptions`]
 //!   (duplicate suppression, max attempts, their store), written through the one hook of
-//!   [`io::receiver`].
+//!   [`io::receiver`]. Every client takes an optional outbox (`.outbox(&store, config)`),
+//!   written through the one hook of [`io::outbox`].
 //! - [`store`]: what must survive a crash, one sled database per peer (or one in memory
 //!   for simulations): the [`store::Outbox`] of pending requests, the
 //!   [`store::DedupLog`] behind the duplicate window of [`proto::dedup`], and the
-//!   [`store::DeadLetters`].
+//!   [`store::DeadLetters`] (`bosun dlq` reads and replays them).
 //! - `cli` (with the default `cli` feature): the `bosun` command line (option structs
 //!   and one run function each).
 //! - [`zmq`]: the zmq crate bosun is built on, re-exported, so that a program can make a

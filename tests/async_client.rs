@@ -314,3 +314,75 @@ fn dropping_the_last_handle_stops_the_driver_thread() {
         "the driver thread is gone"
     );
 }
+
+/// With an outbox, a request is pending from `request` until its reply; a full outbox
+/// fails the next request at once (backpressure), nothing sent; after a crash (the
+/// memory store keeps what was flushed) a new client's `recover` re-sends the pending
+/// requests with their original ids, and their futures get the replies. Catches: a
+/// request that is not durable once its future exists and the driver has had its turn,
+/// a full outbox that queues anyway, or recovery that needs the old process.
+#[test]
+fn the_outbox_keeps_requests_until_answered_and_recover_resends_them() {
+    use bosun::io::outbox::OutboxConfig;
+    use bosun::store::{Durability, Store};
+    let _serial = serial();
+    let (mut b, ep) = broker();
+    let store = Store::memory();
+    let config = OutboxConfig {
+        durability: Durability::Batched,
+        limit: 2,
+    };
+    let retry = Retry {
+        timeout: Duration::from_secs(30),
+        ..Retry::default()
+    };
+    let client = AsyncClient::builder(&ep)
+        .retry(retry)
+        .outbox(&store, config)
+        .connect()
+        .expect("client");
+    // No worker: both wait at the broker.
+    let first = client.request("echo", vec![b"one".to_vec()]);
+    let second = client.request("echo", vec![b"two".to_vec()]);
+    let third = block_on(SECS_15, client.request("echo", vec![b"three".to_vec()]));
+    match third {
+        Err(Error::Client(ClientError::OutboxFull { limit: 2, body })) => {
+            assert_eq!(body, b"three")
+        }
+        other => panic!("expected OutboxFull, got {other:?}"),
+    }
+    let ids = [first.id(), second.id()];
+    let outbox = client.outbox().expect("an outbox").clone();
+    assert!(
+        wait_until(SECS_15, || client.outstanding() == 2
+            && store.unflushed_writes() == 0),
+        "both committed and sent"
+    );
+    assert_eq!(outbox.lock().unwrap().len(), 2);
+    // The process "dies": only what was flushed survives.
+    let crashed = store.crash_and_reopen().expect("a memory store");
+    client.shutdown();
+    assert!(matches!(
+        block_on(SECS_15, first),
+        Err(Error::Client(ClientError::Interrupted))
+    ));
+    drop(second);
+    drop((client, outbox));
+
+    let _w = worker(&mut b, &ep, "echo", &[]);
+    let client = AsyncClient::builder(&ep)
+        .outbox(&crashed, config)
+        .connect()
+        .expect("client");
+    let recovered = client.recover().expect("recover");
+    let got: Vec<_> = recovered.iter().map(|r| r.id()).collect();
+    assert_eq!(got, ids, "the original ids, in creation order");
+    let mut replies = Vec::new();
+    for r in recovered {
+        replies.push(block_on(SECS_15, r).expect("reply"));
+    }
+    assert_eq!(replies, [vec![b"one".to_vec()], vec![b"two".to_vec()]]);
+    let outbox = client.outbox().expect("an outbox");
+    assert!(outbox.lock().unwrap().is_empty(), "answered: acked");
+    assert!(client.recover().expect("recover").is_empty());
+}

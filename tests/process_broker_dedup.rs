@@ -63,6 +63,12 @@ fn poison_worker(n: usize, endpoint: &str, log: &RunLog) -> Proc {
 #[test]
 fn a_request_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
     let log = RunLog::new("poison");
+    let data = std::env::temp_dir().join(format!(
+        "bosun-process-broker-dedup-data-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&data);
+    let data_dir = data.to_str().expect("utf-8 temp dir").to_string();
     let max = MAX_DELIVERIES.to_string();
     let mut args = vec![
         "-vv",
@@ -71,6 +77,8 @@ fn a_request_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
         "tcp://127.0.0.1:*",
         "--max-deliveries",
         &max,
+        "--data-dir",
+        &data_dir,
     ];
     args.extend(HB);
     let (mut broker, ep) = start_broker("broker", &mut bosun(&args));
@@ -208,4 +216,33 @@ fn a_request_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
         .filter(|l| l.contains("worker gone") && l.contains("Expired"))
         .count();
     assert_eq!(gone, MAX_DELIVERIES, "{}", broker.dump());
+
+    // With --data-dir the broker kept it as a dead letter: once the broker stopped
+    // (one process per data dir), `bosun dlq list` shows one poison letter with its
+    // deliveries and the payload the client sent.
+    assert!(
+        lines.iter().any(|l| l.contains("dead letter kept")),
+        "{}",
+        broker.dump()
+    );
+    worker.kill_group();
+    broker.signal(libc::SIGINT);
+    broker.expect_exit(SECS_10);
+    let out = run(
+        &["dlq", "list", "--json", "--data-dir", &data_dir],
+        &[],
+        SECS_10,
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout.len(), 1, "{out:?}");
+    let letter = &out.stdout[0];
+    for part in [
+        "\"reason\":\"poison\"",
+        "\"attempts\":3",
+        "\"service\":\"poison\"",
+        "\"bytes\":1",
+    ] {
+        assert!(letter.contains(part), "{part} in {letter}");
+    }
 }

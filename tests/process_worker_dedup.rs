@@ -391,8 +391,8 @@ fn a_handler_interrupted_by_a_kill_is_reported_and_may_run_again() {
 }
 
 /// A data dir that cannot be a bosun store (a file; other files; a sled database that
-/// does not read) is refused at start with exit 64 and the path named; one that another
-/// worker or server has open, with exit 69. No panic, and nothing is reset.
+/// does not read) is refused at start with exit 65 and the path named; one that another
+/// worker or server has open, with exit 75. No panic, and nothing is reset.
 #[test]
 fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
     let dir = TempDir::new("refused");
@@ -427,7 +427,7 @@ fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
     ] {
         let out = worker(path);
         let stderr = out.stderr.join("\n");
-        assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
+        assert_eq!(out.status.code(), Some(65), "{what}: {stderr}");
         assert!(
             stderr.contains(path.as_str()) && stderr.contains(what),
             "{what}: {stderr}"
@@ -467,7 +467,7 @@ fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
     ] {
         let out = common::run(args, &[], SECS_20);
         let stderr = out.stderr.join("\n");
-        assert_eq!(out.status.code(), Some(69), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(75), "{args:?}: {stderr}");
         assert!(
             stderr.contains(&format!("data dir {data} is in use by another process")),
             "{stderr}"

@@ -709,19 +709,54 @@ fn after_giving_up_a_late_reply_is_unsolicited_and_a_new_send_works() {
     assert_eq!(events(&mut lp), vec![answered(71, 1, b"r")]);
 }
 
-/// The send attempt numbering starts again at 1 for every request, whatever attempt
-/// the caller put in the envelope.
+/// A request keeps the attempt the caller put in its envelope (one re-sent from an
+/// outbox after a restart continues its count; a new one is attempt 1), and the retry
+/// budget counts from it: `retries` attempts, whatever the first one's number.
+/// Catches: a recovered request sent as attempt 1 (a broker holding its earlier copy
+/// would take it for a stale duplicate), or one given up at once because its earlier
+/// attempts used the budget.
 #[test]
-fn send_resets_the_attempt_to_one() {
-    let clock = Clock::new();
-    let mut lp = client(&clock, no_jitter());
+fn send_keeps_the_attempt_and_the_budget_counts_from_it() {
+    let mut clock = Clock::new();
+    let r = retry(ms(1000), 3, ms(100), ms(100), 0.0);
+    let mut lp = client(&clock, r);
     let mut e = envelope(80, b"x");
     e.meta.attempt = 9;
     lp.send(clock.now(), e).unwrap();
     let t = transmits(&mut lp);
+    assert_eq!(decode_sent(sent(&t[0])).meta.attempt, 9);
+    lp.handle_reply(clock.now(), reply(80, 1, b"r"));
+    assert_eq!(events(&mut lp), vec![stale(80, 1)]);
+    // Three attempts, 9 to 11, then the give-up counts every attempt ever made.
+    let mut sent_attempts = vec![9];
+    for _ in 0..40 {
+        clock.advance(ms(100));
+        lp.handle_timeout(clock.now());
+        for t in transmits(&mut lp) {
+            if let Transmit::Send(f) = t {
+                sent_attempts.push(decode_sent(f).meta.attempt);
+            }
+        }
+    }
+    assert_eq!(sent_attempts, [9, 10, 11]);
+    let gave_up: Vec<_> = events(&mut lp)
+        .into_iter()
+        .filter(|e| matches!(e, Event::GaveUp { .. }))
+        .collect();
+    assert_eq!(
+        gave_up,
+        [Event::GaveUp {
+            id: Uuid::from_u128(80),
+            attempts: 11,
+            payload: frames(&[b"x"])
+        }]
+    );
+    // Attempt 0 is taken as 1.
+    let mut e = envelope(81, b"y");
+    e.meta.attempt = 0;
+    lp.send(clock.now(), e).unwrap();
+    let t = transmits(&mut lp);
     assert_eq!(decode_sent(sent(&t[0])).meta.attempt, 1);
-    lp.handle_reply(clock.now(), reply(80, 9, b"r"));
-    assert_eq!(events(&mut lp), vec![stale(80, 9)]);
 }
 
 // ---------------------------------------------------------------------------------

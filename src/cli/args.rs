@@ -44,6 +44,8 @@ pub fn flag_of(field: &str) -> &str {
         "max_attempts" => "--max-attempts",
         "dedup.max_ids" => "--dedup-max-ids",
         "dedup.max_age" => "--dedup-max-age",
+        "outbox_limit" => "--outbox-limit",
+        "data_dir" => "--data-dir",
         other => other,
     }
 }

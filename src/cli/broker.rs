@@ -41,6 +41,11 @@ pub struct BrokerArgs {
     /// Sliding window of the statistics `mmi.stats` reports.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_window: Duration,
+    /// Keep the requests dead-lettered after --max-deliveries in this directory (a
+    /// sled database), for `bosun dlq list|show|replay|purge`. One process per
+    /// directory. The queues themselves stay in memory.
+    #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Heartbeat settings (must match the workers').
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
@@ -59,10 +64,16 @@ pub fn run(args: BrokerArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         stats_window: args.stats_window,
         max_deliveries: args.max_deliveries,
     };
-    let driver = BrokerDriver::builder(&args.bind)
-        .context(&ctx)
-        .config(cfg)
-        .bind()?;
+    let mut builder = BrokerDriver::builder(&args.bind).context(&ctx).config(cfg);
+    let store = args
+        .data_dir
+        .as_deref()
+        .map(crate::store::Store::open)
+        .transpose()?;
+    if let Some(store) = &store {
+        builder = builder.dead_letters(store);
+    }
+    let driver = builder.bind()?;
     println!("broker bound={}", driver.endpoint());
     driver.run(shutdown)?;
     Ok(ExitCode::SUCCESS)

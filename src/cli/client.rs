@@ -1,11 +1,13 @@
 //! `bosun client`.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Args;
+use uuid::Uuid;
 
 use super::args::{parse_in_flight, parse_service};
 use super::{exit, json, RetryArgs};
@@ -14,9 +16,11 @@ use crate::error::{ClientError, Error};
 use crate::io::freelance::FreelanceClient;
 use crate::io::lazy_pirate::LazyPirateClient;
 use crate::io::mdclient::MajordomoClient;
+use crate::io::outbox::{self, OutboxConfig, SharedOutbox, DEFAULT_OUTBOX_LIMIT};
 use crate::io::{Shutdown, SHUTDOWN_CHECK};
 use crate::proto::envelope::Status;
 use crate::proto::freelance::FreelanceConfig;
+use crate::store::{Durability, OutboxRecord, Store};
 
 /// Options of `bosun client`.
 #[derive(Debug, Args)]
@@ -43,10 +47,12 @@ pub struct ClientArgs {
     #[arg(long)]
     pub summary: bool,
     /// Print one JSON object per request on stdout instead of the bare reply: `id`
-    /// (input line number), `service`, `status` (ok, failed, refused, no_reply,
-    /// too_large, unanswered), `attempt` (the one answered; null when unknown),
-    /// `rtt_ms` (from the first send to the outcome, retries included), and `encoding`
-    /// (utf8 or base64) with `payload` for a reply, `error` for anything else.
+    /// (input line number; for a request recovered from the outbox, its message id,
+    /// with `recovered` true), `service`, `status` (ok, failed, refused, no_reply,
+    /// too_large, outbox_full, not_stored, unanswered), `attempt` (the one answered;
+    /// null when unknown), `rtt_ms` (from the first send to the outcome, retries
+    /// included), and `encoding` (utf8 or base64) with `payload` for a reply, `error`
+    /// for anything else.
     #[arg(long)]
     pub json: bool,
     /// Requests on stdin and replies on stdout end with a NUL byte instead of a
@@ -56,6 +62,84 @@ pub struct ClientArgs {
     /// Retry settings.
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// Outbox settings.
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+/// `--data-dir`, `--durability`, `--outbox-limit`: the client's outbox.
+#[derive(Debug, Clone, Args)]
+pub struct OutboxArgs {
+    /// Keep every request in an outbox in DIR (a sled database, created when missing;
+    /// one process at a time) from before it is sent until it is answered; on start,
+    /// re-send what a crash left there, with the original ids, before reading input.
+    /// Requests given up on go to DIR's dead letters (see `bosun dlq`).
+    #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: when the outbox flushes. `every`: before each request is sent;
+    /// `batched`: one flush for the requests sent together, before they are sent;
+    /// `none`: sled's background flush only (a crash may lose the last 500 ms).
+    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability)]
+    pub durability: Durability,
+    /// With --data-dir: the most requests pending in the outbox; beyond it a request
+    /// is refused, exit 75.
+    #[arg(long, env = "BOSUN_OUTBOX_LIMIT", value_name = "N", default_value_t = DEFAULT_OUTBOX_LIMIT)]
+    pub outbox_limit: usize,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
+}
+
+impl OutboxArgs {
+    /// Opens the store of `--data-dir`, if given, with the outbox settings.
+    pub fn open(&self) -> Result<Option<(Store, OutboxConfig)>, Error> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        let config = OutboxConfig {
+            durability: self.durability,
+            limit: self.outbox_limit,
+        };
+        config.validate()?;
+        Ok(Some((Store::open(dir)?, config)))
+    }
+}
+
+/// Gives a client builder the outbox, if there is one.
+pub(super) trait WithOutbox: Sized {
+    fn outbox(self, store: &Store, config: OutboxConfig) -> Self;
+
+    fn maybe_outbox(self, outbox: &Option<(Store, OutboxConfig)>) -> Self {
+        match outbox {
+            Some((store, config)) => self.outbox(store, *config),
+            None => self,
+        }
+    }
+}
+
+impl WithOutbox for crate::io::lazy_pirate::LazyPirateClientBuilder {
+    fn outbox(self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox(store, config)
+    }
+}
+
+impl WithOutbox for crate::io::mdclient::MajordomoClientBuilder {
+    fn outbox(self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox(store, config)
+    }
+}
+
+impl WithOutbox for crate::io::mdclient::AsyncMajordomoClientBuilder {
+    fn outbox(self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox(store, config)
+    }
+}
+
+impl WithOutbox for crate::io::freelance::FreelanceClientBuilder {
+    fn outbox(self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox(store, config)
+    }
 }
 
 /// Sends each request, prints each reply on its own line; a failed request is
@@ -73,31 +157,47 @@ pub fn run(args: ClientArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         None => stdin_lines(terminator),
     };
     let mut out = Output::new(&args);
+    let store = args.outbox.open()?;
     if let Some(service) = args.service.clone() {
-        return super::mdclient::run(&ctx, &args, &service, requests, &mut out, shutdown);
+        return super::mdclient::run(&ctx, &args, &service, &store, requests, &mut out, shutdown);
     }
     if args.freelance || args.connect.contains(',') {
-        return run_freelance(&ctx, &args, requests, &mut out, shutdown);
+        return run_freelance(&ctx, &args, &store, requests, &mut out, shutdown);
     }
     let mut client = LazyPirateClient::builder(&args.connect)
         .context(&ctx)
         .retry(args.retry.retry())
         .shutdown(shutdown)
+        .maybe_outbox(&store)
         .connect()?;
     let retry = args.retry.retry();
-    let probe = || probe(&ctx, &args.connect, None, &retry, shutdown);
-    request_lines(
-        &requests,
-        shutdown,
+    let pending = client.pending()?;
+    log_recovery(client.outbox(), pending.len());
+    let (_, _, go_on) = resend_pending(
+        pending,
         &mut out,
-        |body| {
+        |record| {
             let before = client.stats().retries;
-            let result = client.request(body);
+            let result = client.resend(record).map(|f| f.concat());
             let attempt = attempts_since(before, client.stats().retries);
-            (result, Some(attempt))
+            (result, Some(attempt.saturating_add(record.attempts)))
         },
-        probe,
+        || probe(&ctx, &args.connect, None, &retry, shutdown),
     )?;
+    if go_on {
+        request_lines(
+            &requests,
+            shutdown,
+            &mut out,
+            |body| {
+                let before = client.stats().retries;
+                let result = client.request(body);
+                let attempt = attempts_since(before, client.stats().retries);
+                (result, Some(attempt))
+            },
+            || probe(&ctx, &args.connect, None, &retry, shutdown),
+        )?;
+    }
     if args.summary {
         let s = client.stats();
         eprintln!(
@@ -116,6 +216,7 @@ pub(super) fn attempts_since(before: u64, after: u64) -> u32 {
 fn run_freelance(
     ctx: &zmq::Context,
     args: &ClientArgs,
+    store: &Option<(Store, OutboxConfig)>,
     requests: mpsc::Receiver<Vec<u8>>,
     out: &mut Output,
     shutdown: &Shutdown,
@@ -135,15 +236,28 @@ fn run_freelance(
         .context(ctx)
         .config(cfg)
         .shutdown(shutdown)
+        .maybe_outbox(store)
         .connect()?;
+    let pending = client.pending()?;
+    log_recovery(client.outbox(), pending.len());
     // Freelance does not say which attempt was answered: `attempt` is null.
-    let (sent, answered) = request_lines(
-        &requests,
-        shutdown,
+    let (mut sent, mut answered, go_on) = resend_pending(
+        pending,
         out,
-        |body| (client.request(body), None),
+        |record| (client.resend(record).map(|f| f.concat()), None),
         || None,
     )?;
+    if go_on {
+        let (s, a) = request_lines(
+            &requests,
+            shutdown,
+            out,
+            |body| (client.request(body), None),
+            || None,
+        )?;
+        sent += s;
+        answered += a;
+    }
     if args.summary {
         eprintln!(
             "client: sent {sent}, answered {answered}, retries {}, discarded 0",
@@ -178,33 +292,113 @@ pub(super) fn request_lines(
         let start = crate::io::now();
         let (result, attempt) = request(line);
         let rtt = crate::io::now() - start;
-        match result {
-            Ok(reply) => {
+        let tag = Tag::Line(line_no);
+        match report(out, tag, result, attempt, rtt, &mut diagnose)? {
+            Reported::Answered => {
                 sent += 1;
                 answered += 1;
-                out.reply(line_no, attempt, rtt, &reply)?;
             }
-            Err(Error::Client(ClientError::Interrupted)) => {
-                sent += 1;
+            Reported::Failed => sent += 1,
+            Reported::NotSent => {}
+            Reported::Stop { sent: s } => {
+                sent += u64::from(s);
                 break;
             }
-            Err(e @ Error::Client(ClientError::TooLarge { .. })) => {
-                out.failure(line_no, None, None, &e, None)?;
-            }
-            Err(e @ Error::Client(ClientError::Remote { .. })) => {
-                sent += 1;
-                out.failure(line_no, attempt, Some(rtt), &e, None)?;
-            }
-            Err(e @ Error::Client(ClientError::GaveUp { attempts, .. })) => {
-                sent += 1;
-                let why = diagnose();
-                out.failure(line_no, Some(attempts), Some(rtt), &e, why.as_deref())?;
-                break;
-            }
-            Err(e) => return Err(e),
         }
     }
     Ok((sent, answered))
+}
+
+/// What [`report`] made of one outcome.
+enum Reported {
+    /// A reply.
+    Answered,
+    /// Sent, and failed at the peer; go on.
+    Failed,
+    /// Not sent (too large); go on.
+    NotSent,
+    /// Stop sending: the peer is gone, the client was interrupted, or the outbox cannot
+    /// take more. Whether the request was sent.
+    Stop { sent: bool },
+}
+
+/// Writes the outcome of one request to `out`, as [`request_lines`] describes.
+fn report(
+    out: &mut Output,
+    tag: Tag,
+    result: Result<Vec<u8>, Error>,
+    attempt: Option<u32>,
+    rtt: Duration,
+    diagnose: &mut impl FnMut() -> Option<String>,
+) -> Result<Reported, Error> {
+    Ok(match result {
+        Ok(reply) => {
+            out.reply(tag, attempt, rtt, &reply)?;
+            Reported::Answered
+        }
+        Err(Error::Client(ClientError::Interrupted)) => Reported::Stop { sent: true },
+        Err(e @ Error::Client(ClientError::TooLarge { .. })) => {
+            out.failure(tag, None, None, &e, None)?;
+            Reported::NotSent
+        }
+        Err(e @ Error::Client(ClientError::Remote { .. })) => {
+            out.failure(tag, attempt, Some(rtt), &e, None)?;
+            Reported::Failed
+        }
+        Err(e @ Error::Client(ClientError::GaveUp { attempts, .. })) => {
+            let why = diagnose();
+            out.failure(tag, Some(attempts), Some(rtt), &e, why.as_deref())?;
+            Reported::Stop { sent: true }
+        }
+        Err(e @ Error::Client(ClientError::OutboxFull { .. } | ClientError::NotStored { .. })) => {
+            out.failure(tag, None, None, &e, None)?;
+            Reported::Stop { sent: false }
+        }
+        Err(e) => return Err(e),
+    })
+}
+
+/// Logs what the client found in its outbox on start (info level), if it has one.
+pub(super) fn log_recovery(outbox: Option<&SharedOutbox>, pending: usize) {
+    if let Some(outbox) = outbox {
+        outbox::log_recovery(&crate::io::guard::lock(outbox), pending);
+    }
+}
+
+/// Re-sends the requests a crash left in the outbox (`records`, in the order they were
+/// made) one at a time with `resend`, and writes each outcome to `out` as recovered.
+/// Returns how many were sent and answered, and whether to go on with the input: not
+/// after a request that got no answer at all, an interruption or a full outbox (the
+/// rest stay pending for the next start).
+pub(super) fn resend_pending(
+    records: Vec<OutboxRecord>,
+    out: &mut Output,
+    mut resend: impl FnMut(&OutboxRecord) -> (Result<Vec<u8>, Error>, Option<u32>),
+    mut diagnose: impl FnMut() -> Option<String>,
+) -> Result<(u64, u64, bool), Error> {
+    let (mut sent, mut answered) = (0u64, 0u64);
+    for record in &records {
+        if out.is_closed() {
+            return Ok((sent, answered, false));
+        }
+        let start = crate::io::now();
+        let (result, attempt) = resend(record);
+        let rtt = crate::io::now() - start;
+        let tag = Tag::Recovered(record.id);
+        match report(out, tag, result, attempt, rtt, &mut diagnose)? {
+            Reported::Answered => {
+                sent += 1;
+                answered += 1;
+            }
+            Reported::Failed => sent += 1,
+            Reported::NotSent => {}
+            Reported::Stop { sent: s } => {
+                sent += u64::from(s);
+                return Ok((sent, answered, false));
+            }
+        }
+    }
+    Ok((sent, answered, true))
 }
 
 /// After a request got no reply at all: asks the peer at `endpoint`, once and briefly,
@@ -257,6 +451,15 @@ pub(super) fn probe(
     })
 }
 
+/// Which request an outcome belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tag {
+    /// The request of input line N (from 1).
+    Line(u64),
+    /// A request recovered from the outbox, by its message id (it has no input line).
+    Recovered(Uuid),
+}
+
 /// Where outcomes go: each reply on stdout (bare or as JSON), each failure on stderr
 /// (and as JSON on stdout with `--json`); and what the exit code will be.
 pub(super) struct Output {
@@ -268,6 +471,7 @@ pub(super) struct Output {
     refused: bool,
     too_large: bool,
     gave_up: bool,
+    not_stored: bool,
 }
 
 impl Output {
@@ -285,6 +489,7 @@ impl Output {
             refused: false,
             too_large: false,
             gave_up: false,
+            not_stored: false,
         }
     }
 
@@ -297,7 +502,7 @@ impl Output {
     pub(super) fn code(&self) -> ExitCode {
         ExitCode::from(if self.gave_up {
             exit::UNAVAILABLE
-        } else if STDIN_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        } else if self.not_stored || STDIN_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
             exit::IO
         } else if self.refused {
             exit::TEMPFAIL
@@ -312,13 +517,18 @@ impl Output {
 
     fn record(
         &self,
-        line: u64,
+        tag: Tag,
         status: &str,
         attempt: Option<u32>,
         rtt: Option<Duration>,
     ) -> json::Object {
-        let o = json::Object::new()
-            .opt_u64("id", Some(line))
+        let o = match tag {
+            Tag::Line(line) => json::Object::new().opt_u64("id", Some(line)),
+            Tag::Recovered(id) => json::Object::new()
+                .str("id", &id.to_string())
+                .raw("recovered", "true"),
+        };
+        let o = o
             .opt_str("service", self.service.as_deref())
             .str("status", status)
             .opt_u64("attempt", attempt.map(u64::from));
@@ -328,17 +538,20 @@ impl Output {
         }
     }
 
-    /// The reply to input line `line`.
+    /// The reply to the request `tag`. A recovered request's is also told on stderr.
     pub(super) fn reply(
         &mut self,
-        line: u64,
+        tag: Tag,
         attempt: Option<u32>,
         rtt: Duration,
         body: &[u8],
     ) -> Result<(), Error> {
+        if let Tag::Recovered(id) = tag {
+            eprintln!("bosun client: recovered request {id}: answered");
+        }
         if self.json {
             let o = self
-                .record(line, "ok", attempt, Some(rtt))
+                .record(tag, "ok", attempt, Some(rtt))
                 .bytes("payload", body);
             self.write(o.finish().as_bytes(), b'\n')
         } else {
@@ -346,11 +559,11 @@ impl Output {
         }
     }
 
-    /// The failure of input line `line`: on stderr, `note` (what a probe found) on the
+    /// The failure of the request `tag`: on stderr, `note` (what a probe found) on the
     /// same line; with `--json` also on stdout.
     pub(super) fn failure(
         &mut self,
-        line: u64,
+        tag: Tag,
         attempt: Option<u32>,
         rtt: Option<Duration>,
         e: &Error,
@@ -373,6 +586,14 @@ impl Output {
                 self.gave_up = true;
                 "no_reply"
             }
+            Error::Client(ClientError::OutboxFull { .. }) => {
+                self.refused = true;
+                "outbox_full"
+            }
+            Error::Client(ClientError::NotStored { .. }) => {
+                self.not_stored = true;
+                "not_stored"
+            }
             _ => {
                 self.failed = true;
                 "error"
@@ -382,10 +603,10 @@ impl Output {
         if let Some(note) = note {
             message = format!("{message} ({note})");
         }
-        eprintln!("bosun client: line {line}: {message}");
+        eprintln!("bosun client: {}: {message}", tag.words());
         if self.json {
             let o = self
-                .record(line, status, attempt, rtt)
+                .record(tag, status, attempt, rtt)
                 .str("error", &message);
             self.write(o.finish().as_bytes(), b'\n')?;
         }
@@ -394,15 +615,15 @@ impl Output {
 
     /// Input line `line` got no outcome before the client stopped. Nothing is said when
     /// the client stopped because its reader closed stdout: nobody wants the rest.
-    pub(super) fn unanswered(&mut self, line: u64) -> Result<(), Error> {
+    pub(super) fn unanswered(&mut self, tag: Tag) -> Result<(), Error> {
         if self.closed {
             return Ok(());
         }
         let message = "no answer before the client stopped";
-        eprintln!("bosun client: line {line}: {message}");
+        eprintln!("bosun client: {}: {message}", tag.words());
         if self.json {
             let o = self
-                .record(line, "unanswered", None, None)
+                .record(tag, "unanswered", None, None)
                 .str("error", message);
             self.write(o.finish().as_bytes(), b'\n')?;
         }
@@ -433,7 +654,16 @@ impl Output {
     }
 }
 
-/// Requests of stdin as bytes (any bytes: a request need not be UTF-8), each ended by
+impl Tag {
+    /// `line N`, or `recovered request ID`.
+    fn words(self) -> String {
+        match self {
+            Tag::Line(n) => format!("line {n}"),
+            Tag::Recovered(id) => format!("recovered request {id}"),
+        }
+    }
+}
+
 /// Set when reading stdin failed: the input ended early, so the exit status is 74.
 static STDIN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

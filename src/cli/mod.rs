@@ -4,6 +4,7 @@ mod args;
 mod broker;
 mod client;
 mod demo;
+mod dlq;
 mod json;
 mod mdclient;
 mod queue;
@@ -22,7 +23,6 @@ pub use args::{flag_of, parse_duration, HeartbeatArgs, ReconnectArgs, RetryArgs}
 
 use crate::error::{ClientError, ConfigError, Error, TransportError};
 use crate::io::Shutdown;
-use crate::store::StoreError;
 
 /// The exit codes, the same in every subcommand (sysexits-style; see [`EXIT_CODES`]).
 pub mod exit {
@@ -36,7 +36,8 @@ pub mod exit {
     /// Usage: a bad flag, value or environment variable, a configuration that cannot
     /// work, or a `--data-dir` that is not a usable bosun store (EX_USAGE).
     pub const USAGE: u8 = 64;
-    /// An input line the client cannot send: over the 64 MiB a bosun peer accepts
+    /// Bad data: an input line the client cannot send (over the 64 MiB a bosun peer
+    /// accepts), or a data dir that is not a bosun store, or a damaged one
     /// (EX_DATAERR).
     pub const DATA: u8 = 65;
     /// Unavailable: no reply after every attempt, the peer is not a bosun broker, an
@@ -44,11 +45,12 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// An internal error: a bug (EX_SOFTWARE).
     pub const SOFTWARE: u8 = 70;
-    /// Reading stdin, writing stdout, starting a child process or using the store's
-    /// disk failed (EX_IOERR).
+    /// Reading stdin, writing stdout, starting a child process, or reading or writing
+    /// the data dir failed (EX_IOERR).
     pub const IO: u8 = 74;
-    /// A temporary failure: the broker refused a request unhandled (a full queue); try
-    /// again later (EX_TEMPFAIL).
+    /// A temporary failure: the broker refused a request unhandled (a full queue), the
+    /// client's outbox is full, or the data dir is in use by another process; try again
+    /// later (EX_TEMPFAIL).
     pub const TEMPFAIL: u8 = 75;
     /// Stopped by SIGHUP (128 + 1) before it finished.
     pub const SIGHUP: u8 = 129;
@@ -65,15 +67,17 @@ Exit status (the same for every subcommand):
          `stats --watch`: stopped by SIGINT/SIGTERM, their normal way to end)
     1    a request failed remotely: its handler failed (demo: a check failed)
     3    server --crash-after: the simulated crash
-   64    usage: a bad flag, value or BOSUN_* variable, settings that cannot work, or
-         a --data-dir that is not a usable bosun store (a file, other files, damaged)
-   65    an input line too large to send (over 64 MiB)
+   64    usage: a bad flag, value or BOSUN_* variable, or settings that cannot work
+         (dlq: an id that is not in the dead letters)
+   65    bad data: an input line too large to send (over 64 MiB), or a --data-dir
+         that is not a bosun store or is damaged
    69    unavailable: no reply after every attempt, the peer is not a bosun broker,
          the address is in use, or the --data-dir is in use by another process
    70    internal error (a bug: please report it)
-   74    I/O error: reading stdin, writing stdout, starting a child process, the
-         store's disk
-   75    temporary failure: the broker refused a request unhandled (full queue)
+   74    I/O error: reading stdin, writing stdout, starting a child process, reading
+         or writing the data dir
+   75    temporary failure: the broker refused a request unhandled (full queue), the
+         outbox is full (--outbox-limit), or the data dir is in use
   130    interrupted by SIGINT (Ctrl-C) before finishing (143: SIGTERM, 129: SIGHUP)
 When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
 (`bosun client | head -1`) is not an error: the client stops sending and exits as if
@@ -118,6 +122,9 @@ pub enum Command {
     /// Start a broker, two workers and a client; kill a worker and the broker; count.
     #[command(after_help = EXIT_CODES)]
     Demo(demo::DemoArgs),
+    /// Dead letters of a peer's --data-dir: list, show, replay, purge.
+    #[command(after_help = EXIT_CODES)]
+    Dlq(dlq::DlqArgs),
 }
 
 impl Command {
@@ -131,6 +138,7 @@ impl Command {
             Command::Broker(_) => "broker",
             Command::Stats(_) => "stats",
             Command::Demo(_) => "demo",
+            Command::Dlq(_) => "dlq",
         }
     }
 
@@ -138,7 +146,7 @@ impl Command {
     /// demo), so that a signal interrupts it; the others run until told to stop.
     fn is_batch(&self) -> bool {
         match self {
-            Command::Client(_) | Command::Demo(_) => true,
+            Command::Client(_) | Command::Demo(_) | Command::Dlq(_) => true,
             Command::Stats(a) => a.watch.is_none(),
             _ => false,
         }
@@ -209,6 +217,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Broker(a) => broker::run(a, &shutdown),
         Command::Stats(a) => stats::run(a, &shutdown),
         Command::Demo(a) => demo::run(a, &shutdown),
+        Command::Dlq(a) => dlq::run(a, &shutdown),
     };
     let code = match result {
         Ok(code) => code,
@@ -235,8 +244,11 @@ pub fn code_of(e: &Error) -> u8 {
             },
             ClientError::TooLarge { .. } => exit::DATA,
             ClientError::Interrupted => signal_received().map_or(exit::SIGINT, interrupted_code),
+            ClientError::OutboxFull { .. } => exit::TEMPFAIL,
+            ClientError::NotStored { .. } => exit::IO,
             _ => exit::SOFTWARE,
         },
+        Error::Store(e) => store_code(e),
         Error::Transport(TransportError::Zmq { source, .. }) => match source {
             zmq::Error::EINVAL
             | zmq::Error::EPROTONOSUPPORT
@@ -246,15 +258,23 @@ pub fn code_of(e: &Error) -> u8 {
             _ => exit::UNAVAILABLE,
         },
         Error::Io { .. } => exit::IO,
-        Error::Store(s) => match s {
-            StoreError::InUse { .. } => exit::UNAVAILABLE,
-            StoreError::Io { .. } | StoreError::Backend { .. } => exit::IO,
-            StoreError::OutboxFull { .. } => exit::TEMPFAIL,
-            // A --data-dir that is not a usable bosun store: a file, another program's
-            // files, a damaged or unknown-version database, an entry that does not decode.
-            _ => exit::USAGE,
-        },
         _ => exit::SOFTWARE,
+    }
+}
+
+/// The exit code of a store error (see [`exit`]).
+pub fn store_code(e: &crate::store::StoreError) -> u8 {
+    use crate::store::StoreError as S;
+    match e {
+        S::InUse { .. } | S::OutboxFull { .. } => exit::TEMPFAIL,
+        // A --data-dir that is not a usable bosun store: a file, another program's
+        // files, a damaged or unknown-version database, an entry that does not decode.
+        S::NotADirectory { .. }
+        | S::NotAStore { .. }
+        | S::Damaged { .. }
+        | S::UnsupportedVersion { .. }
+        | S::Corrupt { .. } => exit::DATA,
+        S::Io { .. } | S::Backend { .. } => exit::IO,
     }
 }
 
@@ -410,6 +430,18 @@ mod tests {
         assert_eq!(code_of(&bad_endpoint), exit::USAGE);
         let in_use = Error::Transport(TransportError::zmq("bind", "x", zmq::Error::EADDRINUSE));
         assert_eq!(code_of(&in_use), exit::UNAVAILABLE);
+        let full = Error::Client(ClientError::OutboxFull {
+            limit: 1,
+            body: Vec::new(),
+        });
+        assert_eq!(code_of(&full), exit::TEMPFAIL);
+        let in_use = Error::Store(crate::store::StoreError::InUse { path: "/d".into() });
+        assert_eq!(code_of(&in_use), exit::TEMPFAIL);
+        let garbage = Error::Store(crate::store::StoreError::NotAStore {
+            path: "/d".into(),
+            reason: String::new(),
+        });
+        assert_eq!(code_of(&garbage), exit::DATA);
         assert_eq!(interrupted_code(libc::SIGINT), exit::SIGINT);
         assert_eq!(interrupted_code(libc::SIGTERM), exit::SIGTERM);
         assert_eq!(interrupted_code(libc::SIGHUP), exit::SIGHUP);

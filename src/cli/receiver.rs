@@ -26,7 +26,7 @@ pub struct DedupArgs {
     /// Keep the duplicate window (ids handled, with their replies) and the dead letters
     /// in this directory, so that a restart keeps them: a retry of a request handled
     /// before the restart is answered from the cache, not run again. Turns duplicate
-    /// suppression on. One process per directory (another is refused, exit 69).
+    /// suppression on. One process per directory (another is refused, exit 75).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Suppress duplicates without --data-dir: the window lives in memory and is lost

@@ -32,6 +32,13 @@
 //!   nothing at once, because the core goes on retrying it, but the driver forgets its
 //!   slot when the reply (which is then dropped) or the give-up comes, so nothing
 //!   leaks: [`AsyncClient::outstanding`] counts it until then.
+//! - **Outbox.** With [`AsyncClientBuilder::outbox`], [`AsyncClient::request`] stores
+//!   the request in the caller's thread before it returns (with `every`, on disk; a
+//!   full outbox completes the future at once with [`ClientError::OutboxFull`]); the
+//!   driver thread confirms what was queued in one turn with one flush (`batched`)
+//!   before it sends any of it, and records replies and give-ups through the one hook
+//!   of [`crate::io::outbox`]. [`AsyncClient::recover`] re-sends what a crash left
+//!   pending, with the original ids.
 //! - **Errors.** A handler that failed (or a request the broker refused) is
 //!   [`ClientError::Remote`]; every attempt timing out is [`ClientError::GaveUp`], with
 //!   the body handed back; a request still waiting when the driver stops (on
@@ -73,13 +80,16 @@ use crate::config::Retry;
 use crate::error::{ClientError, Error};
 use crate::io::driver::{Driver, Flow, Input, Sockets};
 use crate::io::guard::lock;
-use crate::io::lazy_pirate::answer_to_result;
+use crate::io::lazy_pirate::{answer_to_result, open_outbox};
+use crate::io::mdclient::log_event;
+use crate::io::outbox::{self, OutboxConfig, SharedOutbox, Stored};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::client::{Event, MdpClient, Mode};
 use crate::proto::envelope::Envelope;
 use crate::proto::frames::Frames;
 use crate::proto::lazy_pirate::check_size;
+use crate::store::{Appended, OutboxRecord, Store};
 
 /// The name of every client's driver thread.
 pub const THREAD_NAME: &str = "bosun-async";
@@ -90,6 +100,7 @@ pub struct AsyncClientBuilder {
     endpoint: String,
     transport: Option<Transport>,
     retry: Retry,
+    outbox: Option<(Store, OutboxConfig)>,
 }
 
 impl AsyncClientBuilder {
@@ -112,11 +123,22 @@ impl AsyncClientBuilder {
         self
     }
 
-    /// Makes the sockets, connects, and starts the driver thread. Fails on a retry
-    /// policy that cannot work, a socket that cannot be made, or no thread.
+    /// Keeps every request in `store`'s outbox from before it is sent until it is
+    /// answered or given up (then in its dead letters), as `config` says; see the
+    /// [module docs](self) and [`AsyncClient::recover`]. Default: no outbox. One client
+    /// per store.
+    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox = Some((store.clone(), config));
+        self
+    }
+
+    /// Opens the outbox if one was given, makes the sockets, connects, and starts the
+    /// driver thread. Fails on a retry policy or outbox that cannot work, a socket that
+    /// cannot be made, or no thread.
     pub fn connect(self) -> Result<AsyncClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = MdpClient::new(io::now(), Mode::Pipelined, self.retry, fastrand::u64(..))?;
+        let outbox = open_outbox(self.outbox)?;
         let sockets = Sockets::connecting(
             &transport,
             zmq::DEALER,
@@ -127,7 +149,11 @@ impl AsyncClientBuilder {
         let (pull, _) = transport.bind(zmq::PULL, &name)?;
         let push = transport.connect(zmq::PUSH, &[name])?;
         let stop = Shutdown::new();
-        let driver = Driver::new(core, sockets, &stop);
+        let driver = Driver::new(
+            Stored::new(core, outbox.clone(), &self.endpoint),
+            sockets,
+            &stop,
+        );
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: Vec::new(),
@@ -138,6 +164,7 @@ impl AsyncClientBuilder {
             retries: AtomicU64::new(0),
             exit: DriverExit::default(),
             peer: self.endpoint,
+            outbox,
         });
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -180,6 +207,7 @@ impl AsyncClient {
             endpoint: endpoint.to_string(),
             transport: None,
             retry: Retry::default(),
+            outbox: None,
         }
     }
 
@@ -193,25 +221,83 @@ impl AsyncClient {
     /// future of its reply's frames. The request is queued for the driver before this
     /// returns, whether or not the future is ever polled; see the [module
     /// docs](self) for its errors.
+    ///
+    /// With an outbox, the request is stored before this returns (on disk with
+    /// `every`); a full outbox completes the future at once with
+    /// [`ClientError::OutboxFull`], the request neither stored nor sent.
     pub fn request(&self, service: &str, payload: Frames) -> Request {
         let envelope = io::envelope(payload);
-        let id = envelope.meta.id;
+        let (request, slot) = self.new_request(envelope.meta.id);
+        if let Err(e) = check_size(&envelope) {
+            slot.complete(Err(e.into()));
+            return request;
+        }
+        let service = service.as_bytes().to_vec();
+        let appended = match &self.owner.shared.outbox {
+            Some(outbox) => match lock(outbox).accept(Some(&service), &envelope) {
+                Ok(appended) => appended,
+                Err(e) => {
+                    slot.complete(Err(e));
+                    return request;
+                }
+            },
+            None => Appended::Ready,
+        };
+        self.owner.submit(Submission {
+            kind: Kind::New {
+                service,
+                envelope,
+                appended,
+            },
+            slot,
+        });
+        request
+    }
+
+    /// Sends a stored request again, to its service, with its original id and creation
+    /// time (its attempt continuing from the record's count), and returns the future of
+    /// its reply; see [`AsyncClient::request`]. A request already in flight is not sent
+    /// twice: its future fails with [`ClientError::Busy`].
+    pub fn resend(&self, record: OutboxRecord) -> Request {
+        let (request, slot) = self.new_request(record.id);
+        self.owner.submit(Submission {
+            kind: Kind::Resume(record),
+            slot,
+        });
+        request
+    }
+
+    /// Re-sends every request pending in the outbox (what a crash or a stop left
+    /// unanswered), all at once, with its original id ([`AsyncClient::resend`]), and
+    /// returns their futures, in the order the requests were made. Logs `recovered: N
+    /// pending re-sent, K dead letters` at info level. Call it once, before new
+    /// requests; without an outbox it returns none.
+    pub fn recover(&self) -> Result<Vec<Request>, Error> {
+        let Some(outbox) = &self.owner.shared.outbox else {
+            return Ok(Vec::new());
+        };
+        let pending = {
+            let outbox = lock(outbox);
+            let pending = outbox.pending()?;
+            outbox::log_recovery(&outbox, pending.len());
+            pending
+        };
+        Ok(pending.into_iter().map(|r| self.resend(r)).collect())
+    }
+
+    /// The client's outbox, if it has one.
+    pub fn outbox(&self) -> Option<&SharedOutbox> {
+        self.owner.shared.outbox.as_ref()
+    }
+
+    fn new_request(&self, id: Uuid) -> (Request, Arc<Slot>) {
         let slot = Arc::new(Slot::default());
         let request = Request {
             id,
             slot: Arc::clone(&slot),
             _client: self.clone(),
         };
-        if let Err(e) = check_size(&envelope) {
-            slot.complete(Err(e.into()));
-            return request;
-        }
-        self.owner.submit(Submission {
-            service: service.as_bytes().to_vec(),
-            envelope,
-            slot,
-        });
-        request
+        (request, slot)
     }
 
     /// Requests made whose outcome the driver has not had yet (a request whose future
@@ -379,9 +465,20 @@ impl Slot {
 
 /// One request on its way to the driver.
 struct Submission {
-    service: Vec<u8>,
-    envelope: Envelope,
+    kind: Kind,
     slot: Arc<Slot>,
+}
+
+/// What a submission asks of the driver.
+enum Kind {
+    /// A new request, already stored in the outbox as `appended` says.
+    New {
+        service: Vec<u8>,
+        envelope: Envelope,
+        appended: Appended,
+    },
+    /// A stored request, sent again.
+    Resume(OutboxRecord),
 }
 
 /// What the handles and the driver thread share.
@@ -393,6 +490,8 @@ struct Shared {
     exit: DriverExit,
     /// The broker's endpoint, for error messages.
     peer: String,
+    /// The outbox, shared with the driver thread.
+    outbox: Option<SharedOutbox>,
 }
 
 struct State {
@@ -449,7 +548,7 @@ type InCore = HashMap<Uuid, (Vec<u8>, Arc<Slot>)>;
 
 /// The driver thread: runs the loop until the stop, then fails what is left and closes
 /// the sockets (the caller marks the exit after that).
-fn drive(mut driver: Driver<MdpClient>, pull: zmq::Socket, shared: Arc<Shared>) {
+fn drive(mut driver: Driver<Stored<MdpClient>>, pull: zmq::Socket, shared: Arc<Shared>) {
     // Fails what is left and marks the exit even if the loop panics.
     struct CloseOut<'a> {
         shared: &'a Shared,
@@ -487,35 +586,62 @@ fn drive(mut driver: Driver<MdpClient>, pull: zmq::Socket, shared: Arc<Shared>) 
                     std::mem::take(&mut state.queue)
                 };
                 for s in queued {
-                    match d.core.send(io::now(), &s.service, s.envelope) {
+                    let now = io::now();
+                    let (service, started) = match s.kind {
+                        Kind::New {
+                            service,
+                            envelope,
+                            appended,
+                        } => {
+                            let started =
+                                d.core
+                                    .submit_accepted(now, Some(&service), envelope, appended);
+                            (service, started)
+                        }
+                        Kind::Resume(record) => {
+                            let service = record.service.clone().unwrap_or_default();
+                            let started = if d.core.core().is_outstanding(record.id) {
+                                Err(ClientError::Busy.into())
+                            } else {
+                                d.core.resume(now, &record)
+                            };
+                            (service, started)
+                        }
+                    };
+                    match started {
                         Ok(id) => {
-                            tracing::debug!(%id, service = %String::from_utf8_lossy(&s.service), "request sent");
-                            in_core.insert(id, (s.service, s.slot));
+                            in_core.insert(id, (service, s.slot));
                         }
                         Err(e) => {
                             shared.outstanding.fetch_sub(1, Ordering::SeqCst);
-                            s.slot.complete(Err(e.into()));
+                            s.slot.complete(Err(e));
                         }
                     }
                 }
             }
-            Input::Event(Event::Reply {
+            Input::Event(outbox::Event::Unsent { id, error }) => {
+                if let Some((_, slot)) = in_core.remove(&id) {
+                    shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+                    slot.complete(Err(error.into()));
+                }
+            }
+            Input::Event(outbox::Event::Core(Event::Reply {
                 id,
                 attempt,
                 answer,
                 ..
-            }) => {
+            })) => {
                 if let Some((service, slot)) = in_core.remove(&id) {
                     shared.outstanding.fetch_sub(1, Ordering::SeqCst);
                     let peer = peer(&shared.peer, &service);
                     slot.complete(answer_to_result(answer, id, attempt, &peer));
                 }
             }
-            Input::Event(Event::GaveUp {
+            Input::Event(outbox::Event::Core(Event::GaveUp {
                 id,
                 attempts,
                 payload,
-            }) => {
+            })) => {
                 if let Some((service, slot)) = in_core.remove(&id) {
                     shared.outstanding.fetch_sub(1, Ordering::SeqCst);
                     slot.complete(Err(ClientError::GaveUp {
@@ -526,7 +652,7 @@ fn drive(mut driver: Driver<MdpClient>, pull: zmq::Socket, shared: Arc<Shared>) 
                     .into()));
                 }
             }
-            Input::Event(e) => {
+            Input::Event(outbox::Event::Core(e)) => {
                 if matches!(e, Event::Retrying { .. }) {
                     shared.retries.fetch_add(1, Ordering::Relaxed);
                 }
@@ -548,23 +674,6 @@ fn drive(mut driver: Driver<MdpClient>, pull: zmq::Socket, shared: Arc<Shared>) 
 
 fn peer(endpoint: &str, service: &[u8]) -> String {
     format!("{endpoint} (service {})", String::from_utf8_lossy(service))
-}
-
-/// Logs what the application does not see: retries, duplicates, unmatched and
-/// malformed replies.
-fn log_event(event: &Event) {
-    match event {
-        Event::Retrying { id, attempt, after } => {
-            tracing::warn!(%id, attempt, ?after, "no reply, retrying")
-        }
-        Event::Duplicate { id } => tracing::debug!(%id, "late or duplicate reply dropped"),
-        Event::Unmatched { service } => tracing::warn!(
-            service = %String::from_utf8_lossy(service),
-            "reply without bosun metadata dropped: with many requests in flight it cannot be matched to one (a foreign broker?); use the blocking MajordomoClient"
-        ),
-        Event::Malformed(e) => tracing::warn!(error = %e, "malformed reply dropped"),
-        Event::Reply { .. } | Event::GaveUp { .. } => {}
-    }
 }
 
 #[cfg(test)]

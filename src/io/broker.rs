@@ -11,6 +11,7 @@ use crate::proto::broker::{
 };
 use crate::proto::frames::Frames;
 use crate::proto::stats::escape_name;
+use crate::store::{DeadLetter, DeadLetters, DeadReason, Store};
 
 impl Core for Broker {
     type Event = Event;
@@ -41,6 +42,7 @@ pub struct BrokerDriverBuilder {
     endpoint: String,
     transport: Option<Transport>,
     config: BrokerConfig,
+    store: Option<Store>,
 }
 
 impl BrokerDriverBuilder {
@@ -62,12 +64,26 @@ impl BrokerDriverBuilder {
         self
     }
 
+    /// Keeps the requests it dead-letters (see [`BrokerConfig::max_deliveries`]) in
+    /// `store`'s dead letters, each flushed when it is written, for `bosun dlq`. Default:
+    /// none (a dead-lettered request is logged and its client told, nothing kept). The
+    /// broker still keeps its queues in memory only.
+    pub fn dead_letters(mut self, store: &Store) -> Self {
+        self.store = Some(store.clone());
+        self
+    }
+
     /// Checks the settings, makes the ROUTER socket and binds it.
     pub fn bind(self) -> Result<BrokerDriver, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = Broker::new(io::now(), self.config)?;
+        let dead = self.store.as_ref().map(Store::dead_letters).transpose()?;
         let sockets = Sockets::bound(&transport, &[(zmq::ROUTER, &self.endpoint)])?;
-        Ok(BrokerDriver { core, sockets })
+        Ok(BrokerDriver {
+            core,
+            sockets,
+            dead,
+        })
     }
 }
 
@@ -83,6 +99,7 @@ impl BrokerDriverBuilder {
 pub struct BrokerDriver {
     core: Broker,
     sockets: Sockets,
+    dead: Option<DeadLetters>,
 }
 
 impl BrokerDriver {
@@ -93,6 +110,7 @@ impl BrokerDriver {
             endpoint: endpoint.to_string(),
             transport: None,
             config: BrokerConfig::default(),
+            store: None,
         }
     }
 
@@ -111,10 +129,50 @@ impl BrokerDriver {
     pub fn run(self, shutdown: &Shutdown) -> Result<(), Error> {
         let endpoint = self.endpoint();
         let mut driver = Driver::new(self.core, self.sockets, shutdown);
+        if let Some(dead) = &self.dead {
+            tracing::info!("recovered: {} dead letters", dead.len());
+        }
         tracing::info!(%endpoint, "broker running");
-        driver.route(log_event)?;
+        let dead = self.dead;
+        driver.route(|event| {
+            if let (Some(dead), Event::DeadLettered { .. }) = (&dead, &event) {
+                keep_dead_letter(dead, &event);
+            }
+            log_event(event)
+        })?;
         tracing::info!("broker stopped");
         Ok(())
+    }
+}
+
+/// Writes a dead-lettered request to the broker's dead letters. A foreign client's
+/// request has no id: it is stored under a new one. A store that fails is logged, and
+/// routing goes on (the client was told already).
+#[cold]
+fn keep_dead_letter(dead: &DeadLetters, event: &Event) {
+    let Event::DeadLettered {
+        service,
+        id,
+        payload,
+        deliveries,
+        reason,
+        ..
+    } = event
+    else {
+        return;
+    };
+    let letter = DeadLetter {
+        id: id.unwrap_or_else(|| io::envelope(Vec::new()).meta.id),
+        service: Some(service.clone()),
+        payload: payload.clone(),
+        attempts: *deliveries,
+        last_error: reason.message(*deliveries),
+        reason: DeadReason::Poison,
+        at_ms: io::unix_ms(),
+    };
+    match dead.put(&letter) {
+        Ok(()) => tracing::info!(id = %letter.id, "dead letter kept"),
+        Err(error) => tracing::error!(id = %letter.id, %error, "dead letter not kept"),
     }
 }
 

@@ -349,6 +349,28 @@ impl<C: Core> Driver<C> {
         Ok(())
     }
 
+    /// Feeds the core every message its sockets hold right now (at most [`BATCH`] per
+    /// socket), without waiting and without handing out the core's events: a client
+    /// whose calls return one outcome each lets its next calls hand out the rest (from
+    /// the core's queue), and what it is asked to send meanwhile goes out together at
+    /// the end of that turn (one group commit of its outbox). Returns how many it read.
+    pub fn take_ready(&mut self) -> Result<usize, Error> {
+        let mut read = 0;
+        for i in 0..MAX_SLOTS {
+            for _ in 0..BATCH {
+                let Some(s) = self.sockets.get(i) else {
+                    break;
+                };
+                let Ok(frames) = io::recv_frames(s, zmq::DONTWAIT) else {
+                    break;
+                };
+                self.core.handle_input(io::now(), i, frames);
+                read += 1;
+            }
+        }
+        Ok(read)
+    }
+
     /// Applies every op the core has queued.
     pub fn flush(&mut self) -> Result<(), Error> {
         while let Some(op) = self.core.poll_op() {

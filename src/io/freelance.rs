@@ -5,17 +5,22 @@
 
 use std::time::Instant;
 
+use uuid::Uuid;
+
 use crate::error::{ClientError, Error, TransportError};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::handler::Handler;
-use crate::io::lazy_pirate::answer_to_result;
+use crate::io::lazy_pirate::{answer_to_result, open_outbox};
+use crate::io::outbox::{self, ClientCore, OutboxConfig, Report, Stored};
 use crate::io::receiver::{self, ReceiverOptions};
 use crate::io::server::{serve, Stopped};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
+use crate::proto::envelope::Envelope;
 use crate::proto::frames::Frames;
 use crate::proto::freelance::{Event, Freelance, FreelanceConfig};
 use crate::proto::server::{self as core, Dialect, Faults};
+use crate::store::{OutboxRecord, Store};
 
 impl Core for Freelance {
     type Event = Event;
@@ -36,6 +41,26 @@ impl Core for Freelance {
     }
 }
 
+impl ClientCore for Freelance {
+    fn start(
+        &mut self,
+        now: Instant,
+        _service: Option<&[u8]>,
+        envelope: Envelope,
+    ) -> Result<Uuid, ClientError> {
+        self.send(now, envelope)
+    }
+
+    fn report(event: &Event) -> Option<Report> {
+        match *event {
+            Event::Reply { id, .. } => Some(Report::Answered(id)),
+            Event::Retrying { id, attempt, .. } => Some(Report::Retrying { id, attempt }),
+            Event::GaveUp { id, attempts, .. } => Some(Report::GaveUp { id, attempts }),
+            _ => None,
+        }
+    }
+}
+
 /// Settings of a [`FreelanceClient`], from [`FreelanceClient::builder`];
 /// [`FreelanceClientBuilder::connect`] makes the client.
 #[derive(Debug, Clone)]
@@ -44,6 +69,7 @@ pub struct FreelanceClientBuilder {
     transport: Option<Transport>,
     config: FreelanceConfig,
     shutdown: Option<Shutdown>,
+    outbox: Option<(Store, OutboxConfig)>,
 }
 
 impl FreelanceClientBuilder {
@@ -73,13 +99,27 @@ impl FreelanceClientBuilder {
         self
     }
 
-    /// Checks the settings and the endpoints, makes the ROUTER socket, connects it to
-    /// every server and pings them.
+    /// Keeps every request in `store`'s outbox from before it is sent until it is
+    /// answered or given up (then in its dead letters), as `config` says; see
+    /// [`crate::io::outbox`] and [`FreelanceClient::recover`]. Default: no outbox. One
+    /// client per store.
+    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox = Some((store.clone(), config));
+        self
+    }
+
+    /// Checks the settings and the endpoints, opens the outbox if one was given, makes
+    /// the ROUTER socket, connects it to every server and pings them.
     pub fn connect(self) -> Result<FreelanceClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = Freelance::new(io::now(), &self.endpoints, self.config, fastrand::u64(..))?;
+        let outbox = open_outbox(self.outbox)?;
         let sockets = Sockets::connecting(&transport, zmq::ROUTER, &self.endpoints, true)?;
-        let mut driver = Driver::new(core, sockets, &self.shutdown.unwrap_or_default());
+        let mut driver = Driver::new(
+            Stored::new(core, outbox, &self.endpoints.join(",")),
+            sockets,
+            &self.shutdown.unwrap_or_default(),
+        );
         driver.flush()?;
         Ok(FreelanceClient {
             endpoints: self.endpoints.join(","),
@@ -99,7 +139,7 @@ impl FreelanceClientBuilder {
 /// ```
 pub struct FreelanceClient {
     endpoints: String,
-    driver: Driver<Freelance>,
+    driver: Driver<Stored<Freelance>>,
     failovers: u64,
 }
 
@@ -112,6 +152,7 @@ impl FreelanceClient {
             transport: None,
             config: FreelanceConfig::default(),
             shutdown: None,
+            outbox: None,
         }
     }
 
@@ -132,65 +173,118 @@ impl FreelanceClient {
     }
 
     /// Sends `payload` to a server that is up and returns the reply's payload frames,
-    /// failing over to another server when one dies.
+    /// failing over to another server when one dies. With an outbox, the request is
+    /// kept there until it is answered (see [`LazyPirateClient::request_frames`]).
+    ///
+    /// [`LazyPirateClient::request_frames`]: crate::LazyPirateClient::request_frames
     pub fn request_frames(&mut self, payload: Frames) -> Result<Frames, Error> {
         // Time passed with no request out, and with it no pings: let the core see it
         // before choosing a server, so that one silent for longer than its TTL is down
         // (and pinged again) instead of being handed the request and a whole attempt.
-        self.driver.core.handle_timeout(io::now());
-        let id = self.driver.core.send(io::now(), io::envelope(payload))?;
+        self.driver.core.core_mut().handle_timeout(io::now());
+        let id = self
+            .driver
+            .core
+            .submit(io::now(), None, io::envelope(payload))?;
+        self.wait(id)
+    }
+
+    /// Sends a stored request again, with its original id and creation time (its
+    /// attempt continuing from the record's count); see
+    /// [`FreelanceClient::request_frames`].
+    pub fn resend(&mut self, record: &OutboxRecord) -> Result<Frames, Error> {
+        self.driver.core.core_mut().handle_timeout(io::now());
+        let id = self.driver.core.resume(io::now(), record)?;
+        self.wait(id)
+    }
+
+    /// The requests pending in the outbox, in the order they were made; empty without
+    /// an outbox.
+    pub fn pending(&self) -> Result<Vec<OutboxRecord>, Error> {
+        Ok(self.driver.core.pending()?)
+    }
+
+    /// Re-sends every pending request of the outbox, one at a time and in order, with
+    /// its original id; stops after the first that gets no reply at all or is
+    /// interrupted (the rest stay pending). See
+    /// [`LazyPirateClient::recover`](crate::LazyPirateClient::recover).
+    pub fn recover(&mut self) -> Result<outbox::Resent, Error> {
+        let pending = self.pending()?;
+        if let Some(outbox) = self.driver.core.lock_outbox() {
+            outbox::log_recovery(&outbox, pending.len());
+        }
+        Ok(outbox::recover_each(pending, |r| self.resend(r)))
+    }
+
+    /// The client's outbox, if it has one.
+    pub fn outbox(&self) -> Option<&outbox::SharedOutbox> {
+        self.driver.core.outbox()
+    }
+
+    fn wait(&mut self, id: Uuid) -> Result<Frames, Error> {
         let endpoints = self.endpoints.clone();
-        tracing::debug!(%id, servers = %endpoints, "request sent");
         let failovers = &mut self.failovers;
-        let outcome = self.driver.run(None, None, |_, input| match input {
-            Input::Event(Event::Reply {
-                answer,
-                server,
-                attempt,
-                ..
-            }) => Flow::Break(answer_to_result(
-                answer,
-                id,
-                attempt,
-                &String::from_utf8_lossy(&server),
-            )),
-            Input::Event(Event::GaveUp {
-                attempts, payload, ..
-            }) => Flow::Break(Err(ClientError::GaveUp {
-                attempts,
-                endpoint: endpoints.clone(),
-                body: payload.concat(),
+        let outcome = self.driver.run(None, None, |_, input| {
+            let event = match input {
+                Input::Event(outbox::Event::Core(e)) => e,
+                Input::Event(outbox::Event::Unsent { error, .. }) => {
+                    return Flow::Break(Err(error.into()))
+                }
+                Input::Wake => return Flow::Continue,
+                Input::Stop => return Flow::Break(Err(ClientError::Interrupted.into())),
+            };
+            match event {
+                Event::Reply {
+                    answer,
+                    server,
+                    attempt,
+                    ..
+                } => Flow::Break(answer_to_result(
+                    answer,
+                    id,
+                    attempt,
+                    &String::from_utf8_lossy(&server),
+                )),
+                Event::GaveUp {
+                    attempts, payload, ..
+                } => Flow::Break(Err(ClientError::GaveUp {
+                    attempts,
+                    endpoint: endpoints.clone(),
+                    body: payload.concat(),
+                }
+                .into())),
+                Event::Retrying { id, attempt, after } => {
+                    tracing::debug!(%id, attempt, ?after, "no reply, trying again");
+                    Flow::Continue
+                }
+                Event::ServerUp { server } => {
+                    tracing::info!(server = %String::from_utf8_lossy(&server), "server up");
+                    Flow::Continue
+                }
+                Event::ServerDown { server } => {
+                    *failovers += 1;
+                    tracing::warn!(server = %String::from_utf8_lossy(&server), "server down");
+                    Flow::Continue
+                }
+                Event::Duplicate { id } => {
+                    tracing::debug!(?id, "duplicate reply dropped");
+                    Flow::Continue
+                }
+                Event::UnknownServer { identity } => {
+                    // The client's ROUTER names every connection it made by its endpoint,
+                    // so this is a peer on no connection of ours: nothing to match it to.
+                    tracing::warn!(
+                        identity = %String::from_utf8_lossy(&identity),
+                        connected = %endpoints,
+                        "a message came from a peer that is none of the servers this client connected to; dropped"
+                    );
+                    Flow::Continue
+                }
+                Event::Malformed { server, error } => {
+                    tracing::warn!(server = %String::from_utf8_lossy(&server), %error, "malformed message dropped");
+                    Flow::Continue
+                }
             }
-            .into())),
-            Input::Event(Event::ServerUp { server }) => {
-                tracing::info!(server = %String::from_utf8_lossy(&server), "server up");
-                Flow::Continue
-            }
-            Input::Event(Event::ServerDown { server }) => {
-                *failovers += 1;
-                tracing::warn!(server = %String::from_utf8_lossy(&server), "server down");
-                Flow::Continue
-            }
-            Input::Event(Event::Duplicate { id }) => {
-                tracing::debug!(?id, "duplicate reply dropped");
-                Flow::Continue
-            }
-            Input::Event(Event::UnknownServer { identity }) => {
-                // The client's ROUTER names every connection it made by its endpoint,
-                // so this is a peer on no connection of ours: nothing to match it to.
-                tracing::warn!(
-                    identity = %String::from_utf8_lossy(&identity),
-                    connected = %endpoints,
-                    "a message came from a peer that is none of the servers this client connected to; dropped"
-                );
-                Flow::Continue
-            }
-            Input::Event(Event::Malformed { server, error }) => {
-                tracing::warn!(server = %String::from_utf8_lossy(&server), %error, "malformed message dropped");
-                Flow::Continue
-            }
-            Input::Wake => Flow::Continue,
-            Input::Stop => Flow::Break(Err(ClientError::Interrupted.into())),
         })?;
         outcome.unwrap_or(Err(ClientError::Interrupted.into()))
     }

@@ -1,16 +1,21 @@
 //! Driver of the Lazy Pirate client: a REQ socket, re-made for every attempt, and the
-//! core.
+//! core, with an optional outbox ([`crate::io::outbox`]).
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use uuid::Uuid;
 
 use crate::config::Retry;
 use crate::error::{ClientError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::outbox::{self, ClientCore, ClientOutbox, OutboxConfig, Report, Stored};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
-use crate::proto::envelope::Answer;
+use crate::proto::envelope::{Answer, Envelope};
 use crate::proto::frames::Frames;
 use crate::proto::lazy_pirate::{Discard, Event, LazyPirate, Transmit};
+use crate::store::{OutboxRecord, Store};
 
 impl Core for LazyPirate {
     type Event = Event;
@@ -31,6 +36,26 @@ impl Core for LazyPirate {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         LazyPirate::poll_timeout(self)
+    }
+}
+
+impl ClientCore for LazyPirate {
+    fn start(
+        &mut self,
+        now: Instant,
+        _service: Option<&[u8]>,
+        envelope: Envelope,
+    ) -> Result<Uuid, ClientError> {
+        self.send(now, envelope)
+    }
+
+    fn report(event: &Event) -> Option<Report> {
+        match *event {
+            Event::Reply { id, .. } => Some(Report::Answered(id)),
+            Event::Retrying { id, attempt, .. } => Some(Report::Retrying { id, attempt }),
+            Event::GaveUp { id, attempts, .. } => Some(Report::GaveUp { id, attempts }),
+            Event::Discarded(_) => None,
+        }
     }
 }
 
@@ -55,6 +80,7 @@ pub struct LazyPirateClientBuilder {
     transport: Option<Transport>,
     retry: Retry,
     shutdown: Option<Shutdown>,
+    outbox: Option<(Store, OutboxConfig)>,
 }
 
 impl LazyPirateClientBuilder {
@@ -85,10 +111,21 @@ impl LazyPirateClientBuilder {
         self
     }
 
-    /// Checks the retry policy, makes the REQ socket and connects it.
+    /// Keeps every request in `store`'s outbox from before it is sent until it is
+    /// answered or given up (then in its dead letters), as `config` says; see
+    /// [`crate::io::outbox`] and [`LazyPirateClient::recover`]. Default: no outbox. One
+    /// client per store.
+    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox = Some((store.clone(), config));
+        self
+    }
+
+    /// Checks the retry policy (and the outbox settings), opens the outbox, makes the
+    /// REQ socket and connects it.
     pub fn connect(self) -> Result<LazyPirateClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = LazyPirate::new(io::now(), self.retry, fastrand::u64(..))?;
+        let outbox = open_outbox(self.outbox)?;
         let sockets = Sockets::connecting(
             &transport,
             zmq::REQ,
@@ -97,10 +134,26 @@ impl LazyPirateClientBuilder {
         )?;
         let shutdown = self.shutdown.unwrap_or_default();
         Ok(LazyPirateClient {
+            driver: Driver::new(
+                Stored::new(core, outbox, &self.endpoint),
+                sockets,
+                &shutdown,
+            ),
             endpoint: self.endpoint,
-            driver: Driver::new(core, sockets, &shutdown),
             stats: ClientStats::default(),
         })
+    }
+}
+
+/// Opens the outbox a builder was given, if any.
+pub(crate) fn open_outbox(
+    outbox: Option<(Store, OutboxConfig)>,
+) -> Result<Option<outbox::SharedOutbox>, Error> {
+    match outbox {
+        Some((store, config)) => Ok(Some(Arc::new(Mutex::new(ClientOutbox::open(
+            &store, config,
+        )?)))),
+        None => Ok(None),
     }
 }
 
@@ -117,7 +170,7 @@ impl LazyPirateClientBuilder {
 /// ```
 pub struct LazyPirateClient {
     endpoint: String,
-    driver: Driver<LazyPirate>,
+    driver: Driver<Stored<LazyPirate>>,
     stats: ClientStats,
 }
 
@@ -130,6 +183,7 @@ impl LazyPirateClient {
             transport: None,
             retry: Retry::default(),
             shutdown: None,
+            outbox: None,
         }
     }
 
@@ -157,34 +211,76 @@ impl LazyPirateClient {
     /// Sends `payload` and returns the reply's payload frames, retrying as the [`Retry`]
     /// policy says. Fails with [`ClientError::GaveUp`] (carrying the payload back) when
     /// every attempt timed out, and with [`ClientError::Remote`] when the server's
-    /// handler failed.
+    /// handler failed. With an outbox, the request is stored before it is sent (a full
+    /// outbox: [`ClientError::OutboxFull`], nothing sent), removed when answered, and
+    /// moved to the dead letters on a give-up; interrupted, it stays pending.
     pub fn request_frames(&mut self, payload: Frames) -> Result<Frames, Error> {
-        let id = self.driver.core.send(io::now(), io::envelope(payload))?;
+        let id = self
+            .driver
+            .core
+            .submit(io::now(), None, io::envelope(payload))?;
+        self.wait(id)
+    }
+
+    /// Sends a stored request again, with its original id and creation time (its
+    /// attempt continuing from the record's count), and returns its reply's payload
+    /// frames, as [`LazyPirateClient::request_frames`] does. For requests recovered from
+    /// the outbox ([`LazyPirateClient::pending`]) and dead letters replayed.
+    pub fn resend(&mut self, record: &OutboxRecord) -> Result<Frames, Error> {
+        let id = self.driver.core.resume(io::now(), record)?;
+        self.wait(id)
+    }
+
+    /// The requests pending in the outbox (sent before a crash or an interruption and
+    /// never answered), in the order they were made; empty without an outbox.
+    pub fn pending(&self) -> Result<Vec<OutboxRecord>, Error> {
+        Ok(self.driver.core.pending()?)
+    }
+
+    /// Re-sends every pending request of the outbox, one at a time and in order, with
+    /// its original id ([`LazyPirateClient::resend`]), and returns each id with its
+    /// outcome. Stops after the first that gets no reply at all or is interrupted: the
+    /// rest stay pending (a give-up is dead-lettered). Logs `recovered: N pending
+    /// re-sent, K dead letters` at info level. Call it before new requests.
+    pub fn recover(&mut self) -> Result<outbox::Resent, Error> {
+        let pending = self.pending()?;
+        if let Some(outbox) = self.driver.core.lock_outbox() {
+            outbox::log_recovery(&outbox, pending.len());
+        }
+        Ok(outbox::recover_each(pending, |r| self.resend(r)))
+    }
+
+    /// The client's outbox, if it has one.
+    pub fn outbox(&self) -> Option<&outbox::SharedOutbox> {
+        self.driver.core.outbox()
+    }
+
+    fn wait(&mut self, id: Uuid) -> Result<Frames, Error> {
         self.stats.requests += 1;
         let endpoint = self.endpoint.clone();
-        tracing::debug!(%id, endpoint = %endpoint, "request sent");
         let stats = &mut self.stats;
         let outcome = self.driver.run(None, None, |d, input| match input {
-            Input::Event(Event::Reply {
+            Input::Event(outbox::Event::Unsent { error, .. }) => Flow::Break(Err(error.into())),
+            Input::Event(outbox::Event::Core(Event::Reply {
                 attempt, answer, ..
-            }) => {
+            })) => {
                 stats.answered += 1;
                 Flow::Break(answer_to_result(answer, id, attempt, &endpoint))
             }
-            Input::Event(Event::GaveUp {
+            Input::Event(outbox::Event::Core(Event::GaveUp {
                 attempts, payload, ..
-            }) => Flow::Break(Err(ClientError::GaveUp {
+            })) => Flow::Break(Err(ClientError::GaveUp {
                 attempts,
                 endpoint: endpoint.clone(),
                 body: payload.concat(),
             }
             .into())),
-            Input::Event(Event::Retrying { id, attempt, after }) => {
+            Input::Event(outbox::Event::Core(Event::Retrying { id, attempt, after })) => {
                 stats.retries += 1;
                 tracing::warn!(%id, attempt, endpoint = %endpoint, ?after, "no reply, retrying");
                 Flow::Continue
             }
-            Input::Event(Event::Discarded(why)) => {
+            Input::Event(outbox::Event::Core(Event::Discarded(why))) => {
                 stats.discarded += 1;
                 match why {
                     Discard::Malformed(e) => tracing::warn!(error = %e, "reply dropped"),
@@ -194,9 +290,10 @@ impl LazyPirateClient {
             }
             Input::Wake => Flow::Continue,
             Input::Stop => {
-                // A REQ socket mid-exchange is of use to nobody: start over.
-                match LazyPirate::new(io::now(), *d.core.retry(), fastrand::u64(..)) {
-                    Ok(fresh) => d.core = fresh,
+                // A REQ socket mid-exchange is of use to nobody: start over. The request
+                // stays pending in the outbox, if there is one.
+                match LazyPirate::new(io::now(), *d.core.core().retry(), fastrand::u64(..)) {
+                    Ok(fresh) => d.core.replace_core(fresh),
                     Err(e) => return Flow::Break(Err(e.into())),
                 }
                 if let Err(e) = d.sockets.apply(Op::Reset(0)) {

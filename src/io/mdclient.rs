@@ -10,12 +10,14 @@ use uuid::Uuid;
 use crate::config::Retry;
 use crate::error::{ClientError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
-use crate::io::lazy_pirate::answer_to_result;
+use crate::io::lazy_pirate::{answer_to_result, open_outbox};
+use crate::io::outbox::{self, ClientCore, OutboxConfig, Report, SharedOutbox, Stored};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::client::{Event, MdpClient, Mode, Transmit};
-use crate::proto::envelope::{Answer, Status};
+use crate::proto::envelope::{Answer, Envelope, Status};
 use crate::proto::frames::Frames;
+use crate::store::{OutboxRecord, Store};
 
 impl Core for MdpClient {
     type Event = Event;
@@ -39,20 +41,45 @@ impl Core for MdpClient {
     }
 }
 
+impl ClientCore for MdpClient {
+    fn start(
+        &mut self,
+        now: Instant,
+        service: Option<&[u8]>,
+        envelope: Envelope,
+    ) -> Result<Uuid, ClientError> {
+        self.send(now, service.unwrap_or_default(), envelope)
+    }
+
+    fn report(event: &Event) -> Option<Report> {
+        match *event {
+            Event::Reply { id, .. } => Some(Report::Answered(id)),
+            Event::Retrying { id, attempt, .. } => Some(Report::Retrying { id, attempt }),
+            Event::GaveUp { id, attempts, .. } => Some(Report::GaveUp { id, attempts }),
+            Event::Duplicate { .. } | Event::Unmatched { .. } | Event::Malformed(_) => None,
+        }
+    }
+}
+
 fn driver(
     transport: &Transport,
     endpoint: &str,
     mode: Mode,
     retry: Retry,
-) -> Result<Driver<MdpClient>, Error> {
+    outbox: Option<SharedOutbox>,
+) -> Result<Driver<Stored<MdpClient>>, Error> {
     let core = MdpClient::new(io::now(), mode, retry, fastrand::u64(..))?;
     let sockets = Sockets::connecting(transport, zmq::DEALER, &[endpoint.to_string()], true)?;
-    Ok(Driver::new(core, sockets, &Shutdown::new()))
+    Ok(Driver::new(
+        Stored::new(core, outbox, endpoint),
+        sockets,
+        &Shutdown::new(),
+    ))
 }
 
 /// Logs what the application does not see: retries, duplicates, unmatched and
 /// malformed replies.
-fn log_event(event: &Event) {
+pub(crate) fn log_event(event: &Event) {
     match event {
         Event::Retrying { id, attempt, after } => {
             tracing::warn!(%id, attempt, ?after, "no reply, retrying")
@@ -75,6 +102,7 @@ pub struct MajordomoClientBuilder {
     transport: Option<Transport>,
     retry: Retry,
     shutdown: Option<Shutdown>,
+    outbox: Option<(Store, OutboxConfig)>,
 }
 
 impl MajordomoClientBuilder {
@@ -105,10 +133,27 @@ impl MajordomoClientBuilder {
         self
     }
 
-    /// Checks the retry policy, makes the DEALER socket and connects it.
+    /// Keeps every request in `store`'s outbox from before it is sent until it is
+    /// answered or given up (then in its dead letters), as `config` says; see
+    /// [`crate::io::outbox`] and [`MajordomoClient::recover`]. Default: no outbox. One
+    /// client per store.
+    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox = Some((store.clone(), config));
+        self
+    }
+
+    /// Checks the retry policy, opens the outbox if one was given, makes the DEALER
+    /// socket and connects it.
     pub fn connect(self) -> Result<MajordomoClient, Error> {
         let transport = self.transport.unwrap_or_default();
-        let mut driver = driver(&transport, &self.endpoint, Mode::Blocking, self.retry)?;
+        let outbox = open_outbox(self.outbox)?;
+        let mut driver = driver(
+            &transport,
+            &self.endpoint,
+            Mode::Blocking,
+            self.retry,
+            outbox,
+        )?;
         if let Some(shutdown) = &self.shutdown {
             driver.set_shutdown(shutdown);
         }
@@ -131,7 +176,7 @@ impl MajordomoClientBuilder {
 /// ```
 pub struct MajordomoClient {
     endpoint: String,
-    driver: Driver<MdpClient>,
+    driver: Driver<Stored<MdpClient>>,
     retries: u64,
 }
 
@@ -144,6 +189,7 @@ impl MajordomoClient {
             transport: None,
             retry: Retry::default(),
             shutdown: None,
+            outbox: None,
         }
     }
 
@@ -165,28 +211,67 @@ impl MajordomoClient {
 
     /// Sends `payload` to `service` and returns the reply's payload frames. Fails with
     /// [`ClientError::GaveUp`] when every attempt timed out and with
-    /// [`ClientError::Remote`] when the worker's handler failed.
+    /// [`ClientError::Remote`] when the worker's handler failed. With an outbox, the
+    /// request is kept there until it is answered (see
+    /// [`LazyPirateClient::request_frames`](crate::LazyPirateClient::request_frames)).
     pub fn request_frames(&mut self, service: &str, payload: Frames) -> Result<Frames, Error> {
-        let id = self
-            .driver
-            .core
-            .send(io::now(), service.as_bytes(), io::envelope(payload))?;
+        let id =
+            self.driver
+                .core
+                .submit(io::now(), Some(service.as_bytes()), io::envelope(payload))?;
         let peer = format!("{} (service {service})", self.endpoint);
-        tracing::debug!(%id, endpoint = %peer, "request sent");
+        self.wait(id, peer)
+    }
+
+    /// Sends a stored request again, to its service, with its original id and creation
+    /// time (its attempt continuing from the record's count); see
+    /// [`MajordomoClient::request_frames`].
+    pub fn resend(&mut self, record: &OutboxRecord) -> Result<Frames, Error> {
+        let id = self.driver.core.resume(io::now(), record)?;
+        let service = String::from_utf8_lossy(record.service.as_deref().unwrap_or_default());
+        let peer = format!("{} (service {service})", self.endpoint);
+        self.wait(id, peer)
+    }
+
+    /// The requests pending in the outbox, in the order they were made; empty without
+    /// an outbox.
+    pub fn pending(&self) -> Result<Vec<OutboxRecord>, Error> {
+        Ok(self.driver.core.pending()?)
+    }
+
+    /// Re-sends every pending request of the outbox, one at a time and in order, with
+    /// its original id; stops after the first that gets no reply at all or is
+    /// interrupted (the rest stay pending). See
+    /// [`LazyPirateClient::recover`](crate::LazyPirateClient::recover).
+    pub fn recover(&mut self) -> Result<outbox::Resent, Error> {
+        let pending = self.pending()?;
+        if let Some(outbox) = self.driver.core.lock_outbox() {
+            outbox::log_recovery(&outbox, pending.len());
+        }
+        Ok(outbox::recover_each(pending, |r| self.resend(r)))
+    }
+
+    /// The client's outbox, if it has one.
+    pub fn outbox(&self) -> Option<&SharedOutbox> {
+        self.driver.core.outbox()
+    }
+
+    fn wait(&mut self, id: Uuid, peer: String) -> Result<Frames, Error> {
         let retries = &mut self.retries;
         let outcome = self.driver.run(None, None, |d, input| match input {
-            Input::Event(Event::Reply {
+            Input::Event(outbox::Event::Unsent { error, .. }) => Flow::Break(Err(error.into())),
+            Input::Event(outbox::Event::Core(Event::Reply {
                 attempt, answer, ..
-            }) => Flow::Break(answer_to_result(answer, id, attempt, &peer)),
-            Input::Event(Event::GaveUp {
+            })) => Flow::Break(answer_to_result(answer, id, attempt, &peer)),
+            Input::Event(outbox::Event::Core(Event::GaveUp {
                 attempts, payload, ..
-            }) => Flow::Break(Err(ClientError::GaveUp {
+            })) => Flow::Break(Err(ClientError::GaveUp {
                 attempts,
                 endpoint: peer.clone(),
                 body: payload.concat(),
             }
             .into())),
-            Input::Event(e) => {
+            Input::Event(outbox::Event::Core(e)) => {
                 if matches!(e, Event::Retrying { .. }) {
                     *retries += 1;
                 }
@@ -195,7 +280,8 @@ impl MajordomoClient {
             }
             Input::Wake => Flow::Continue,
             Input::Stop => {
-                d.core.abandon();
+                // The request stays pending in the outbox, if there is one.
+                d.core.core_mut().abandon();
                 if let Err(e) = d.sockets.apply(Op::Reset(0)) {
                     return Flow::Break(Err(e));
                 }
@@ -244,6 +330,16 @@ pub enum Outcome {
         /// The request body, handed back.
         body: Vec<u8>,
     },
+    /// The outbox could not make the request durable (`batched`: its commit failed),
+    /// so it was never sent and is not pending.
+    Unsent {
+        /// The request id.
+        id: Uuid,
+        /// Why, in words.
+        message: String,
+        /// The request body, handed back.
+        body: Vec<u8>,
+    },
 }
 
 /// Settings of an [`AsyncMajordomoClient`], from [`AsyncMajordomoClient::builder`];
@@ -253,6 +349,7 @@ pub struct AsyncMajordomoClientBuilder {
     endpoint: String,
     transport: Option<Transport>,
     retry: Retry,
+    outbox: Option<(Store, OutboxConfig)>,
 }
 
 impl AsyncMajordomoClientBuilder {
@@ -275,11 +372,30 @@ impl AsyncMajordomoClientBuilder {
         self
     }
 
-    /// Checks the retry policy, makes the DEALER socket and connects it.
+    /// Keeps every request in `store`'s outbox from before it is sent until it is
+    /// answered or given up (then in its dead letters), as `config` says; see
+    /// [`crate::io::outbox`] and [`AsyncMajordomoClient::recover`]. With
+    /// [`Durability::Batched`](crate::store::Durability::Batched) the requests sent
+    /// between two calls of [`AsyncMajordomoClient::recv`] are confirmed by one flush
+    /// and go out in its first turn. Default: no outbox. One client per store.
+    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
+        self.outbox = Some((store.clone(), config));
+        self
+    }
+
+    /// Checks the retry policy, opens the outbox if one was given, makes the DEALER
+    /// socket and connects it.
     pub fn connect(self) -> Result<AsyncMajordomoClient, Error> {
         let transport = self.transport.unwrap_or_default();
+        let outbox = open_outbox(self.outbox)?;
         Ok(AsyncMajordomoClient {
-            driver: driver(&transport, &self.endpoint, Mode::Pipelined, self.retry)?,
+            driver: driver(
+                &transport,
+                &self.endpoint,
+                Mode::Pipelined,
+                self.retry,
+                outbox,
+            )?,
             undelivered: 0,
             duplicates: 0,
             retries: 0,
@@ -292,7 +408,7 @@ impl AsyncMajordomoClientBuilder {
 /// [`AsyncMajordomoClient::recv`] waits with a timeout, so the caller's loop sees its
 /// own shutdown flag; it has none of its own.
 pub struct AsyncMajordomoClient {
-    driver: Driver<MdpClient>,
+    driver: Driver<Stored<MdpClient>>,
     /// Requests sent whose outcome has not been returned by `recv` yet (the core may
     /// hold several finished ones as queued events).
     undelivered: usize,
@@ -308,6 +424,7 @@ impl AsyncMajordomoClient {
             endpoint: endpoint.to_string(),
             transport: None,
             retry: Retry::default(),
+            outbox: None,
         }
     }
 
@@ -322,15 +439,77 @@ impl AsyncMajordomoClient {
         self.send_frames(service, vec![body])
     }
 
-    /// Sends `payload` to `service` without waiting; returns the request id.
+    /// Sends `payload` to `service` without waiting; returns the request id. With an
+    /// outbox the request is stored first: with `every` it is on disk when this
+    /// returns; with `batched` it goes out, confirmed with the others sent since, at
+    /// the start of the next [`AsyncMajordomoClient::recv`] (or
+    /// [`AsyncMajordomoClient::flush`]). A full outbox fails with
+    /// [`ClientError::OutboxFull`], nothing stored or sent: take replies with `recv`
+    /// first.
     pub fn send_frames(&mut self, service: &str, payload: Frames) -> Result<Uuid, Error> {
-        let id = self
-            .driver
-            .core
-            .send(io::now(), service.as_bytes(), io::envelope(payload))?;
-        tracing::debug!(%id, service, "request sent");
+        let id =
+            self.driver
+                .core
+                .submit(io::now(), Some(service.as_bytes()), io::envelope(payload))?;
+        self.sent(id)
+    }
+
+    /// Sends a stored request again, to its service, with its original id and creation
+    /// time (its attempt continuing from the record's count); its outcome comes out of
+    /// [`AsyncMajordomoClient::recv`]. A request already in flight is not sent twice
+    /// ([`ClientError::Busy`]).
+    pub fn resend(&mut self, record: &OutboxRecord) -> Result<Uuid, Error> {
+        if self.driver.core.core().is_outstanding(record.id) {
+            return Err(ClientError::Busy.into());
+        }
+        let id = self.driver.core.resume(io::now(), record)?;
+        self.sent(id)
+    }
+
+    /// The requests pending in the outbox, in the order they were made; empty without
+    /// an outbox.
+    pub fn pending(&self) -> Result<Vec<OutboxRecord>, Error> {
+        Ok(self.driver.core.pending()?)
+    }
+
+    /// Re-sends every pending request of the outbox that is not in flight, all at once,
+    /// with its original id ([`AsyncMajordomoClient::resend`]); their outcomes come out
+    /// of [`AsyncMajordomoClient::recv`] like any other. Returns their ids, in the order
+    /// they were made. Logs `recovered: N pending re-sent, K dead letters` at info
+    /// level. Call it before new requests.
+    pub fn recover(&mut self) -> Result<Vec<Uuid>, Error> {
+        let pending = self.pending()?;
+        if let Some(outbox) = self.driver.core.lock_outbox() {
+            outbox::log_recovery(&outbox, pending.len());
+        }
+        let mut ids = Vec::with_capacity(pending.len());
+        for record in &pending {
+            if !self.driver.core.core().is_outstanding(record.id) {
+                ids.push(self.resend(record)?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The client's outbox, if it has one.
+    pub fn outbox(&self) -> Option<&SharedOutbox> {
+        self.driver.core.outbox()
+    }
+
+    /// Sends what is waiting for the outbox's next commit (`batched`) now, instead of
+    /// at the next [`AsyncMajordomoClient::recv`].
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.driver.core.commit_now();
+        self.driver.flush()
+    }
+
+    fn sent(&mut self, id: Uuid) -> Result<Uuid, Error> {
         self.undelivered += 1;
-        self.driver.flush()?;
+        // With `batched`, leave what is staged for the next turn: many requests, one
+        // flush.
+        if self.driver.core.staged() == 0 {
+            self.driver.flush()?;
+        }
         Ok(id)
     }
 
@@ -361,12 +540,26 @@ impl AsyncMajordomoClient {
         let outcome = self
             .driver
             .run(Some(deadline), None, |_, input| match input {
-                Input::Event(Event::Reply {
+                Input::Event(outbox::Event::Unsent { id, error }) => {
+                    let message = error.to_string();
+                    Flow::Break(match error {
+                        ClientError::OutboxFull { body, .. }
+                        | ClientError::NotStored { body, .. } => {
+                            Outcome::Unsent { id, message, body }
+                        }
+                        _ => Outcome::Unsent {
+                            id,
+                            message,
+                            body: Vec::new(),
+                        },
+                    })
+                }
+                Input::Event(outbox::Event::Core(Event::Reply {
                     id,
                     attempt,
                     answer,
                     ..
-                }) => {
+                })) => {
                     tracing::debug!(%id, attempt, "reply");
                     Flow::Break(match answer {
                         Answer::Ok(frames) => Outcome::Reply {
@@ -381,16 +574,16 @@ impl AsyncMajordomoClient {
                         },
                     })
                 }
-                Input::Event(Event::GaveUp {
+                Input::Event(outbox::Event::Core(Event::GaveUp {
                     id,
                     attempts,
                     payload,
-                }) => Flow::Break(Outcome::GaveUp {
+                })) => Flow::Break(Outcome::GaveUp {
                     id,
                     attempts,
                     body: payload.concat(),
                 }),
-                Input::Event(e) => {
+                Input::Event(outbox::Event::Core(e)) => {
                     match &e {
                         Event::Duplicate { .. } => *duplicates += 1,
                         Event::Retrying { .. } => *retries += 1,
@@ -404,6 +597,10 @@ impl AsyncMajordomoClient {
             })?;
         if outcome.is_some() {
             self.undelivered = self.undelivered.saturating_sub(1);
+            // The rest of this burst of replies goes to the core now, so that the next
+            // calls hand it out without a wait, and the requests sent in between share
+            // one commit of the outbox.
+            self.driver.take_ready()?;
         }
         Ok(outcome)
     }

@@ -20,6 +20,7 @@ pub mod handler;
 pub mod lazy_pirate;
 pub mod mdclient;
 pub mod mdworker;
+pub mod outbox;
 pub(crate) mod pool;
 pub mod ppworker;
 pub mod queue;

@@ -27,7 +27,7 @@ use super::backoff;
 use super::envelope::{Answer, Envelope, Status};
 use super::frames::mdp;
 use super::frames::Frames;
-use super::lazy_pirate::{attempt_ends, check_size, gives_up, start_request};
+use super::lazy_pirate::{attempt_ends, check_size, gives_up, session_attempts, start_request};
 use crate::config::Retry;
 use crate::error::{ClientError, ConfigError, ProtocolError};
 
@@ -102,6 +102,8 @@ pub enum Event {
 struct Outstanding {
     service: Vec<u8>,
     envelope: Envelope,
+    /// The attempt it was started with: the retry budget counts from here.
+    first: u32,
     /// Key in `MdpClient::deadlines`.
     deadline: (Instant, u64),
     /// When the request's overall budget ends, with a [`Retry::deadline`].
@@ -157,7 +159,9 @@ impl MdpClient {
         &self.retry
     }
 
-    /// Starts `envelope` as a request to `service` (attempt 1); returns its id. In
+    /// Starts `envelope` as a request to `service`, with its attempt as it is (at least
+    /// 1: a new request is attempt 1, one re-sent from an outbox after a restart
+    /// continues its count; the retry budget counts from it); returns its id. In
     /// blocking mode, fails with [`ClientError::Busy`] while a request is outstanding;
     /// fails with [`ClientError::TooLarge`] for a payload no bosun peer would accept.
     pub fn send(
@@ -170,7 +174,7 @@ impl MdpClient {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        let give_up_at = start_request(&mut envelope, &self.retry, now);
+        let (first, give_up_at) = start_request(&mut envelope, &self.retry, now);
         let id = envelope.meta.id;
         let deadline = self.key(attempt_ends(&self.retry, now, give_up_at));
         self.deadlines.insert(deadline, (id, Phase::Waiting));
@@ -183,6 +187,7 @@ impl MdpClient {
             Outstanding {
                 service: service.to_vec(),
                 envelope,
+                first,
                 deadline,
                 give_up_at,
             },
@@ -245,13 +250,14 @@ impl MdpClient {
                 continue;
             };
             let attempt = out.envelope.meta.attempt;
+            let made = session_attempts(out.first, attempt);
             match phase {
                 Phase::Waiting => {
                     if self.mode == Mode::Blocking {
                         self.transmits.push_back(Transmit::Reset);
                     }
-                    let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
-                    if gives_up(&self.retry, attempt, now, after, out.give_up_at) {
+                    let after = backoff::delay(&self.retry.backoff, made, self.rng.f64());
+                    if gives_up(&self.retry, made, now, after, out.give_up_at) {
                         if let Some(out) = self.outstanding.remove(&id) {
                             self.events.push_back(Event::GaveUp {
                                 id,
@@ -307,6 +313,11 @@ impl MdpClient {
     /// Requests sent and not yet answered or given up.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Whether request `id` is outstanding.
+    pub fn is_outstanding(&self, id: Uuid) -> bool {
+        self.outstanding.contains_key(&id)
     }
 
     /// Forgets every outstanding request (their replies will count as duplicates);

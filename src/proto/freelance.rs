@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::backoff;
 use super::envelope::{self, Answer, Envelope, Meta, Reply, Request, Status};
 use super::frames::Frames;
-use super::lazy_pirate::{attempt_ends, check_size, gives_up, start_request};
+use super::lazy_pirate::{attempt_ends, check_size, gives_up, session_attempts, start_request};
 use super::timer::Timers;
 use crate::config::{fits, Retry};
 use crate::error::{ClientError, ConfigError, ProtocolError};
@@ -88,6 +88,16 @@ pub enum Event {
         /// The handler's payload, or the failure the server reported.
         answer: Answer,
     },
+    /// An attempt timed out; the next goes to another server at once when one is up,
+    /// else after `after`.
+    Retrying {
+        /// The request id.
+        id: Uuid,
+        /// The attempt that timed out.
+        attempt: u32,
+        /// The pause before the next (zero: failed over at once).
+        after: Duration,
+    },
     /// Every attempt timed out.
     GaveUp {
         /// The request id.
@@ -145,6 +155,8 @@ struct Outstanding {
     server: Option<usize>,
     /// When the request's overall budget ends, with a [`Retry::deadline`].
     give_up_at: Option<Instant>,
+    /// The attempt it was started with: the retry budget counts from here.
+    first: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,18 +234,21 @@ impl Freelance {
         Ok(client)
     }
 
-    /// Starts `envelope` as the outstanding request. It goes out at once if a server is
-    /// up, else as soon as one answers a ping (within the attempt timeout).
+    /// Starts `envelope` as the outstanding request, with its attempt as it is (at
+    /// least 1: a new request is attempt 1, one re-sent from an outbox after a restart
+    /// continues its count; the retry budget counts from it). It goes out at once if a
+    /// server is up, else as soon as one answers a ping (within the attempt timeout).
     pub fn send(&mut self, now: Instant, mut envelope: Envelope) -> Result<Uuid, ClientError> {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        let give_up_at = start_request(&mut envelope, &self.cfg.retry, now);
+        let (first, give_up_at) = start_request(&mut envelope, &self.cfg.retry, now);
         let id = envelope.meta.id;
         self.outstanding = Some(Outstanding {
             envelope,
             server: None,
+            first,
             give_up_at,
         });
         self.attempt(now);
@@ -474,13 +489,15 @@ impl Freelance {
             return;
         };
         let attempts = out.envelope.meta.attempt;
+        let made = session_attempts(out.first, attempts);
+        let id = out.envelope.meta.id;
         // A fail-over starts the next attempt at once; a backoff after `after`.
         let after = if self.servers.iter().any(|s| s.up) {
             Duration::ZERO
         } else {
-            backoff::delay(&self.cfg.retry.backoff, attempts, self.rng.f64())
+            backoff::delay(&self.cfg.retry.backoff, made, self.rng.f64())
         };
-        if gives_up(&self.cfg.retry, attempts, now, after, out.give_up_at) {
+        if gives_up(&self.cfg.retry, made, now, after, out.give_up_at) {
             if let Some(out) = self.outstanding.take() {
                 self.events.push_back(Event::GaveUp {
                     id: out.envelope.meta.id,
@@ -494,6 +511,11 @@ impl Freelance {
             out.envelope.meta.attempt += 1;
         }
         // Another server may be up already: fail over at once; else back off.
+        self.events.push_back(Event::Retrying {
+            id,
+            attempt: attempts,
+            after,
+        });
         if after.is_zero() {
             self.attempt(now);
         } else {

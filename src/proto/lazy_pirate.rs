@@ -97,6 +97,8 @@ struct Outstanding {
     envelope: Envelope,
     /// When the request's overall budget ends, with a [`Retry::deadline`].
     give_up_at: Option<Instant>,
+    /// The attempt it was started with: the retry budget counts from here.
+    first: u32,
 }
 
 /// The Lazy Pirate state machine.
@@ -140,18 +142,22 @@ impl LazyPirate {
         self.outstanding.is_some()
     }
 
-    /// Starts `envelope` as the outstanding request (its attempt is set to 1).
-    /// Fails with [`ClientError::Busy`] while another request is outstanding, and with
-    /// [`ClientError::TooLarge`] for a payload no bosun peer would accept.
+    /// Starts `envelope` as the outstanding request, with its attempt as it is (at
+    /// least 1): a new request is attempt 1, and one re-sent from an outbox after a
+    /// restart continues its count. The retry budget (`retries` attempts) counts from
+    /// this attempt. Fails with [`ClientError::Busy`] while another request is
+    /// outstanding, and with [`ClientError::TooLarge`] for a payload no bosun peer
+    /// would accept.
     pub fn send(&mut self, now: Instant, mut envelope: Envelope) -> Result<Uuid, ClientError> {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
         check_size(&envelope)?;
-        let give_up_at = start_request(&mut envelope, &self.retry, now);
+        let (first, give_up_at) = start_request(&mut envelope, &self.retry, now);
         let id = envelope.meta.id;
         self.outstanding = Some(Outstanding {
             envelope,
+            first,
             give_up_at,
         });
         self.transmit_attempt(now);
@@ -236,10 +242,11 @@ impl LazyPirate {
             return;
         };
         let attempt = out.envelope.meta.attempt;
+        let made = session_attempts(out.first, attempt);
         // The REQ socket is stuck waiting for a reply that may never come.
         self.transmits.push_back(Transmit::Reset);
-        let after = backoff::delay(&self.retry.backoff, attempt, self.rng.f64());
-        if gives_up(&self.retry, attempt, now, after, out.give_up_at) {
+        let after = backoff::delay(&self.retry.backoff, made, self.rng.f64());
+        if gives_up(&self.retry, made, now, after, out.give_up_at) {
             let Some(out) = self.outstanding.take() else {
                 return;
             };
@@ -263,19 +270,26 @@ impl LazyPirate {
     }
 }
 
-/// Makes `envelope` the first attempt of a request sent at `now` under `retry`: attempt
-/// 1, and, unless it carries one already (a caller's own, or a recovered request's),
-/// the deadline `created_at + budget` in its metadata. Returns the moment to give up
-/// (see [`Retry::give_up_at`]). Every client core starts its requests here, so every
-/// pattern has the same retry policy (see [`Retry::budget`]).
-pub fn start_request(envelope: &mut Envelope, retry: &Retry, now: Instant) -> Option<Instant> {
-    envelope.meta.attempt = 1;
-    let budget = retry.budget();
-    if envelope.meta.deadline_ms.is_none() {
-        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+/// Starts `envelope` as a request sent at `now` under `retry`, and returns the attempt
+/// its retry budget counts from and the moment to give up (see [`Retry::give_up_at`]).
+/// A new request is attempt 1 and, unless it carries a deadline already (the caller's
+/// own), gets `created_at + budget` as its deadline. A request resumed from an outbox
+/// keeps its attempt (the budget counts from there) and its stored deadline, if any; it
+/// gets none stamped, since its creation time is from an earlier session. Every client
+/// core starts its requests here, so every pattern has the same retry policy (see
+/// [`Retry::budget`]).
+pub fn start_request(
+    envelope: &mut Envelope,
+    retry: &Retry,
+    now: Instant,
+) -> (u32, Option<Instant>) {
+    envelope.meta.attempt = envelope.meta.attempt.max(1);
+    let first = envelope.meta.attempt;
+    if first == 1 && envelope.meta.deadline_ms.is_none() {
+        let ms = u64::try_from(retry.budget().as_millis()).unwrap_or(u64::MAX);
         envelope.meta.deadline_ms = Some(envelope.meta.created_at_ms.saturating_add(ms));
     }
-    retry.give_up_at(now)
+    (first, retry.give_up_at(now))
 }
 
 /// When the reply to an attempt started at `now` stops being waited for: one timeout
@@ -285,16 +299,22 @@ pub fn attempt_ends(retry: &Retry, now: Instant, give_up_at: Option<Instant>) ->
     give_up_at.map_or(end, |g| end.min(g))
 }
 
-/// Whether a request whose `attempt` just timed out at `now` is given up: it had its
-/// last attempt, or the next would start (after `pause`) at or past `give_up_at`.
+/// Whether a request that just timed out at `now` after `made` attempts in this session
+/// (see [`session_attempts`]) is given up: it had its last attempt, or the next would start (after `pause`) at or past `give_up_at`.
 pub fn gives_up(
     retry: &Retry,
-    attempt: u32,
+    made: u32,
     now: Instant,
     pause: Duration,
     give_up_at: Option<Instant>,
 ) -> bool {
-    attempt >= retry.retries || give_up_at.is_some_and(|g| now + pause >= g)
+    made >= retry.retries || give_up_at.is_some_and(|g| now + pause >= g)
+}
+
+/// How many attempts a request started at attempt `first` has made once attempt
+/// `attempt` is out: what the retry budget and the backoff count.
+pub fn session_attempts(first: u32, attempt: u32) -> u32 {
+    attempt.saturating_sub(first).saturating_add(1)
 }
 
 /// Refuses a payload larger than [`MAX_PAYLOAD_BYTES`]: a bosun peer's socket would drop
