@@ -245,6 +245,7 @@ pub fn code_of(e: &Error) -> u8 {
             ClientError::TooLarge { .. } => exit::DATA,
             ClientError::Interrupted => signal_received().map_or(exit::SIGINT, interrupted_code),
             ClientError::OutboxFull { .. } => exit::TEMPFAIL,
+            ClientError::OutboxOfAnotherKind { .. } => exit::USAGE,
             ClientError::NotStored { .. } => exit::IO,
             _ => exit::SOFTWARE,
         },
