@@ -79,11 +79,11 @@ pub struct OutboxArgs {
     /// With --data-dir: when the outbox flushes. `every`: before each request is sent;
     /// `batched`: one flush for the requests sent together, before they are sent;
     /// `none`: sled's background flush only (a crash may lose the last 500 ms).
-    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability)]
+    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability, requires = "data_dir")]
     pub durability: Durability,
     /// With --data-dir: the most requests pending in the outbox; beyond it a request
     /// is refused, exit 75.
-    #[arg(long, env = "BOSUN_OUTBOX_LIMIT", value_name = "N", default_value_t = DEFAULT_OUTBOX_LIMIT)]
+    #[arg(long, env = "BOSUN_OUTBOX_LIMIT", value_name = "N", default_value_t = DEFAULT_OUTBOX_LIMIT, requires = "data_dir")]
     pub outbox_limit: usize,
 }
 
@@ -414,10 +414,17 @@ pub(super) fn probe(
     if shutdown.is_triggered() {
         return None;
     }
+    // Its own short budget: the request's deadline may be over already.
     let quick = Retry {
         timeout: retry.timeout.min(Duration::from_secs(1)),
         retries: 1,
+        deadline: None,
         ..*retry
+    };
+    let longer = if retry.deadline.is_some() {
+        "--deadline or --timeout"
+    } else {
+        "--timeout"
     };
     let mut client = MajordomoClient::builder(endpoint)
         .context(ctx)
@@ -432,7 +439,7 @@ pub(super) fn probe(
             format!("the broker answered: no worker for service {s:?}")
         }
         (Some(s), Ok(code)) if code == b"200" => format!(
-            "the broker has a worker for service {s:?}, but no reply came in time: it is busy or slow (try a longer --timeout)"
+            "the broker has a worker for service {s:?}, but no reply came in time: it is busy or slow (try a longer {longer})"
         ),
         (None, Ok(code)) if code == b"200" || code == b"404" => {
             "a Majordomo broker answers there, not a Lazy Pirate server: give --service NAME"
