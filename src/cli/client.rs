@@ -479,6 +479,8 @@ pub(super) struct Output {
     too_large: bool,
     gave_up: bool,
     not_stored: bool,
+    /// The data dir whose dead letters keep what is given up or refused.
+    data_dir: Option<PathBuf>,
 }
 
 impl Output {
@@ -497,6 +499,7 @@ impl Output {
             too_large: false,
             gave_up: false,
             not_stored: false,
+            data_dir: args.outbox.data_dir.clone(),
         }
     }
 
@@ -609,6 +612,13 @@ impl Output {
         let mut message = super::describe(e);
         if let Some(note) = note {
             message = format!("{message} ({note})");
+        }
+        let kept = matches!(status, "no_reply" | "refused");
+        if let (true, Some(dir)) = (kept, &self.data_dir) {
+            message = format!(
+                "{message}; kept in the dead letters of {} (bosun dlq list)",
+                dir.display()
+            );
         }
         eprintln!("bosun client: {}: {message}", tag.words());
         if self.json {
