@@ -26,7 +26,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -732,6 +732,8 @@ fn opening_a_file_or_garbage_fails_naming_the_path() {
     std::fs::create_dir_all(dir.path()).unwrap();
     std::fs::write(dir.path().join("conf"), common::junk(62, 1)).unwrap();
     std::fs::write(dir.path().join("db"), common::junk(4096, 2)).unwrap();
+    // bosun's marker, as a store whose files were damaged since would have it.
+    std::fs::write(dir.path().join("bosun.state"), b"bosun-state 1\nopen\n").unwrap();
     let err = Store::open(dir.path()).expect_err("garbage");
     assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
     assert!(
@@ -836,4 +838,115 @@ fn truncated_or_zeroed_stores_are_refused_never_reset() {
         );
         assert!(refused > 0);
     }
+}
+
+/// Every file of `dir` (recursively) with its bytes, to tell whether anything changed.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            out.insert(entry.path(), b"<dir>".to_vec());
+            out.extend(snapshot(&entry.path()));
+        } else {
+            out.insert(entry.path(), std::fs::read(entry.path()).unwrap());
+        }
+    }
+    out
+}
+
+/// A directory that holds files but not bosun's marker is refused before anything is
+/// written in it: not sled's files, not `blobs/`, not even `bosun.lock`. A sled
+/// database bosun did not make is someone else's too.
+#[test]
+fn a_refused_data_dir_is_left_exactly_as_it_was() {
+    let dir = TempDir::new("foreign");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("conf"), b"x").unwrap();
+    std::fs::write(dir.path().join("db"), b"important\n").unwrap();
+    let before = snapshot(dir.path());
+    for open in [Store::open, Store::open_existing] {
+        let err = open(dir.path()).expect_err("not a bosun store");
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+        assert!(err.to_string().contains("bosun.state"), "{err}");
+        assert_eq!(snapshot(dir.path()), before, "{err}");
+    }
+
+    let other = TempDir::new("other-sled");
+    drop(sled::open(other.path()).unwrap());
+    let before = snapshot(other.path());
+    let err = Store::open(other.path()).expect_err("someone else's sled database");
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert_eq!(snapshot(other.path()), before);
+}
+
+/// `open_existing` never makes a store: a missing or empty directory is refused and left
+/// as it was; a store made by `open` opens.
+#[test]
+fn open_existing_never_creates_a_store() {
+    let dir = TempDir::new("existing");
+    let err = Store::open_existing(dir.path()).expect_err("missing");
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert!(!dir.path().exists());
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let err = Store::open_existing(dir.path()).expect_err("empty");
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert!(err.to_string().contains("empty"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    drop(Store::open(dir.path()).expect("create"));
+    assert!(dir.path().join("bosun.state").is_file());
+    drop(Store::open_existing(dir.path()).expect("a store"));
+}
+
+/// Makes a file immutable (chattr +i, which binds root too) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(path: &Path) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A database file the process may not write is an I/O error, not a damaged store.
+#[test]
+fn an_unwritable_database_is_an_io_error_not_damage() {
+    let dir = TempDir::new("unwritable");
+    drop(Store::open(dir.path()).unwrap());
+    let db = dir.path().join("db");
+    let mut perms = std::fs::metadata(&db).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&db, perms.clone()).unwrap();
+    // As root, permissions do not bind: make the file immutable instead.
+    let _guard = if std::fs::OpenOptions::new().write(true).open(&db).is_ok() {
+        match Immutable::new(&db) {
+            Some(guard) => Some(guard),
+            None => {
+                eprintln!("skipped: the db file stays writable (root without chattr)");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let err = Store::open(dir.path()).expect_err("unwritable");
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    drop(_guard);
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&db, perms).unwrap();
+    drop(Store::open(dir.path()).expect("writable again"));
 }

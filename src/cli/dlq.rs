@@ -157,7 +157,7 @@ fn open(dir: &Path) -> Result<(Store, DeadLetters), Error> {
         }
         .into());
     }
-    let store = Store::open(dir)?;
+    let store = Store::open_existing(dir)?;
     let dead = store.dead_letters()?;
     Ok((store, dead))
 }

@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn reasons_have_stable_codes_and_names() {
         let codes: Vec<u8> = DeadReason::ALL.iter().map(|r| *r as u8).collect();
-        assert_eq!(codes, [1, 2, 3, 4]);
+        assert_eq!(codes, [1, 2, 3, 4, 5]);
         for r in DeadReason::ALL {
             assert_eq!(r.to_string().parse::<DeadReason>(), Ok(r));
             assert_eq!(DeadReason::from_code(r as u8), Some(r));

@@ -25,14 +25,30 @@
 //! takes a [`Durability`] that says when it flushes.
 //!
 //! # Opening, and what is refused
-//! [`Store::open`] never resets anything silently. It refuses, with an error that names
-//! the path: a path that is a file; a directory that holds files but no sled database; a
-//! database that sled cannot read (garbage, truncated: sled's errors and panics are both
-//! caught); a database without a bosun format version, or with one this code does not
-//! know; a store that lost entries since it was last closed cleanly (sled opens some
-//! truncated files with entries silently missing: see `bosun.state` below); and a
-//! directory that another process (or another [`Store`] in this one) has open, detected
-//! by a lock on `bosun.lock` inside it.
+//! [`Store::open`] never resets anything silently. What it does is decided from the
+//! directory's contents before anything is written in it: a directory that is missing or
+//! empty gets a new store (bosun writes its marker, `bosun.state`, first, then sled makes
+//! its files); a directory that holds files must hold that marker. One that holds files
+//! but no marker (another program's files, a sled database bosun did not make) is refused
+//! as not a bosun store, and nothing in it is touched: not even `bosun.lock` is created.
+//! [`Store::open_existing`] (what `bosun dlq` uses) never creates a store: it refuses a
+//! missing or empty directory too.
+//!
+//! A marked directory is then opened, and refused, with an error that names the path,
+//! when: it holds no sled database (files `conf` and `db`); sled cannot read the database
+//! (garbage, truncated: sled's errors and panics are both caught); the database has no
+//! bosun format version, or one this code does not know; the store lost entries since it
+//! was last closed cleanly (sled opens some truncated files with entries silently
+//! missing: see `bosun.state` below); another process (or another [`Store`] in this one)
+//! has the directory open, detected by a lock on `bosun.lock` inside it. A database file
+//! the process may not read or write (EACCES, EPERM, EROFS, as sled reports it) is a
+//! [`StoreError::Io`], not damage.
+//!
+//! A real store refused as damaged is not guaranteed untouched: by the time bosun can
+//! tell (only after sled has read it), sled's recovery may have rewritten parts of its
+//! files (extended or zeroed the tail of `db`, rewritten `conf`), and bosun has taken
+//! `bosun.lock`. bosun itself resets nothing and does not write `bosun.state` then;
+//! keep a copy of a damaged store before opening it again if its bytes matter.
 //!
 //! Beside sled's files, a data directory holds `bosun.lock` and `bosun.state`: the
 //! number of clean closes and each tree's entry count at the last one, or `open` while
@@ -300,12 +316,27 @@ impl Store {
     /// Opens the store in data directory `path`, creating the directory and a new store
     /// when it does not exist or is empty. See the module docs for what is refused.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, true)
+    }
+
+    /// Opens the store in data directory `path`, which must hold one: a missing or empty
+    /// directory is refused as [`StoreError::NotAStore`], and nothing is created (for
+    /// tools that read a peer's store, such as `bosun dlq`). Otherwise as [`Store::open`].
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Store, StoreError> {
         let io = |op: &'static str| {
             move |source: std::io::Error| StoreError::Io {
                 path: path.to_path_buf(),
                 op,
                 source,
             }
+        };
+        let not_a_store = |reason: String| StoreError::NotAStore {
+            path: path.to_path_buf(),
+            reason,
         };
         match fs::metadata(path) {
             Ok(m) if !m.is_dir() => {
@@ -314,32 +345,36 @@ impl Store {
                 })
             }
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 fs::create_dir_all(path).map_err(io("create"))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_a_store("it does not exist".into()))
             }
             Err(e) => return Err(io("inspect")(e)),
         }
+        // Decided from the directory's contents before anything is written in it (not
+        // even the lock file): files without bosun's marker are someone else's.
+        let survey = Survey::of(path).map_err(io("list"))?;
+        survey.refusal(create).map_or(Ok(()), |r| Err(not_a_store(r)))?;
         let lock = lock_dir(path)?;
-        let mut others = Vec::new();
-        for entry in fs::read_dir(path).map_err(io("list"))? {
-            let name = entry.map_err(io("list"))?.file_name();
-            let name = name.to_string_lossy();
-            if name != LOCK_FILE && !state::is_ours(&name) {
-                others.push(name.into_owned());
-            }
+        // Under the lock, look again: another process may have made a store meanwhile.
+        let survey = Survey::of(path).map_err(io("list"))?;
+        survey.refusal(create).map_or(Ok(()), |r| Err(not_a_store(r)))?;
+        let fresh = survey.others.is_empty();
+        if fresh {
+            // The marker first, so that an interrupted creation is still recognised.
+            state::write(path, &state::DirState::Open).map_err(io("write bosun.state"))?;
         }
-        let fresh = others.is_empty();
         let has_sled = path.join("conf").is_file() && path.join("db").is_file();
         if !fresh && !has_sled {
+            let mut others = survey.others;
             others.sort();
             others.truncate(5);
-            return Err(StoreError::NotAStore {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "it holds files ({}) but no sled database (files `conf` and `db`)",
-                    others.join(", ")
-                ),
-            });
+            return Err(not_a_store(format!(
+                "it holds files ({}) but no sled database (files `conf` and `db`)",
+                others.join(", ")
+            )));
         }
         let recorded = if fresh { None } else { state::read(path) };
         let db = open_sled(path)?;
@@ -583,6 +618,52 @@ impl Store {
     }
 }
 
+/// What a data directory holds, looked at before anything is written in it.
+struct Survey {
+    /// Names other than bosun's own files (lock, state, its temporary file).
+    others: Vec<String>,
+    /// Whether bosun's marker, [`state::STATE_FILE`], is there: written when a store is
+    /// created, before sled makes its files.
+    marked: bool,
+}
+
+impl Survey {
+    fn of(path: &Path) -> std::io::Result<Survey> {
+        let mut others = Vec::new();
+        let mut marked = false;
+        for entry in fs::read_dir(path)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name == state::STATE_FILE {
+                marked = true;
+            } else if name != LOCK_FILE && !state::is_ours(&name) {
+                others.push(name.into_owned());
+            }
+        }
+        Ok(Survey { others, marked })
+    }
+
+    /// Why the directory is not opened as a store, if it is not: it holds files but no
+    /// marker (someone else's), or, when a store may not be `create`d, it holds none.
+    fn refusal(&self, create: bool) -> Option<String> {
+        if !self.marked && !self.others.is_empty() {
+            let mut others = self.others.clone();
+            others.sort();
+            others.truncate(5);
+            return Some(format!(
+                "it holds files ({}) but no {}, the file bosun writes in a store it \
+                 creates; nothing in it was touched",
+                others.join(", "),
+                state::STATE_FILE
+            ));
+        }
+        if !create && self.others.is_empty() {
+            return Some("it holds no store (it is empty), and none was created".into());
+        }
+        None
+    }
+}
+
 /// Takes the directory's lock file, or says who has it.
 fn lock_dir(path: &Path) -> Result<File, StoreError> {
     let file = fs::OpenOptions::new()
@@ -635,6 +716,12 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
         Ok(Err(e)) if e.to_string().contains("could not acquire lock") => Err(StoreError::InUse {
             path: path.to_path_buf(),
         }),
+        // Not allowed to read or write its files: an I/O error, not damage.
+        Ok(Err(sled::Error::Io(e))) if is_permission(&e) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            op: "open the sled database",
+            source: e,
+        }),
         Ok(Err(e)) => Err(damaged(format!("sled: {e}"))),
         Err(panic) => {
             let msg = panic
@@ -645,6 +732,12 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             Err(damaged(format!("sled panicked: {msg}")))
         }
     }
+}
+
+/// Whether `e` says the process may not do what it tried (EACCES, EPERM, EROFS).
+fn is_permission(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
 }
 
 /// One named tree of a store: the few operations the stores need, over sled or memory.

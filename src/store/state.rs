@@ -14,9 +14,13 @@
 //! that lost a tail). What it cannot: damage after a crash (sled's recovery and the damage
 //! look alike), and damage that keeps every count and the close number.
 //!
+//! The file is also bosun's marker: it is written (`open`) when a store is created,
+//! before sled makes its files, and a directory that holds files but not this one is
+//! not opened at all (see the store's module docs).
+//!
 //! The file is text: `bosun-state 1` then `open`, or
-//! `closed N outbox=A dedup=B dead_letters=C cursors=D`. A missing or unreadable file
-//! means "cannot verify", never "damaged": a store is refused only on evidence.
+//! `closed N outbox=A dedup=B dead_letters=C cursors=D`. An unreadable file means
+//! "cannot verify", never "damaged": a store is refused as damaged only on evidence.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
