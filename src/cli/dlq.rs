@@ -23,7 +23,7 @@ use crate::proto::envelope::Status;
 use crate::proto::frames::Frames;
 use crate::proto::freelance::FreelanceConfig;
 use crate::proto::stats::escape_name;
-use crate::store::{DeadLetter, DeadLetters, DeadReason, OutboxRecord, Store};
+use crate::store::{DeadLetter, DeadLetters, OutboxRecord, Store};
 
 /// Options of `bosun dlq`.
 #[derive(Debug, Args)]
@@ -42,36 +42,38 @@ pub enum DlqCommand {
     /// Everything about one dead letter, its payload included (as text, or base64
     /// when it is not UTF-8).
     Show(ShowArgs),
-    /// Send dead letters again, with their original ids: to the broker (a request
-    /// with a service, or --service), else to a Lazy Pirate server or queue, or to
-    /// Freelance servers (several --connect endpoints, or --freelance). One that is
-    /// answered is removed; one that fails again stays, with its new error.
+    /// Send dead letters again, with their original ids (or new ones, --fresh-id): to
+    /// the broker (a request with a service, or --service), else to a Lazy Pirate
+    /// server or queue, or to Freelance servers (several --connect endpoints, or
+    /// --freelance). One that is answered is removed; one that fails again stays as it
+    /// was (reason, error, attempts), and the replay's own outcome is said on stderr
+    /// (and in --json).
     Replay(ReplayArgs),
     /// Delete dead letters.
     Purge(PurgeArgs),
 }
 
-/// `--data-dir` and `--json`, shared by every `dlq` subcommand.
+/// `--data-dir`, shared by every `dlq` subcommand.
 #[derive(Debug, Args)]
 pub struct DirArgs {
     /// The data dir of the peer (client, worker or broker) whose dead letters these
-    /// are. The peer must not be running.
+    /// are. It must hold a bosun store (dlq never creates one), and the peer must not
+    /// be running.
     #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// One JSON object per line on stdout: `id`, `at` (RFC 3339, UTC), `at_ms`,
-    /// `service` (null for none), `attempts`, `reason` (handler-failed, gave-up,
-    /// poison, expired), `error`, `frames` and `bytes` of the payload; `show` adds
-    /// `payload`, a list of `{encoding, data}`.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Options of `bosun dlq list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// The data dir and output format.
+    /// The data dir.
     #[command(flatten)]
     pub dir: DirArgs,
+    /// One JSON object per dead letter, one per line: `id`, `at` (RFC 3339, UTC),
+    /// `at_ms`, `service` (null for none), `attempts`, `reason` (handler-failed,
+    /// gave-up, poison, expired, refused), `error`, `frames` and `bytes` of the payload.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `bosun dlq show`.
@@ -80,16 +82,21 @@ pub struct ShowArgs {
     /// The dead letter's id (its request's message id).
     #[arg(value_parser = parse_id)]
     pub id: Uuid,
-    /// The data dir and output format.
+    /// The data dir.
     #[command(flatten)]
     pub dir: DirArgs,
+    /// One JSON object: the fields `dlq list --json` prints, and `payload`, a list of
+    /// `{encoding, data}` (utf8 or base64), one per frame.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Which dead letters: the ids given, or `--all`.
+/// Which dead letters: the ids given, or `--all` (one or the other).
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 pub struct Selection {
     /// The ids of the dead letters (their requests' message ids).
-    #[arg(value_parser = parse_id, required_unless_present = "all", conflicts_with = "all")]
+    #[arg(value_parser = parse_id)]
     pub ids: Vec<Uuid>,
     /// Every dead letter.
     #[arg(long)]
@@ -113,10 +120,21 @@ pub struct ReplayArgs {
     /// --connect); the dead letters' services are ignored.
     #[arg(long)]
     pub freelance: bool,
-    /// The data dir and output format (a reply is printed like `bosun client` prints
-    /// one: bare, or with --json an object with `id` the message id).
+    /// Send each under a new message id, so that a receiver that remembers the old id
+    /// (a worker's reply cache, within its --dedup-max-age) runs it again instead of
+    /// answering what it cached. The letter, under its old id, is removed once the new
+    /// id is answered; stderr (and --json `new_id`) says the new id.
+    #[arg(long)]
+    pub fresh_id: bool,
+    /// The data dir.
     #[command(flatten)]
     pub dir: DirArgs,
+    /// One JSON object per dead letter replayed, one per line: `id` (the letter's),
+    /// `new_id` (with --fresh-id), `service`, `status` (ok, no_reply, refused, failed,
+    /// too_large); with ok `rtt_ms` and `payload` (the reply), otherwise `error`.
+    /// Without it, a reply is printed bare, like `bosun client` prints one.
+    #[arg(long)]
+    pub json: bool,
     /// Retry settings.
     #[command(flatten)]
     pub retry: RetryArgs,
@@ -128,9 +146,12 @@ pub struct PurgeArgs {
     /// Which dead letters.
     #[command(flatten)]
     pub select: Selection,
-    /// The data dir and output format (`{"purged": N}`).
+    /// The data dir.
     #[command(flatten)]
     pub dir: DirArgs,
+    /// One JSON object: `{"purged": N}`, how many were deleted.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_id(s: &str) -> Result<Uuid, String> {
@@ -140,8 +161,8 @@ fn parse_id(s: &str) -> Result<Uuid, String> {
 /// Runs one `bosun dlq` subcommand.
 pub fn run(args: DlqArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     match args.command {
-        DlqCommand::List(a) => list(&a.dir),
-        DlqCommand::Show(a) => show(&a.dir, a.id),
+        DlqCommand::List(a) => list(&a.dir, a.json),
+        DlqCommand::Show(a) => show(&a.dir, a.id, a.json),
         DlqCommand::Replay(a) => replay(&a, shutdown),
         DlqCommand::Purge(a) => purge(&a),
     }
@@ -218,10 +239,10 @@ fn summary_json(l: &DeadLetter) -> json::Object {
         )
 }
 
-fn list(dir: &DirArgs) -> Result<ExitCode, Error> {
+fn list(dir: &DirArgs, json: bool) -> Result<ExitCode, Error> {
     let (_store, dead) = open(&dir.data_dir)?;
     for l in dead.list()? {
-        if dir.json {
+        if json {
             println!("{}", summary_json(&l).finish());
         } else {
             println!(
@@ -238,7 +259,7 @@ fn list(dir: &DirArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::from(exit::OK))
 }
 
-fn show(dir: &DirArgs, id: Uuid) -> Result<ExitCode, Error> {
+fn show(dir: &DirArgs, id: Uuid, json: bool) -> Result<ExitCode, Error> {
     let (_store, dead) = open(&dir.data_dir)?;
     let select = Selection {
         ids: vec![id],
@@ -247,7 +268,7 @@ fn show(dir: &DirArgs, id: Uuid) -> Result<ExitCode, Error> {
     let Some(l) = selected(&dead, &select, &dir.data_dir)?.pop() else {
         return Ok(ExitCode::from(exit::OK)); // `selected` fails on a missing id
     };
-    if dir.json {
+    if json {
         let frames: Vec<String> = l
             .payload
             .iter()
@@ -290,7 +311,7 @@ fn purge(args: &PurgeArgs) -> Result<ExitCode, Error> {
         }
         letters.len()
     };
-    if args.dir.json {
+    if args.json {
         println!(
             "{}",
             json::Object::new()
@@ -376,20 +397,35 @@ impl Clients<'_> {
 }
 
 /// A dead letter as the request to send again: its original id and creation time (the
-/// id's timestamp; a UUID v7 carries it), its attempt count continuing.
-fn as_record(l: &DeadLetter, service: Option<&str>) -> OutboxRecord {
-    let created_at_ms =
-        l.id.get_timestamp()
-            .map(|ts| {
-                let (secs, nanos) = ts.to_unix();
-                secs * 1000 + u64::from(nanos) / 1_000_000
-            })
-            .unwrap_or(l.at_ms);
-    let mut record = OutboxRecord::new(l.id, created_at_ms, l.payload.clone());
+/// id's timestamp; a UUID v7 carries it), or with `fresh_id` a new id made now. It is a
+/// new send: its attempts count from 1 (the letter keeps its own count), and it carries
+/// the deadline `now + budget`, so that a broker drops it once the replay stopped
+/// waiting for it.
+fn as_record(
+    l: &DeadLetter,
+    service: Option<&str>,
+    budget: Duration,
+    fresh_id: bool,
+) -> OutboxRecord {
+    let (id, created_at_ms) = if fresh_id {
+        let envelope = crate::io::envelope(Vec::new());
+        (envelope.meta.id, envelope.meta.created_at_ms)
+    } else {
+        let created_at_ms =
+            l.id.get_timestamp()
+                .map(|ts| {
+                    let (secs, nanos) = ts.to_unix();
+                    secs * 1000 + u64::from(nanos) / 1_000_000
+                })
+                .unwrap_or(l.at_ms);
+        (l.id, created_at_ms)
+    };
+    let mut record = OutboxRecord::new(id, created_at_ms, l.payload.clone());
     record.service = service
         .map(|s| s.as_bytes().to_vec())
         .or_else(|| l.service.clone());
-    record.attempts = l.attempts;
+    let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+    record.deadline_ms = Some(crate::io::unix_ms().saturating_add(budget_ms));
     record
 }
 
@@ -411,22 +447,29 @@ fn replay(args: &ReplayArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         if shutdown.is_triggered() {
             break;
         }
-        let record = as_record(l, args.service.as_deref());
+        let budget = args.retry.retry().budget();
+        let record = as_record(l, args.service.as_deref(), budget, args.fresh_id);
+        let new_id = (record.id != l.id).then_some(record.id);
         let start = crate::io::now();
         let result = clients.send(&record);
         let rtt = crate::io::now() - start;
         let service = record.service.as_deref().map(String::from_utf8_lossy);
+        let new_id_text = new_id.map(|id| id.to_string());
         let base = || {
             json::Object::new()
                 .str("id", &l.id.to_string())
+                .opt_str("new_id", new_id_text.as_deref())
                 .opt_str("service", service.as_deref())
         };
+        let as_sent = new_id_text
+            .as_ref()
+            .map_or_else(String::new, |id| format!(" (sent as {id})"));
         let failure = match result {
             Ok(frames) => {
                 dead.remove(l.id)?;
                 answered += 1;
                 let body = frames.concat();
-                if args.dir.json {
+                if args.json {
                     let o = base()
                         .str("status", "ok")
                         .num("rtt_ms", (rtt.as_secs_f64() * 1e6).round() / 1e3)
@@ -441,7 +484,7 @@ fn replay(args: &ReplayArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                         .map_err(|e| Error::io("write reply to stdout", e))?;
                 }
                 eprintln!(
-                    "bosun dlq: {}: answered; removed from the dead letters",
+                    "bosun dlq: {}{as_sent}: answered; removed from the dead letters",
                     l.id
                 );
                 continue;
@@ -452,27 +495,20 @@ fn replay(args: &ReplayArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             Err(e @ Error::Client(ClientError::TooLarge { .. })) => e,
             Err(e) => return Err(e),
         };
-        // It failed again: it stays, with what happened this time.
-        let mut again = l.clone();
-        again.at_ms = crate::io::unix_ms();
-        again.last_error = describe(&failure);
+        // It failed again: the letter stays as it was (its reason, error and attempts
+        // are the original diagnosis); the replay's own outcome is only reported.
+        let error = describe(&failure);
         let (status, stop) = match &failure {
-            Error::Client(ClientError::GaveUp { attempts, .. }) => {
+            Error::Client(ClientError::GaveUp { .. }) => {
                 gave_up = true;
-                again.reason = DeadReason::GaveUp;
-                // The attempt count continued from the letter's: this is the total.
-                again.attempts = *attempts;
                 ("no_reply", true)
             }
             Error::Client(ClientError::Remote { status, .. }) if *status == Status::Refused => {
                 refused = true;
-                again.attempts = l.attempts.saturating_add(1);
                 ("refused", false)
             }
             Error::Client(ClientError::Remote { .. }) => {
                 failed = true;
-                again.reason = DeadReason::HandlerFailed;
-                again.attempts = l.attempts.saturating_add(1);
                 ("failed", false)
             }
             _ => {
@@ -480,13 +516,13 @@ fn replay(args: &ReplayArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 ("too_large", false)
             }
         };
-        dead.put(&again)?;
         eprintln!(
-            "bosun dlq: {}: {}; kept in the dead letters",
-            l.id, again.last_error
+            "bosun dlq: {}{as_sent}: replay failed: {error}; kept in the dead letters \
+             unchanged",
+            l.id
         );
-        if args.dir.json {
-            let o = base().str("status", status).str("error", &again.last_error);
+        if args.json {
+            let o = base().str("status", status).str("error", &error);
             println!("{}", o.finish());
         }
         if stop {

@@ -356,11 +356,15 @@ impl Store {
         // Decided from the directory's contents before anything is written in it (not
         // even the lock file): files without bosun's marker are someone else's.
         let survey = Survey::of(path).map_err(io("list"))?;
-        survey.refusal(create).map_or(Ok(()), |r| Err(not_a_store(r)))?;
+        if let Some(reason) = survey.refusal(create) {
+            return Err(not_a_store(reason));
+        }
         let lock = lock_dir(path)?;
         // Under the lock, look again: another process may have made a store meanwhile.
         let survey = Survey::of(path).map_err(io("list"))?;
-        survey.refusal(create).map_or(Ok(()), |r| Err(not_a_store(r)))?;
+        if let Some(reason) = survey.refusal(create) {
+            return Err(not_a_store(reason));
+        }
         let fresh = survey.others.is_empty();
         if fresh {
             // The marker first, so that an interrupted creation is still recognised.
@@ -737,7 +741,10 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
 /// Whether `e` says the process may not do what it tried (EACCES, EPERM, EROFS).
 fn is_permission(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::PermissionDenied
-        || matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EACCES | libc::EPERM | libc::EROFS)
+        )
 }
 
 /// One named tree of a store: the few operations the stores need, over sled or memory.
