@@ -425,8 +425,8 @@ fn a_majordomo_dead_letter_is_replayed_to_its_service() {
     broker.expect_stderr("the abandoned copy dropped", SECS_10, |l| {
         l.contains("request dropped") && l.contains("DeadlinePassed")
     });
-    // The replay is a new delivery of the same id, with no deadline of its own (its
-    // first session's budget is over): it waits for a worker, which runs it once.
+    // The replay is a new send of the same id with a deadline of its own (now plus the
+    // replay's budget): it waits for a worker, which runs it once.
     let mut replay = Proc::spawn(
         "replay",
         &mut bosun(&[

@@ -362,8 +362,8 @@ fn a_handler_interrupted_by_a_kill_is_reported_and_may_run_again() {
     second.kill();
 }
 
-/// A data dir that cannot be a bosun store (a file; other files; a sled database that
-/// does not read) is refused at start with exit 65 and the path named; one that another
+/// A data dir that cannot be a bosun store (a file; other files without bosun's marker; a
+/// marked store whose sled database does not read) is refused at start with exit 65 and the path named; one that another
 /// worker or server has open, with exit 75. No panic, and nothing is reset.
 #[test]
 fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
@@ -377,6 +377,12 @@ fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
     std::fs::create_dir_all(&garbage).unwrap();
     std::fs::write(Path::new(&garbage).join("conf"), b"\xff\x00garbage").unwrap();
     std::fs::write(Path::new(&garbage).join("db"), vec![0xA5; 4096]).unwrap();
+    // The marker bosun writes first makes this a bosun store whose sled files are damaged.
+    std::fs::write(
+        Path::new(&garbage).join("bosun.state"),
+        b"bosun-state 1\nopen\n",
+    )
+    .unwrap();
     let worker = |dir: &str| {
         common::run(
             &[
