@@ -59,6 +59,17 @@ pub enum ProtocolError {
     /// The body is not a bosun envelope.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// A frame whose contents the protocol does not allow (a pub/sub metadata frame
+    /// that does not decode, an integer frame of the wrong size).
+    #[error("{protocol}: {what}: {reason}")]
+    Malformed {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+        /// Which frame or message.
+        what: &'static str,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// An [`crate::Envelope`] could not be decoded.
