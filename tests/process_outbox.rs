@@ -10,67 +10,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{bosun, free_port, run, spawn_piped, start_broker, start_queue, Proc};
+use common::{
+    bosun, counting_exec, free_port, handler_runs, json_str, run, spawn_piped, start_broker,
+    start_queue, wait_queued, Proc, TempDir,
+};
 
 const SECS_10: Duration = Duration::from_secs(10);
 const SECS_30: Duration = Duration::from_secs(30);
 
-/// A fresh temporary directory, removed (with everything in it) on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "bosun-process-outbox-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create the temp dir");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn s(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-/// An `--exec` handler that appends each request body to `runs` (one line per handler
-/// run) and echoes it.
-fn counting_exec(runs: &Path) -> String {
-    format!(
-        "b=$(cat); printf '%s\\n' \"$b\" >> '{}'; printf %s \"$b\"",
-        s(runs)
-    )
-}
-
-/// How many times each body was handled, from the `runs` file.
-fn handler_runs(runs: &Path) -> BTreeMap<String, usize> {
-    let text = std::fs::read_to_string(runs).unwrap_or_default();
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        *out.entry(line.to_string()).or_insert(0) += 1;
-    }
-    out
-}
-
-/// The value of `"key":"..."` in a JSON line (no escapes in the values tested here).
-fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let end = line[start..].find('"')?;
-    Some(&line[start..start + end])
+    common::path_str(p)
 }
 
 /// `{"req-1": 1, ...}`: each of `n` requests once.
@@ -270,24 +222,6 @@ fn a_killed_lazy_pirate_client_recovers_its_request() {
         second.dump()
     );
     worker.kill_group();
-}
-
-/// Waits until the broker at `ep` says (`bosun stats`) that `n` requests for `service`
-/// are queued.
-fn wait_queued(ep: &str, service: &str, n: usize) {
-    let want = format!("\"queued\":{n}");
-    let mut last = Vec::new();
-    let ok = common::wait_until(SECS_10, || {
-        let out = run(
-            &["stats", "--connect", ep, "--service", service, "--json"],
-            &[],
-            SECS_10,
-        );
-        let found = out.stdout.iter().any(|l| l.contains(&want));
-        last = out.stdout;
-        found
-    });
-    assert!(ok, "the broker never had {n} queued: {last:?}");
 }
 
 /// `dlq list --json` lines: (id, reason, attempts, service, error).

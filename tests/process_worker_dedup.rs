@@ -14,12 +14,11 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use bosun::store::{DeadReason, Store};
-use common::{bosun, start_broker, start_queue, Proc};
+use common::{bosun, start_broker, start_queue, Proc, TempDir};
 
 const SECS_20: Duration = Duration::from_secs(20);
 const ANY: &str = "tcp://127.0.0.1:*";
@@ -36,33 +35,6 @@ const RETRIES: [&str; 8] = [
     "--backoff-max",
     "200ms",
 ];
-
-/// A directory of its own under the temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "bosun-worker-dedup-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A handler command that appends a line (its input) to `runs` per run and answers
 /// `ran INPUT`.
@@ -101,8 +73,8 @@ enum Pattern {
 /// answers the client's retry from the cache (its log says so), and the handler ran once.
 fn crash_between_handler_and_reply(pattern: Pattern) {
     let dir = TempDir::new("crash");
-    let data = dir.join("data");
-    let runs = dir.join("runs");
+    let data = dir.file("data");
+    let runs = dir.file("runs");
     let handler = counting(&runs);
     // The routers and the client's endpoint.
     let (_router, client_at, peer_args): (Option<Proc>, String, Vec<String>) = match pattern {
@@ -231,8 +203,8 @@ fn a_rep_server_killed_before_its_reply_left_answers_the_retry_from_its_cache() 
 #[test]
 fn a_handler_that_always_fails_is_dead_lettered_after_exactly_max_attempts_runs() {
     let dir = TempDir::new("dead");
-    let data = dir.join("data");
-    let runs = dir.join("runs");
+    let data = dir.file("data");
+    let runs = dir.file("runs");
     let failing = format!("echo run >> {runs}; exit 3");
     let (_b, ep) = start_broker(
         "broker",
@@ -321,8 +293,8 @@ fn a_handler_that_always_fails_is_dead_lettered_after_exactly_max_attempts_runs(
 #[test]
 fn a_handler_interrupted_by_a_kill_is_reported_and_may_run_again() {
     let dir = TempDir::new("interrupted");
-    let data = dir.join("data");
-    let runs = dir.join("runs");
+    let data = dir.file("data");
+    let runs = dir.file("runs");
     // Counts its runs; the first one hangs until the worker is killed.
     let handler = format!(
         "x=$(cat); echo \"$x\" >> {runs}; if [ \"$(wc -l < {runs})\" -eq 1 ]; then sleep 30; fi; printf 'ran %s' \"$x\""
@@ -396,12 +368,12 @@ fn a_handler_interrupted_by_a_kill_is_reported_and_may_run_again() {
 #[test]
 fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
     let dir = TempDir::new("refused");
-    let file = dir.join("a-file");
+    let file = dir.file("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    let others = dir.join("others");
+    let others = dir.file("others");
     std::fs::create_dir_all(&others).unwrap();
     std::fs::write(Path::new(&others).join("notes.txt"), b"mine").unwrap();
-    let garbage = dir.join("garbage");
+    let garbage = dir.file("garbage");
     std::fs::create_dir_all(&garbage).unwrap();
     std::fs::write(Path::new(&garbage).join("conf"), b"\xff\x00garbage").unwrap();
     std::fs::write(Path::new(&garbage).join("db"), vec![0xA5; 4096]).unwrap();
@@ -440,7 +412,7 @@ fn a_data_dir_that_is_garbage_or_in_use_is_refused_naming_the_path() {
         "nothing was reset"
     );
 
-    let data = dir.join("data");
+    let data = dir.file("data");
     let mut holder = Proc::spawn(
         "holder",
         &mut bosun(&[

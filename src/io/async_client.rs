@@ -104,33 +104,7 @@ pub struct AsyncClientBuilder {
 }
 
 impl AsyncClientBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its sockets with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
-
-    /// Sets the per-request retry policy (default [`Retry::default`]: 2.5 s per
-    /// attempt, 3 attempts).
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Keeps every request in `store`'s outbox from before it is sent until it is
-    /// answered or given up (then in its dead letters), as `config` says; see the
-    /// [module docs](self) and [`AsyncClient::recover`]. Default: no outbox. One client
-    /// per store.
-    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
-        self.outbox = Some((store.clone(), config));
-        self
-    }
+    crate::io::builder_setters!(transport, retry, outbox);
 
     /// Opens the outbox if one was given, makes the sockets, connects, and starts the
     /// driver thread. Fails on a retry policy or outbox that cannot work, a socket that

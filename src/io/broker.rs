@@ -46,17 +46,7 @@ pub struct BrokerDriverBuilder {
 }
 
 impl BrokerDriverBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its socket with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
+    crate::io::builder_setters!(transport);
 
     /// Sets the heartbeat, queue bounds and limits (default [`BrokerConfig::default`]).
     pub fn config(mut self, config: BrokerConfig) -> Self {

@@ -73,38 +73,11 @@ pub struct FreelanceClientBuilder {
 }
 
 impl FreelanceClientBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its sockets with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
+    crate::io::builder_setters!(transport, shutdown, outbox);
 
     /// Sets the timeouts, attempts and pings (default [`FreelanceConfig::default`]).
     pub fn config(mut self, config: FreelanceConfig) -> Self {
         self.config = config;
-        self
-    }
-
-    /// Makes a pending request return [`ClientError::Interrupted`] soon after
-    /// `shutdown` is triggered (default: no flag; a request ends only in a reply or a
-    /// give-up).
-    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
-        self.shutdown = Some(shutdown.clone());
-        self
-    }
-
-    /// Keeps every request in `store`'s outbox from before it is sent until it is
-    /// answered or given up (then in its dead letters), as `config` says; see
-    /// [`crate::io::outbox`] and [`FreelanceClient::recover`]. Default: no outbox. One
-    /// client per store.
-    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
-        self.outbox = Some((store.clone(), config));
         self
     }
 
@@ -300,17 +273,7 @@ pub struct FreelanceServerBuilder {
 }
 
 impl FreelanceServerBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its socket with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
+    crate::io::builder_setters!(transport);
 
     /// Sets duplicate suppression, re-runs, dead letters and their store (default:
     /// none of them; see [`ReceiverOptions`]).

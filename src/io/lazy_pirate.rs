@@ -84,41 +84,7 @@ pub struct LazyPirateClientBuilder {
 }
 
 impl LazyPirateClientBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its sockets with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
-
-    /// Sets the retry policy (default [`Retry::default`]: 2.5 s per attempt, 3
-    /// attempts).
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Makes [`LazyPirateClient::request`] return [`ClientError::Interrupted`] soon
-    /// after `shutdown` is triggered (default: no flag; a request ends only in a reply or
-    /// a give-up).
-    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
-        self.shutdown = Some(shutdown.clone());
-        self
-    }
-
-    /// Keeps every request in `store`'s outbox from before it is sent until it is
-    /// answered or given up (then in its dead letters), as `config` says; see
-    /// [`crate::io::outbox`] and [`LazyPirateClient::recover`]. Default: no outbox. One
-    /// client per store.
-    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
-        self.outbox = Some((store.clone(), config));
-        self
-    }
+    crate::io::builder_setters!(transport, retry, shutdown, outbox);
 
     /// Checks the retry policy (and the outbox settings), opens the outbox, makes the
     /// REQ socket and connects it.

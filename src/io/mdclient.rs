@@ -106,41 +106,7 @@ pub struct MajordomoClientBuilder {
 }
 
 impl MajordomoClientBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its sockets with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
-
-    /// Sets the retry policy (default [`Retry::default`]: 2.5 s per attempt, 3
-    /// attempts).
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Makes a pending request return [`ClientError::Interrupted`] soon after
-    /// `shutdown` is triggered (default: no flag; a request ends only in a reply or a
-    /// give-up).
-    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
-        self.shutdown = Some(shutdown.clone());
-        self
-    }
-
-    /// Keeps every request in `store`'s outbox from before it is sent until it is
-    /// answered or given up (then in its dead letters), as `config` says; see
-    /// [`crate::io::outbox`] and [`MajordomoClient::recover`]. Default: no outbox. One
-    /// client per store.
-    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
-        self.outbox = Some((store.clone(), config));
-        self
-    }
+    crate::io::builder_setters!(transport, retry, shutdown, outbox);
 
     /// Checks the retry policy, opens the outbox if one was given, makes the DEALER
     /// socket and connects it.
@@ -353,35 +319,7 @@ pub struct AsyncMajordomoClientBuilder {
 }
 
 impl AsyncMajordomoClientBuilder {
-    /// Uses `ctx` instead of a context of its own (the default).
-    pub fn context(self, ctx: &zmq::Context) -> Self {
-        self.transport(&Transport::with_context(ctx))
-    }
-
-    /// Makes its sockets with `transport` (and its context). Default: a transport of its
-    /// own, [`Transport::default`].
-    pub fn transport(mut self, transport: &Transport) -> Self {
-        self.transport = Some(transport.clone());
-        self
-    }
-
-    /// Sets the per-request retry policy (default [`Retry::default`]: 2.5 s per
-    /// attempt, 3 attempts).
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Keeps every request in `store`'s outbox from before it is sent until it is
-    /// answered or given up (then in its dead letters), as `config` says; see
-    /// [`crate::io::outbox`] and [`AsyncMajordomoClient::recover`]. With
-    /// [`Durability::Batched`](crate::store::Durability::Batched) the requests sent
-    /// between two calls of [`AsyncMajordomoClient::recv`] are confirmed by one flush
-    /// and go out in its first turn. Default: no outbox. One client per store.
-    pub fn outbox(mut self, store: &Store, config: OutboxConfig) -> Self {
-        self.outbox = Some((store.clone(), config));
-        self
-    }
+    crate::io::builder_setters!(transport, retry, outbox);
 
     /// Checks the retry policy, opens the outbox if one was given, makes the DEALER
     /// socket and connects it.

@@ -11,6 +11,65 @@
 //! settings; `X::connect(..)` / `X::bind(..)` takes every default. Clients then send
 //! requests; workers, servers, the queue and the broker serve with `.run(.., &shutdown)`.
 
+/// The setters that many builders share, written once: `transport` (`.context` and
+/// `.transport`, for a `transport: Option<Transport>` field), `retry` (a `retry: Retry`
+/// field), `shutdown` (a `shutdown: Option<Shutdown>` field) and `outbox` (an
+/// `outbox: Option<(Store, OutboxConfig)>` field). Used inside a builder's `impl`.
+macro_rules! builder_setters {
+    () => {};
+    (transport $(, $($rest:ident),*)?) => {
+        /// Uses `ctx` instead of a context of its own (the default).
+        pub fn context(self, ctx: &zmq::Context) -> Self {
+            self.transport(&$crate::io::transport::Transport::with_context(ctx))
+        }
+
+        /// Makes its sockets with `transport` (and its context): every socket it makes,
+        /// reconnects included, takes the transport's options. Default: a transport of
+        /// its own, [`Transport::default`]($crate::io::transport::Transport::default).
+        pub fn transport(mut self, transport: &$crate::io::transport::Transport) -> Self {
+            self.transport = Some(transport.clone());
+            self
+        }
+        $crate::io::builder_setters!($($($rest),*)?);
+    };
+    (retry $(, $($rest:ident),*)?) => {
+        /// Sets the retry policy (default [`Retry::default`]($crate::Retry::default):
+        /// 2.5 s per attempt, 3 attempts).
+        pub fn retry(mut self, retry: $crate::Retry) -> Self {
+            self.retry = retry;
+            self
+        }
+        $crate::io::builder_setters!($($($rest),*)?);
+    };
+    (shutdown $(, $($rest:ident),*)?) => {
+        /// Makes a pending request end in
+        /// [`ClientError::Interrupted`]($crate::error::ClientError::Interrupted) soon after
+        /// `shutdown` is triggered (default: no flag; a request ends only in a reply or a
+        /// give-up).
+        pub fn shutdown(mut self, shutdown: &$crate::io::Shutdown) -> Self {
+            self.shutdown = Some(shutdown.clone());
+            self
+        }
+        $crate::io::builder_setters!($($($rest),*)?);
+    };
+    (outbox $(, $($rest:ident),*)?) => {
+        /// Keeps every request in `store`'s outbox from before it is sent until it is
+        /// answered or given up (then in its dead letters), as `config` says; the
+        /// client's `recover` re-sends what a crash left pending (see
+        /// [`io::outbox`]($crate::io::outbox)). Default: no outbox. One client per store.
+        pub fn outbox(
+            mut self,
+            store: &$crate::store::Store,
+            config: $crate::io::outbox::OutboxConfig,
+        ) -> Self {
+            self.outbox = Some((store.clone(), config));
+            self
+        }
+        $crate::io::builder_setters!($($($rest),*)?);
+    };
+}
+pub(crate) use builder_setters;
+
 pub mod async_client;
 pub mod broker;
 pub mod driver;

@@ -742,3 +742,88 @@ pub fn python(script: &str, args: &[&str]) -> Command {
         .env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
+
+/// A fresh directory of its own under the system temp dir (named after `tag`, the test
+/// process and a counter), removed with everything in it on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bosun-test-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create the temp dir");
+        TempDir(path)
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A path inside it, as a string for a command line.
+    pub fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A temp path as a command-line argument.
+pub fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// An `--exec` handler that appends each request body to `runs` (one line per handler
+/// run) and echoes it.
+pub fn counting_exec(runs: &std::path::Path) -> String {
+    format!(
+        "b=$(cat); printf '%s\\n' \"$b\" >> '{}'; printf %s \"$b\"",
+        path_str(runs)
+    )
+}
+
+/// How many times each body was handled, from the `runs` file of [`counting_exec`].
+pub fn handler_runs(runs: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(runs).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        *out.entry(line.to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The value of `"key":"..."` in a JSON line (no escapes in the values tested).
+pub fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let end = line[start..].find('"')?;
+    Some(&line[start..start + end])
+}
+
+/// Waits (up to 10 s) until the broker at `ep` says (`bosun stats`) that `n` requests
+/// for `service` are queued.
+pub fn wait_queued(ep: &str, service: &str, n: usize) {
+    let want = format!("\"queued\":{n}");
+    let limit = Duration::from_secs(10);
+    let mut last = Vec::new();
+    let ok = wait_until(limit, || {
+        let out = run(
+            &["stats", "--connect", ep, "--service", service, "--json"],
+            &[],
+            limit,
+        );
+        let found = out.stdout.iter().any(|l| l.contains(&want));
+        last = out.stdout;
+        found
+    });
+    assert!(ok, "the broker never had {n} queued: {last:?}");
+}
