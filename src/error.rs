@@ -208,6 +208,17 @@ pub enum ClientError {
         /// The request body (its frames joined), handed back.
         body: Vec<u8>,
     },
+    /// A subscriber fell more than its `max_behind` behind a publisher and was told to
+    /// fail rather than catch up ([`OnSlow::Fail`](crate::proto::subscriber::OnSlow)).
+    #[error("fell behind publisher {publisher} by {behind} messages, more than the {max_behind} allowed (max_behind); failing as told (on_slow fail)")]
+    FellBehind {
+        /// The publisher.
+        publisher: uuid::Uuid,
+        /// Messages published but not delivered.
+        behind: u64,
+        /// The limit.
+        max_behind: u64,
+    },
     /// The outbox could not make the request durable (the store failed to write or
     /// flush it), so it was not sent.
     #[error("the outbox could not store the request, so it was not sent: {reason}")]

@@ -74,6 +74,8 @@ pub use error::{Error, Result};
 pub use io::lazy_pirate::LazyPirateClient;
 pub use io::mdworker::Worker;
 pub use io::ppworker::PpWorker;
+pub use io::publisher::Publisher;
+pub use io::subscriber::Subscriber;
 pub use io::Shutdown;
 pub use proto::envelope::Envelope;
 /// The zmq crate bosun is built on (see the crate docs).

@@ -82,9 +82,11 @@ pub mod mdworker;
 pub mod outbox;
 pub(crate) mod pool;
 pub mod ppworker;
+pub mod publisher;
 pub mod queue;
 pub mod receiver;
 pub mod server;
+pub mod subscriber;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -53,7 +53,8 @@ pub struct PublisherConfig {
     /// Messages older than this are trimmed. Default [`DEFAULT_RETAIN_AGE`] (1 h).
     pub retain_age: Duration,
     /// The most messages in one replay answer (a subscriber asking for more gets this
-    /// many). Default [`DEFAULT_REPLAY_BATCH`].
+    /// many). Default [`DEFAULT_REPLAY_BATCH`]; the driver lowers it to half the
+    /// socket's send high-water mark, so that an answer is never dropped there.
     pub replay_batch: u32,
 }
 
