@@ -219,6 +219,21 @@ pub enum ClientError {
         /// The limit.
         max_behind: u64,
     },
+    /// The outbox holds requests for another kind of client: Majordomo requests (with
+    /// a service) opened by a client that sends without one (Lazy Pirate, Freelance),
+    /// or the other way round. Nothing is sent or removed; run the kind of client that
+    /// made them on the data dir to deliver them.
+    #[error("{place} holds {count} pending request(s) {what}; {this}: run that kind of client on it to deliver them (nothing was sent or removed)")]
+    OutboxOfAnotherKind {
+        /// The data dir, in words.
+        place: String,
+        /// How many pending requests are of the other kind.
+        count: usize,
+        /// What they are for, in words.
+        what: String,
+        /// What this client is, in words.
+        this: String,
+    },
     /// The outbox could not make the request durable (the store failed to write or
     /// flush it), so it was not sent.
     #[error("the outbox could not store the request, so it was not sent: {reason}")]

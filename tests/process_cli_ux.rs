@@ -607,6 +607,64 @@ fn a_service_with_no_worker_is_told_apart_from_a_dead_broker() {
         out.stderr.iter().any(|l| l.contains("no broker answered")),
         "{out:?}"
     );
+    // A request cut short by its own --deadline: the broker is still found (the probe
+    // has a budget of its own), and the hint names the deadline.
+    let mut worker = Proc::spawn(
+        "worker",
+        &mut bosun(&[
+            "worker",
+            "--connect",
+            &ep,
+            "--service",
+            "slow",
+            "--delay",
+            "2s",
+        ]),
+    );
+    let asked = wait_until(SECS_10, || {
+        run(
+            &[
+                "client",
+                "--connect",
+                &ep,
+                "--service",
+                "mmi.service",
+                "--request",
+                "slow",
+            ],
+            &[],
+            SECS_10,
+        )
+        .stdout
+            == ["200"]
+    });
+    assert!(asked, "the worker registers");
+    let out = run(
+        &[
+            "client",
+            "--connect",
+            &ep,
+            "--service",
+            "slow",
+            "--request",
+            "x",
+            "--timeout",
+            "5s",
+            "--deadline",
+            "300ms",
+        ],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(out.status.code(), Some(UNAVAILABLE), "{out:?}");
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.contains("has a worker for service \"slow\"")
+                && l.contains("try a longer --deadline or --timeout")),
+        "{out:?}"
+    );
+    worker.kill_group();
 }
 
 // --------------------------------------------------------- the demo (P2 15)

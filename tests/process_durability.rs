@@ -178,3 +178,152 @@ fn a_request_given_up_on_is_not_run_when_a_worker_appears_later() {
     wait_queued(&ep, "jobs", 0);
     worker.kill_group();
 }
+
+/// A Lazy Pirate request left pending in a data dir (the client was interrupted before
+/// any server answered) is not handed to a Majordomo client started on the same dir:
+/// that one refuses to start (exit 64, naming the dir and the kind), nothing is sent
+/// or removed, and a Lazy Pirate client later delivers it. Catches: a recovered
+/// request re-sent by the wrong kind of client (to a broker, as an empty service it
+/// refuses) and dropped from the outbox.
+#[test]
+fn a_pending_request_is_kept_from_a_client_of_another_kind() {
+    let dir = TempDir::new("durability-kind");
+    let data = dir.file("client");
+    let port = common::free_port();
+    let direct = format!("tcp://127.0.0.1:{port}");
+    let lp = [
+        "-vv",
+        "client",
+        "--connect",
+        direct.as_str(),
+        "--timeout",
+        "30s",
+        "--data-dir",
+        data.as_str(),
+    ];
+    let mut first = spawn_piped("client 1", &lp);
+    first.write_stdin("pending-1\n");
+    first.expect_stderr("the request sent", SECS_10, |l| l.contains("request sent"));
+    first.signal(libc::SIGINT);
+    assert_eq!(
+        first.expect_exit(SECS_10).code(),
+        Some(130),
+        "{}",
+        first.dump()
+    );
+
+    let (_broker, ep) = broker("tcp://127.0.0.1:*");
+    let md = run(
+        &[
+            "client",
+            "--connect",
+            &ep,
+            "--service",
+            "echo",
+            "--request",
+            "new",
+            "--data-dir",
+            &data,
+        ],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(md.status.code(), Some(64), "{md:?}");
+    let said = md.stderr.join("\n");
+    assert!(
+        said.contains(&data)
+            && said.contains("made without a service")
+            && said.contains("1 pending"),
+        "{said}"
+    );
+
+    // The request is still there: a Lazy Pirate client with a server delivers it.
+    let mut server = Proc::spawn("server", &mut bosun(&["server", "--bind", &direct]));
+    let second = run(
+        &[
+            "client",
+            "--connect",
+            &direct,
+            "--timeout",
+            "5s",
+            "--data-dir",
+            &data,
+        ],
+        &[],
+        SECS_30,
+    );
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    assert!(
+        second
+            .stderr
+            .iter()
+            .any(|l| l.contains("recovered request") && l.ends_with("answered")),
+        "{second:?}"
+    );
+    assert_eq!(second.stdout, ["pending-1"], "{second:?}");
+    server.kill_group();
+}
+
+/// Requests the broker refuses (its queue for the service is full) are not lost from
+/// the outbox: each is kept as a dead letter with reason `refused` and the broker's
+/// message, for `bosun dlq replay`; the one it queued (and nobody served) is dead-lettered
+/// as given up. Catches: a refusal treated as an answer and dropped from the outbox.
+#[test]
+fn refused_requests_are_kept_as_dead_letters() {
+    let dir = TempDir::new("durability-refused");
+    let data = dir.file("client");
+    let mut args = vec![
+        "-v",
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--max-queue",
+        "1",
+    ];
+    args.extend(HB);
+    let (_broker, ep) = start_broker("broker", &mut bosun(&args));
+    let mut client = spawn_piped(
+        "client",
+        &[
+            "client",
+            "--connect",
+            &ep,
+            "--service",
+            "jobs",
+            "--in-flight",
+            "3",
+            "--timeout",
+            "500ms",
+            "--retries",
+            "1",
+            "--data-dir",
+            &data,
+        ],
+    );
+    client.write_stdin("a\nb\nc\n");
+    client.close_stdin();
+    let status = client.expect_done(SECS_30);
+    assert!(!status.success(), "{}", client.dump());
+    let out = run(
+        &["dlq", "list", "--json", "--data-dir", &data],
+        &[],
+        SECS_10,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let reasons: BTreeMap<String, usize> = out.stdout.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(json_str(l, "reason").expect("reason").to_string())
+            .or_insert(0) += 1;
+        m
+    });
+    let want: BTreeMap<String, usize> = [("gave-up".to_string(), 1), ("refused".to_string(), 2)]
+        .into_iter()
+        .collect();
+    assert_eq!(reasons, want, "{out:?}\n{}", client.dump());
+    assert!(
+        out.stdout
+            .iter()
+            .filter(|l| l.contains("\"reason\":\"refused\""))
+            .all(|l| l.contains("queue")),
+        "the broker's message is kept: {out:?}"
+    );
+}

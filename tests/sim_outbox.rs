@@ -241,33 +241,59 @@ fn a_full_outbox_refuses_with_backpressure_until_an_answer_makes_room() {
     assert_eq!(pending_ids(&store), [2, 3]);
 }
 
-/// A reply, and a failure the peer reports (handler error, refusal), each end their
-/// request: it leaves the outbox, durably with the next flush. A duplicate reply
-/// changes nothing. Catches: acks only on success (a failed request re-sent after every
-/// restart), or no ack at all.
+/// A reply, and a handler's failure the peer reports, each end their request: it
+/// leaves the outbox, durably with the next flush. A duplicate reply changes nothing.
+/// Catches: acks only on success (a failed request re-sent after every restart), or no
+/// ack at all.
 #[test]
-fn an_answer_of_any_status_acks_the_request() {
+fn an_answer_acks_the_request() {
     let mut clock = Clock::new();
     let store = Store::memory();
     let mut core = pipelined(&clock, &store, Durability::Batched, 10);
-    for n in 1..=3 {
+    for n in 1..=2 {
         submit(&mut core, &clock, n).unwrap();
     }
-    assert_eq!(sent(&mut core).len(), 3);
+    assert_eq!(sent(&mut core).len(), 2);
     core.handle_input(clock.advance(ms(1)), 0, reply(1, 1, Status::Ok, b"r1"));
     core.handle_input(clock.now(), 0, reply(2, 1, Status::Error, b"boom"));
-    core.handle_input(clock.now(), 0, reply(3, 1, Status::Refused, b"full"));
     core.handle_input(clock.now(), 0, reply(1, 1, Status::Ok, b"again"));
     let evs = events(&mut core);
-    assert_eq!(evs.len(), 4, "{evs:?}");
-    assert!(matches!(evs[3], Hooked::Core(Event::Duplicate { .. })));
+    assert_eq!(evs.len(), 3, "{evs:?}");
+    assert!(matches!(evs[2], Hooked::Core(Event::Duplicate { .. })));
     assert!(pending_ids(&store).is_empty());
     // The acks are durable with the next flush: a crash now may bring them back...
-    assert_eq!(pending_ids(&store.crash_and_reopen().unwrap()), [1, 2, 3]);
+    assert_eq!(pending_ids(&store.crash_and_reopen().unwrap()), [1, 2]);
     // ...and the next turn's commit makes them durable.
     submit(&mut core, &clock, 4).unwrap();
     let _ = sent(&mut core);
     assert_eq!(pending_ids(&store.crash_and_reopen().unwrap()), [4]);
+}
+
+/// A refusal (status refused: the peer did not handle the request) moves the request
+/// to the dead letters with reason refused and the peer's message, durably, so that it
+/// can be replayed. Catches: a refusal taken for an answer and the request dropped.
+#[test]
+fn a_refusal_moves_the_request_to_the_dead_letters() {
+    let mut clock = Clock::new();
+    let store = Store::memory();
+    let mut core = pipelined(&clock, &store, Durability::Batched, 10);
+    submit(&mut core, &clock, 3).unwrap();
+    assert_eq!(sent(&mut core).len(), 1);
+    core.handle_input(
+        clock.advance(ms(1)),
+        0,
+        reply(3, 1, Status::Refused, b"full"),
+    );
+    let evs = events(&mut core);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert!(pending_ids(&store).is_empty());
+    let after = store.crash_and_reopen().unwrap();
+    assert!(pending_ids(&after).is_empty(), "the move is durable");
+    let letters = after.dead_letters().unwrap().list().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, DeadReason::Refused);
+    assert_eq!(letters[0].last_error, "full");
+    assert_eq!(letters[0].attempts, 1);
 }
 
 /// Every attempt timing out moves the request to the dead letters (reason gave-up, the

@@ -79,11 +79,11 @@ pub struct OutboxArgs {
     /// With --data-dir: when the outbox flushes. `every`: before each request is sent;
     /// `batched`: one flush for the requests sent together, before they are sent;
     /// `none`: sled's background flush only (a crash may lose the last 500 ms).
-    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability)]
+    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability, requires = "data_dir")]
     pub durability: Durability,
     /// With --data-dir: the most requests pending in the outbox; beyond it a request
     /// is refused, exit 75.
-    #[arg(long, env = "BOSUN_OUTBOX_LIMIT", value_name = "N", default_value_t = DEFAULT_OUTBOX_LIMIT)]
+    #[arg(long, env = "BOSUN_OUTBOX_LIMIT", value_name = "N", default_value_t = DEFAULT_OUTBOX_LIMIT, requires = "data_dir")]
     pub outbox_limit: usize,
 }
 
@@ -414,10 +414,17 @@ pub(super) fn probe(
     if shutdown.is_triggered() {
         return None;
     }
+    // Its own short budget: the request's deadline may be over already.
     let quick = Retry {
         timeout: retry.timeout.min(Duration::from_secs(1)),
         retries: 1,
+        deadline: None,
         ..*retry
+    };
+    let longer = if retry.deadline.is_some() {
+        "--deadline or --timeout"
+    } else {
+        "--timeout"
     };
     let mut client = MajordomoClient::builder(endpoint)
         .context(ctx)
@@ -432,7 +439,7 @@ pub(super) fn probe(
             format!("the broker answered: no worker for service {s:?}")
         }
         (Some(s), Ok(code)) if code == b"200" => format!(
-            "the broker has a worker for service {s:?}, but no reply came in time: it is busy or slow (try a longer --timeout)"
+            "the broker has a worker for service {s:?}, but no reply came in time: it is busy or slow (try a longer {longer})"
         ),
         (None, Ok(code)) if code == b"200" || code == b"404" => {
             "a Majordomo broker answers there, not a Lazy Pirate server: give --service NAME"
@@ -472,6 +479,8 @@ pub(super) struct Output {
     too_large: bool,
     gave_up: bool,
     not_stored: bool,
+    /// The data dir whose dead letters keep what is given up or refused.
+    data_dir: Option<PathBuf>,
 }
 
 impl Output {
@@ -490,6 +499,7 @@ impl Output {
             too_large: false,
             gave_up: false,
             not_stored: false,
+            data_dir: args.outbox.data_dir.clone(),
         }
     }
 
@@ -602,6 +612,13 @@ impl Output {
         let mut message = super::describe(e);
         if let Some(note) = note {
             message = format!("{message} ({note})");
+        }
+        let kept = matches!(status, "no_reply" | "refused");
+        if let (true, Some(dir)) = (kept, &self.data_dir) {
+            message = format!(
+                "{message}; kept in the dead letters of {} (bosun dlq list)",
+                dir.display()
+            );
         }
         eprintln!("bosun client: {}: {message}", tag.words());
         if self.json {

@@ -42,7 +42,7 @@ pub mod exit {
     /// (EX_DATAERR).
     pub const DATA: u8 = 65;
     /// Unavailable: no reply after every attempt, the peer is not a bosun broker, an
-    /// address or a `--data-dir` is in use (EX_UNAVAILABLE).
+    /// address is in use (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
     /// An internal error: a bug (EX_SOFTWARE).
     pub const SOFTWARE: u8 = 70;
@@ -69,21 +69,24 @@ Exit status (the same for every subcommand):
     1    a request failed remotely: its handler failed (demo: a check failed)
     3    server --crash-after: the simulated crash
    64    usage: a bad flag, value or BOSUN_* variable, or settings that cannot work
-         (dlq: an id that is not in the dead letters)
+         (dlq: an id that is not in the dead letters; client: a --data-dir whose
+         pending requests another kind of client made)
    65    bad data: an input line too large to send (over 64 MiB), or a --data-dir
          that is not a bosun store or is damaged
    69    unavailable: no reply after every attempt, the peer is not a bosun broker,
-         the address is in use, or the --data-dir is in use by another process
+         or the address is in use
    70    internal error (a bug: please report it)
    74    I/O error: reading stdin, writing stdout, starting a child process, reading
          or writing the data dir
    75    temporary failure: the broker refused a request unhandled (full queue), the
-         outbox is full (--outbox-limit), the data dir is in use, or a subscriber
-         fell more than --max-behind behind with --on-slow fail
+         outbox is full (--outbox-limit), the data dir is in use by another
+         process, or a subscriber fell more than --max-behind behind with --on-slow
+         fail
   130    interrupted by SIGINT (Ctrl-C) before finishing (143: SIGTERM, 129: SIGHUP)
 When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
 (`bosun client | head -1`) is not an error: the client stops sending and exits as if
-its input had ended.";
+its input had ended (with --data-dir, requests whose replies could not be printed
+stay pending, and the next start on that dir re-sends them and prints their replies).";
 
 /// Reliable messaging over ZeroMQ.
 #[derive(Debug, Parser)]
@@ -260,6 +263,7 @@ pub fn code_of(e: &Error) -> u8 {
             ClientError::TooLarge { .. } => exit::DATA,
             ClientError::Interrupted => signal_received().map_or(exit::SIGINT, interrupted_code),
             ClientError::OutboxFull { .. } | ClientError::FellBehind { .. } => exit::TEMPFAIL,
+            ClientError::OutboxOfAnotherKind { .. } => exit::USAGE,
             ClientError::NotStored { .. } => exit::IO,
             _ => exit::SOFTWARE,
         },

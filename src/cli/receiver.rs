@@ -27,7 +27,7 @@ pub struct DedupArgs {
     /// in this directory, so that a restart keeps them: a retry of a request handled
     /// before the restart is answered from the cache, not run again. Turns duplicate
     /// suppression on. One process per directory (another is refused, exit 75).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Suppress duplicates without --data-dir: the window lives in memory and is lost
     /// when the process stops.
@@ -50,7 +50,12 @@ pub struct DedupArgs {
     /// start of each handler too, so a restart reports the handlers a crash interrupted;
     /// `none`: sled's own flush every 500 ms (a crash may lose the last half second,
     /// whose retries then run again) [default: batched].
-    #[arg(long, value_name = "MODE", requires = "data_dir")]
+    #[arg(
+        long,
+        env = "BOSUN_DURABILITY",
+        value_name = "MODE",
+        requires = "data_dir"
+    )]
     pub durability: Option<Durability>,
 }
 

@@ -112,7 +112,7 @@ impl AsyncClientBuilder {
     pub fn connect(self) -> Result<AsyncClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = MdpClient::new(io::now(), Mode::Pipelined, self.retry, fastrand::u64(..))?;
-        let outbox = open_outbox(self.outbox)?;
+        let outbox = open_outbox(self.outbox, true)?;
         let sockets = Sockets::connecting(
             &transport,
             zmq::DEALER,

@@ -53,7 +53,12 @@ impl ClientCore for Freelance {
 
     fn report(event: &Event) -> Option<Report> {
         match *event {
-            Event::Reply { id, .. } => Some(Report::Answered(id)),
+            Event::Reply {
+                id,
+                ref answer,
+                attempt,
+                ..
+            } => Some(outbox::answered(id, attempt, answer)),
             Event::Retrying { id, attempt, .. } => Some(Report::Retrying { id, attempt }),
             Event::GaveUp { id, attempts, .. } => Some(Report::GaveUp { id, attempts }),
             _ => None,
@@ -86,7 +91,7 @@ impl FreelanceClientBuilder {
     pub fn connect(self) -> Result<FreelanceClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = Freelance::new(io::now(), &self.endpoints, self.config, fastrand::u64(..))?;
-        let outbox = open_outbox(self.outbox)?;
+        let outbox = open_outbox(self.outbox, false)?;
         let sockets = Sockets::connecting(&transport, zmq::ROUTER, &self.endpoints, true)?;
         let mut driver = Driver::new(
             Stored::new(core, outbox, &self.endpoints.join(",")),

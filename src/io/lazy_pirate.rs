@@ -51,7 +51,12 @@ impl ClientCore for LazyPirate {
 
     fn report(event: &Event) -> Option<Report> {
         match *event {
-            Event::Reply { id, .. } => Some(Report::Answered(id)),
+            Event::Reply {
+                id,
+                ref answer,
+                attempt,
+                ..
+            } => Some(outbox::answered(id, attempt, answer)),
             Event::Retrying { id, attempt, .. } => Some(Report::Retrying { id, attempt }),
             Event::GaveUp { id, attempts, .. } => Some(Report::GaveUp { id, attempts }),
             Event::Discarded(_) => None,
@@ -91,7 +96,7 @@ impl LazyPirateClientBuilder {
     pub fn connect(self) -> Result<LazyPirateClient, Error> {
         let transport = self.transport.unwrap_or_default();
         let core = LazyPirate::new(io::now(), self.retry, fastrand::u64(..))?;
-        let outbox = open_outbox(self.outbox)?;
+        let outbox = open_outbox(self.outbox, false)?;
         let sockets = Sockets::connecting(
             &transport,
             zmq::REQ,
@@ -114,13 +119,53 @@ impl LazyPirateClientBuilder {
 /// Opens the outbox a builder was given, if any.
 pub(crate) fn open_outbox(
     outbox: Option<(Store, OutboxConfig)>,
+    majordomo: bool,
 ) -> Result<Option<outbox::SharedOutbox>, Error> {
-    match outbox {
-        Some((store, config)) => Ok(Some(Arc::new(Mutex::new(ClientOutbox::open(
-            &store, config,
-        )?)))),
-        None => Ok(None),
+    let Some((store, config)) = outbox else {
+        return Ok(None);
+    };
+    let opened = ClientOutbox::open(&store, config)?;
+    check_kind(&opened, majordomo)?;
+    Ok(Some(Arc::new(Mutex::new(opened))))
+}
+
+/// Refuses an outbox whose pending requests another kind of client made: a Majordomo
+/// request (it has a service) cannot be delivered by a client that sends without one,
+/// nor the other way round, and re-sending it would lose it (a broker refuses an empty
+/// service; a plain server would answer a request meant for a service).
+fn check_kind(outbox: &ClientOutbox, majordomo: bool) -> Result<(), Error> {
+    let pending = outbox.pending()?;
+    let other: Vec<&OutboxRecord> = pending
+        .iter()
+        .filter(|r| r.service.is_some() != majordomo)
+        .collect();
+    let Some(first) = other.first() else {
+        return Ok(());
+    };
+    let place = outbox.path().map_or_else(
+        || "the outbox".to_string(),
+        |p| format!("data dir {}", p.display()),
+    );
+    let (what, this) = match &first.service {
+        Some(service) => (
+            format!(
+                "for a Majordomo service (the first for {:?})",
+                String::from_utf8_lossy(service)
+            ),
+            "this client sends without a service (Lazy Pirate or Freelance)",
+        ),
+        None => (
+            "made without a service (by a Lazy Pirate or Freelance client)".to_string(),
+            "this is a Majordomo client",
+        ),
+    };
+    Err(ClientError::OutboxOfAnotherKind {
+        place,
+        count: other.len(),
+        what,
+        this: this.to_string(),
     }
+    .into())
 }
 
 /// A Lazy Pirate client: one request at a time, retried on a fresh socket until it is

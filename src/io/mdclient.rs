@@ -53,7 +53,12 @@ impl ClientCore for MdpClient {
 
     fn report(event: &Event) -> Option<Report> {
         match *event {
-            Event::Reply { id, .. } => Some(Report::Answered(id)),
+            Event::Reply {
+                id,
+                ref answer,
+                attempt,
+                ..
+            } => Some(outbox::answered(id, attempt, answer)),
             Event::Retrying { id, attempt, .. } => Some(Report::Retrying { id, attempt }),
             Event::GaveUp { id, attempts, .. } => Some(Report::GaveUp { id, attempts }),
             Event::Duplicate { .. } | Event::Unmatched { .. } | Event::Malformed(_) => None,
@@ -112,7 +117,7 @@ impl MajordomoClientBuilder {
     /// socket and connects it.
     pub fn connect(self) -> Result<MajordomoClient, Error> {
         let transport = self.transport.unwrap_or_default();
-        let outbox = open_outbox(self.outbox)?;
+        let outbox = open_outbox(self.outbox, true)?;
         let mut driver = driver(
             &transport,
             &self.endpoint,
@@ -325,7 +330,7 @@ impl AsyncMajordomoClientBuilder {
     /// socket and connects it.
     pub fn connect(self) -> Result<AsyncMajordomoClient, Error> {
         let transport = self.transport.unwrap_or_default();
-        let outbox = open_outbox(self.outbox)?;
+        let outbox = open_outbox(self.outbox, true)?;
         Ok(AsyncMajordomoClient {
             driver: driver(
                 &transport,

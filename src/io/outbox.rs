@@ -166,6 +166,28 @@ impl ClientOutbox {
     /// the request either pending or dead-lettered, never both nor neither. On a store
     /// error it stays pending (logged), to be re-sent by the next recovery.
     pub fn abandoned(&mut self, id: Uuid, attempts: u32, at_ms: u64) {
+        let s = if attempts == 1 { "" } else { "s" };
+        let error = format!("no reply after {attempts} attempt{s}");
+        self.dead_letter(id, attempts, at_ms, DeadReason::GaveUp, error);
+    }
+
+    /// Request `id` was refused by its peer (a full queue, a deadline that passed, an
+    /// unknown service: status refused), so it was not handled and will not be unless
+    /// it is sent again: moves it to the dead letters (reason [`DeadReason::Refused`],
+    /// with the peer's message), as [`ClientOutbox::abandoned`] does, for `bosun dlq
+    /// replay`.
+    pub fn refused(&mut self, id: Uuid, attempt: u32, message: &str, at_ms: u64) {
+        self.dead_letter(id, attempt, at_ms, DeadReason::Refused, message.to_string());
+    }
+
+    fn dead_letter(
+        &mut self,
+        id: Uuid,
+        attempts: u32,
+        at_ms: u64,
+        reason: DeadReason,
+        last_error: String,
+    ) {
         let record = match self.outbox.get(id) {
             Ok(Some(record)) => record,
             Ok(None) => return,
@@ -174,20 +196,19 @@ impl ClientOutbox {
                 return;
             }
         };
-        let s = if attempts == 1 { "" } else { "s" };
         let letter = DeadLetter {
             id,
             service: record.service.clone(),
             payload: record.payload.clone(),
             attempts,
-            last_error: format!("no reply after {attempts} attempt{s}"),
-            reason: DeadReason::GaveUp,
+            last_error,
+            reason,
             at_ms,
         };
         let moved = self.outbox.ack(id).and_then(|_| self.dead.put(&letter));
         match moved {
             Ok(()) => {
-                tracing::info!(%id, attempts, "request given up on: moved to the dead letters")
+                tracing::info!(%id, attempts, reason = reason.as_str(), "request moved to the dead letters")
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "outbox: could not dead-letter a request given up on; it stays pending");
@@ -255,7 +276,7 @@ pub fn log_recovery(outbox: &ClientOutbox, pending: usize) {
 }
 
 /// What an event of a client core means for its stored request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// The request was answered: a reply, or a failure its peer reported.
     Answered(Uuid),
@@ -266,6 +287,15 @@ pub enum Report {
         /// The attempt that timed out.
         attempt: u32,
     },
+    /// The peer refused the request (status refused): it was not handled.
+    Refused {
+        /// The request id.
+        id: Uuid,
+        /// The attempt that was refused.
+        attempt: u32,
+        /// The peer's message.
+        message: String,
+    },
     /// Every attempt timed out: the client gave up.
     GaveUp {
         /// The request id.
@@ -273,6 +303,24 @@ pub enum Report {
         /// Attempts made in all.
         attempts: u32,
     },
+}
+
+/// What an answer to request `id` (its attempt `attempt`) means for the outbox: a
+/// refusal is kept as a dead letter; anything else (a reply, a handler's failure)
+/// completes the request.
+pub fn answered(id: Uuid, attempt: u32, answer: &crate::proto::envelope::Answer) -> Report {
+    use crate::proto::envelope::{Answer, Status};
+    match answer {
+        Answer::Failed {
+            status: Status::Refused,
+            message,
+        } => Report::Refused {
+            id,
+            attempt,
+            message: message.clone(),
+        },
+        _ => Report::Answered(id),
+    }
 }
 
 /// A client core the outbox can wrap: it starts requests and reports their fate.
@@ -533,6 +581,11 @@ impl<C: ClientCore> Stored<C> {
         if let (Some(report), Some(mut outbox)) = (C::report(&event), self.lock_outbox()) {
             match report {
                 Report::Answered(id) => outbox.answered(id),
+                Report::Refused {
+                    id,
+                    attempt,
+                    message,
+                } => outbox.refused(id, attempt, &message, unix_ms()),
                 Report::Retrying { id, attempt } => outbox.retried(id, attempt),
                 Report::GaveUp { id, attempts } => outbox.abandoned(id, attempts, unix_ms()),
             }

@@ -47,25 +47,29 @@ pub enum DeadReason {
     Poison = 3,
     /// Its deadline passed before it could be handled.
     Expired = 4,
+    /// Its peer refused it unhandled (a full queue, a deadline passed on arrival).
+    Refused = 5,
 }
 
 impl DeadReason {
     /// Every reason, in code order.
-    pub const ALL: [DeadReason; 4] = [
+    pub const ALL: [DeadReason; 5] = [
         DeadReason::HandlerFailed,
         DeadReason::GaveUp,
         DeadReason::Poison,
         DeadReason::Expired,
+        DeadReason::Refused,
     ];
 
     /// A short name for the command line and JSON: `handler-failed`, `gave-up`,
-    /// `poison`, `expired`.
+    /// `poison`, `expired`, `refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::HandlerFailed => "handler-failed",
             DeadReason::GaveUp => "gave-up",
             DeadReason::Poison => "poison",
             DeadReason::Expired => "expired",
+            DeadReason::Refused => "refused",
         }
     }
 
@@ -88,7 +92,7 @@ impl FromStr for DeadReason {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown reason {s:?}: expected handler-failed, gave-up, poison or expired")
+                format!("unknown reason {s:?}: expected handler-failed, gave-up, poison, expired or refused")
             })
     }
 }
