@@ -258,6 +258,16 @@ impl Data {
     /// `[topic][payload...][metadata]`, already split from a message; `what` names it in
     /// errors.
     fn from_frames(mut frames: Frames, what: &'static str) -> Result<Data, ProtocolError> {
+        if !frames.last().is_some_and(|m| m.starts_with(&MAGIC)) {
+            return Err(bad(
+                what,
+                format!(
+                    "no bosun metadata: the last of its {} frames does not start with \\xffBSP \
+                     (a plain ZeroMQ publisher, not a bosun one?)",
+                    frames.len()
+                ),
+            ));
+        }
         if frames.len() < 3 {
             return Err(count(what, "at least 3", frames.len()));
         }
