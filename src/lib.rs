@@ -31,7 +31,8 @@
 //!   largest frame). The drivers: [`LazyPirateClient`], [`io::server`], [`io::queue`],
 //!   [`PpWorker`], [`io::broker`], [`Worker`] ([`io::mdworker`]), [`io::mdclient`],
 //!   [`io::freelance`], and the reliable [`Publisher`] and [`Subscriber`]
-//!   ([`io::publisher`], [`io::subscriber`]). Every worker and server takes one handler type,
+//!   ([`io::publisher`], [`io::subscriber`]; an async handle in
+//!   [`io::async_subscriber`]). Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
 //!   or `.bind()` (see [`io`]). Workers and servers take [`io::receiver::ReceiverOptions`]

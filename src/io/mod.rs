@@ -71,6 +71,7 @@ macro_rules! builder_setters {
 pub(crate) use builder_setters;
 
 pub mod async_client;
+pub mod async_subscriber;
 pub mod broker;
 pub mod driver;
 pub mod freelance;

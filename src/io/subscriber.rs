@@ -176,6 +176,11 @@ impl SubscriberBuilder {
         self
     }
 
+    /// Whether a store was given.
+    pub(crate) fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Checks the settings, loads the cursors, connects every socket.
     pub fn connect(self) -> Result<Subscriber, Error> {
         let now = io::now();
