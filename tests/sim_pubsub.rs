@@ -631,3 +631,56 @@ fn zero_settings_are_refused_naming_the_field() {
     assert_eq!(bad(hb), "heartbeat.interval");
     assert_eq!(bad(d()), "accepted");
 }
+
+#[test]
+fn a_publisher_restarted_without_a_store_is_a_new_stream_and_the_old_one_is_dead() {
+    for seed in 0..30u64 {
+        let mut w = World::new(
+            1,
+            PublisherConfig::default(),
+            late_joiner(),
+            &[endpoint(0)],
+            lossy(),
+            replay_link(),
+            seed,
+        );
+        for i in 0..50u64 {
+            w.run_until(ms(5 * i));
+            w.publish(0, b"t", b"old");
+        }
+        w.run_until(ms(8000));
+        // Restarted in memory: a new id, its sequence from 1, the same endpoints.
+        let now = w.clock.now();
+        w.pubs[0] = Some(
+            Publisher::new(
+                PublisherConfig::default(),
+                pub_id(7),
+                1,
+                Box::new(MemoryRing::new()),
+                &endpoint(0),
+                now,
+            )
+            .unwrap(),
+        );
+        for i in 0..50u64 {
+            w.run_until(ms(8000 + 5 * i));
+            w.publish(0, b"t", b"new");
+        }
+        w.run_until(ms(30_000));
+        assert_eq!(w.seqs(0), (1..=50).collect::<Vec<_>>(), "seed {seed}");
+        let new: Vec<u64> = w
+            .delivered
+            .iter()
+            .filter(|(p, _)| *p == pub_id(7))
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(new, (1..=50).collect::<Vec<_>>(), "seed {seed}");
+        assert!(
+            w.events.iter().any(|(_, e)| *e
+                == Event::PublisherDead {
+                    publisher: pub_id(0)
+                }),
+            "seed {seed}"
+        );
+    }
+}

@@ -891,7 +891,18 @@ impl Subscriber {
         };
         let (_, pause) = f.reconnects.failed();
         f.recheck_at = now + pause;
-        if let Some(slot) = f.slot.or(f.hint) {
+        let slot = f.slot.or(f.hint);
+        // A replay socket another live publisher is served by (a publisher restarted
+        // without a store, with a new id, on the same endpoint) is left alone.
+        let shared = slot.is_some_and(|s| {
+            self.feeds
+                .iter()
+                .any(|(id, g)| *id != publisher && !g.dead && g.slot.or(g.hint) == Some(s))
+        });
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        if let Some(slot) = slot.filter(|_| !shared) {
             self.out.push_back(Transmit::Reset(slot));
             if let Some(p) = f.replay.take() {
                 if let Some(s) = self.slots.get_mut(p.slot - 1) {
