@@ -59,6 +59,17 @@ pub enum ProtocolError {
     /// The body is not a bosun envelope.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// A frame whose contents the protocol does not allow (a pub/sub metadata frame
+    /// that does not decode, an integer frame of the wrong size).
+    #[error("{protocol}: {what}: {reason}")]
+    Malformed {
+        /// The protocol whose parser saw it.
+        protocol: &'static str,
+        /// Which frame or message.
+        what: &'static str,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// An [`crate::Envelope`] could not be decoded.
@@ -196,6 +207,17 @@ pub enum ClientError {
         limit: usize,
         /// The request body (its frames joined), handed back.
         body: Vec<u8>,
+    },
+    /// A subscriber fell more than its `max_behind` behind a publisher and was told to
+    /// fail rather than catch up ([`OnSlow::Fail`](crate::proto::subscriber::OnSlow)).
+    #[error("fell behind publisher {publisher} by {behind} messages, more than the {max_behind} allowed (max_behind); failing as told (on_slow fail)")]
+    FellBehind {
+        /// The publisher.
+        publisher: uuid::Uuid,
+        /// Messages published but not delivered.
+        behind: u64,
+        /// The limit.
+        max_behind: u64,
     },
     /// The outbox holds requests for another kind of client: Majordomo requests (with
     /// a service) opened by a client that sends without one (Lazy Pirate, Freelance),

@@ -21,13 +21,18 @@
 //!   [`Envelope`]), [`proto::stats`], [`proto::backoff`] and [`proto::timer`]; the
 //!   duplicate window of [`proto::dedup`], and [`proto::gate`], what every worker and
 //!   server does before and after its handler (duplicates held or answered from the
-//!   reply cache, deadlines, re-runs and dead letters).
+//!   reply cache, deadlines, re-runs and dead letters). Reliable pub/sub:
+//!   [`proto::publisher`] (sequences, retention, heartbeats, the replay server) and
+//!   [`proto::subscriber`] (order, dedup, gap repair by replay, liveness, cursors), over
+//!   the frames of [`proto::frames::pubsub`].
 //! - [`io`]: the thin drivers that own the zmq sockets and the clock. Every core runs in
 //!   the one loop of [`io::driver`], over an arrangement of sockets that all come from
 //!   one [`io::Transport`] ([`io::transport`]: context, linger, high-water marks,
 //!   largest frame). The drivers: [`LazyPirateClient`], [`io::server`], [`io::queue`],
 //!   [`PpWorker`], [`io::broker`], [`Worker`] ([`io::mdworker`]), [`io::mdclient`],
-//!   [`io::freelance`]. Every worker and server takes one handler type,
+//!   [`io::freelance`], and the reliable [`Publisher`] and [`Subscriber`]
+//!   ([`io::publisher`], [`io::subscriber`]; an async handle in
+//!   [`io::async_subscriber`]). Every worker and server takes one handler type,
 //!   [`io::handler::Handler`]; a handler that fails or panics fails its request, never
 //!   its worker. Every driver is made the same way, `X::builder(..)` then `.connect()`
 //!   or `.bind()` (see [`io`]). Workers and servers take [`io::receiver::ReceiverOptions`]
@@ -37,7 +42,8 @@
 //! - [`store`]: what must survive a crash, one sled database per peer (or one in memory
 //!   for simulations): the [`store::Outbox`] of pending requests, the
 //!   [`store::DedupLog`] behind the duplicate window of [`proto::dedup`], and the
-//!   [`store::DeadLetters`] (`bosun dlq` reads and replays them).
+//!   [`store::DeadLetters`] (`bosun dlq` reads and replays them), a publisher's retained
+//!   messages and identity ([`store::published`]) and subscribers' cursors.
 //! - `cli` (with the default `cli` feature): the `bosun` command line (option structs
 //!   and one run function each).
 //! - [`zmq`]: the zmq crate bosun is built on, re-exported, so that a program can make a
@@ -74,6 +80,8 @@ pub use error::{Error, Result};
 pub use io::lazy_pirate::LazyPirateClient;
 pub use io::mdworker::Worker;
 pub use io::ppworker::PpWorker;
+pub use io::publisher::Publisher;
+pub use io::subscriber::Subscriber;
 pub use io::Shutdown;
 pub use proto::envelope::Envelope;
 /// The zmq crate bosun is built on (see the crate docs).

@@ -239,3 +239,43 @@ fn freelance_server_and_client_run() {
         "{a_out:#?}\n{b_out:#?}"
     );
 }
+
+#[test]
+fn publisher_and_subscriber_examples_deliver_the_history_then_the_stream_in_order() {
+    let mut publisher = Proc::spawn(
+        "publisher",
+        &mut example("publisher", &["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"]),
+    );
+    let prefix = "publisher: listening on ";
+    let line = publisher.expect_stdout(prefix, SECS_10);
+    let words: Vec<&str> = line[prefix.len()..].split_whitespace().collect();
+    let (endpoint, replay) = match words.as_slice() {
+        [e, "replay", r, ..] => (e.to_string(), r.to_string()),
+        _ => panic!("{line}"),
+    };
+    // Joins late: the ticks already published come from the replay endpoint.
+    publisher.expect_stdout("publisher: published #3", SECS_10);
+    let subscriber = Proc::spawn(
+        "subscriber",
+        &mut example("subscriber", &[&endpoint, &replay, "6"]),
+    );
+    let out = finish_ok(subscriber);
+    let ticks: Vec<&String> = out
+        .iter()
+        .filter(|l| l.starts_with("subscriber: #"))
+        .collect();
+    let want: Vec<String> = (1..=6)
+        .map(|n| format!("subscriber: #{n} \"tick {n}\""))
+        .collect();
+    assert_eq!(
+        ticks.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        want.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "{out:#?}"
+    );
+    assert!(
+        out.last()
+            .is_some_and(|l| l == "subscriber: done: 6 messages"),
+        "{out:#?}"
+    );
+    interrupt(&mut publisher, "publisher: stopped after ");
+}

@@ -46,6 +46,12 @@ pub fn flag_of(field: &str) -> &str {
         "dedup.max_age" => "--dedup-max-age",
         "outbox_limit" => "--outbox-limit",
         "data_dir" => "--data-dir",
+        "timeout" => "--timeout",
+        "max_behind" => "--max-behind",
+        "retain_count" => "--retain-count",
+        "retain_age" => "--retain-age",
+        "replay" => "--replay",
+        "connect" => "--connect",
         other => other,
     }
 }

@@ -7,6 +7,7 @@ mod demo;
 mod dlq;
 mod json;
 mod mdclient;
+mod pubsub;
 mod queue;
 mod receiver;
 mod server;
@@ -78,8 +79,9 @@ Exit status (the same for every subcommand):
    74    I/O error: reading stdin, writing stdout, starting a child process, reading
          or writing the data dir
    75    temporary failure: the broker refused a request unhandled (full queue), the
-         outbox is full (--outbox-limit), or the data dir is in use by another
-         process
+         outbox is full (--outbox-limit), the data dir is in use by another
+         process, or a subscriber fell more than --max-behind behind with --on-slow
+         fail
   130    interrupted by SIGINT (Ctrl-C) before finishing (143: SIGTERM, 129: SIGHUP)
 When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
 (`bosun client | head -1`) is not an error: the client stops sending and exits as if
@@ -128,6 +130,14 @@ pub enum Command {
     /// Dead letters of a peer's --data-dir: list, show, replay, purge.
     #[command(after_help = EXIT_CODES)]
     Dlq(dlq::DlqArgs),
+    /// A reliable publisher: each line of stdin is one message (sequence numbers,
+    /// retention for replay, heartbeats), then serve replays until stopped.
+    #[command(name = "pub", after_help = EXIT_CODES)]
+    Pub(pubsub::PubArgs),
+    /// A reliable subscriber: print each message once, in order per publisher,
+    /// repairing gaps by replay; durable with --data-dir.
+    #[command(after_help = EXIT_CODES)]
+    Sub(pubsub::SubArgs),
 }
 
 impl Command {
@@ -142,6 +152,8 @@ impl Command {
             Command::Stats(_) => "stats",
             Command::Demo(_) => "demo",
             Command::Dlq(_) => "dlq",
+            Command::Pub(_) => "pub",
+            Command::Sub(_) => "sub",
         }
     }
 
@@ -151,6 +163,7 @@ impl Command {
         match self {
             Command::Client(_) | Command::Demo(_) | Command::Dlq(_) => true,
             Command::Stats(a) => a.watch.is_none(),
+            Command::Sub(a) => a.is_batch(),
             _ => false,
         }
     }
@@ -221,6 +234,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Stats(a) => stats::run(a, &shutdown),
         Command::Demo(a) => demo::run(a, &shutdown),
         Command::Dlq(a) => dlq::run(a, &shutdown),
+        Command::Pub(a) => pubsub::run_pub(a, &shutdown),
+        Command::Sub(a) => pubsub::run_sub(a, &shutdown),
     };
     let code = match result {
         Ok(code) => code,
@@ -247,7 +262,7 @@ pub fn code_of(e: &Error) -> u8 {
             },
             ClientError::TooLarge { .. } => exit::DATA,
             ClientError::Interrupted => signal_received().map_or(exit::SIGINT, interrupted_code),
-            ClientError::OutboxFull { .. } => exit::TEMPFAIL,
+            ClientError::OutboxFull { .. } | ClientError::FellBehind { .. } => exit::TEMPFAIL,
             ClientError::OutboxOfAnotherKind { .. } => exit::USAGE,
             ClientError::NotStored { .. } => exit::IO,
             _ => exit::SOFTWARE,

@@ -13,7 +13,9 @@
 //! - one or two bound sockets (a server, a broker; a queue's frontend and backend),
 //!   made by [`Sockets::bound`];
 //! - a connecting socket that the core re-makes on reconnect or retry (a client, a
-//!   worker), made by [`Sockets::connecting`].
+//!   worker), made by [`Sockets::connecting`];
+//! - a SUB socket and one DEALER per publisher (a subscriber), more DEALERs added by
+//!   [`Sockets::add_connecting`] or by the core ([`Op::Add`]) as publishers are found.
 //!
 //! Every socket comes from the one [`Transport`].
 
@@ -29,9 +31,11 @@ use crate::proto::frames::Frames;
 /// Most messages read from one socket in one turn.
 pub const BATCH: usize = 256;
 
-/// Most sockets in one arrangement: the patterns need one or two (a queue's frontend
-/// and backend), and the poll set is built on the stack.
-pub const MAX_SLOTS: usize = 2;
+/// Most sockets in one arrangement: the request patterns need one or two (a queue's
+/// frontend and backend); a subscriber needs its SUB socket plus a DEALER per publisher
+/// it follows (at most [`MAX_REPLAY_ENDPOINTS`](crate::proto::subscriber::MAX_REPLAY_ENDPOINTS)).
+/// The poll set is built on the stack; a slot with no socket costs nothing in `poll(2)`.
+pub const MAX_SLOTS: usize = 1 + crate::proto::subscriber::MAX_REPLAY_ENDPOINTS;
 
 /// What a core asks the driver to do to a socket (by its index in the arrangement).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,15 @@ pub enum Op {
     /// Close the socket at once, dropping what it holds, and make a fresh one: a
     /// connecting slot connects it again, a bound slot binds it again.
     Reset(usize),
+    /// Add a socket of `kind` connected to `endpoints` as the next slot (a subscriber's
+    /// DEALER to a replay endpoint it learned). Beyond [`MAX_SLOTS`] it is logged and
+    /// not made.
+    Add {
+        /// The socket type.
+        kind: zmq::SocketType,
+        /// Where it connects.
+        endpoints: Vec<String>,
+    },
 }
 
 /// A protocol core as the driver sees it. Each pattern's core implements it by naming
@@ -182,6 +195,45 @@ impl Sockets {
         Ok(sockets)
     }
 
+    /// Adds a socket of `kind` that connects to every one of `endpoints` as the next
+    /// slot, opened now when `open` is true; returns its index. Refused beyond
+    /// [`MAX_SLOTS`] (an `EMFILE`-like transport error naming the endpoints).
+    pub fn add_connecting(
+        &mut self,
+        kind: zmq::SocketType,
+        endpoints: &[String],
+        open: bool,
+    ) -> Result<usize, TransportError> {
+        if self.slots.len() >= MAX_SLOTS {
+            return Err(TransportError::zmq(
+                "add a socket for",
+                format!("{} (at most {MAX_SLOTS} sockets)", endpoints.join(",")),
+                zmq::Error::EMFILE,
+            ));
+        }
+        self.slots.push(Slot {
+            kind,
+            plan: Plan::Connect(endpoints.to_vec()),
+            socket: None,
+            opened: 0,
+        });
+        let i = self.slots.len() - 1;
+        if open {
+            self.open(i)?;
+        }
+        Ok(i)
+    }
+
+    /// How many slots there are.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there is no slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// The transport the sockets come from.
     pub fn transport(&self) -> &Transport {
         &self.transport
@@ -277,6 +329,11 @@ impl Sockets {
                     }
                 }
                 self.open(i)?;
+            }
+            Op::Add { kind, endpoints } => {
+                if let Err(e) = self.add_connecting(kind, &endpoints, true) {
+                    tracing::warn!(error = %e, "socket not added");
+                }
             }
         }
         Ok(())
@@ -484,14 +541,16 @@ impl<C: Core> Driver<C> {
                 None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
             }
         }
-        let mut items = [
-            item(self.sockets.get(0)),
-            item(self.sockets.get(1)),
-            item(wake),
-        ];
+        let mut items: [zmq::PollItem<'_>; MAX_SLOTS + 1] = std::array::from_fn(|i| {
+            if i < MAX_SLOTS {
+                item(self.sockets.get(i))
+            } else {
+                item(wake)
+            }
+        });
         io::poll(&mut items, timeout_ms)?;
-        let ready = [items[0].is_readable(), items[1].is_readable()];
-        Ok((ready, items[2].is_readable()))
+        let ready = std::array::from_fn(|i| items[i].is_readable());
+        Ok((ready, items[MAX_SLOTS].is_readable()))
     }
 }
 

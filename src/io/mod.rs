@@ -71,6 +71,7 @@ macro_rules! builder_setters {
 pub(crate) use builder_setters;
 
 pub mod async_client;
+pub mod async_subscriber;
 pub mod broker;
 pub mod driver;
 pub mod freelance;
@@ -82,9 +83,11 @@ pub mod mdworker;
 pub mod outbox;
 pub(crate) mod pool;
 pub mod ppworker;
+pub mod publisher;
 pub mod queue;
 pub mod receiver;
 pub mod server;
+pub mod subscriber;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -100,7 +100,8 @@ impl Transport {
         self.inner.made.load(Ordering::Relaxed)
     }
 
-    /// A new socket of `kind` with every option applied.
+    /// A new socket of `kind` with every option applied. A SUB socket is subscribed to
+    /// every topic.
     pub fn socket(&self, kind: zmq::SocketType) -> Result<zmq::Socket, TransportError> {
         let Some(ctx) = lock(&self.inner.ctx).clone() else {
             return Err(TransportError::Closed);
@@ -118,6 +119,12 @@ impl Transport {
             .map_err(|e| TransportError::zmq("set rcvhwm", "", e))?;
         s.set_maxmsgsize(o.max_frame_bytes)
             .map_err(|e| TransportError::zmq("set maxmsgsize", "", e))?;
+        if kind == zmq::SUB {
+            // A subscriber takes the whole stream and filters topics itself, so that
+            // every sequence gap is visible (see `proto::subscriber`).
+            s.set_subscribe(b"")
+                .map_err(|e| TransportError::zmq("subscribe", "", e))?;
+        }
         self.inner.made.fetch_add(1, Ordering::Relaxed);
         Ok(s)
     }

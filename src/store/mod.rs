@@ -5,7 +5,9 @@
 //! | `outbox` | message id (16 bytes) | a client's pending request | [`Outbox`] |
 //! | `dedup` | message id | an id a receiver handed to its application, and its reply | [`DedupLog`] |
 //! | `dead_letters` | message id | a request given up on | [`DeadLetters`] |
-//! | `cursors` | stream name | the last sequence number read from it (big-endian u64) | [`Store::cursor`] |
+//! | `cursors` | stream name (a subscriber's: the publisher id, 16 bytes) | the last sequence number read from it (big-endian u64) | [`Store::cursor`] |
+//! | `published` | sequence (big-endian u64) | a message a publisher retains for replay | [`published::PublishedLog`] |
+//! | `publisher` | `id`, `trimmed` | the publisher's id (16 bytes); the highest sequence trimmed (u64) | [`published::open`] |
 //! | `meta` | `format`, `closes` | the format version ([`FORMAT_VERSION`], big-endian u32); clean closes so far (u64) | |
 //!
 //! Ids are UUID v7 and keys are their 16 bytes, so iteration is in creation order.
@@ -59,6 +61,7 @@ mod codec;
 pub mod dead_letter;
 pub mod dedup;
 pub mod outbox;
+pub mod published;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,7 +96,14 @@ const FORMAT_KEY: &[u8] = b"format";
 const CLOSES_KEY: &[u8] = b"closes";
 const CURSORS_TREE: &str = "cursors";
 /// The trees whose entry counts a clean close records.
-const COUNTED: [&str; 4] = [outbox::TREE, dedup::TREE, dead_letter::TREE, CURSORS_TREE];
+const COUNTED: [&str; 6] = [
+    outbox::TREE,
+    dedup::TREE,
+    dead_letter::TREE,
+    CURSORS_TREE,
+    published::TREE,
+    published::META_TREE,
+];
 
 /// A stored value that could not be decoded: why, in words.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -452,6 +462,24 @@ impl Store {
             )
         })?;
         Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// Every cursor recorded: stream name and last sequence number (a subscriber
+    /// loads them all when it starts).
+    pub fn cursors(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let tree = self.tree(CURSORS_TREE)?;
+        let mut out = Vec::new();
+        tree.for_each(|k, v| {
+            let bytes: [u8; 8] = v.try_into().map_err(|_| {
+                tree.corrupt(
+                    k,
+                    DecodeError::new(format!("cursor of {} bytes, expected 8", v.len())),
+                )
+            })?;
+            out.push((k.to_vec(), u64::from_be_bytes(bytes)));
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Records `seq` as the last sequence number read from `stream`. Not flushed: a
@@ -839,6 +867,43 @@ impl Tree {
         }
     }
 
+    /// At most `max` entries from `from` (inclusive) on, in key order.
+    pub(crate) fn scan(&self, from: &[u8], max: usize) -> Result<Vec<Entry>, StoreError> {
+        match &self.kind {
+            TreeKind::Sled(t) => {
+                let mut out = Vec::new();
+                for entry in t.range(from..).take(max) {
+                    let (k, v) = entry.map_err(self.backend("read from"))?;
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+                Ok(out)
+            }
+            TreeKind::Memory(db) => Ok(lock(db)
+                .live
+                .get(self.name)
+                .into_iter()
+                .flat_map(|t| t.range(from.to_vec()..))
+                .take(max)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()),
+        }
+    }
+
+    /// The entry with the largest key, if any.
+    pub(crate) fn last(&self) -> Result<Option<Entry>, StoreError> {
+        match &self.kind {
+            TreeKind::Sled(t) => Ok(t
+                .last()
+                .map_err(self.backend("read from"))?
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))),
+            TreeKind::Memory(db) => Ok(lock(db)
+                .live
+                .get(self.name)
+                .and_then(|t| t.last_key_value())
+                .map(|(k, v)| (k.clone(), v.clone()))),
+        }
+    }
+
     /// The number of entries (sled counts them: O(n)).
     pub(crate) fn len(&self) -> usize {
         match &self.kind {
@@ -858,6 +923,9 @@ impl Tree {
         }
     }
 }
+
+/// A key and its value.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

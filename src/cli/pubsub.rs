@@ -1,0 +1,298 @@
+//! `bosun pub` and `bosun sub`: reliable pub/sub from the command line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{json, parse_duration};
+use crate::config::Heartbeat;
+use crate::error::{ClientError, Error};
+use crate::io::publisher::Publisher;
+use crate::io::subscriber::{Message, OnSlow, Subscriber};
+use crate::io::Shutdown;
+use crate::proto::publisher::{DEFAULT_RETAIN_AGE, DEFAULT_RETAIN_COUNT};
+use crate::proto::subscriber::{DEFAULT_MAX_BEHIND, DEFAULT_TIMEOUT};
+use crate::store::{Durability, Store};
+
+/// Lines published in one driver turn at most (one commit of a `batched` store).
+const PUBLISH_BATCH: usize = 1000;
+/// How long the publisher serves replays and heartbeats between looks at stdin.
+const IDLE_SLICE: Duration = Duration::from_millis(2);
+
+/// Options of `bosun pub`.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    /// Where to bind the PUB socket (`tcp://127.0.0.1:*` picks a free port).
+    #[arg(long, env = "BOSUN_BIND")]
+    pub bind: String,
+    /// Where to bind the replay ROUTER that subscribers repair gaps from.
+    #[arg(long, env = "BOSUN_REPLAY")]
+    pub replay: String,
+    /// The topic of every message.
+    #[arg(long, env = "BOSUN_TOPIC", default_value = "")]
+    pub topic: String,
+    /// Retain messages in DIR (a sled database, created when missing; one process at a
+    /// time) instead of memory, and keep the publisher's id and sequence there: a
+    /// restart on DIR continues where it stopped.
+    #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: when retained messages are flushed. `batched`: once for the
+    /// messages read together, before they are sent; `every`: each before it is sent;
+    /// `none`: sled's background flush only (a crash may lose the last 500 ms).
+    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability)]
+    pub durability: Durability,
+    /// A heartbeat goes out when nothing was published for this long.
+    #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// The most messages retained for replay.
+    #[arg(long, env = "BOSUN_RETAIN_COUNT", value_name = "N", default_value_t = DEFAULT_RETAIN_COUNT)]
+    pub retain_count: u64,
+    /// How long messages are retained for replay.
+    #[arg(long, env = "BOSUN_RETAIN_AGE", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub retain_age: Duration,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
+}
+
+fn parse_on_slow(s: &str) -> Result<OnSlow, String> {
+    s.parse()
+}
+
+/// Publishes each line of stdin (bytes, the newline removed), then serves replays and
+/// heartbeats until stopped.
+pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    debug_assert_eq!(DEFAULT_RETAIN_AGE, Duration::from_secs(3600));
+    let ctx = zmq::Context::new();
+    let mut builder = Publisher::builder(&args.bind)
+        .context(&ctx)
+        .replay(&args.replay)
+        .heartbeat_interval(args.heartbeat_interval)
+        .retain_count(args.retain_count)
+        .retain_age(args.retain_age);
+    let store = match &args.data_dir {
+        Some(dir) => Some(Store::open(dir)?),
+        None => None,
+    };
+    if let Some(store) = &store {
+        builder = builder.store(store, args.durability);
+    }
+    let mut publisher = builder.bind()?;
+    tracing::info!(
+        "publisher {} bound at {}, replay at {}, next sequence {}",
+        publisher.id(),
+        publisher.endpoint(),
+        publisher.replay_endpoint(),
+        publisher.next_seq()
+    );
+    let topic = args.topic.into_bytes();
+    let lines = stdin_lines();
+    let mut published = 0u64;
+    let mut open = true;
+    while open && !shutdown.is_triggered() {
+        let mut batch = Vec::new();
+        loop {
+            match lines.try_recv() {
+                Ok(line) => {
+                    batch.push((topic.clone(), vec![line]));
+                    if batch.len() >= PUBLISH_BATCH {
+                        break;
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            if open {
+                publisher.serve(IDLE_SLICE, shutdown)?;
+            }
+            continue;
+        }
+        published += batch.len() as u64;
+        publisher.publish_all(batch)?;
+    }
+    if !open {
+        tracing::info!(
+            "published {published} messages (last sequence {}); serving replay until stopped",
+            publisher.last_seq()
+        );
+    }
+    publisher.run_until_stopped(shutdown)?;
+    if STDIN_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::from(super::exit::IO));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Set when reading stdin failed: the input ended early, so the exit status is 74.
+static STDIN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lines of stdin as bytes (any bytes), each without its newline, read on a thread.
+fn stdin_lines() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::sync_channel(4 * PUBLISH_BATCH);
+    std::thread::spawn(move || {
+        let mut input = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bosun pub: reading stdin: {e}");
+                    STDIN_FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Options of `bosun sub`.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    /// The publishers' PUB endpoints, comma-separated (or the flag repeated).
+    #[arg(long, env = "BOSUN_CONNECT", value_delimiter = ',', required = true)]
+    pub connect: Vec<String>,
+    /// The publishers' replay endpoints, comma-separated (or the flag repeated); which
+    /// is whose is found by asking. Without it, endpoints are learned from heartbeats.
+    #[arg(long, env = "BOSUN_REPLAY", value_delimiter = ',')]
+    pub replay: Vec<String>,
+    /// Deliver only topics starting with T (repeatable) [default: every topic].
+    #[arg(long = "topic", env = "BOSUN_TOPIC", value_name = "T")]
+    pub topics: Vec<String>,
+    /// On first contact with a publisher, get its retained history first (a late
+    /// joiner); without it, start with the live stream.
+    #[arg(long, env = "BOSUN_FROM_START")]
+    pub from_start: bool,
+    /// Keep a cursor per publisher in DIR (a sled database): a restart resumes after
+    /// the last message printed.
+    #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print each message as a JSON object: publisher, seq, topic, encoding, payload.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 after N messages.
+    #[arg(long, env = "BOSUN_COUNT", value_name = "N")]
+    pub count: Option<u64>,
+    /// The publishers' heartbeat interval.
+    #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats after which a publisher is dead (and reconnected).
+    #[arg(long, env = "BOSUN_HEARTBEAT_LIVENESS", default_value_t = 3)]
+    pub heartbeat_liveness: u32,
+    /// How long a replay request may go unanswered before it is asked again.
+    #[arg(long, env = "BOSUN_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How far behind a publisher (messages) before --on-slow applies.
+    #[arg(long, env = "BOSUN_MAX_BEHIND", value_name = "N", default_value_t = DEFAULT_MAX_BEHIND)]
+    pub max_behind: u64,
+    /// Beyond --max-behind: `replay` catches up by replay; `fail` exits 75.
+    #[arg(long, env = "BOSUN_ON_SLOW", value_name = "MODE", default_value = "replay", value_parser = parse_on_slow)]
+    pub on_slow: OnSlow,
+}
+
+impl SubArgs {
+    /// Whether the command has an end of its own (`--count`).
+    pub fn is_batch(&self) -> bool {
+        self.count.is_some()
+    }
+}
+
+/// Prints each message delivered, one per line, until stopped or `--count`.
+pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
+    debug_assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(2));
+    let ctx = zmq::Context::new();
+    let mut builder = Subscriber::builder(&args.connect.join(","))
+        .context(&ctx)
+        .replay(&args.replay.join(","))
+        .from_start(args.from_start)
+        .heartbeat(Heartbeat {
+            interval: args.heartbeat_interval,
+            liveness: args.heartbeat_liveness,
+        })
+        .timeout(args.timeout)
+        .max_behind(args.max_behind, args.on_slow)
+        .shutdown(shutdown);
+    for t in &args.topics {
+        builder = builder.topic(t.as_bytes());
+    }
+    let store = match &args.data_dir {
+        Some(dir) => Some(Store::open(dir)?),
+        None => None,
+    };
+    if let Some(store) = &store {
+        builder = builder.store(store);
+    }
+    let mut sub = builder.connect()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut printed = 0u64;
+    let left = |printed: u64| args.count.map_or(u64::MAX, |c| c.saturating_sub(printed));
+    while left(printed) > 0 {
+        let first = match sub.recv() {
+            Ok(m) => m,
+            Err(Error::Client(ClientError::Interrupted)) => break,
+            Err(e) => return Err(e),
+        };
+        let mut batch = vec![first];
+        while (batch.len() as u64) < left(printed).min(1000) {
+            match sub.try_recv()? {
+                Some(m) => batch.push(m),
+                None => break,
+            }
+        }
+        // The cursors first: a crash from here on loses at most what is being printed,
+        // never prints a message twice.
+        sub.commit()?;
+        for m in &batch {
+            if !write_message(&mut out, m, args.json) {
+                return Ok(ExitCode::SUCCESS); // stdout closed: nobody is reading
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        printed += batch.len() as u64;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one message; false when stdout is closed.
+fn write_message(out: &mut impl Write, m: &Message, as_json: bool) -> bool {
+    if as_json {
+        let o = json::Object::new()
+            .str("publisher", &m.publisher.to_string())
+            .raw("seq", &m.seq.to_string());
+        let o = match std::str::from_utf8(&m.topic) {
+            Ok(t) => o.str("topic", t),
+            Err(_) => o
+                .str("topic_encoding", "base64")
+                .str("topic", &json::base64(&m.topic)),
+        };
+        let line = o.bytes("payload", &m.payload.concat()).finish();
+        return writeln!(out, "{line}").is_ok();
+    }
+    for frame in &m.payload {
+        if out.write_all(frame).is_err() {
+            return false;
+        }
+    }
+    out.write_all(b"\n").is_ok()
+}

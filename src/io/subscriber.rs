@@ -1,0 +1,444 @@
+//! The reliable subscriber's driver: a SUB socket (slot 0) connected to every publisher
+//! and a DEALER per replay endpoint (slots 1..), around
+//! [`crate::proto::subscriber::Subscriber`], in the one driver loop.
+//!
+//! [`Subscriber::recv`] blocks until the next message in order (or shutdown);
+//! [`Subscriber::recv_timeout`] waits at most a while. Events other than deliveries are
+//! logged: a loss the publisher can no longer repair (`TRIMMED`) at WARN, a dead
+//! publisher at WARN, garbage at WARN at most once a second.
+//!
+//! # Durable cursors
+//! With a store ([`SubscriberBuilder::store`]) the subscriber resumes, per publisher,
+//! after the last sequence it recorded (the `cursors` tree, keyed by the publisher id).
+//! A message counts as processed once the application asks for the next one, or calls
+//! [`Subscriber::commit`]: the cursors of the messages handed out so far are written
+//! and flushed, then acknowledged to their publishers. `recv` commits by itself at
+//! most every heartbeat interval or every 1000 messages, and dropping the subscriber
+//! commits. So after a crash the messages handed out since the last commit are
+//! delivered again (at least once); a program that commits before it acts on a batch
+//! (as `bosun sub` does before printing it) narrows that to what it was acting on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::config::{Backoff, Heartbeat};
+use crate::error::{ClientError, Error};
+use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
+use crate::io::transport::Transport;
+use crate::io::{self, Shutdown};
+use crate::proto::frames::Frames;
+use crate::proto::subscriber::{self as core, Event, Transmit};
+pub use crate::proto::subscriber::{Message, OnSlow, SubscriberConfig, SubscriberStats};
+use crate::store::Store;
+
+/// Messages handed out between two automatic commits of the cursors, at most.
+pub const COMMIT_EVERY: u64 = 1000;
+
+impl Core for core::Subscriber {
+    type Event = Event;
+    fn handle_input(&mut self, now: Instant, socket: usize, frames: Frames) {
+        core::Subscriber::handle_input(self, now, socket, frames)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        core::Subscriber::handle_timeout(self, now)
+    }
+    fn poll_op(&mut self) -> Option<Op> {
+        self.poll_transmit().map(|t| match t {
+            Transmit::Send(i, f) => Op::Send(i, f),
+            Transmit::Reset(i) => Op::Reset(i),
+            Transmit::Connect(endpoint) => Op::Add {
+                kind: zmq::DEALER,
+                endpoints: vec![endpoint],
+            },
+        })
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        core::Subscriber::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        core::Subscriber::poll_timeout(self)
+    }
+}
+
+/// Settings of a [`Subscriber`], from [`Subscriber::builder`];
+/// [`SubscriberBuilder::connect`] makes it.
+#[derive(Debug, Clone)]
+pub struct SubscriberBuilder {
+    connect: Vec<String>,
+    replay: Vec<String>,
+    transport: Option<Transport>,
+    config: SubscriberConfig,
+    store: Option<Store>,
+    name: Option<Vec<u8>>,
+    shutdown: Shutdown,
+}
+
+fn split(endpoints: &str) -> impl Iterator<Item = String> + '_ {
+    endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+}
+
+impl SubscriberBuilder {
+    /// Uses `ctx` instead of a context of its own (the default).
+    pub fn context(self, ctx: &zmq::Context) -> Self {
+        self.transport(&Transport::with_context(ctx))
+    }
+
+    /// Makes its sockets with `transport`. Default: a transport of its own.
+    pub fn transport(mut self, transport: &Transport) -> Self {
+        self.transport = Some(transport.clone());
+        self
+    }
+
+    /// Also subscribes to the publisher(s) at `endpoints` (comma-separated).
+    pub fn also(mut self, endpoints: &str) -> Self {
+        self.connect.extend(split(endpoints));
+        self
+    }
+
+    /// A replay endpoint (or several, comma-separated) to repair gaps from. Default:
+    /// none, learned from the publishers' heartbeats (when they announce a connectable
+    /// one). With several publishers, which endpoint is whose is found by asking.
+    pub fn replay(mut self, endpoints: &str) -> Self {
+        self.replay.extend(split(endpoints));
+        self
+    }
+
+    /// Delivers topics starting with `prefix` (may be given several times). Default:
+    /// every topic.
+    pub fn topic(mut self, prefix: &[u8]) -> Self {
+        self.config.topics.push(prefix.to_vec());
+        self
+    }
+
+    /// On first contact with a publisher (no cursor), asks for its retained history.
+    /// Default false: starts with the first live message.
+    pub fn from_start(mut self, yes: bool) -> Self {
+        self.config.from_start = yes;
+        self
+    }
+
+    /// The publishers' heartbeat interval and liveness. Default 1 s × 3.
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.config.heartbeat = heartbeat;
+        self
+    }
+
+    /// How long a replay request may go unanswered before it is asked again.
+    /// Default 2 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// How far behind a publisher the subscriber may fall (default 100,000), and what
+    /// it does beyond that (default [`OnSlow::Replay`]).
+    pub fn max_behind(mut self, n: u64, on_slow: OnSlow) -> Self {
+        self.config.max_behind = n;
+        self.config.on_slow = on_slow;
+        self
+    }
+
+    /// Pause before re-making the sockets of a dead publisher (doubling). Default
+    /// 1 s to 32 s.
+    pub fn reconnect(mut self, backoff: Backoff) -> Self {
+        self.config.reconnect = backoff;
+        self
+    }
+
+    /// Every core setting at once (see [`SubscriberConfig`]).
+    pub fn config(mut self, config: SubscriberConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Keeps durable cursors in `store` (see the module docs). Default: none; a
+    /// restart starts afresh.
+    pub fn store(mut self, store: &Store) -> Self {
+        self.store = Some(store.clone());
+        self
+    }
+
+    /// The name a durable subscriber acknowledges with. Default: the store's data dir.
+    pub fn name(mut self, name: &[u8]) -> Self {
+        self.name = Some(name.to_vec());
+        self
+    }
+
+    /// `recv` returns [`ClientError::Interrupted`] once `shutdown` is triggered.
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = shutdown.clone();
+        self
+    }
+
+    /// Whether a store was given.
+    pub(crate) fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Checks the settings, loads the cursors, connects every socket.
+    pub fn connect(self) -> Result<Subscriber, Error> {
+        let now = io::now();
+        let mut cursors = Vec::new();
+        if let Some(store) = &self.store {
+            for (key, seq) in store.cursors()? {
+                if let Ok(id) = Uuid::from_slice(&key) {
+                    cursors.push((id, seq));
+                }
+            }
+        }
+        #[allow(clippy::disallowed_methods)] // a seed for the reconnect jitter
+        let seed = Uuid::now_v7().as_u128() as u64;
+        let core = core::Subscriber::new(self.config.clone(), &self.replay, cursors, now, seed)?;
+        if self.connect.is_empty() {
+            return Err(crate::error::ConfigError::Invalid {
+                field: "connect",
+                reason: "a subscriber needs at least one publisher endpoint".into(),
+            }
+            .into());
+        }
+        let transport = self.transport.unwrap_or_default();
+        let mut sockets = Sockets::connecting(&transport, zmq::SUB, &self.connect, true)?;
+        for e in &self.replay {
+            sockets.add_connecting(zmq::DEALER, std::slice::from_ref(e), true)?;
+        }
+        let name = self.name.unwrap_or_else(|| match &self.store {
+            Some(s) => s
+                .path()
+                .map_or(b"memory".to_vec(), |p| p.display().to_string().into_bytes()),
+            None => Vec::new(),
+        });
+        let interval = self.config.heartbeat.interval;
+        Ok(Subscriber {
+            driver: Driver::new(core, sockets, &self.shutdown),
+            store: self.store,
+            name,
+            handed: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            since_commit: 0,
+            commit_every: interval,
+            committed_at: now,
+            garbage_logged: None,
+        })
+    }
+}
+
+/// A reliable subscriber. See the module docs.
+///
+/// ```no_run
+/// use bosun::io::subscriber::Subscriber;
+/// let mut subscriber = Subscriber::builder("tcp://127.0.0.1:5556")
+///     .replay("tcp://127.0.0.1:5557")
+///     .topic(b"prices")
+///     .from_start(true)
+///     .connect()?;
+/// let msg = subscriber.recv()?;
+/// println!("{} #{}: {:?}", msg.publisher, msg.seq, msg.payload);
+/// # Ok::<(), bosun::Error>(())
+/// ```
+pub struct Subscriber {
+    driver: Driver<core::Subscriber>,
+    store: Option<Store>,
+    name: Vec<u8>,
+    /// The last sequence handed out, per publisher.
+    handed: BTreeMap<Uuid, u64>,
+    /// The last sequence committed, per publisher.
+    committed: BTreeMap<Uuid, u64>,
+    since_commit: u64,
+    commit_every: Duration,
+    committed_at: Instant,
+    garbage_logged: Option<Instant>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("core", &self.driver.core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// The settings of a subscriber to the publisher(s) at `endpoints`
+    /// (comma-separated); [`SubscriberBuilder::connect`] makes it.
+    pub fn builder(endpoints: &str) -> SubscriberBuilder {
+        SubscriberBuilder {
+            connect: split(endpoints).collect(),
+            replay: Vec::new(),
+            transport: None,
+            config: SubscriberConfig::default(),
+            store: None,
+            name: None,
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// A subscriber to `endpoints` repairing gaps from `replay`, every other setting at
+    /// its default (all topics, live from now, no store).
+    pub fn connect(endpoints: &str, replay: &str) -> Result<Self, Error> {
+        Self::builder(endpoints).replay(replay).connect()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SubscriberStats {
+        self.driver.core.stats()
+    }
+
+    /// The publishers known, each with the next sequence expected from it.
+    pub fn positions(&self) -> Vec<(Uuid, u64)> {
+        self.driver.core.positions().collect()
+    }
+
+    /// The next message in order; blocks until one arrives. Fails with
+    /// [`ClientError::Interrupted`] on shutdown, [`ClientError::FellBehind`] when it
+    /// fell behind with [`OnSlow::Fail`], or a store error when a commit fails.
+    pub fn recv(&mut self) -> Result<Message, Error> {
+        loop {
+            if let Some(m) = self.recv_until(None)? {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// The next message in order, waiting at most `timeout` (`None`: none came).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Message>, Error> {
+        self.recv_until(Some(io::now() + timeout))
+    }
+
+    /// The next message in order if one is already here (read from the sockets
+    /// without waiting), else `None`.
+    pub fn try_recv(&mut self) -> Result<Option<Message>, Error> {
+        if let Some(m) = self.recv_until(Some(io::now()))? {
+            return Ok(Some(m));
+        }
+        self.driver.take_ready()?;
+        self.recv_until(Some(io::now()))
+    }
+
+    fn recv_until(&mut self, until: Option<Instant>) -> Result<Option<Message>, Error> {
+        if self.since_commit >= COMMIT_EVERY
+            || (self.since_commit > 0
+                && io::now().duration_since(self.committed_at) >= self.commit_every)
+        {
+            self.commit()?;
+        }
+        let garbage_logged = &mut self.garbage_logged;
+        let got = self.driver.run(until, None, |_, input| match input {
+            Input::Event(Event::Delivered(m)) => Flow::Break(Ok(m)),
+            Input::Event(Event::TooSlow {
+                publisher,
+                behind,
+                max_behind,
+            }) => Flow::Break(Err(Error::from(ClientError::FellBehind {
+                publisher,
+                behind,
+                max_behind,
+            }))),
+            Input::Event(other) => {
+                log_event(other, garbage_logged);
+                Flow::Continue
+            }
+            Input::Wake => Flow::Continue,
+            Input::Stop => Flow::Break(Err(ClientError::Interrupted.into())),
+        })?;
+        match got {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(m)) => {
+                self.handed.insert(m.publisher, m.seq);
+                self.since_commit += 1;
+                Ok(Some(m))
+            }
+        }
+    }
+
+    /// Records the messages handed out so far as processed: with a store, writes and
+    /// flushes their cursors, then acknowledges them to their publishers.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        self.since_commit = 0;
+        self.committed_at = io::now();
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let changed: Vec<(Uuid, u64)> = self
+            .handed
+            .iter()
+            .filter(|(p, s)| self.committed.get(p) != Some(s))
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        for (p, s) in &changed {
+            store.set_cursor(p.as_bytes(), *s)?;
+        }
+        store.flush()?;
+        for (p, s) in changed {
+            self.committed.insert(p, s);
+            self.driver.core.ack(p, s, &self.name);
+        }
+        self.driver.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::warn!(error = %e, "subscriber: the last cursors were not committed");
+        }
+    }
+}
+
+/// Logs one event that is not a delivery.
+fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
+    match e {
+        Event::Delivered(_) | Event::TooSlow { .. } => {}
+        Event::Joined { publisher, from } => {
+            tracing::info!(%publisher, from, "following a publisher")
+        }
+        Event::Lost {
+            publisher,
+            from,
+            to,
+        } => tracing::warn!(
+            %publisher,
+            from,
+            to,
+            "lost messages {from}..={to} of publisher {publisher}: no longer retained there"
+        ),
+        Event::PublisherDead { publisher } => {
+            tracing::warn!(%publisher, "publisher silent past its liveness; reconnecting")
+        }
+        Event::PublisherBack { publisher } => tracing::info!(%publisher, "publisher back"),
+        Event::Behind { publisher, behind } => tracing::warn!(
+            %publisher,
+            behind,
+            "fell behind a publisher; catching up by replay"
+        ),
+        Event::ReplayTimedOut {
+            publisher,
+            endpoint,
+        } => tracing::info!(%publisher, %endpoint, "replay request timed out; asking again"),
+        Event::Unknown {
+            publisher,
+            endpoint,
+        } => tracing::debug!(%publisher, %endpoint, "replay endpoint serves another publisher"),
+        Event::Learned {
+            publisher,
+            endpoint,
+        } => tracing::info!(%publisher, %endpoint, "replay endpoint learned from a heartbeat"),
+        Event::Garbage { socket, error } => {
+            let now = io::now();
+            if !garbage_logged.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+                *garbage_logged = Some(now);
+                tracing::warn!(socket, %error, "garbage dropped");
+            }
+        }
+    }
+}

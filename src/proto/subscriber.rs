@@ -1,0 +1,985 @@
+//! The reliable subscriber core: per-publisher order, gap repair by replay, duplicate
+//! suppression, liveness by heartbeats, durable cursors and slow-subscriber detection
+//! (see [`crate::proto::frames::pubsub`] for the frames).
+//!
+//! # Sockets
+//! Socket 0 is a SUB socket subscribed to everything (topics are filtered here, so that
+//! every sequence gap is visible; the cost is the bandwidth of unwanted topics). Socket
+//! `i >= 1` is a DEALER to replay endpoint `i - 1`: the endpoints given at construction,
+//! then those learned from heartbeats ([`Transmit::Connect`] adds one).
+//!
+//! # Per publisher
+//! The subscriber keeps `next`, the next sequence it expects, and `head`, the highest
+//! sequence it knows was published (from data and heartbeats):
+//! - `seq == next`: delivered (when its topic matches a prefix), `next += 1`, then any
+//!   buffered messages that follow;
+//! - `seq < next`: a duplicate, dropped and counted;
+//! - `seq > next`: a gap; the live message is buffered (at most
+//!   [`SubscriberConfig::max_behind`]) and `REPLAY` from `next` is asked; replayed
+//!   messages are delivered in order, then the buffered ones. Never out of order;
+//! - a heartbeat with `last >= next`: a lost tail, repaired the same way;
+//! - `TRIMMED`: what is no longer retained is reported as [`Event::Lost`] and the
+//!   subscriber goes on from the oldest retained;
+//! - a replay with no answer within [`SubscriberConfig::timeout`] is asked again (on a
+//!   fresh DEALER), so a repair is never stuck;
+//! - nothing on SUB from a publisher for `heartbeat.interval × heartbeat.liveness`:
+//!   [`Event::PublisherDead`]; its DEALER is re-made, and the SUB too when every known
+//!   publisher is silent, again after a capped backoff while it stays silent.
+//!
+//! First contact with a publisher starts at its durable cursor + 1 when one is known,
+//! else at 1 with `from_start` (the late joiner's history), else at the first live
+//! sequence seen (or after the last one a heartbeat announces).
+//!
+//! Which replay endpoint serves which publisher: the one a publisher announces in its
+//! heartbeat when it is connectable, else the given endpoints are tried in turn (an
+//! endpoint serving another publisher answers `UNKNOWN`); the first that answers with
+//! data, `END` or `TRIMMED` is that publisher's from then on.
+//!
+//! # Contract
+//! No clock reads: `now` is an input. After any `handle_*`, drain
+//! [`Subscriber::poll_transmit`] and [`Subscriber::poll_event`], then ask
+//! [`Subscriber::poll_timeout`] when to call [`Subscriber::handle_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::config::{Backoff, Heartbeat, RECONNECT};
+use crate::error::{ConfigError, ProtocolError};
+use crate::proto::backoff::Reconnects;
+use crate::proto::frames::pubsub::{self, Data, Live, Reply, Request};
+use crate::proto::frames::Frames;
+
+/// Default of [`SubscriberConfig::max_behind`]: 100,000 messages.
+pub const DEFAULT_MAX_BEHIND: u64 = 100_000;
+/// Default of [`SubscriberConfig::timeout`]: 2 s for a replay answer to start.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most replay endpoints (DEALER sockets) one subscriber keeps: given plus learned.
+pub const MAX_REPLAY_ENDPOINTS: usize = 15;
+
+/// What a subscriber does when it falls more than `max_behind` behind a publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSlow {
+    /// Catch up by replay (live messages beyond the buffer are dropped and replayed
+    /// later). The default.
+    #[default]
+    Replay,
+    /// Fail: [`Event::TooSlow`], which the driver turns into an error.
+    Fail,
+}
+
+impl FromStr for OnSlow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "replay" => Ok(OnSlow::Replay),
+            "fail" => Ok(OnSlow::Fail),
+            other => Err(format!("unknown {other:?}: expected replay or fail")),
+        }
+    }
+}
+
+/// Settings of a [`Subscriber`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberConfig {
+    /// Topic prefixes delivered; empty (the default) delivers every topic.
+    pub topics: Vec<Vec<u8>>,
+    /// On first contact with a publisher with no cursor, ask for its retained history
+    /// (from sequence 1). Default false: start with the first live message.
+    pub from_start: bool,
+    /// The publishers' heartbeat interval, and how many may be missed before a
+    /// publisher is dead. Default 1 s × 3.
+    pub heartbeat: Heartbeat,
+    /// How long a replay request may go unanswered before it is asked again.
+    /// Default [`DEFAULT_TIMEOUT`] (2 s).
+    pub timeout: Duration,
+    /// How far behind a publisher (messages published but not delivered) the
+    /// subscriber may fall before [`SubscriberConfig::on_slow`] applies; also the most
+    /// live messages buffered per publisher during a repair. Default
+    /// [`DEFAULT_MAX_BEHIND`].
+    pub max_behind: u64,
+    /// What to do beyond `max_behind`. Default [`OnSlow::Replay`].
+    pub on_slow: OnSlow,
+    /// The most messages asked in one replay request. Default 1000.
+    pub replay_batch: u32,
+    /// Pause before re-making the sockets of a dead publisher, doubling while it stays
+    /// dead. Default [`RECONNECT`] (1 s to 32 s).
+    pub reconnect: Backoff,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        SubscriberConfig {
+            topics: Vec::new(),
+            from_start: false,
+            heartbeat: Heartbeat::default(),
+            timeout: DEFAULT_TIMEOUT,
+            max_behind: DEFAULT_MAX_BEHIND,
+            on_slow: OnSlow::Replay,
+            replay_batch: crate::proto::publisher::DEFAULT_REPLAY_BATCH,
+            reconnect: RECONNECT,
+        }
+    }
+}
+
+impl SubscriberConfig {
+    /// Refuses settings that cannot work, naming the field.
+    pub fn validate_at(&self, now: Instant) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
+        self.heartbeat.validate_at(now)?;
+        if self.timeout.is_zero() {
+            return invalid("timeout", "must be greater than zero");
+        }
+        crate::config::fits("timeout", now, self.timeout)?;
+        if self.max_behind == 0 {
+            return invalid("max_behind", "must be at least 1");
+        }
+        if self.replay_batch == 0 {
+            return invalid("replay_batch", "must be at least 1");
+        }
+        self.reconnect.validate("reconnect")?;
+        Ok(())
+    }
+
+    fn wants(&self, topic: &[u8]) -> bool {
+        self.topics.is_empty() || self.topics.iter().any(|p| topic.starts_with(p))
+    }
+}
+
+/// One message delivered to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its publisher.
+    pub publisher: Uuid,
+    /// Its sequence at that publisher.
+    pub seq: u64,
+    /// Its topic.
+    pub topic: Vec<u8>,
+    /// Its payload frames.
+    pub payload: Frames,
+    /// When it was published, ms since the Unix epoch (the publisher's clock).
+    pub published_at_ms: u64,
+}
+
+/// What the subscriber reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The next message, in order.
+    Delivered(Message),
+    /// First contact with a publisher: delivery starts at `from`.
+    Joined {
+        /// The publisher.
+        publisher: Uuid,
+        /// The first sequence to deliver.
+        from: u64,
+    },
+    /// Messages `from..=to` of `publisher` are no longer retained there: lost.
+    Lost {
+        /// The publisher.
+        publisher: Uuid,
+        /// The first lost sequence.
+        from: u64,
+        /// The last lost sequence.
+        to: u64,
+    },
+    /// Nothing was heard from `publisher` for its liveness; its sockets are re-made.
+    PublisherDead {
+        /// The publisher.
+        publisher: Uuid,
+    },
+    /// A publisher thought dead was heard again.
+    PublisherBack {
+        /// The publisher.
+        publisher: Uuid,
+    },
+    /// More than `max_behind` behind `publisher`: catching up by replay.
+    Behind {
+        /// The publisher.
+        publisher: Uuid,
+        /// Messages published but not delivered.
+        behind: u64,
+    },
+    /// More than `max_behind` behind `publisher` with [`OnSlow::Fail`].
+    TooSlow {
+        /// The publisher.
+        publisher: Uuid,
+        /// Messages published but not delivered.
+        behind: u64,
+        /// The limit.
+        max_behind: u64,
+    },
+    /// A replay request got no answer in time; it is asked again.
+    ReplayTimedOut {
+        /// The publisher.
+        publisher: Uuid,
+        /// The replay endpoint asked.
+        endpoint: String,
+    },
+    /// A replay endpoint answered that it is another publisher.
+    Unknown {
+        /// The publisher asked for.
+        publisher: Uuid,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// A replay endpoint was learned from a publisher's heartbeat.
+    Learned {
+        /// The publisher.
+        publisher: Uuid,
+        /// Its replay endpoint.
+        endpoint: String,
+    },
+    /// A message that is not the protocol arrived on `socket`: dropped.
+    Garbage {
+        /// 0 for SUB, else the replay socket.
+        socket: usize,
+        /// What was wrong.
+        error: ProtocolError,
+    },
+}
+
+/// What the subscriber asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send on socket `i` (a replay DEALER).
+    Send(usize, Frames),
+    /// Close socket `i` at once and make a fresh one, connected as before.
+    Reset(usize),
+    /// Add a DEALER connected to this endpoint, as the next socket.
+    Connect(String),
+}
+
+/// Counters of a [`Subscriber`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// Messages delivered to the application.
+    pub delivered: u64,
+    /// Messages in order whose topic matched no prefix.
+    pub filtered: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Gaps found (a sequence jump or a heartbeat ahead).
+    pub gaps: u64,
+    /// Replay requests sent.
+    pub replays: u64,
+    /// Replay requests that timed out.
+    pub replay_timeouts: u64,
+    /// Messages reported lost (trimmed at the publisher).
+    pub lost: u64,
+    /// Live messages not buffered (the buffer was full); replayed later.
+    pub overflow: u64,
+    /// Garbage messages dropped.
+    pub garbage: u64,
+    /// Times a publisher was found dead.
+    pub dead: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    from: u64,
+    slot: usize,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Feed {
+    next: u64,
+    head: u64,
+    buffer: BTreeMap<u64, Data>,
+    replay: Option<Pending>,
+    retry_at: Option<Instant>,
+    /// The replay socket confirmed to serve this publisher.
+    slot: Option<usize>,
+    /// The socket of the endpoint it announces.
+    hint: Option<usize>,
+    /// Endpoints tried so far without a confirmed one.
+    tried: usize,
+    /// Still fetching the history asked with `from_start` (trimmed history is not loss).
+    history: bool,
+    heard_at: Instant,
+    dead: bool,
+    recheck_at: Instant,
+    reconnects: Reconnects,
+    behind_reported: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    endpoint: String,
+    /// The publisher whose replay is in flight on it.
+    busy: Option<Uuid>,
+}
+
+/// The subscriber core. See the module docs for the behaviour and the contract.
+#[derive(Debug)]
+pub struct Subscriber {
+    cfg: SubscriberConfig,
+    slots: Vec<Slot>,
+    feeds: BTreeMap<Uuid, Feed>,
+    cursors: BTreeMap<Uuid, u64>,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: SubscriberStats,
+    seed: u64,
+}
+
+impl Subscriber {
+    /// A subscriber with the given replay endpoints (socket `i + 1` for endpoint `i`;
+    /// may be empty: endpoints are then learned from heartbeats), resuming from
+    /// `cursors` (the last sequence delivered, per publisher) where it has them. `seed`
+    /// drives the reconnect jitter.
+    pub fn new(
+        cfg: SubscriberConfig,
+        replay_endpoints: &[String],
+        cursors: impl IntoIterator<Item = (Uuid, u64)>,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate_at(now)?;
+        if replay_endpoints.len() > MAX_REPLAY_ENDPOINTS {
+            return Err(ConfigError::Invalid {
+                field: "replay",
+                reason: format!(
+                    "{} replay endpoints, at most {MAX_REPLAY_ENDPOINTS}",
+                    replay_endpoints.len()
+                ),
+            });
+        }
+        Ok(Subscriber {
+            cfg,
+            slots: replay_endpoints
+                .iter()
+                .map(|e| Slot {
+                    endpoint: e.clone(),
+                    busy: None,
+                })
+                .collect(),
+            feeds: BTreeMap::new(),
+            cursors: cursors.into_iter().collect(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: SubscriberStats::default(),
+            seed,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SubscriberStats {
+        self.stats
+    }
+
+    /// The publishers known, each with the next sequence expected from it.
+    pub fn positions(&self) -> impl Iterator<Item = (Uuid, u64)> + '_ {
+        self.feeds.iter().map(|(id, f)| (*id, f.next))
+    }
+
+    /// How many replay sockets there are (sockets 1 to this).
+    pub fn replay_sockets(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The endpoint of replay socket `i` (from 1).
+    pub fn replay_endpoint(&self, i: usize) -> Option<&str> {
+        self.slots
+            .get(i.wrapping_sub(1))
+            .map(|s| s.endpoint.as_str())
+    }
+
+    /// Tells `publisher` (over its replay socket, once one is known) that durable
+    /// subscriber `name` has processed everything up to `seq`. Call once the cursor is
+    /// persisted.
+    pub fn ack(&mut self, publisher: Uuid, seq: u64, name: &[u8]) {
+        let Some(f) = self.feeds.get(&publisher) else {
+            return;
+        };
+        let Some(slot) = f.slot.or(f.hint) else {
+            return;
+        };
+        let req = Request::Ack {
+            publisher,
+            seq,
+            name: name.iter().copied().take(pubsub::MAX_NAME).collect(),
+        };
+        self.out.push_back(Transmit::Send(slot, req.encode()));
+    }
+
+    /// A message arrived on socket `socket` (0: SUB; else a replay DEALER).
+    pub fn handle_input(&mut self, now: Instant, socket: usize, frames: Frames) {
+        if socket == 0 {
+            match pubsub::parse_live(frames) {
+                Ok(Live::Data(d)) => self.on_data(now, d, true),
+                Ok(Live::Heartbeat(hb)) => self.on_heartbeat(now, hb),
+                Err(error) => self.garbage(socket, error),
+            }
+            return;
+        }
+        if socket > self.slots.len() {
+            return;
+        }
+        match pubsub::parse_reply(frames) {
+            Ok(Reply::Data(d)) => {
+                if self.slots[socket - 1].busy == Some(d.publisher) {
+                    self.confirm(d.publisher, socket);
+                }
+                self.on_data(now, d, false)
+            }
+            Ok(Reply::End { from, last }) => self.on_end(now, socket, from, last),
+            Ok(Reply::Trimmed { from, oldest }) => self.on_trimmed(now, socket, from, oldest),
+            Ok(Reply::Unknown { publisher }) => self.on_unknown(now, socket, publisher),
+            Err(error) => self.garbage(socket, error),
+        }
+    }
+
+    fn garbage(&mut self, socket: usize, error: ProtocolError) {
+        self.stats.garbage += 1;
+        self.events.push_back(Event::Garbage { socket, error });
+    }
+
+    /// The feed of `publisher`, made on first contact: `live` is the first live
+    /// sequence seen, `last` a heartbeat's last sequence.
+    fn contact(&mut self, now: Instant, publisher: Uuid, live: Option<u64>, last: Option<u64>) {
+        if self.feeds.contains_key(&publisher) {
+            return;
+        }
+        let cursor = self.cursors.get(&publisher).copied();
+        let (next, history) = match (cursor, self.cfg.from_start) {
+            (Some(c), _) => (c.saturating_add(1), false),
+            (None, true) => (1, true),
+            (None, false) => match (live, last) {
+                (Some(s), _) => (s, false),
+                (None, Some(l)) => (l.saturating_add(1), false),
+                (None, None) => (1, false),
+            },
+        };
+        let seed = self.seed ^ publisher.as_u128() as u64;
+        self.feeds.insert(
+            publisher,
+            Feed {
+                next,
+                head: next - 1,
+                buffer: BTreeMap::new(),
+                replay: None,
+                retry_at: None,
+                slot: None,
+                hint: None,
+                tried: 0,
+                history,
+                heard_at: now,
+                dead: false,
+                recheck_at: now,
+                reconnects: Reconnects::new(self.cfg.reconnect, seed),
+                behind_reported: false,
+            },
+        );
+        self.events.push_back(Event::Joined {
+            publisher,
+            from: next,
+        });
+    }
+
+    fn heard(&mut self, now: Instant, publisher: Uuid) {
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        f.heard_at = now;
+        if f.dead {
+            f.dead = false;
+            f.reconnects.reset();
+            self.events.push_back(Event::PublisherBack { publisher });
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, d: Data, live: bool) {
+        let publisher = d.publisher;
+        if live {
+            self.contact(now, publisher, Some(d.seq), None);
+            self.heard(now, publisher);
+        }
+        let cap = self.buffer_cap();
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return; // replayed data of a publisher never heard live: not asked for
+        };
+        let was_repairing = f.head >= f.next;
+        f.head = f.head.max(d.seq);
+        if d.seq < f.next {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if d.seq == f.next {
+            self.deliver(d);
+            self.drain(publisher);
+        } else {
+            if !was_repairing {
+                self.stats.gaps += 1;
+            }
+            if f.buffer.contains_key(&d.seq) {
+                self.stats.duplicates += 1;
+            } else if live && f.buffer.len() >= cap {
+                self.stats.overflow += 1;
+            } else {
+                f.buffer.insert(d.seq, d);
+            }
+        }
+        self.check_slow(publisher);
+        self.ask(now, publisher);
+    }
+
+    fn buffer_cap(&self) -> usize {
+        usize::try_from(self.cfg.max_behind).unwrap_or(usize::MAX)
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, hb: pubsub::Heartbeat) {
+        let publisher = hb.publisher;
+        self.contact(now, publisher, None, Some(hb.last));
+        self.heard(now, publisher);
+        self.learn(publisher, &hb.replay);
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        if hb.last >= f.next && f.head < f.next {
+            self.stats.gaps += 1;
+        }
+        f.head = f.head.max(hb.last);
+        self.check_slow(publisher);
+        self.ask(now, publisher);
+    }
+
+    /// Takes the replay endpoint a heartbeat announces, when it can be connected to.
+    fn learn(&mut self, publisher: Uuid, endpoint: &str) {
+        if !connectable(endpoint) {
+            return;
+        }
+        let Some(f) = self.feeds.get(&publisher) else {
+            return;
+        };
+        if f.hint.is_some() {
+            return;
+        }
+        let slot = match self.slots.iter().position(|s| s.endpoint == endpoint) {
+            Some(i) => i + 1,
+            None => {
+                if self.slots.len() >= MAX_REPLAY_ENDPOINTS {
+                    return;
+                }
+                self.slots.push(Slot {
+                    endpoint: endpoint.to_string(),
+                    busy: None,
+                });
+                self.out.push_back(Transmit::Connect(endpoint.to_string()));
+                self.events.push_back(Event::Learned {
+                    publisher,
+                    endpoint: endpoint.to_string(),
+                });
+                self.slots.len()
+            }
+        };
+        if let Some(f) = self.feeds.get_mut(&publisher) {
+            f.hint = Some(slot);
+        }
+    }
+
+    fn deliver(&mut self, d: Data) {
+        if let Some(f) = self.feeds.get_mut(&d.publisher) {
+            f.next = d.seq + 1;
+        }
+        if self.cfg.wants(&d.topic) {
+            self.stats.delivered += 1;
+            self.events.push_back(Event::Delivered(Message {
+                publisher: d.publisher,
+                seq: d.seq,
+                topic: d.topic,
+                payload: d.payload,
+                published_at_ms: d.published_at_ms,
+            }));
+        } else {
+            self.stats.filtered += 1;
+        }
+    }
+
+    /// Delivers the buffered messages that now follow in order.
+    fn drain(&mut self, publisher: Uuid) {
+        loop {
+            let Some(f) = self.feeds.get_mut(&publisher) else {
+                return;
+            };
+            while f.buffer.first_key_value().is_some_and(|(k, _)| *k < f.next) {
+                f.buffer.pop_first();
+            }
+            let Some(d) = f.buffer.remove(&f.next) else {
+                return;
+            };
+            self.deliver(d);
+        }
+    }
+
+    /// Goes on from `target`: what is buffered below it is delivered, the rest of
+    /// `next..target` reported lost (unless it is history a late joiner asked for).
+    fn skip_to(&mut self, publisher: Uuid, target: u64) {
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        let history = std::mem::take(&mut f.history);
+        loop {
+            let Some(f) = self.feeds.get_mut(&publisher) else {
+                return;
+            };
+            let from = f.next;
+            let first = f.buffer.first_key_value().map(|(k, _)| *k);
+            let upto = match first {
+                Some(k) if k < target => k,
+                _ => target,
+            };
+            if upto > from {
+                f.next = upto;
+                if !history {
+                    self.stats.lost += upto - from;
+                    self.events.push_back(Event::Lost {
+                        publisher,
+                        from,
+                        to: upto - 1,
+                    });
+                }
+            }
+            if upto == target {
+                break;
+            }
+            self.drain(publisher);
+        }
+        self.drain(publisher);
+    }
+
+    fn check_slow(&mut self, publisher: Uuid) {
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        let behind = f.head.saturating_sub(f.next.saturating_sub(1));
+        if behind == 0 {
+            f.behind_reported = false;
+            return;
+        }
+        if behind <= self.cfg.max_behind || f.behind_reported {
+            return;
+        }
+        f.behind_reported = true;
+        self.events.push_back(match self.cfg.on_slow {
+            OnSlow::Replay => Event::Behind { publisher, behind },
+            OnSlow::Fail => Event::TooSlow {
+                publisher,
+                behind,
+                max_behind: self.cfg.max_behind,
+            },
+        });
+    }
+
+    /// The replay socket to ask for `publisher`: its confirmed one, the one it
+    /// announces, or the given endpoints in turn.
+    fn slot_for(&self, f: &Feed) -> Option<usize> {
+        if let Some(s) = f.slot.or(f.hint) {
+            return Some(s);
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        Some(1 + f.tried % self.slots.len())
+    }
+
+    /// Asks for a replay from `next` if there is a gap and none is in flight.
+    fn ask(&mut self, now: Instant, publisher: Uuid) {
+        let Some(f) = self.feeds.get(&publisher) else {
+            return;
+        };
+        if f.replay.is_some() || f.next > f.head {
+            return;
+        }
+        let slot = self.slot_for(f);
+        let free = slot.filter(|s| {
+            self.slots
+                .get(s - 1)
+                .is_some_and(|sl| sl.busy.is_none() || sl.busy == Some(publisher))
+        });
+        let timeout = self.cfg.timeout;
+        let batch = self.cfg.replay_batch;
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        let Some(slot) = free else {
+            // No endpoint yet, or it is busy with another publisher: try again later.
+            f.retry_at.get_or_insert(now + timeout);
+            return;
+        };
+        let from = f.next;
+        f.replay = Some(Pending {
+            from,
+            slot,
+            deadline: now + timeout,
+        });
+        f.retry_at = None;
+        self.slots[slot - 1].busy = Some(publisher);
+        self.stats.replays += 1;
+        let req = Request::Replay {
+            publisher,
+            from,
+            max: batch,
+        };
+        self.out.push_back(Transmit::Send(slot, req.encode()));
+    }
+
+    fn confirm(&mut self, publisher: Uuid, socket: usize) {
+        if let Some(f) = self.feeds.get_mut(&publisher) {
+            f.slot = Some(socket);
+        }
+    }
+
+    /// The replay in flight on `socket` whose batch starts at `from`, ended: its
+    /// publisher.
+    fn finish(&mut self, socket: usize, from: u64) -> Option<(Uuid, u64)> {
+        let publisher = self.slots.get(socket - 1)?.busy?;
+        let f = self.feeds.get_mut(&publisher)?;
+        let pending = f.replay.as_ref()?;
+        if pending.slot != socket || pending.from != from {
+            return None; // an answer to an earlier request
+        }
+        f.replay = None;
+        self.slots[socket - 1].busy = None;
+        Some((publisher, from))
+    }
+
+    fn on_end(&mut self, now: Instant, socket: usize, from: u64, last: u64) {
+        let Some((publisher, from)) = self.finish(socket, from) else {
+            return;
+        };
+        self.confirm(publisher, socket);
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        f.history = false;
+        f.head = f.head.max(last);
+        if f.next <= f.head {
+            if f.next > from {
+                self.ask(now, publisher); // progress: the next batch at once
+            } else {
+                f.retry_at = Some(now + self.cfg.timeout);
+            }
+        }
+        self.check_slow(publisher);
+    }
+
+    fn on_trimmed(&mut self, now: Instant, socket: usize, from: u64, oldest: u64) {
+        let Some((publisher, _)) = self.finish(socket, from) else {
+            return;
+        };
+        self.confirm(publisher, socket);
+        let Some(f) = self.feeds.get(&publisher) else {
+            return;
+        };
+        let target = if oldest == 0 {
+            f.head.saturating_add(1)
+        } else {
+            oldest
+        };
+        if target > f.next {
+            self.skip_to(publisher, target);
+        }
+        if let Some(f) = self.feeds.get_mut(&publisher) {
+            f.history = false;
+        }
+        self.ask(now, publisher);
+    }
+
+    fn on_unknown(&mut self, now: Instant, socket: usize, asked: Uuid) {
+        let endpoint = self
+            .slots
+            .get(socket - 1)
+            .map(|s| s.endpoint.clone())
+            .unwrap_or_default();
+        let Some(publisher) = self.slots.get(socket - 1).and_then(|s| s.busy) else {
+            return;
+        };
+        if publisher != asked {
+            return;
+        }
+        self.slots[socket - 1].busy = None;
+        let n = self.slots.len();
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        f.replay = None;
+        if f.slot == Some(socket) {
+            f.slot = None;
+        }
+        if f.hint == Some(socket) {
+            f.hint = None;
+        }
+        f.tried += 1;
+        self.events.push_back(Event::Unknown {
+            publisher,
+            endpoint,
+        });
+        if f.tried % n.max(1) == 0 {
+            f.retry_at = Some(now + self.cfg.timeout); // every endpoint tried: pause
+        } else {
+            self.ask(now, publisher);
+        }
+    }
+
+    /// Time passed: replay timeouts and retries, publisher liveness.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<Uuid> = self.feeds.keys().copied().collect();
+        let expiry = self.cfg.heartbeat.expiry();
+        for publisher in ids {
+            let Some(f) = self.feeds.get_mut(&publisher) else {
+                continue;
+            };
+            if let Some(p) = f.replay.as_ref().filter(|p| now >= p.deadline) {
+                let slot = p.slot;
+                f.replay = None;
+                if f.slot != Some(slot) {
+                    f.tried += 1;
+                }
+                if let Some(s) = self.slots.get_mut(slot - 1) {
+                    if s.busy == Some(publisher) {
+                        s.busy = None;
+                    }
+                }
+                self.stats.replay_timeouts += 1;
+                self.out.push_back(Transmit::Reset(slot));
+                self.events.push_back(Event::ReplayTimedOut {
+                    publisher,
+                    endpoint: self.slots[slot - 1].endpoint.clone(),
+                });
+                self.ask(now, publisher);
+            }
+            let Some(f) = self.feeds.get_mut(&publisher) else {
+                continue;
+            };
+            if f.retry_at.is_some_and(|at| now >= at) {
+                f.retry_at = None;
+                self.ask(now, publisher);
+            }
+            let Some(f) = self.feeds.get_mut(&publisher) else {
+                continue;
+            };
+            let due = if f.dead {
+                now >= f.recheck_at
+            } else {
+                now >= f.heard_at + expiry
+            };
+            if due {
+                if !f.dead {
+                    f.dead = true;
+                    self.stats.dead += 1;
+                    self.events.push_back(Event::PublisherDead { publisher });
+                }
+                self.reconnect(now, publisher);
+            }
+        }
+    }
+
+    /// Re-makes the sockets of a dead publisher: its replay DEALER, and the SUB when
+    /// every known publisher is silent; the next attempt after a backoff.
+    fn reconnect(&mut self, now: Instant, publisher: Uuid) {
+        let all_dead = self.feeds.values().all(|f| f.dead);
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        let (_, pause) = f.reconnects.failed();
+        f.recheck_at = now + pause;
+        let slot = f.slot.or(f.hint);
+        // A replay socket another live publisher is served by (a publisher restarted
+        // without a store, with a new id, on the same endpoint) is left alone.
+        let shared = slot.is_some_and(|s| {
+            self.feeds
+                .iter()
+                .any(|(id, g)| *id != publisher && !g.dead && g.slot.or(g.hint) == Some(s))
+        });
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        if let Some(slot) = slot.filter(|_| !shared) {
+            self.out.push_back(Transmit::Reset(slot));
+            if let Some(p) = f.replay.take() {
+                if let Some(s) = self.slots.get_mut(p.slot - 1) {
+                    s.busy = None;
+                }
+            }
+        }
+        if all_dead {
+            self.out.push_back(Transmit::Reset(0));
+        }
+        self.ask(now, publisher);
+    }
+
+    /// The next thing to do to a socket.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Subscriber::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let expiry = self.cfg.heartbeat.expiry();
+        self.feeds
+            .values()
+            .flat_map(|f| {
+                [
+                    f.replay.as_ref().map(|p| p.deadline),
+                    f.retry_at,
+                    Some(if f.dead {
+                        f.recheck_at
+                    } else {
+                        f.heard_at + expiry
+                    }),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+}
+
+/// Whether a subscriber can connect to an endpoint a publisher announces: not a
+/// wildcard bind address.
+fn connectable(endpoint: &str) -> bool {
+    if endpoint.is_empty() {
+        return false;
+    }
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return endpoint.contains("://");
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    !(host.is_empty() || host == "*" || host == "0.0.0.0" || host == "[::]" || host == "::")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_endpoints_are_not_learned() {
+        assert!(connectable("tcp://127.0.0.1:5557"));
+        assert!(connectable("ipc:///tmp/x"));
+        assert!(!connectable("tcp://0.0.0.0:5557"));
+        assert!(!connectable("tcp://*:5557"));
+        assert!(!connectable(""));
+    }
+
+    #[test]
+    fn on_slow_parses() {
+        assert_eq!("replay".parse(), Ok(OnSlow::Replay));
+        assert_eq!("fail".parse(), Ok(OnSlow::Fail));
+        assert!("Fail".parse::<OnSlow>().is_err());
+    }
+}

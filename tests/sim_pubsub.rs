@@ -1,0 +1,686 @@
+//! Reliable pub/sub in virtual time: publisher cores and a subscriber core joined by
+//! seeded lossy links (the live PUB stream, and the replay channel both ways), with
+//! drops, duplicates and reordering. Every seed must deliver 1..N exactly once and in
+//! order; a lost tail is found by a heartbeat; trimmed history is reported as loss; a
+//! dead publisher is found within its liveness; garbage is dropped; a durable
+//! subscriber resumes from its cursor; a publisher restarted on its store keeps its
+//! identity and sequence.
+
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use bosun::proto::frames::pubsub::{parse_live, Live};
+use bosun::proto::frames::Frames;
+use bosun::proto::publisher::{MemoryRing, Publisher, PublisherConfig, Retention, Transmit as PTx};
+use bosun::proto::subscriber::{Event, OnSlow, Subscriber, SubscriberConfig, Transmit as STx};
+use bosun::store::{Durability, Store};
+use sim::{ms, Clock, Link, LinkConfig};
+use uuid::Uuid;
+
+/// The wall clock of the simulation at its origin (ms since the Unix epoch).
+const WALL0: u64 = 1_700_000_000_000;
+
+fn endpoint(i: usize) -> String {
+    format!("tcp://pub{i}:5557")
+}
+
+fn pub_id(i: usize) -> Uuid {
+    Uuid::from_u128(0xB05E_0000 + i as u128)
+}
+
+struct World {
+    clock: Clock,
+    pubs: Vec<Option<Publisher>>,
+    /// Which publisher each replay endpoint reaches.
+    endpoints: Vec<String>,
+    sub: Subscriber,
+    live: Link<Frames>,
+    up: Link<(String, usize, Frames)>,
+    down: Link<(usize, Frames)>,
+    /// Whether a live message reaches the subscriber (beyond the link's own losses).
+    pass: Box<dyn FnMut(&Frames) -> bool>,
+    delivered: Vec<(Uuid, u64)>,
+    events: Vec<(Duration, Event)>,
+    /// The subscriber's slot endpoints (socket i is endpoints[i - 1]).
+    slots: Vec<String>,
+}
+
+impl World {
+    fn new(
+        npubs: usize,
+        pcfg: PublisherConfig,
+        scfg: SubscriberConfig,
+        given: &[String],
+        live: LinkConfig,
+        replay: LinkConfig,
+        seed: u64,
+    ) -> World {
+        let clock = Clock::new();
+        let pubs = (0..npubs)
+            .map(|i| {
+                Some(publisher(
+                    pcfg,
+                    i,
+                    1,
+                    Box::new(MemoryRing::new()),
+                    clock.now(),
+                ))
+            })
+            .collect();
+        let sub = Subscriber::new(scfg, given, [], clock.now(), seed).unwrap();
+        World {
+            clock,
+            pubs,
+            endpoints: (0..npubs).map(endpoint).collect(),
+            sub,
+            live: Link::new(live, seed),
+            up: Link::new(replay, seed ^ 0x55),
+            down: Link::new(replay, seed ^ 0xaa),
+            pass: Box::new(|_| true),
+            delivered: Vec::new(),
+            events: Vec::new(),
+            slots: given.to_vec(),
+        }
+    }
+
+    fn wall(&self) -> u64 {
+        WALL0 + self.clock.elapsed().as_millis() as u64
+    }
+
+    fn publish(&mut self, i: usize, topic: &[u8], body: &[u8]) -> u64 {
+        let now = self.clock.now();
+        let wall = self.wall();
+        let p = self.pubs[i].as_mut().expect("publisher up");
+        let seq = p
+            .publish(now, wall, topic.to_vec(), vec![body.to_vec()])
+            .unwrap();
+        self.pump();
+        seq
+    }
+
+    fn pump(&mut self) {
+        let now = self.clock.now();
+        for (i, p) in self.pubs.iter_mut().enumerate() {
+            let Some(p) = p else { continue };
+            while let Some(t) = p.poll_transmit() {
+                match t {
+                    PTx::Publish(f) => {
+                        if (self.pass)(&f) {
+                            self.live.send(now, f);
+                        }
+                    }
+                    PTx::Reply(mut f) => {
+                        let id = f.remove(0);
+                        let slot = usize::from(id[0]);
+                        let _ = i;
+                        self.down.send(now, (slot, f));
+                    }
+                }
+            }
+            while p.poll_event().is_some() {}
+        }
+        while let Some(t) = self.sub.poll_transmit() {
+            match t {
+                STx::Send(slot, f) => {
+                    let ep = self.slots[slot - 1].clone();
+                    self.up.send(now, (ep, slot, f));
+                }
+                STx::Reset(_) => {}
+                STx::Connect(ep) => self.slots.push(ep),
+            }
+        }
+        while let Some(e) = self.sub.poll_event() {
+            if let Event::Delivered(m) = &e {
+                self.delivered.push((m.publisher, m.seq));
+            }
+            self.events.push((self.clock.elapsed(), e));
+        }
+    }
+
+    /// Runs the world until `offset` after the origin.
+    fn run_until(&mut self, offset: Duration) {
+        let end = self.clock.at(offset);
+        loop {
+            let mut next = [
+                self.live.next_delivery(),
+                self.up.next_delivery(),
+                self.down.next_delivery(),
+                self.sub.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(self.pubs.iter().flatten().filter_map(|p| p.poll_timeout()))
+            .min();
+            if next.is_some_and(|n| n > end) {
+                next = None;
+            }
+            let Some(at) = next else {
+                self.clock.advance_to(end.max(self.clock.now()));
+                self.tick();
+                return;
+            };
+            self.clock.advance_to(at.max(self.clock.now()));
+            let now = self.clock.now();
+            while let Some(f) = self.live.pop_due(now) {
+                self.sub.handle_input(now, 0, f);
+            }
+            while let Some((ep, slot, f)) = self.up.pop_due(now) {
+                let Some(i) = self.endpoints.iter().position(|e| *e == ep) else {
+                    continue;
+                };
+                if let Some(p) = self.pubs[i].as_mut() {
+                    let mut frames = vec![vec![slot as u8]];
+                    frames.extend(f);
+                    p.handle_replay_input(frames);
+                }
+            }
+            while let Some((slot, f)) = self.down.pop_due(now) {
+                self.sub.handle_input(now, slot, f);
+            }
+            self.tick();
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.clock.now();
+        let wall = self.wall();
+        for p in self.pubs.iter_mut().flatten() {
+            p.handle_wall_clock(wall);
+            p.handle_timeout(now);
+        }
+        self.sub.handle_timeout(now);
+        self.pump();
+    }
+
+    fn seqs(&self, i: usize) -> Vec<u64> {
+        self.delivered
+            .iter()
+            .filter(|(p, _)| *p == pub_id(i))
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    fn lost(&self) -> Vec<(u64, u64)> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Lost { from, to, .. } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn publisher(
+    cfg: PublisherConfig,
+    i: usize,
+    next: u64,
+    retention: Box<dyn Retention>,
+    now: Instant,
+) -> Publisher {
+    Publisher::new(cfg, pub_id(i), next, retention, &endpoint(i), now).unwrap()
+}
+
+fn lossy() -> LinkConfig {
+    LinkConfig {
+        loss: 0.1,
+        duplicate: 0.05,
+        delay_min: ms(0),
+        delay_max: ms(20),
+    }
+}
+
+fn replay_link() -> LinkConfig {
+    LinkConfig {
+        loss: 0.02,
+        duplicate: 0.02,
+        delay_min: ms(1),
+        delay_max: ms(5),
+    }
+}
+
+fn late_joiner() -> SubscriberConfig {
+    SubscriberConfig {
+        from_start: true,
+        ..SubscriberConfig::default()
+    }
+}
+
+fn seq_of(f: &Frames) -> Option<u64> {
+    match parse_live(f.clone()) {
+        Ok(Live::Data(d)) => Some(d.seq),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_seed_delivers_each_message_once_in_order() {
+    const N: u64 = 300;
+    let mut duplicates = 0;
+    let mut repaired = 0;
+    for seed in 0..200 {
+        let mut w = World::new(
+            1,
+            PublisherConfig::default(),
+            late_joiner(),
+            &[endpoint(0)],
+            lossy(),
+            replay_link(),
+            seed,
+        );
+        for i in 0..N {
+            w.run_until(ms(5 * i));
+            w.publish(0, b"t", format!("m{i}").as_bytes());
+        }
+        w.run_until(ms(5 * N) + Duration::from_secs(10));
+        let want: Vec<u64> = (1..=N).collect();
+        assert_eq!(w.seqs(0), want, "seed {seed}");
+        assert!(w.lost().is_empty(), "seed {seed}: {:?}", w.lost());
+        duplicates += w.sub.stats().duplicates;
+        repaired += w.sub.stats().replays;
+    }
+    assert!(
+        duplicates > 0,
+        "the link duplicated, the subscriber dropped them"
+    );
+    assert!(repaired > 0, "gaps were repaired by replay");
+}
+
+#[test]
+fn several_publishers_interleave_each_in_order() {
+    const N: u64 = 200;
+    for seed in 0..50 {
+        // Heartbeats announce nothing connectable: the subscriber must find which of
+        // the given endpoints is whose (UNKNOWN from the wrong one).
+        let mut w = World::new(
+            2,
+            PublisherConfig::default(),
+            late_joiner(),
+            &[endpoint(1), endpoint(0)],
+            lossy(),
+            replay_link(),
+            seed,
+        );
+        for p in w.pubs.iter_mut().flatten() {
+            p.set_replay_endpoint("tcp://0.0.0.0:5557");
+        }
+        for i in 0..N {
+            w.run_until(ms(5 * i));
+            w.publish((i % 2) as usize, b"t", b"x");
+            w.publish(((i + 1) % 2) as usize, b"t", b"y");
+        }
+        w.run_until(ms(5 * N) + Duration::from_secs(15));
+        let want: Vec<u64> = (1..=N).collect();
+        assert_eq!(w.seqs(0), want, "seed {seed}");
+        assert_eq!(w.seqs(1), want, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_lost_tail_is_repaired_after_a_heartbeat() {
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        1,
+    );
+    w.pass = Box::new(|f| seq_of(f).map_or(true, |s| s <= 7));
+    for i in 0..10 {
+        w.run_until(ms(10 * i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(ms(500));
+    assert_eq!(
+        w.seqs(0),
+        (1..=7).collect::<Vec<_>>(),
+        "nothing after 7 yet"
+    );
+    w.run_until(ms(1200));
+    assert_eq!(
+        w.seqs(0),
+        (1..=10).collect::<Vec<_>>(),
+        "the heartbeat showed the tail"
+    );
+}
+
+#[test]
+fn trimmed_history_is_reported_as_loss_not_hidden() {
+    let cfg = PublisherConfig {
+        retain_count: 5,
+        ..PublisherConfig::default()
+    };
+    let mut w = World::new(
+        1,
+        cfg,
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        2,
+    );
+    w.pass = Box::new(|f| seq_of(f).map_or(true, |s| s <= 3 || s == 13));
+    // A burst: by the time the subscriber asks, only 16..=20 are retained.
+    for _ in 0..20 {
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(ms(2000));
+    let mut want: Vec<u64> = vec![1, 2, 3, 13];
+    want.extend(16..=20);
+    assert_eq!(w.seqs(0), want);
+    assert_eq!(w.lost(), vec![(4, 12), (14, 15)]);
+    assert_eq!(w.sub.stats().lost, 11);
+}
+
+#[test]
+fn a_dead_publisher_is_found_within_its_liveness_and_comes_back() {
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        3,
+    );
+    w.publish(0, b"t", b"x");
+    w.run_until(ms(2500));
+    let stopped = w.clock.elapsed();
+    let held = w.pubs[0].take();
+    w.run_until(ms(10_000));
+    let dead: Vec<Duration> = w
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PublisherDead { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(dead.len(), 1, "{:?}", w.events);
+    // Last heard at the heartbeat at 2 s; dead 3 intervals later.
+    assert!(
+        dead[0] > stopped && dead[0] <= ms(2000) + ms(3000),
+        "{dead:?}"
+    );
+    w.pubs[0] = held;
+    w.publish(0, b"t", b"y");
+    w.run_until(ms(12_000));
+    assert!(w
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::PublisherBack { .. })));
+    assert_eq!(w.seqs(0), vec![1, 2]);
+}
+
+#[test]
+fn garbage_is_dropped_and_counted_and_service_goes_on() {
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        late_joiner(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        4,
+    );
+    let junk: Vec<Frames> = vec![
+        vec![],
+        vec![b"x".to_vec()],
+        vec![b"BSP-R1".to_vec()],
+        vec![b"BSP-R1".to_vec(), b"END".to_vec(), vec![1]],
+        vec![b"BSP-R1".to_vec(), b"NOPE".to_vec()],
+        vec![b"t".to_vec(), b"p".to_vec(), b"\xffBSP".to_vec()],
+    ];
+    let now = w.clock.now();
+    {
+        let p = w.pubs[0].as_mut().unwrap();
+        for j in &junk {
+            let mut f = vec![vec![1u8]];
+            f.extend(j.clone());
+            p.handle_replay_input(f);
+        }
+        assert_eq!(p.stats().garbage, junk.len() as u64);
+    }
+    for j in &junk {
+        w.sub.handle_input(now, 0, j.clone());
+        w.sub.handle_input(now, 1, j.clone());
+    }
+    assert_eq!(w.sub.stats().garbage, 2 * junk.len() as u64);
+    w.pump();
+    for i in 0..5 {
+        w.run_until(ms(10 * i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(ms(1000));
+    assert_eq!(w.seqs(0), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn topics_are_filtered_by_prefix_without_hiding_gaps() {
+    let scfg = SubscriberConfig {
+        topics: vec![b"a.".to_vec(), b"c".to_vec()],
+        ..SubscriberConfig::default()
+    };
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        scfg,
+        &[endpoint(0)],
+        lossy(),
+        replay_link(),
+        5,
+    );
+    let topics: [&[u8]; 4] = [b"a.x", b"b", b"c", b"ab"];
+    for i in 0..100u64 {
+        w.run_until(ms(5 * i));
+        w.publish(0, topics[(i % 4) as usize], b"x");
+    }
+    w.run_until(ms(5000));
+    let want: Vec<u64> = (1..=100)
+        .filter(|s| (s - 1) % 4 == 0 || (s - 1) % 4 == 2)
+        .collect();
+    assert_eq!(w.seqs(0), want);
+}
+
+#[test]
+fn a_durable_subscriber_resumes_after_its_cursor() {
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        lossy(),
+        replay_link(),
+        6,
+    );
+    for i in 0..100u64 {
+        w.run_until(ms(5 * i));
+        w.publish(0, b"t", b"x");
+    }
+    // The subscriber stops having processed (and persisted) up to 60, and restarts.
+    let now = w.clock.now();
+    w.sub = Subscriber::new(
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        [(pub_id(0), 60)],
+        now,
+        7,
+    )
+    .unwrap();
+    w.slots = vec![endpoint(0)];
+    w.delivered.clear();
+    for i in 100..150u64 {
+        w.run_until(ms(5 * i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(ms(5 * 150 + 5000));
+    assert_eq!(w.seqs(0), (61..=150).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_slow_subscriber_fails_loudly_when_told_to() {
+    let scfg = SubscriberConfig {
+        max_behind: 10,
+        on_slow: OnSlow::Fail,
+        ..SubscriberConfig::default()
+    };
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        scfg,
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig {
+            delay_min: ms(500),
+            delay_max: ms(500),
+            ..LinkConfig::PERFECT
+        },
+        8,
+    );
+    w.pass = Box::new(|f| seq_of(f).map_or(true, |s| s == 1 || s > 40));
+    for _ in 0..50 {
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(ms(100));
+    assert!(
+        w.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::TooSlow { max_behind: 10, .. })),
+        "{:?}",
+        w.events
+    );
+}
+
+#[test]
+fn a_publisher_restarted_on_its_store_keeps_its_identity_and_sequence() {
+    for seed in 0..40u64 {
+        let store = Store::memory();
+        let mut w = World::new(
+            1,
+            PublisherConfig::default(),
+            late_joiner(),
+            &[endpoint(0)],
+            lossy(),
+            replay_link(),
+            seed,
+        );
+        let open = |store: &Store, now| {
+            let (id, next, retention) =
+                bosun::store::published::open(store, Durability::Batched, || pub_id(0)).unwrap();
+            assert_eq!(id, pub_id(0));
+            (
+                Publisher::new(
+                    PublisherConfig::default(),
+                    id,
+                    next,
+                    Box::new(retention),
+                    &endpoint(0),
+                    now,
+                )
+                .unwrap(),
+                next,
+            )
+        };
+        let (p, _) = open(&store, w.clock.now());
+        w.pubs[0] = Some(p);
+        let crash_at = 50 + seed % 50;
+        for i in 0..crash_at {
+            w.run_until(ms(5 * i));
+            w.publish(0, b"t", b"x");
+            // Batched: one commit per turn, before the messages go out.
+            store.flush().unwrap();
+        }
+        // A crash: everything sent was committed; the new process opens the store.
+        w.pubs[0] = None;
+        let store = store.crash_and_reopen().unwrap();
+        let (p, next) = open(&store, w.clock.now());
+        assert_eq!(next, crash_at + 1, "seed {seed}");
+        w.pubs[0] = Some(p);
+        for i in crash_at..150 {
+            w.run_until(ms(5 * i));
+            w.publish(0, b"t", b"x");
+            store.flush().unwrap();
+        }
+        w.run_until(ms(5 * 150 + 10_000));
+        assert_eq!(w.seqs(0), (1..=150).collect::<Vec<_>>(), "seed {seed}");
+    }
+}
+
+#[test]
+fn zero_settings_are_refused_naming_the_field() {
+    let now = Clock::new().now();
+    let bad = |cfg: SubscriberConfig| sim::rejected(Subscriber::new(cfg, &[], [], now, 0));
+    let d = SubscriberConfig::default;
+    assert_eq!(
+        bad(SubscriberConfig {
+            timeout: Duration::ZERO,
+            ..d()
+        }),
+        "timeout"
+    );
+    assert_eq!(
+        bad(SubscriberConfig {
+            max_behind: 0,
+            ..d()
+        }),
+        "max_behind"
+    );
+    let mut hb = d();
+    hb.heartbeat.interval = Duration::ZERO;
+    assert_eq!(bad(hb), "heartbeat.interval");
+    assert_eq!(bad(d()), "accepted");
+}
+
+#[test]
+fn a_publisher_restarted_without_a_store_is_a_new_stream_and_the_old_one_is_dead() {
+    for seed in 0..30u64 {
+        let mut w = World::new(
+            1,
+            PublisherConfig::default(),
+            late_joiner(),
+            &[endpoint(0)],
+            lossy(),
+            replay_link(),
+            seed,
+        );
+        for i in 0..50u64 {
+            w.run_until(ms(5 * i));
+            w.publish(0, b"t", b"old");
+        }
+        w.run_until(ms(8000));
+        // Restarted in memory: a new id, its sequence from 1, the same endpoints.
+        let now = w.clock.now();
+        w.pubs[0] = Some(
+            Publisher::new(
+                PublisherConfig::default(),
+                pub_id(7),
+                1,
+                Box::new(MemoryRing::new()),
+                &endpoint(0),
+                now,
+            )
+            .unwrap(),
+        );
+        for i in 0..50u64 {
+            w.run_until(ms(8000 + 5 * i));
+            w.publish(0, b"t", b"new");
+        }
+        w.run_until(ms(30_000));
+        assert_eq!(w.seqs(0), (1..=50).collect::<Vec<_>>(), "seed {seed}");
+        let new: Vec<u64> = w
+            .delivered
+            .iter()
+            .filter(|(p, _)| *p == pub_id(7))
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(new, (1..=50).collect::<Vec<_>>(), "seed {seed}");
+        assert!(
+            w.events.iter().any(|(_, e)| *e
+                == Event::PublisherDead {
+                    publisher: pub_id(0)
+                }),
+            "seed {seed}"
+        );
+    }
+}
