@@ -182,10 +182,13 @@ pub struct SubArgs {
     #[arg(long, env = "BOSUN_FROM_START")]
     pub from_start: bool,
     /// Keep a cursor per publisher in DIR (a sled database): a restart resumes after
-    /// the last message printed.
+    /// the last batch printed; a batch whose printing a crash interrupted is printed
+    /// again, said on stderr and marked redelivered in --json.
     #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Print each message as a JSON object: publisher, seq, topic, encoding, payload.
+    /// Print each message as a JSON object: publisher, seq, topic, encoding, payload,
+    /// and `"redelivered":true` on a message a durable subscriber may have printed
+    /// before it was stopped.
     #[arg(long)]
     pub json: bool,
     /// Exit 0 after N messages.
@@ -229,6 +232,7 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         })
         .timeout(args.timeout)
         .max_behind(args.max_behind, args.on_slow)
+        .auto_commit(false)
         .shutdown(shutdown);
     for t in &args.topics {
         builder = builder.topic(t.as_bytes());
@@ -258,9 +262,9 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 None => break,
             }
         }
-        // The cursors first: a crash from here on loses at most what is being printed,
-        // never prints a message twice.
-        sub.commit()?;
+        // Held, printed, committed: a crash while printing skips nothing; the next run
+        // prints the held batch again, marked redelivered.
+        sub.hold()?;
         for m in &batch {
             if !write_message(&mut out, m, args.json) {
                 return Ok(ExitCode::SUCCESS); // stdout closed: nobody is reading
@@ -269,6 +273,7 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         if out.flush().is_err() {
             return Ok(ExitCode::SUCCESS);
         }
+        sub.commit()?;
         printed += batch.len() as u64;
     }
     Ok(ExitCode::SUCCESS)
@@ -286,7 +291,12 @@ fn write_message(out: &mut impl Write, m: &Message, as_json: bool) -> bool {
                 .str("topic_encoding", "base64")
                 .str("topic", &json::base64(&m.topic)),
         };
-        let line = o.bytes("payload", &m.payload.concat()).finish();
+        let o = o.bytes("payload", &m.payload.concat());
+        let line = if m.redelivered {
+            o.raw("redelivered", "true").finish()
+        } else {
+            o.finish()
+        };
         return writeln!(out, "{line}").is_ok();
     }
     for frame in &m.payload {

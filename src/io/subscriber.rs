@@ -15,8 +15,18 @@
 //! and flushed, then acknowledged to their publishers. `recv` commits by itself at
 //! most every heartbeat interval or every 1000 messages, and dropping the subscriber
 //! commits. So after a crash the messages handed out since the last commit are
-//! delivered again (at least once); a program that commits before it acts on a batch
-//! (as `bosun sub` does before printing it) narrows that to what it was acting on.
+//! delivered again (at least once).
+//!
+//! A program that acts on batches can say exactly which messages are in doubt after a
+//! crash: it turns automatic commits off ([`SubscriberBuilder::auto_commit`]), calls
+//! [`Subscriber::hold`] before it acts on what it received (the highest sequence
+//! handed out per publisher is flushed to the store, under the key `ID#handing` of the
+//! `cursors` tree) and [`Subscriber::commit`] after. After a crash between the two, the
+//! held messages are delivered again with [`Message::redelivered`] set; no message is
+//! skipped, and none comes twice without that flag. `bosun sub` works this way. (Acting
+//! on a message and recording that it was acted on cannot be one step when the action
+//! is a write to a pipe, so exactly once is not possible there; the flag says where a
+//! reader must look.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -73,7 +83,12 @@ pub struct SubscriberBuilder {
     store: Option<Store>,
     name: Option<Vec<u8>>,
     shutdown: Shutdown,
+    auto_commit: bool,
 }
+
+/// The suffix of a publisher id's key under which [`Subscriber::hold`] records what
+/// was handed out.
+const HANDING: &[u8] = b"#handing";
 
 fn split(endpoints: &str) -> impl Iterator<Item = String> + '_ {
     endpoints
@@ -170,6 +185,14 @@ impl SubscriberBuilder {
         self
     }
 
+    /// Whether `recv` commits by itself (every 1000 messages or heartbeat interval).
+    /// Default true. Off, only [`Subscriber::commit`] (and dropping) commits: for a
+    /// program that acts on batches and calls [`Subscriber::hold`] first.
+    pub fn auto_commit(mut self, yes: bool) -> Self {
+        self.auto_commit = yes;
+        self
+    }
+
     /// `recv` returns [`ClientError::Interrupted`] once `shutdown` is triggered.
     pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
         self.shutdown = shutdown.clone();
@@ -185,12 +208,33 @@ impl SubscriberBuilder {
     pub fn connect(self) -> Result<Subscriber, Error> {
         let now = io::now();
         let mut cursors = Vec::new();
+        let mut held = BTreeMap::new();
         if let Some(store) = &self.store {
             for (key, seq) in store.cursors()? {
                 if let Ok(id) = Uuid::from_slice(&key) {
                     cursors.push((id, seq));
+                } else if let Some(id) = key
+                    .strip_suffix(HANDING)
+                    .and_then(|k| Uuid::from_slice(k).ok())
+                {
+                    held.insert(id, seq);
                 }
             }
+        }
+        // Held past the cursor: handed out, perhaps acted on, never committed.
+        held.retain(|id, seq| cursors.iter().all(|(c, at)| c != id || *at < *seq));
+        for (id, seq) in &held {
+            let from = cursors
+                .iter()
+                .find(|(c, _)| c == id)
+                .map_or(1, |(_, at)| at + 1);
+            tracing::warn!(
+                publisher = %id,
+                from,
+                to = seq,
+                "messages {from}..={seq} were being acted on when this subscriber stopped: \
+                 they are delivered again, marked redelivered"
+            );
         }
         #[allow(clippy::disallowed_methods)] // a seed for the reconnect jitter
         let seed = Uuid::now_v7().as_u128() as u64;
@@ -220,6 +264,8 @@ impl SubscriberBuilder {
             name,
             handed: BTreeMap::new(),
             committed: BTreeMap::new(),
+            held,
+            auto_commit: self.auto_commit,
             since_commit: 0,
             commit_every: interval,
             committed_at: now,
@@ -249,6 +295,10 @@ pub struct Subscriber {
     handed: BTreeMap<Uuid, u64>,
     /// The last sequence committed, per publisher.
     committed: BTreeMap<Uuid, u64>,
+    /// Up to which sequence, per publisher, messages are delivered marked redelivered:
+    /// held (see [`Subscriber::hold`]) when the last run stopped.
+    held: BTreeMap<Uuid, u64>,
+    auto_commit: bool,
     since_commit: u64,
     commit_every: Duration,
     committed_at: Instant,
@@ -275,6 +325,7 @@ impl Subscriber {
             store: None,
             name: None,
             shutdown: Shutdown::new(),
+            auto_commit: true,
         }
     }
 
@@ -321,9 +372,10 @@ impl Subscriber {
     }
 
     fn recv_until(&mut self, until: Option<Instant>) -> Result<Option<Message>, Error> {
-        if self.since_commit >= COMMIT_EVERY
-            || (self.since_commit > 0
-                && io::now().duration_since(self.committed_at) >= self.commit_every)
+        if self.auto_commit
+            && (self.since_commit >= COMMIT_EVERY
+                || (self.since_commit > 0
+                    && io::now().duration_since(self.committed_at) >= self.commit_every))
         {
             self.commit()?;
         }
@@ -349,12 +401,39 @@ impl Subscriber {
         match got {
             None => Ok(None),
             Some(Err(e)) => Err(e),
-            Some(Ok(m)) => {
+            Some(Ok(mut m)) => {
+                if let Some(&to) = self.held.get(&m.publisher) {
+                    m.redelivered = m.seq <= to;
+                    if m.seq >= to {
+                        self.held.remove(&m.publisher);
+                    }
+                }
                 self.handed.insert(m.publisher, m.seq);
                 self.since_commit += 1;
                 Ok(Some(m))
             }
         }
+    }
+
+    /// Records, durably, that the messages handed out since the last commit are about
+    /// to be acted on: if this process stops before the next [`Subscriber::commit`],
+    /// the next run delivers them again with [`Message::redelivered`] set. Without a
+    /// store, does nothing. One flush.
+    pub fn hold(&mut self) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut any = false;
+        for (p, s) in &self.handed {
+            if self.committed.get(p) != Some(s) {
+                store.set_cursor(&[p.as_bytes().as_slice(), HANDING].concat(), *s)?;
+                any = true;
+            }
+        }
+        if any {
+            store.flush()?;
+        }
+        Ok(())
     }
 
     /// Records the messages handed out so far as processed: with a store, writes and

@@ -166,6 +166,10 @@ pub struct Message {
     pub payload: Frames,
     /// When it was published, ms since the Unix epoch (the publisher's clock).
     pub published_at_ms: u64,
+    /// Set on a message a durable subscriber may have handed out before it stopped
+    /// (see `io::subscriber`, "Durable cursors"): the application may have acted on it
+    /// already. The core always sets false.
+    pub redelivered: bool,
 }
 
 /// What the subscriber reports.
@@ -597,6 +601,7 @@ impl Subscriber {
                 topic: d.topic,
                 payload: d.payload,
                 published_at_ms: d.published_at_ms,
+                redelivered: false,
             }));
         } else {
             self.stats.filtered += 1;
