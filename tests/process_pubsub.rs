@@ -1105,3 +1105,230 @@ fn bad_flags_are_refused_naming_them() {
         assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------
+// (f) What a new user meets: joining before the publisher, no --replay, a closed
+// stdout, a line too large.
+
+/// Writes `line(i)` for i = 1, 2, ... one every millisecond (a stream that never falls
+/// silent for a heartbeat interval) until stopped, a write fails, or `limit` passes.
+struct PacedFeeder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PacedFeeder {
+    fn start(stdin: Option<ChildStdin>, limit: Duration) -> PacedFeeder {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let mut stdin = stdin.expect("stdin was piped");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let written = std::sync::Arc::new(AtomicU64::new(0));
+        let (s, w) = (stop.clone(), written.clone());
+        let thread = std::thread::spawn(move || {
+            let end = deadline(limit);
+            let mut i = 1;
+            while !s.load(Ordering::SeqCst) && now() < end {
+                if writeln!(stdin, "{}", line(i)).is_err() || stdin.flush().is_err() {
+                    return;
+                }
+                w.store(i, Ordering::SeqCst);
+                i += 1;
+                // Pacing the load (a message a millisecond), not waiting for a
+                // condition: nothing here is synchronised by time.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        PacedFeeder {
+            stop,
+            written,
+            thread: Some(thread),
+        }
+    }
+
+    fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for PacedFeeder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A subscriber given no `--replay` learns the endpoint from heartbeats, which a busy
+/// publisher sends among its messages too: `--from-start` history is fetched while the
+/// stream flows (a message every millisecond, never silent for a heartbeat interval).
+///
+/// Catches: heartbeats only when idle, so that a subscriber without `--replay` prints
+/// nothing until the publisher falls silent.
+#[test]
+fn a_subscriber_without_replay_learns_the_endpoint_while_the_stream_flows() {
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    let feeder = PacedFeeder::start(publisher.stdin.take(), STREAM_LIMIT);
+    assert!(
+        common::wait_until(SECS_30, || feeder.written() >= 300),
+        "the feeder did not get going"
+    );
+    let mut cmd = bosun(&[
+        "-v",
+        "sub",
+        "--connect",
+        eps.publish.as_str(),
+        "--json",
+        "--heartbeat-interval",
+        HB,
+        "--from-start",
+        "--count",
+        "1000",
+    ]);
+    let mut sub = Proc::spawn("subscriber without --replay", &mut cmd);
+    let status = sub.wait_exit(SECS_30);
+    sub.drain(SECS_10);
+    let still_flowing = feeder.written();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "subscriber: {status:?}\n{}\n{}",
+        tail(&mut sub),
+        tail(&mut publisher)
+    );
+    let got = delivered(&sub);
+    Tally::of(&[&got], 1000).assert_exact(&tail(&mut sub));
+    assert!(
+        sub.stderr
+            .texts()
+            .iter()
+            .any(|l| l.contains("learned from a heartbeat")),
+        "the endpoint came from a heartbeat\n{}",
+        tail(&mut sub)
+    );
+    drop(feeder);
+    println!("fetched history 1..=1000 while the feeder had written {still_flowing}");
+}
+
+/// A subscriber running before its publisher starts prints every message the publisher
+/// publishes, from sequence 1, although its SUB socket joins after the first ones went
+/// out (ZeroMQ's slow joiner). Then the publisher, which has no data dir, is killed and a
+/// new one (a new id, sequences from 1 again) starts on the same endpoints: its stream
+/// arrives whole too.
+///
+/// Catches: starting at the first live message seen (plain ZeroMQ loses the first
+/// messages of each publisher that starts after the subscriber).
+#[test]
+fn a_subscriber_started_before_its_publisher_misses_nothing() {
+    let n = env_u64("BOSUN_TEST_PUBSUB_EARLY_N", 5_000).max(20);
+    let eps = Endpoints::new();
+    let total = (2 * n).to_string();
+    let mut sub = start_sub("early subscriber", &eps, &["--count", &total]);
+    sub.expect_stderr("the subscriber's start", SECS_10, |l| {
+        l.contains("subscribed to")
+    });
+    let mut ids = Vec::new();
+    for run in 1..=2 {
+        let (mut publisher, started) = start_pub(&format!("publisher {run}"), &eps, &[]);
+        ids.push(started.id.clone());
+        let feeder = Feeder::start(publisher.stdin.take(), 1, n);
+        assert_eq!(feeder.join(), n);
+        let printed = sub
+            .stdout
+            .wait_count(deadline(STREAM_LIMIT), (run * n) as usize, |_| true);
+        assert_eq!(
+            printed as u64,
+            run * n,
+            "publisher {run}\n{}\n{}",
+            tail(&mut sub),
+            tail(&mut publisher)
+        );
+        publisher.kill();
+    }
+    let status = sub.wait_exit(SECS_10);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        tail(&mut sub)
+    );
+    let got = delivered(&sub);
+    for (run, id) in ids.iter().enumerate() {
+        let mine: Vec<Got> = got.iter().filter(|g| &g.publisher == id).cloned().collect();
+        println!("publisher {}:", run + 1);
+        Tally::of(&[&mine], n).assert_exact(&tail(&mut sub));
+    }
+}
+
+/// `bosun sub | head -1`: once `head` has its line and exits, the subscriber ends too
+/// (exit 0), although the publisher is idle and no further message would reveal the
+/// closed pipe.
+#[test]
+fn a_subscriber_whose_reader_is_gone_ends_while_the_publisher_is_idle() {
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    publisher.write_stdin("one\ntwo\n");
+    let (out, write_end) = pipe();
+    let mut cmd = bosun(&[
+        "sub",
+        "--connect",
+        eps.publish.as_str(),
+        "--replay",
+        eps.replay.as_str(),
+        "--from-start",
+    ]);
+    cmd.stdout(Stdio::from(write_end));
+    let mut sub = Proc::spawn("subscriber into a pipe", &mut cmd);
+    drop(cmd);
+    // Read the first line, then close the read end, as `head -1` does.
+    let mut reader = std::io::BufReader::new(out);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("read a line");
+    assert_eq!(first, "one\n");
+    drop(reader);
+    let status = sub.wait_exit(SECS_10);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the subscriber did not end with its reader: {status:?}\n{}",
+        tail(&mut sub)
+    );
+}
+
+/// A line over 64 MiB is refused by `bosun pub` with a sentence naming the line, and
+/// the lines after it are published (the subscriber gets them as sequences 1 and 2);
+/// the exit status is 65 (bad data).
+#[test]
+fn a_line_over_64_mib_is_refused_and_the_rest_published() {
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    let mut sub = start_sub("subscriber", &eps, &["--from-start", "--count", "2"]);
+    {
+        let stdin = publisher.stdin.as_mut().expect("stdin was piped");
+        let big = vec![b'x'; (64 << 20) + 1];
+        stdin.write_all(&big).expect("write the big line");
+        stdin.write_all(b"\nafter-1\nafter-2\n").expect("write");
+    }
+    publisher.close_stdin();
+    publisher.expect_stderr("the refusal", SECS_30, |l| {
+        l.contains("line 1 is 67108865 bytes") && l.contains("not published")
+    });
+    let status = sub.wait_exit(SECS_30);
+    sub.drain(SECS_10);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        tail(&mut sub)
+    );
+    let got: Vec<(u64, String)> = delivered(&sub)
+        .into_iter()
+        .map(|g| (g.seq, g.payload))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, "after-1".to_string()), (2, "after-2".to_string())]
+    );
+    publisher.signal(libc::SIGTERM);
+    let status = publisher.expect_exit(SECS_10);
+    assert_eq!(status.code(), Some(65), "{}", tail(&mut publisher));
+}

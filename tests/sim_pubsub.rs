@@ -684,3 +684,121 @@ fn a_publisher_restarted_without_a_store_is_a_new_stream_and_the_old_one_is_dead
         );
     }
 }
+
+/// A live stream that reaches the subscriber only from the first message after `seq`
+/// on (heartbeats included): how a SUB socket that joins late sees it.
+fn joins_after(seq: u64) -> Box<dyn FnMut(&Frames) -> bool> {
+    let mut open = false;
+    Box::new(move |f| {
+        open = open || seq_of(f).is_some_and(|s| s > seq);
+        open
+    })
+}
+
+/// The publisher of `joining_world` publishes 1..=10 before the subscriber's start time
+/// (500 ms), 11..=30 after it; the live stream loses everything up to 20 (the slow join
+/// of a SUB socket).
+fn joining_world(given: &[String], announce: &str, seed: u64) -> World {
+    let scfg = SubscriberConfig {
+        since_ms: Some(WALL0 + 500),
+        // The live messages after the join fit in the buffer; counting the 20 before
+        // them as behind would fail.
+        max_behind: 15,
+        on_slow: OnSlow::Fail,
+        ..SubscriberConfig::default()
+    };
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        scfg,
+        given,
+        LinkConfig::PERFECT,
+        replay_link(),
+        seed,
+    );
+    w.pubs[0]
+        .as_mut()
+        .expect("up")
+        .set_replay_endpoint(announce);
+    w.pass = joins_after(20);
+    for i in 1..=30u64 {
+        let at = if i <= 10 { 40 * i } else { 500 + 10 * i };
+        w.run_until(ms(at));
+        w.publish(0, b"t", format!("m{i}").as_bytes());
+    }
+    w
+}
+
+#[test]
+fn a_subscriber_started_before_its_messages_gets_every_one_published_since_it_started() {
+    for seed in 0..50 {
+        let mut w = joining_world(&[], &endpoint(0), seed);
+        w.run_until(Duration::from_secs(20));
+        let want: Vec<u64> = (11..=30).collect();
+        assert_eq!(
+            w.seqs(0),
+            want,
+            "seed {seed}: 11..=30 were published after it started"
+        );
+        assert!(w.lost().is_empty(), "seed {seed}: {:?}", w.lost());
+        let slow = w
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::TooSlow { .. } | Event::JoinedLive { .. }));
+        assert!(
+            !slow,
+            "seed {seed}: joining is not falling behind: {:?}",
+            w.events
+        );
+    }
+}
+
+#[test]
+fn a_join_with_no_replay_endpoint_goes_live_and_says_so() {
+    // Nothing given, nothing connectable announced: the join cannot be repaired.
+    let mut w = joining_world(&[], "tcp://*:5557", 1);
+    w.run_until(Duration::from_secs(20));
+    assert_eq!(w.seqs(0), (21..=30).collect::<Vec<u64>>());
+    let live: Vec<u64> = w
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::JoinedLive { from, .. } => Some(*from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(live, vec![21], "{:?}", w.events);
+    assert!(w.lost().is_empty(), "not reported as loss: {:?}", w.lost());
+}
+
+#[test]
+fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
+    let scfg = SubscriberConfig {
+        max_behind: 10,
+        on_slow: OnSlow::Fail,
+        ..late_joiner()
+    };
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        scfg,
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        3,
+    );
+    // 500 messages before the subscriber hears anything, then 5 live ones.
+    w.pass = joins_after(500);
+    for i in 1..=505u64 {
+        w.run_until(ms(i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(Duration::from_secs(10));
+    assert_eq!(w.seqs(0), (1..=505).collect::<Vec<u64>>());
+    let slow: Vec<_> = w
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::TooSlow { .. } | Event::Behind { .. }))
+        .collect();
+    assert!(slow.is_empty(), "history is not lag: {slow:?}");
+}

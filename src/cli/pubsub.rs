@@ -14,6 +14,7 @@ use crate::error::{ClientError, Error};
 use crate::io::publisher::Publisher;
 use crate::io::subscriber::{Message, OnSlow, Subscriber};
 use crate::io::Shutdown;
+use crate::proto::envelope::MAX_PAYLOAD_BYTES;
 use crate::proto::publisher::{DEFAULT_RETAIN_AGE, DEFAULT_RETAIN_COUNT};
 use crate::proto::subscriber::{DEFAULT_MAX_BEHIND, DEFAULT_TIMEOUT};
 use crate::store::{Durability, Store};
@@ -45,7 +46,7 @@ pub struct PubArgs {
     /// `none`: sled's background flush only (a crash may lose the last 500 ms).
     #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability)]
     pub durability: Durability,
-    /// A heartbeat goes out when nothing was published for this long.
+    /// A heartbeat goes out every interval, among the messages of a busy stream too.
     #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// The most messages retained for replay.
@@ -91,14 +92,27 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         publisher.next_seq()
     );
     let topic = args.topic.into_bytes();
-    let lines = stdin_lines();
+    let max_line = MAX_PAYLOAD_BYTES.saturating_sub(topic.len());
+    let lines = stdin_lines(max_line);
     let mut published = 0u64;
+    let mut line_no = 0u64;
+    let mut refused = 0u64;
     let mut open = true;
     while open && !shutdown.is_triggered() {
         let mut batch = Vec::new();
         loop {
             match lines.try_recv() {
-                Ok(line) => {
+                Ok(Err(len)) => {
+                    line_no += 1;
+                    refused += 1;
+                    eprintln!(
+                        "bosun pub: line {line_no} is {len} bytes, over the {max_line} a \
+                         message may carry (64 MiB with its topic, what a subscriber \
+                         accepts): not published"
+                    );
+                }
+                Ok(Ok(line)) => {
+                    line_no += 1;
                     batch.push((topic.clone(), vec![line]));
                     if batch.len() >= PUBLISH_BATCH {
                         break;
@@ -130,6 +144,10 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     if STDIN_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(ExitCode::from(super::exit::IO));
     }
+    if refused > 0 {
+        eprintln!("bosun pub: {refused} line(s) too large, not published");
+        return Ok(ExitCode::from(super::exit::DATA));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -137,31 +155,69 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
 static STDIN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Lines of stdin as bytes (any bytes), each without its newline, read on a thread.
-fn stdin_lines() -> mpsc::Receiver<Vec<u8>> {
+fn stdin_lines(max: usize) -> mpsc::Receiver<Result<Vec<u8>, u64>> {
     let (tx, rx) = mpsc::sync_channel(4 * PUBLISH_BATCH);
     std::thread::spawn(move || {
         let mut input = std::io::stdin().lock();
         loop {
-            let mut line = Vec::new();
-            match input.read_until(b'\n', &mut line) {
-                Ok(0) => return,
-                Ok(_) => {
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
+            let item = match read_line(&mut input, max) {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
                 Err(e) => {
                     eprintln!("bosun pub: reading stdin: {e}");
                     STDIN_FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
+            };
+            if tx.send(item).is_err() {
+                return;
             }
         }
     });
     rx
+}
+
+/// The next line of `input` without its newline (None at the end), or, for a line
+/// longer than `max` bytes, its length: such a line is read past, never held whole.
+fn read_line(
+    input: &mut impl BufRead,
+    max: usize,
+) -> std::io::Result<Option<Result<Vec<u8>, u64>>> {
+    let mut line = Vec::new();
+    let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let n = std::io::Read::take(&mut *input, cap).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Some(Ok(line)));
+    }
+    if line.len() <= max {
+        return Ok(Some(Ok(line))); // the last line, with no newline
+    }
+    // Too long: count the rest up to the newline, a buffer at a time.
+    let mut len = line.len() as u64;
+    drop(line);
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                len += i as u64;
+                input.consume(i + 1);
+                break;
+            }
+            None => {
+                let k = buf.len();
+                len += k as u64;
+                input.consume(k);
+            }
+        }
+    }
+    Ok(Some(Err(len)))
 }
 
 /// Options of `bosun sub`.
@@ -245,13 +301,24 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         builder = builder.store(store);
     }
     let mut sub = builder.connect()?;
+    tracing::info!(
+        "subscribed to {}; replay {}",
+        args.connect.join(","),
+        if args.replay.is_empty() {
+            "endpoints learned from heartbeats".to_string()
+        } else {
+            args.replay.join(",")
+        }
+    );
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut printed = 0u64;
     let left = |printed: u64| args.count.map_or(u64::MAX, |c| c.saturating_sub(printed));
     while left(printed) > 0 {
-        let first = match sub.recv() {
-            Ok(m) => m,
+        let first = match sub.recv_timeout(STDOUT_CHECK) {
+            Ok(Some(m)) => m,
+            Ok(None) if stdout_closed() => return Ok(ExitCode::SUCCESS), // nobody reads
+            Ok(None) => continue,
             Err(Error::Client(ClientError::Interrupted)) => break,
             Err(e) => return Err(e),
         };
@@ -277,6 +344,23 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         printed += batch.len() as u64;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// While no message comes, how often `bosun sub` looks whether its stdout was closed
+/// (`bosun sub | head -1` ends when `head` does, not at the next message).
+const STDOUT_CHECK: Duration = Duration::from_millis(200);
+
+/// Whether stdout is a pipe or socket whose reader has gone (poll says POLLERR or
+/// POLLHUP); a terminal or a file never is.
+fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call, zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// Writes one message; false when stdout is closed.

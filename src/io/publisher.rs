@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::error::{ConfigError, Error};
+use crate::error::{ClientError, ConfigError, Error};
 use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
+use crate::proto::envelope::MAX_PAYLOAD_BYTES;
 use crate::proto::frames::Frames;
 use crate::proto::publisher::{
     self as core, Event, MemoryRing, PublisherConfig, PublisherStats, Retention, Transmit,
@@ -284,7 +285,8 @@ impl Publisher {
     }
 
     /// Publishes `payload` on `topic` and returns its sequence. The message is retained
-    /// (and, with a `batched` or `every` store, flushed) before it is sent.
+    /// (and, with a `batched` or `every` store, flushed) before it is sent. Over 64 MiB
+    /// (topic and payload together): [`ClientError::TooLarge`], nothing published.
     pub fn publish(&mut self, topic: &[u8], payload: Frames) -> Result<u64, Error> {
         let seq = self.stage(topic.to_vec(), payload)?;
         self.turn()?;
@@ -292,11 +294,16 @@ impl Publisher {
     }
 
     /// Publishes every `(topic, payload)` in one driver turn (one flush of a `batched`
-    /// store); returns the last sequence (0 when there was nothing).
+    /// store); returns the last sequence (0 when there was nothing). A message too
+    /// large refuses the whole batch before any is published.
     pub fn publish_all(
         &mut self,
         messages: impl IntoIterator<Item = (Vec<u8>, Frames)>,
     ) -> Result<u64, Error> {
+        let messages: Vec<(Vec<u8>, Frames)> = messages.into_iter().collect();
+        for (topic, payload) in &messages {
+            check_size(topic, payload)?;
+        }
         let mut last = 0;
         for (topic, payload) in messages {
             last = self.stage(topic, payload)?;
@@ -306,6 +313,7 @@ impl Publisher {
     }
 
     fn stage(&mut self, topic: Vec<u8>, payload: Frames) -> Result<u64, Error> {
+        check_size(&topic, &payload)?;
         let c = &mut self.driver.core;
         let seq = c.core.publish(io::now(), io::unix_ms(), topic, payload)?;
         c.dirty = true;
@@ -348,6 +356,20 @@ impl Publisher {
         self.driver.core.commit();
         Ok(())
     }
+}
+
+/// Refuses a message whose topic and payload together exceed
+/// [`MAX_PAYLOAD_BYTES`] (64 MiB): a subscriber's socket would drop it, and every replay
+/// of it, so its sequence could never be delivered.
+fn check_size(topic: &[u8], payload: &Frames) -> Result<(), ClientError> {
+    let len = topic.len() + payload.iter().map(Vec::len).sum::<usize>();
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(ClientError::TooLarge {
+            len,
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Logs the publisher's events; repeated ones (replays, garbage) at most once a second

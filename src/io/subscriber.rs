@@ -84,6 +84,7 @@ pub struct SubscriberBuilder {
     name: Option<Vec<u8>>,
     shutdown: Shutdown,
     auto_commit: bool,
+    since_start: bool,
 }
 
 /// The suffix of a publisher id's key under which [`Subscriber::hold`] records what
@@ -135,6 +136,17 @@ impl SubscriberBuilder {
     /// Default false: starts with the first live message.
     pub fn from_start(mut self, yes: bool) -> Self {
         self.config.from_start = yes;
+        self
+    }
+
+    /// On first contact with a publisher (no cursor, no `from_start`), delivers
+    /// everything it published since this subscriber was made, fetched by replay before
+    /// the live stream ([`SubscriberConfig::since_ms`]): a subscriber started before
+    /// its publisher, or one that follows a publisher restarted with a new id, misses
+    /// nothing that the slow join of a SUB socket dropped. Default true; false starts
+    /// with the first live message.
+    pub fn since_start(mut self, yes: bool) -> Self {
+        self.since_start = yes;
         self
     }
 
@@ -238,7 +250,11 @@ impl SubscriberBuilder {
         }
         #[allow(clippy::disallowed_methods)] // a seed for the reconnect jitter
         let seed = Uuid::now_v7().as_u128() as u64;
-        let core = core::Subscriber::new(self.config.clone(), &self.replay, cursors, now, seed)?;
+        let mut config = self.config.clone();
+        if self.since_start && config.since_ms.is_none() {
+            config.since_ms = Some(io::unix_ms());
+        }
+        let core = core::Subscriber::new(config, &self.replay, cursors, now, seed)?;
         if self.connect.is_empty() {
             return Err(crate::error::ConfigError::Invalid {
                 field: "connect",
@@ -326,6 +342,7 @@ impl Subscriber {
             name: None,
             shutdown: Shutdown::new(),
             auto_commit: true,
+            since_start: true,
         }
     }
 
@@ -481,6 +498,14 @@ fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
         Event::Joined { publisher, from } => {
             tracing::info!(%publisher, from, "following a publisher")
         }
+        Event::JoinedLive { publisher, from } => tracing::warn!(
+            %publisher,
+            from,
+            "no replay endpoint answered in time: starting with the live stream at \
+             {from}; what the publisher sent since this subscriber started and before \
+             that was not fetched (give --replay, or check that the publisher's replay \
+             endpoint is reachable)"
+        ),
         Event::Lost {
             publisher,
             from,

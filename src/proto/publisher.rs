@@ -4,15 +4,17 @@
 //! Each message gets the next sequence number of this publisher (from 1, across
 //! topics), is kept in a [`Retention`] (a bounded ring in memory, [`MemoryRing`], or the
 //! sled tree of [`crate::store::published`]) and only then is queued for the PUB socket.
-//! Retention is bounded by a count and an age and trims oldest first. When nothing was
-//! published for a heartbeat interval, a heartbeat carries the last sequence, the
-//! oldest retained and the replay endpoint, so that subscribers can tell silence from
-//! death and find a lost tail.
+//! Retention is bounded by a count and an age and trims oldest first. Every heartbeat
+//! interval, busy or idle, a heartbeat carries the last sequence, the oldest retained
+//! and the replay endpoint, so that subscribers can tell silence from death, find a
+//! lost tail and learn where to ask for a replay while the stream flows.
 //!
 //! The replay server answers `REPLAY` on the ROUTER (socket 1): the retained messages
 //! from the asked sequence, at most [`PublisherConfig::replay_batch`], then `END` with
 //! the last sequence; `TRIMMED` with the oldest retained when the asked sequence is no
-//! longer kept; `UNKNOWN` when the request names another publisher. `ACK`s of durable
+//! longer kept; `UNKNOWN` when the request names another publisher; `SINCE` with the
+//! first message published at or after the request's time, when it has one and that
+//! is later than the asked sequence. `ACK`s of durable
 //! subscribers are recorded by name ([`Publisher::acked`]); retention is trimmed only by
 //! its bounds, so an ACK never holds messages beyond them. Garbage is counted, reported
 //! as an event and dropped.
@@ -46,7 +48,8 @@ pub const DEFAULT_REPLAY_BATCH: u32 = 1000;
 /// Settings of a [`Publisher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublisherConfig {
-    /// A heartbeat goes out when nothing was published for this long. Default 1 s.
+    /// A heartbeat goes out every interval, among the messages of a busy stream too.
+    /// Default 1 s.
     pub heartbeat_interval: Duration,
     /// The most messages retained for replay. Default [`DEFAULT_RETAIN_COUNT`].
     pub retain_count: u64,
@@ -130,6 +133,26 @@ pub trait Retention: Send {
     }
     /// Drops the oldest message.
     fn trim_oldest(&mut self) -> Result<(), StoreError>;
+    /// The sequence of the first message kept that was published at or after `at_ms`
+    /// (None: none was). A binary search over [`Retention::range`], which assumes
+    /// publication times do not go down (a wall clock stepped back makes the answer
+    /// one of the messages around the step).
+    fn first_since(&self, at_ms: u64) -> Result<Option<u64>, StoreError> {
+        let Some((oldest, _)) = self.oldest() else {
+            return Ok(None);
+        };
+        // Invariant: everything below `lo` is older than `at_ms`; `hi` is past the end
+        // or at a message at or after it.
+        let (mut lo, mut hi) = (oldest, oldest + self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.range(mid, 1)?.first() {
+                Some(m) if m.at_ms < at_ms => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok((lo < oldest + self.len()).then_some(lo))
+    }
 }
 
 /// Retention in memory: a ring of the messages (durability `none`). Its size is bounded
@@ -368,7 +391,7 @@ impl Publisher {
         self.next += 1;
         self.stats.published += 1;
         self.out.push_back(Transmit::Publish(frames));
-        self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
+        self.heartbeat_if_due(now);
         self.trim()?;
         Ok(seq)
     }
@@ -389,11 +412,18 @@ impl Publisher {
         Ok(())
     }
 
-    /// Time passed: a heartbeat when idle for an interval; retention by age.
+    /// Time passed: a heartbeat when one is due; retention by age.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Err(e) = self.trim() {
             self.events.push_back(Event::RetentionFailed(e));
         }
+        self.heartbeat_if_due(now);
+    }
+
+    /// A heartbeat every interval, busy or idle: a busy stream carries one among its
+    /// messages, so that a subscriber learns the replay endpoint (and repairs an early
+    /// gap) without waiting for the publisher to fall silent.
+    fn heartbeat_if_due(&mut self, now: Instant) {
         if self.heartbeat_at.is_some_and(|at| now >= at) {
             let hb = Heartbeat {
                 publisher: self.id,
@@ -423,13 +453,14 @@ impl Publisher {
                 publisher,
                 from,
                 max,
+                since_ms,
             } => {
                 if publisher != self.id {
                     self.reply(&identity, &Reply::Unknown { publisher });
                     self.events.push_back(Event::Unknown { publisher });
                     return;
                 }
-                self.replay(&identity, from.max(1), max);
+                self.replay(&identity, from.max(1), max, since_ms);
             }
             Request::Ack {
                 publisher,
@@ -453,9 +484,26 @@ impl Publisher {
         }
     }
 
-    fn replay(&mut self, identity: &[u8], from: u64, max: u32) {
+    /// Answers a replay from `from`; with `since_ms`, `SINCE` when the first retained
+    /// message published at or after it is later than `from`.
+    fn replay(&mut self, identity: &[u8], from: u64, max: u32, since_ms: Option<u64>) {
         let last = self.last_seq();
         let oldest = self.oldest_retained();
+        if let Some(since) = since_ms {
+            let first = match self.retention.first_since(since) {
+                Ok(first) => first.unwrap_or(last + 1),
+                Err(e) => {
+                    self.events.push_back(Event::RetentionFailed(e));
+                    return;
+                }
+            };
+            if first > from {
+                self.stats.replays += 1;
+                self.reply(identity, &Reply::Since { from, first });
+                self.events.push_back(Event::Replayed { from, sent: 0 });
+                return;
+            }
+        }
         let trimmed = if self.retention.is_empty() {
             from <= last
         } else {
@@ -569,6 +617,7 @@ mod tests {
                 publisher: id(),
                 from,
                 max,
+                since_ms: None,
             }
             .encode(),
         );
@@ -576,8 +625,57 @@ mod tests {
         replies(p)
     }
 
+    fn ask_since(p: &mut Publisher, from: u64, since_ms: u64) -> Vec<Reply> {
+        let mut f = vec![b"sub".to_vec()];
+        let req = Request::Replay {
+            publisher: id(),
+            from,
+            max: 100,
+            since_ms: Some(since_ms),
+        };
+        f.extend(req.encode());
+        p.handle_replay_input(f);
+        replies(p)
+    }
+
+    fn seqs(replies: &[Reply]) -> Vec<u64> {
+        replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Data(d) => Some(d.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn sequences_start_at_one_and_heartbeats_only_when_idle() {
+    fn a_replay_since_a_time_starts_at_the_first_message_published_then() {
+        let t = t0();
+        let cfg = PublisherConfig {
+            retain_count: 6,
+            ..PublisherConfig::default()
+        };
+        let mut p = publisher(cfg, t);
+        // Sequence i published at 1000 + 10 i ms; 1..=4 trimmed (6 retained).
+        for i in 1..=10u64 {
+            p.publish(t, 1000 + 10 * i, b"t".to_vec(), vec![vec![1]])
+                .unwrap();
+        }
+        let _ = drain(&mut p);
+        for (since, first) in [(1075, 8), (1070, 7), (0, 5), (1101, 11)] {
+            // 0: before the oldest retained (5), which is no TRIMMED for a time.
+            let r = ask_since(&mut p, 1, since);
+            assert_eq!(r, vec![Reply::Since { from: 1, first }], "since {since}");
+        }
+        // A `from` at or after the time's first message: a replay as without a time.
+        let r = ask_since(&mut p, 9, 1000);
+        assert_eq!(seqs(&r), vec![9, 10]);
+        assert_eq!(r.last(), Some(&Reply::End { from: 9, last: 10 }));
+        assert_eq!(MemoryRing::new().first_since(5).unwrap(), None);
+    }
+
+    #[test]
+    fn sequences_start_at_one_and_heartbeats_come_every_interval() {
         let t = t0();
         let mut p = publisher(PublisherConfig::default(), t);
         p.handle_timeout(t);
@@ -599,7 +697,10 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         p.handle_timeout(t + Duration::from_millis(999));
-        assert!(drain(&mut p).is_empty(), "not idle for an interval yet");
+        assert!(
+            drain(&mut p).is_empty(),
+            "no interval since the last heartbeat yet"
+        );
         p.handle_timeout(t + Duration::from_secs(1));
         let hb = drain(&mut p);
         let [Transmit::Publish(f)] = hb.as_slice() else {
@@ -609,6 +710,33 @@ mod tests {
             panic!()
         };
         assert_eq!((h.last, h.oldest, h.replay.as_str()), (3, 1, "tcp://p:1"));
+    }
+
+    #[test]
+    fn a_busy_stream_carries_a_heartbeat_every_interval() {
+        let t = t0();
+        let mut p = publisher(PublisherConfig::default(), t);
+        p.handle_timeout(t);
+        let _ = drain(&mut p);
+        // One message every 10 ms for 3.5 s, with no handle_timeout at all: the
+        // heartbeats come from publish itself, after the message that made one due.
+        let mut heartbeats = Vec::new();
+        for i in 1..=350u64 {
+            let at = t + Duration::from_millis(i * 10);
+            p.publish(at, 1000 + i, b"t".to_vec(), vec![vec![1]])
+                .unwrap();
+            for tx in drain(&mut p) {
+                let Transmit::Publish(f) = tx else { panic!() };
+                if let Live::Heartbeat(h) = parse_live(f).unwrap() {
+                    heartbeats.push(h.last);
+                }
+            }
+        }
+        assert_eq!(
+            heartbeats,
+            vec![100, 200, 300],
+            "one per second, after seq N"
+        );
     }
 
     #[test]
@@ -643,6 +771,7 @@ mod tests {
                 publisher: Uuid::from_u128(99),
                 from: 1,
                 max: 1,
+                since_ms: None,
             }
             .encode(),
         );

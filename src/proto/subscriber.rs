@@ -89,6 +89,15 @@ pub struct SubscriberConfig {
     /// On first contact with a publisher with no cursor, ask for its retained history
     /// (from sequence 1). Default false: start with the first live message.
     pub from_start: bool,
+    /// On first contact with a publisher with no cursor and without `from_start`:
+    /// deliver every message it published from this time on (ms since the Unix epoch,
+    /// compared with the publisher's clock), fetched by replay before the live stream.
+    /// So a subscriber started before its publisher, or following a publisher that
+    /// restarts with a new id, misses nothing the slow join of a SUB socket dropped.
+    /// When no replay endpoint answers within twice `timeout` plus a heartbeat
+    /// interval, delivery starts with the live stream ([`Event::JoinedLive`]).
+    /// Default None: start with the first live message. The driver sets its start time.
+    pub since_ms: Option<u64>,
     /// The publishers' heartbeat interval, and how many may be missed before a
     /// publisher is dead. Default 1 s × 3.
     pub heartbeat: Heartbeat,
@@ -114,6 +123,7 @@ impl Default for SubscriberConfig {
         SubscriberConfig {
             topics: Vec::new(),
             from_start: false,
+            since_ms: None,
             heartbeat: Heartbeat::default(),
             timeout: DEFAULT_TIMEOUT,
             max_behind: DEFAULT_MAX_BEHIND,
@@ -177,11 +187,22 @@ pub struct Message {
 pub enum Event {
     /// The next message, in order.
     Delivered(Message),
-    /// First contact with a publisher: delivery starts at `from`.
+    /// First contact with a publisher: delivery starts at `from` (with
+    /// [`SubscriberConfig::since_ms`], at the first message published since then, which
+    /// a replay finds).
     Joined {
         /// The publisher.
         publisher: Uuid,
         /// The first sequence to deliver.
+        from: u64,
+    },
+    /// Joining with [`SubscriberConfig::since_ms`], the replay endpoint did not answer
+    /// in time: delivery starts with the live stream at `from`; what the publisher sent
+    /// between `since_ms` and then was not fetched.
+    JoinedLive {
+        /// The publisher.
+        publisher: Uuid,
+        /// The first sequence delivered.
         from: u64,
     },
     /// Messages `from..=to` of `publisher` are no longer retained there: lost.
@@ -307,6 +328,11 @@ struct Feed {
     tried: usize,
     /// Still fetching the history asked with `from_start` (trimmed history is not loss).
     history: bool,
+    /// Joining with `since_ms`: the time asked for, and when to give up and go live.
+    joining: Option<(u64, Instant)>,
+    /// The last sequence published at first contact when history was asked for
+    /// (`from_start` or joining): the subscriber is behind only past it.
+    baseline: u64,
     heard_at: Instant,
     dead: bool,
     recheck_at: Instant,
@@ -436,6 +462,7 @@ impl Subscriber {
             }
             Ok(Reply::End { from, last }) => self.on_end(now, socket, from, last),
             Ok(Reply::Trimmed { from, oldest }) => self.on_trimmed(now, socket, from, oldest),
+            Ok(Reply::Since { from, first }) => self.on_since(now, socket, from, first),
             Ok(Reply::Unknown { publisher }) => self.on_unknown(now, socket, publisher),
             Err(error) => self.garbage(socket, error),
         }
@@ -453,14 +480,34 @@ impl Subscriber {
             return;
         }
         let cursor = self.cursors.get(&publisher).copied();
-        let (next, history) = match (cursor, self.cfg.from_start) {
+        let live_start = match (live, last) {
+            (Some(s), _) => s,
+            (None, Some(l)) => l.saturating_add(1),
+            (None, None) => 1,
+        };
+        let (mut next, history) = match (cursor, self.cfg.from_start) {
             (Some(c), _) => (c.saturating_add(1), false),
             (None, true) => (1, true),
-            (None, false) => match (live, last) {
-                (Some(s), _) => (s, false),
-                (None, Some(l)) => (l.saturating_add(1), false),
-                (None, None) => (1, false),
-            },
+            (None, false) => (live_start, false),
+        };
+        let mut joining = None;
+        if let (None, false, Some(since)) = (cursor, self.cfg.from_start, self.cfg.since_ms) {
+            if next > 1 {
+                // Ask from 1 with the time; the answer starts where that time does.
+                // Time to learn the endpoint from a heartbeat and to ask twice.
+                let wait = self.cfg.timeout.saturating_mul(2);
+                let wait = wait.saturating_add(self.cfg.heartbeat.interval);
+                let by = now.checked_add(wait).unwrap_or(now + self.cfg.timeout);
+                joining = Some((since, by));
+                next = 1;
+            }
+        }
+        // History fetched on joining is not falling behind: only what was published
+        // after first contact counts.
+        let baseline = if history || joining.is_some() {
+            live_start - 1
+        } else {
+            0
         };
         let seed = self.seed ^ publisher.as_u128() as u64;
         self.feeds.insert(
@@ -475,6 +522,8 @@ impl Subscriber {
                 hint: None,
                 tried: 0,
                 history,
+                joining,
+                baseline,
                 heard_at: now,
                 dead: false,
                 recheck_at: now,
@@ -510,6 +559,9 @@ impl Subscriber {
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return; // replayed data of a publisher never heard live: not asked for
         };
+        if !live {
+            f.joining = None; // the publisher answered the join with data: from `next`
+        }
         let was_repairing = f.head >= f.next;
         f.head = f.head.max(d.seq);
         if d.seq < f.next {
@@ -660,11 +712,32 @@ impl Subscriber {
         self.drain(publisher);
     }
 
+    /// Ends a join: delivery goes on with the first live message buffered (or after
+    /// the last one known), and what precedes it is not reported lost.
+    fn go_live(&mut self, publisher: Uuid) -> u64 {
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return 0;
+        };
+        f.joining = None;
+        let after_head = f.head.saturating_add(1);
+        let target = f
+            .buffer
+            .first_key_value()
+            .map_or(after_head, |(k, _)| (*k).min(after_head));
+        if target > f.next {
+            f.history = true;
+            self.skip_to(publisher, target);
+        }
+        target
+    }
+
     fn check_slow(&mut self, publisher: Uuid) {
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
-        let behind = f.head.saturating_sub(f.next.saturating_sub(1));
+        let behind = f
+            .head
+            .saturating_sub(f.next.saturating_sub(1).max(f.baseline));
         if behind == 0 {
             f.behind_reported = false;
             return;
@@ -732,6 +805,7 @@ impl Subscriber {
             publisher,
             from,
             max: batch,
+            since_ms: f.joining.map(|(since, _)| since),
         };
         self.out.push_back(Transmit::Send(slot, req.encode()));
     }
@@ -766,6 +840,7 @@ impl Subscriber {
         };
         f.history = false;
         f.head = f.head.max(last);
+        f.joining = None;
         if f.next <= f.head {
             if f.next > from {
                 self.ask(now, publisher); // progress: the next batch at once
@@ -781,9 +856,12 @@ impl Subscriber {
             return;
         };
         self.confirm(publisher, socket);
-        let Some(f) = self.feeds.get(&publisher) else {
+        let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
+        if f.joining.take().is_some() {
+            f.history = true; // a join never counts what precedes it as lost
+        }
         let target = if oldest == 0 {
             f.head.saturating_add(1)
         } else {
@@ -794,6 +872,26 @@ impl Subscriber {
         }
         if let Some(f) = self.feeds.get_mut(&publisher) {
             f.history = false;
+        }
+        self.ask(now, publisher);
+    }
+
+    /// The join's answer: what was published since the join time starts at `first`;
+    /// what precedes it was published before, and is skipped without being lost.
+    fn on_since(&mut self, now: Instant, socket: usize, from: u64, first: u64) {
+        let Some((publisher, _)) = self.finish(socket, from) else {
+            return;
+        };
+        self.confirm(publisher, socket);
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        if f.joining.take().is_none() {
+            return; // not joining: an answer to nothing asked
+        }
+        if first > f.next {
+            f.history = true;
+            self.skip_to(publisher, first);
         }
         self.ask(now, publisher);
     }
@@ -860,6 +958,13 @@ impl Subscriber {
                     endpoint: self.slots[slot - 1].endpoint.clone(),
                 });
                 self.ask(now, publisher);
+            }
+            let Some(f) = self.feeds.get_mut(&publisher) else {
+                continue;
+            };
+            if f.joining.is_some_and(|(_, by)| now >= by) {
+                let from = self.go_live(publisher);
+                self.events.push_back(Event::JoinedLive { publisher, from });
             }
             let Some(f) = self.feeds.get_mut(&publisher) else {
                 continue;
@@ -943,6 +1048,7 @@ impl Subscriber {
                 [
                     f.replay.as_ref().map(|p| p.deadline),
                     f.retry_at,
+                    f.joining.map(|(_, by)| by),
                     Some(if f.dead {
                         f.recheck_at
                     } else {

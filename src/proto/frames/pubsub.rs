@@ -25,10 +25,14 @@
 //! # The replay channel (subscriber DEALER to publisher ROUTER)
 //! Every command starts with the protocol frame [`PROTOCOL`] (`BSP-R1`), then the
 //! command name in ASCII:
-//! - `[BSP-R1][REPLAY][publisher 16][from u64][max u32]` and
+//! - `[BSP-R1][REPLAY][publisher 16][from u64][max u32]`, optionally followed by
+//!   `[since u64]` (ms since the Unix epoch: start at the first retained message
+//!   published at or after it, if that is later than `from`), and
 //!   `[BSP-R1][ACK][publisher 16][seq u64][subscriber name]` (subscriber to publisher);
 //! - `[BSP-R1][DATA][topic][payload...][metadata]`, `[BSP-R1][END][from u64][last u64]`,
-//!   `[BSP-R1][TRIMMED][from u64][oldest u64]`, `[BSP-R1][UNKNOWN][publisher 16]`
+//!   `[BSP-R1][TRIMMED][from u64][oldest u64]`, `[BSP-R1][UNKNOWN][publisher 16]`,
+//!   `[BSP-R1][SINCE][from u64][first u64]` (the answer to a `REPLAY` with a time whose
+//!   first message is later than `from`: ask again from `first`)
 //!   (publisher to subscriber).
 //!
 //! Every parser returns a typed message or a [`ProtocolError`] saying what was expected
@@ -66,6 +70,8 @@ pub mod command {
     pub const END: &[u8] = b"END";
     /// Publisher: what was asked for is no longer retained.
     pub const TRIMMED: &[u8] = b"TRIMMED";
+    /// Publisher: what was published since the time asked starts at a later sequence.
+    pub const SINCE: &[u8] = b"SINCE";
     /// Publisher: I am not that publisher.
     pub const UNKNOWN: &[u8] = b"UNKNOWN";
 }
@@ -76,7 +82,7 @@ pub mod command {
 pub enum Kind {
     /// A published message.
     Data = 0,
-    /// A heartbeat of an idle publisher.
+    /// A heartbeat (every interval, busy or idle).
     Heartbeat = 1,
 }
 
@@ -288,7 +294,7 @@ impl Data {
     }
 }
 
-/// A heartbeat of an idle publisher.
+/// A heartbeat: sent every interval, busy or idle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     /// Its publisher.
@@ -351,7 +357,9 @@ pub fn parse_live(frames: Frames) -> Result<Live, ProtocolError> {
 /// What a subscriber sends on the replay channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Send me `publisher`'s messages from `from` (inclusive), at most `max`.
+    /// Send me `publisher`'s messages from `from` (inclusive), at most `max`; with
+    /// `since_ms`, none published before that time (a subscriber joining asks for
+    /// what was published since it started).
     Replay {
         /// The publisher asked.
         publisher: Uuid,
@@ -359,6 +367,9 @@ pub enum Request {
         from: u64,
         /// The most messages wanted.
         max: u32,
+        /// Only messages published at or after this time, ms since the Unix epoch
+        /// (the sixth frame; absent: no bound).
+        since_ms: Option<u64>,
     },
     /// Durable subscriber `name` has processed everything up to `seq`.
     Ack {
@@ -379,13 +390,18 @@ impl Request {
                 publisher,
                 from,
                 max,
-            } => vec![
-                PROTOCOL.to_vec(),
-                command::REPLAY.to_vec(),
-                publisher.as_bytes().to_vec(),
-                from.to_be_bytes().to_vec(),
-                max.to_be_bytes().to_vec(),
-            ],
+                since_ms,
+            } => {
+                let mut out = vec![
+                    PROTOCOL.to_vec(),
+                    command::REPLAY.to_vec(),
+                    publisher.as_bytes().to_vec(),
+                    from.to_be_bytes().to_vec(),
+                    max.to_be_bytes().to_vec(),
+                ];
+                out.extend(since_ms.map(|s| s.to_be_bytes().to_vec()));
+                out
+            }
             Request::Ack {
                 publisher,
                 seq,
@@ -415,12 +431,16 @@ pub fn parse_request(frames: Frames) -> Result<(Vec<u8>, Request), ProtocolError
         [_] => return Err(count("request", "at least 2 after the identity", 1)),
         [_, c, args @ ..] => match c.as_slice() {
             command::REPLAY => match args {
-                [id, from, max] => Request::Replay {
+                [id, from, max, since @ ..] if since.len() <= 1 => Request::Replay {
                     publisher: uuid(id)?,
                     from: u64_frame(from, "REPLAY from")?,
                     max: u32_frame(max, "REPLAY max")?,
+                    since_ms: match since {
+                        [s] => Some(u64_frame(s, "REPLAY since")?),
+                        _ => None,
+                    },
                 },
-                _ => return Err(count("REPLAY", "5", rest.len())),
+                _ => return Err(count("REPLAY", "5 or 6", rest.len())),
             },
             command::ACK => match args {
                 [id, seq, name] => {
@@ -458,6 +478,15 @@ pub enum Reply {
     },
     /// `from` is older than what is retained; `oldest` is the oldest still retained
     /// (0 = nothing retained).
+    /// The first message published at or after the time of a `REPLAY` is `first`,
+    /// later than the `from` asked: ask again from `first` (nothing is sent with it).
+    Since {
+        /// The sequence asked for.
+        from: u64,
+        /// The first message published since the time asked (one past the last
+        /// published when there is none).
+        first: u64,
+    },
     Trimmed {
         /// The sequence asked for.
         from: u64,
@@ -485,6 +514,12 @@ impl Reply {
                 let mut out = head(command::END);
                 out.push(from.to_be_bytes().to_vec());
                 out.push(last.to_be_bytes().to_vec());
+                out
+            }
+            Reply::Since { from, first } => {
+                let mut out = head(command::SINCE);
+                out.push(from.to_be_bytes().to_vec());
+                out.push(first.to_be_bytes().to_vec());
                 out
             }
             Reply::Trimmed { from, oldest } => {
@@ -522,6 +557,13 @@ pub fn parse_reply(frames: Frames) -> Result<Reply, ProtocolError> {
                 last: u64_frame(last, "END last")?,
             }),
             _ => Err(count("END", "4", args.len() + 2)),
+        },
+        command::SINCE => match args.as_slice() {
+            [from, first] => Ok(Reply::Since {
+                from: u64_frame(from, "SINCE from")?,
+                first: u64_frame(first, "SINCE first")?,
+            }),
+            _ => Err(count("SINCE", "4", args.len() + 2)),
         },
         command::TRIMMED => match args.as_slice() {
             [from, oldest] => Ok(Reply::Trimmed {
@@ -661,6 +703,13 @@ mod tests {
                 publisher: id(),
                 from: 5,
                 max: 1000,
+                since_ms: None,
+            },
+            Request::Replay {
+                publisher: id(),
+                from: 1,
+                max: 10,
+                since_ms: Some(1_700_000_000_123),
             },
             Request::Ack {
                 publisher: id(),
@@ -677,6 +726,7 @@ mod tests {
             Reply::Data(data(3)),
             Reply::End { from: 1, last: 9 },
             Reply::Trimmed { from: 1, oldest: 4 },
+            Reply::Since { from: 1, first: 40 },
             Reply::Unknown { publisher: id() },
         ];
         for r in replies {
@@ -746,6 +796,9 @@ mod tests {
             f(&[b"peer", PROTOCOL, b"REPLAY", &id16, &[0; 7], &[0; 4]]),
             f(&[b"peer", PROTOCOL, b"REPLAY", &id16, &[0; 8], &[0; 5]]),
             f(&[b"peer", PROTOCOL, b"REPLAY", &id16, &[0; 8], &[0; 4], b"x"]),
+            f(&[
+                b"peer", PROTOCOL, b"REPLAY", &id16, &[0; 8], &[0; 4], &[0; 8], &[0; 8],
+            ]),
             f(&[b"peer", PROTOCOL, b"ACK", &id16, &[0; 8]]),
             f(&[
                 b"peer",
@@ -767,6 +820,8 @@ mod tests {
             f(&[PROTOCOL, b"END", &[0; 8]]),
             f(&[PROTOCOL, b"END", &[0; 8], &[0; 9]]),
             f(&[PROTOCOL, b"TRIMMED", &[0; 8], &[0; 8], &[0; 8]]),
+            f(&[PROTOCOL, b"SINCE", &[0; 8]]),
+            f(&[PROTOCOL, b"SINCE", &[0; 8], &[0; 7]]),
             f(&[PROTOCOL, b"UNKNOWN", &id16[..3]]),
             f(&[PROTOCOL, b"DATA", b"t", b"p"]),
             f(&[PROTOCOL, b"DATA", b"t", b"p", &hbm]),
