@@ -25,7 +25,18 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let endpoint = args.next().unwrap_or_else(|| DEFAULT_PUB.to_string());
     let replay = args.next().unwrap_or_else(|| DEFAULT_REPLAY.to_string());
-    let count = args.next().and_then(|c| c.parse::<u64>().ok());
+    let count = match args
+        .next()
+        .map(|c| c.parse::<u64>().map_err(|_| c))
+        .transpose()
+    {
+        Ok(c) => c,
+        Err(bad) => {
+            eprintln!("subscriber: the count {bad:?} is not a number of messages");
+            eprintln!("usage: subscriber [PUB_ENDPOINT [REPLAY_ENDPOINT [COUNT]]]");
+            return ExitCode::from(64);
+        }
+    };
     match run(&endpoint, &replay, count) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -210,7 +210,7 @@ pub enum ClientError {
     },
     /// A subscriber fell more than its `max_behind` behind a publisher and was told to
     /// fail rather than catch up ([`OnSlow::Fail`](crate::proto::subscriber::OnSlow)).
-    #[error("fell behind publisher {publisher} by {behind} messages, more than the {max_behind} allowed (max_behind); failing as told (on_slow fail)")]
+    #[error("fell behind publisher {publisher} by {behind} messages, more than the {max_behind} allowed (--max-behind); stopping instead of catching up by replay, as --on-slow fail says")]
     FellBehind {
         /// The publisher.
         publisher: uuid::Uuid,

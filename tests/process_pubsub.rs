@@ -1049,6 +1049,26 @@ fn bad_flags_are_refused_naming_them() {
             ],
             "--durability",
         ),
+        (
+            vec![
+                "pub",
+                "--bind",
+                p.as_str(),
+                "--replay",
+                r.as_str(),
+                "--durability",
+                "every",
+            ],
+            "--data-dir", // durability without a store is meaningless
+        ),
+        (
+            vec!["pub", "--bind", p.as_str(), "--replay", p.as_str()],
+            "--replay", // the same endpoint twice
+        ),
+        (
+            vec!["pub", "--bind", "foo", "--replay", r.as_str()],
+            "not an endpoint",
+        ),
         (vec!["sub", "--replay", r.as_str()], "--connect"),
         (
             vec!["sub", "--connect", "nonsense", "--replay", r.as_str()],

@@ -64,15 +64,16 @@ pub mod exit {
 /// The exit-code table, as `bosun --help` shows it.
 pub const EXIT_CODES: &str = "\
 Exit status (the same for every subcommand):
-    0    done: every request answered (servers, queues, brokers, workers and
-         `stats --watch`: stopped by SIGINT/SIGTERM, their normal way to end)
+    0    done: every request answered, or `sub --count N` printed N (servers, queues,
+         brokers, workers, `pub`, `sub` without --count and `stats --watch`:
+         stopped by SIGINT/SIGTERM, their normal way to end)
     1    a request failed remotely: its handler failed (demo: a check failed)
     3    server --crash-after: the simulated crash
    64    usage: a bad flag, value or BOSUN_* variable, or settings that cannot work
          (dlq: an id that is not in the dead letters; client: a --data-dir whose
          pending requests another kind of client made)
-   65    bad data: an input line too large to send (over 64 MiB), or a --data-dir
-         that is not a bosun store or is damaged
+   65    bad data: an input line too large to send or publish (over 64 MiB), or a
+         --data-dir that is not a bosun store or is damaged
    69    unavailable: no reply after every attempt, the peer is not a bosun broker,
          or the address is in use
    70    internal error (a bug: please report it)
@@ -82,7 +83,8 @@ Exit status (the same for every subcommand):
          outbox is full (--outbox-limit), the data dir is in use by another
          process, or a subscriber fell more than --max-behind behind with --on-slow
          fail
-  130    interrupted by SIGINT (Ctrl-C) before finishing (143: SIGTERM, 129: SIGHUP)
+  130    interrupted by SIGINT (Ctrl-C) before finishing, e.g. `sub --count N` before
+         N (143: SIGTERM, 129: SIGHUP)
 When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
 (`bosun client | head -1`) is not an error: the client stops sending and exits as if
 its input had ended (with --data-dir, requests whose replies could not be printed

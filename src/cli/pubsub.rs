@@ -44,7 +44,7 @@ pub struct PubArgs {
     /// With --data-dir: when retained messages are flushed. `batched`: once for the
     /// messages read together, before they are sent; `every`: each before it is sent;
     /// `none`: sled's background flush only (a crash may lose the last 500 ms).
-    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability)]
+    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability, requires = "data_dir")]
     pub durability: Durability,
     /// A heartbeat goes out every interval, among the messages of a busy stream too.
     #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -134,7 +134,13 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         published += batch.len() as u64;
         publisher.publish_all(batch)?;
     }
-    if !open {
+    if open {
+        tracing::warn!(
+            "stopped before the end of stdin: published {published} messages (last \
+             sequence {}); lines not yet read were not published",
+            publisher.last_seq()
+        );
+    } else {
         tracing::info!(
             "published {published} messages (last sequence {}); serving replay until stopped",
             publisher.last_seq()

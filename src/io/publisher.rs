@@ -162,6 +162,17 @@ impl PublisherBuilder {
             }
             .into());
         };
+        let any_port = replay.ends_with(":*") || replay.ends_with(":0");
+        if replay == self.endpoint && !any_port {
+            return Err(ConfigError::Invalid {
+                field: "replay",
+                reason: format!(
+                    "the replay endpoint must differ from the PUB endpoint ({replay}): \
+                     they are two sockets"
+                ),
+            }
+            .into());
+        }
         let transport = self.transport.unwrap_or_default();
         // A ROUTER drops what goes past its high-water mark to a peer, silently: one
         // answer (its messages and END) must fit, with room for a retried request's.

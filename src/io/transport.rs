@@ -215,11 +215,6 @@ pub enum Side {
 /// transports (`ipc://`, `inproc://`) are left to libzmq. The error names the endpoint
 /// and says what is wrong.
 pub fn check_endpoint(endpoint: &str, side: Side) -> Result<(), TransportError> {
-    let Some(rest) = endpoint.strip_prefix("tcp://") else {
-        return Ok(());
-    };
-    // `tcp://source;host:port` connects from a source address: check the peer part.
-    let peer = rest.rsplit(';').next().unwrap_or(rest);
     let op = match side {
         Side::Bind => "bind",
         Side::Connect => "connect",
@@ -231,6 +226,16 @@ pub fn check_endpoint(endpoint: &str, side: Side) -> Result<(), TransportError> 
             zmq::Error::EINVAL,
         ))
     };
+    if !endpoint.contains("://") {
+        return invalid(
+            "not an endpoint: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME".into(),
+        );
+    }
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return Ok(());
+    };
+    // `tcp://source;host:port` connects from a source address: check the peer part.
+    let peer = rest.rsplit(';').next().unwrap_or(rest);
     let Some((host, port)) = peer.rsplit_once(':') else {
         return invalid("no port: expected tcp://HOST:PORT".into());
     };
@@ -371,6 +376,13 @@ mod tests {
         assert!(e.contains("1 to 65535"), "{e}");
         assert!(t.bind(zmq::ROUTER, "tcp://127.0.0.1:0").is_ok());
         assert!(t.bind(zmq::ROUTER, "tcp://127.0.0.1").is_err());
+        for bad in ["foo", "127.0.0.1:5555", ""] {
+            let e = err(t.bind(zmq::ROUTER, bad));
+            assert!(
+                e.contains("not an endpoint: expected tcp://HOST:PORT"),
+                "{e}"
+            );
+        }
         // Nothing was made for the refused endpoints.
         assert_eq!(t.sockets_made(), 1);
     }
