@@ -176,9 +176,13 @@ impl PublisherBuilder {
         let transport = self.transport.unwrap_or_default();
         // A ROUTER drops what goes past its high-water mark to a peer, silently: one
         // answer (its messages and END) must fit, with room for a retried request's.
-        let fits = u32::try_from(transport.options().send_hwm / 2).unwrap_or(0);
+        // (A high-water mark of 0 is no limit.)
+        let hwm = transport.options().send_hwm;
+        let fits = u32::try_from(hwm / 2).unwrap_or(0);
         let mut config = self.config;
-        config.replay_batch = config.replay_batch.min(fits.max(1));
+        if hwm > 0 {
+            config.replay_batch = config.replay_batch.min(fits.max(1));
+        }
         #[allow(clippy::disallowed_methods)] // the driver makes the publisher's id
         let new_id = Uuid::now_v7;
         let (id, next, retention, commit): (_, _, Box<dyn Retention>, _) = match &self.store {
