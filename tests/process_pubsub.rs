@@ -1352,3 +1352,33 @@ fn a_line_over_64_mib_is_refused_and_the_rest_published() {
     let status = publisher.expect_exit(SECS_10);
     assert_eq!(status.code(), Some(65), "{}", tail(&mut publisher));
 }
+
+/// A subscriber aimed at a port where no publisher is says so (once, at WARN) after the
+/// heartbeat liveness, and keeps listening; a subscriber expecting heartbeats five times
+/// as often as its publisher sends them names both intervals.
+#[test]
+fn a_subscriber_says_when_it_hears_nothing_or_heartbeats_are_slower_than_expected() {
+    let eps = Endpoints::new();
+    let mut lonely = start_sub("subscriber of nothing", &eps, &[]);
+    lonely.expect_stderr("the silence warning", SECS_10, |l| {
+        l.contains("nothing heard from any publisher") && l.contains("--heartbeat-interval")
+    });
+    assert!(lonely.is_running(), "it keeps listening");
+
+    let eps = Endpoints::new();
+    let mut cmd = bosun(&[
+        "pub",
+        "--bind",
+        eps.publish.as_str(),
+        "--replay",
+        eps.replay.as_str(),
+        "--heartbeat-interval",
+        "500ms",
+    ]);
+    cmd.stdin(Stdio::piped());
+    let _publisher = Proc::spawn("slow-heartbeat publisher", &mut cmd);
+    let mut sub = start_sub("subscriber", &eps, &[]);
+    sub.expect_stderr("the interval mismatch", SECS_30, |l| {
+        l.contains("heartbeats about every") && l.contains("expects one every 100ms")
+    });
+}

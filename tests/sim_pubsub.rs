@@ -802,3 +802,103 @@ fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
         .collect();
     assert!(slow.is_empty(), "history is not lag: {slow:?}");
 }
+
+fn count_events(w: &World, pred: impl Fn(&Event) -> bool) -> usize {
+    w.events.iter().filter(|(_, e)| pred(e)).count()
+}
+
+#[test]
+fn a_subscriber_that_hears_nothing_says_so_once() {
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        1,
+    );
+    w.pass = Box::new(|_| false); // nothing reaches it: a wrong port, say
+    w.run_until(Duration::from_secs(30));
+    let said: Vec<_> = w
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::NothingHeard { .. }))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(
+        said[0].0,
+        Duration::from_secs(3),
+        "after the liveness (3 x 1 s)"
+    );
+
+    // Heard at once: never said.
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        1,
+    );
+    w.run_until(Duration::from_secs(30));
+    assert_eq!(
+        count_events(&w, |e| matches!(e, Event::NothingHeard { .. })),
+        0
+    );
+}
+
+#[test]
+fn heartbeats_slower_than_expected_are_named_once() {
+    let slow = PublisherConfig {
+        heartbeat_interval: Duration::from_secs(5),
+        ..PublisherConfig::default()
+    };
+    let mut w = World::new(
+        1,
+        slow,
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        1,
+    );
+    w.run_until(Duration::from_secs(60));
+    let said: Vec<(Duration, Duration)> = w
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::SlowHeartbeats {
+                every, expected, ..
+            } => Some((*every, *expected)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        said,
+        vec![(Duration::from_secs(5), Duration::from_secs(1))],
+        "{:?}",
+        w.events
+    );
+
+    // The same intervals on both sides: never said, also across a long busy stream.
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        lossy(),
+        replay_link(),
+        2,
+    );
+    for i in 0..2000 {
+        w.run_until(ms(10 * i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(Duration::from_secs(60));
+    assert_eq!(
+        count_events(&w, |e| matches!(e, Event::SlowHeartbeats { .. })),
+        0
+    );
+}

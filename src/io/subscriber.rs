@@ -537,6 +537,21 @@ fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
             publisher,
             endpoint,
         } => tracing::info!(%publisher, %endpoint, "replay endpoint learned from a heartbeat"),
+        Event::NothingHeard { silent } => tracing::warn!(
+            "nothing heard from any publisher in {silent:?} (no message, no heartbeat): is a \
+             bosun publisher bound at the --connect endpoint, with the same \
+             --heartbeat-interval? (still listening)"
+        ),
+        Event::SlowHeartbeats {
+            publisher,
+            every,
+            expected,
+        } => tracing::warn!(
+            %publisher,
+            "publisher {publisher} heartbeats about every {every:?}, but this subscriber \
+             expects one every {expected:?} (--heartbeat-interval): it is found dead between \
+             heartbeats; give the subscriber the publisher's interval"
+        ),
         Event::Garbage { socket, error } => {
             let now = io::now();
             if !garbage_logged.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {

@@ -261,6 +261,23 @@ pub enum Event {
         /// Its replay endpoint.
         endpoint: String,
     },
+    /// Nothing at all (no message, no heartbeat) was heard from any publisher for
+    /// `silent` since the subscriber started: said once.
+    NothingHeard {
+        /// How long: the heartbeat liveness.
+        silent: Duration,
+    },
+    /// `publisher`'s heartbeats come about every `every`, more than twice the
+    /// interval this subscriber expects: it will find the publisher dead between two
+    /// heartbeats. Said once per publisher.
+    SlowHeartbeats {
+        /// The publisher.
+        publisher: Uuid,
+        /// The gap seen between two of its heartbeats.
+        every: Duration,
+        /// The interval this subscriber expects.
+        expected: Duration,
+    },
     /// A message that is not the protocol arrived on `socket`: dropped.
     Garbage {
         /// 0 for SUB, else the replay socket.
@@ -334,6 +351,11 @@ struct Feed {
     /// (`from_start` or joining): the subscriber is behind only past it.
     baseline: u64,
     heard_at: Instant,
+    /// When its last heartbeat came, the gap before it, and whether slow heartbeats
+    /// were reported.
+    heartbeat_at: Option<Instant>,
+    heartbeat_gap: Option<Duration>,
+    slow_reported: bool,
     dead: bool,
     recheck_at: Instant,
     reconnects: Reconnects,
@@ -358,6 +380,9 @@ pub struct Subscriber {
     events: VecDeque<Event>,
     stats: SubscriberStats,
     seed: u64,
+    /// Since when nothing has been heard from any publisher (None: something was, or
+    /// it was said).
+    silent_since: Option<Instant>,
 }
 
 impl Subscriber {
@@ -397,6 +422,7 @@ impl Subscriber {
             events: VecDeque::new(),
             stats: SubscriberStats::default(),
             seed,
+            silent_since: Some(now),
         })
     }
 
@@ -525,6 +551,9 @@ impl Subscriber {
                 joining,
                 baseline,
                 heard_at: now,
+                heartbeat_at: None,
+                heartbeat_gap: None,
+                slow_reported: false,
                 dead: false,
                 recheck_at: now,
                 reconnects: Reconnects::new(self.cfg.reconnect, seed),
@@ -535,6 +564,32 @@ impl Subscriber {
             publisher,
             from: next,
         });
+    }
+
+    /// A publisher heartbeats every interval, busy or idle: two gaps in a row between
+    /// its heartbeats, both more than twice this subscriber's interval and within a
+    /// quarter of each other, mean the two intervals were set differently (a single
+    /// long gap is a restart or an outage, not a setting).
+    fn check_heartbeat_gap(&mut self, now: Instant, publisher: Uuid) {
+        let expected = self.cfg.heartbeat.interval;
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
+        };
+        let last = f.heartbeat_at.replace(now);
+        let Some(gap) = last.map(|t| now.saturating_duration_since(t)) else {
+            return;
+        };
+        let previous = f.heartbeat_gap.replace(gap);
+        let long = |g: Duration| g > expected.saturating_mul(2);
+        let steady = previous.is_some_and(|p| long(p) && p.max(gap) - p.min(gap) <= p.max(gap) / 4);
+        if long(gap) && steady && !f.slow_reported {
+            f.slow_reported = true;
+            self.events.push_back(Event::SlowHeartbeats {
+                publisher,
+                every: gap,
+                expected,
+            });
+        }
     }
 
     fn heard(&mut self, now: Instant, publisher: Uuid) {
@@ -595,6 +650,7 @@ impl Subscriber {
         let publisher = hb.publisher;
         self.contact(now, publisher, None, Some(hb.last));
         self.heard(now, publisher);
+        self.check_heartbeat_gap(now, publisher);
         self.learn(publisher, &hb.replay);
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
@@ -936,6 +992,13 @@ impl Subscriber {
     pub fn handle_timeout(&mut self, now: Instant) {
         let ids: Vec<Uuid> = self.feeds.keys().copied().collect();
         let expiry = self.cfg.heartbeat.expiry();
+        if self.silent_since.is_some_and(|t| now >= t + expiry) {
+            self.silent_since = None;
+            if self.feeds.is_empty() {
+                self.events
+                    .push_back(Event::NothingHeard { silent: expiry });
+            }
+        }
         for publisher in ids {
             let Some(f) = self.feeds.get_mut(&publisher) else {
                 continue;
@@ -1042,6 +1105,7 @@ impl Subscriber {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let expiry = self.cfg.heartbeat.expiry();
+        let silent = self.silent_since.map(|t| t + expiry);
         self.feeds
             .values()
             .flat_map(|f| {
@@ -1057,6 +1121,7 @@ impl Subscriber {
                 ]
             })
             .flatten()
+            .chain(silent)
             .min()
     }
 }
