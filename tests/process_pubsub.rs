@@ -1382,3 +1382,65 @@ fn a_subscriber_says_when_it_hears_nothing_or_heartbeats_are_slower_than_expecte
         l.contains("heartbeats about every") && l.contains("expects one every 100ms")
     });
 }
+
+/// A publisher's data dir is refused by a subscriber, and a subscriber's by a
+/// publisher (exit 64, naming what the dir holds); nothing is written to it.
+#[test]
+fn a_data_dir_of_the_other_kind_of_peer_is_refused() {
+    let dir = TempDir::new("other-kind");
+    let (pub_dir, sub_dir) = (dir.join("publisher"), dir.join("subscriber"));
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &["--data-dir", pub_dir.as_str()]);
+    publisher.write_stdin("one\n");
+    let mut sub = start_sub(
+        "subscriber",
+        &eps,
+        &[
+            "--data-dir",
+            sub_dir.as_str(),
+            "--from-start",
+            "--count",
+            "1",
+        ],
+    );
+    let status = sub.wait_exit(SECS_30);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        tail(&mut sub)
+    );
+    publisher.signal(libc::SIGTERM);
+    publisher.expect_exit(SECS_10);
+
+    let other = Endpoints::new();
+    let out = run(
+        &[
+            "sub",
+            "--connect",
+            other.publish.as_str(),
+            "--data-dir",
+            pub_dir.as_str(),
+        ],
+        &[],
+        SECS_10,
+    );
+    let said = out.stderr.join("\n");
+    assert_eq!(out.status.code(), Some(64), "{said}");
+    assert!(said.contains("holds a publisher's id"), "{said}");
+    let out = run(
+        &[
+            "pub",
+            "--bind",
+            other.publish.as_str(),
+            "--replay",
+            other.replay.as_str(),
+            "--data-dir",
+            sub_dir.as_str(),
+        ],
+        &[],
+        SECS_10,
+    );
+    let said = out.stderr.join("\n");
+    assert_eq!(out.status.code(), Some(64), "{said}");
+    assert!(said.contains("holds a subscriber's cursors"), "{said}");
+}

@@ -71,7 +71,8 @@ Exit status (the same for every subcommand):
     3    server --crash-after: the simulated crash
    64    usage: a bad flag, value or BOSUN_* variable, or settings that cannot work
          (dlq: an id that is not in the dead letters; client: a --data-dir whose
-         pending requests another kind of client made)
+         pending requests another kind of client made; pub and sub: a --data-dir
+         holding another kind of peer's state)
    65    bad data: an input line too large to send or publish (over 64 MiB), or a
          --data-dir that is not a bosun store or is damaged
    69    unavailable: no reply after every attempt, the peer is not a bosun broker,
@@ -296,6 +297,7 @@ pub fn store_code(e: &crate::store::StoreError) -> u8 {
         | S::UnsupportedVersion { .. }
         | S::Corrupt { .. } => exit::DATA,
         S::Io { .. } | S::Backend { .. } => exit::IO,
+        S::OtherPeer { .. } => exit::USAGE,
     }
 }
 

@@ -222,6 +222,7 @@ impl SubscriberBuilder {
         let mut cursors = Vec::new();
         let mut held = BTreeMap::new();
         if let Some(store) = &self.store {
+            store.claim_for_subscriber()?;
             for (key, seq) in store.cursors()? {
                 if let Ok(id) = Uuid::from_slice(&key) {
                     cursors.push((id, seq));

@@ -206,6 +206,17 @@ pub enum StoreError {
         /// The outbox's limit.
         limit: usize,
     },
+    /// The store holds another kind of peer's state than the one opening it (a
+    /// subscriber's cursors in a publisher's data dir, say); nothing was written.
+    #[error("store {store} holds {found}; a {peer} cannot share it: give each peer a --data-dir of its own")]
+    OtherPeer {
+        /// The store: its data directory, or `memory`.
+        store: String,
+        /// The peer opening it.
+        peer: &'static str,
+        /// What it holds, in words.
+        found: &'static str,
+    },
 }
 
 /// When a writer of the store flushes to disk.
@@ -539,6 +550,44 @@ impl Store {
     /// The dead letters of a peer: see [`DeadLetters`].
     pub fn dead_letters(&self) -> Result<DeadLetters, StoreError> {
         Ok(DeadLetters::new(self.tree(dead_letter::TREE)?))
+    }
+
+    /// Refuses the store when it holds the state of another kind of peer than `peer`,
+    /// whose own trees are `mine`: a publisher's id and messages, a subscriber's
+    /// cursors, a client's outbox, a worker's or server's dedup records.
+    pub(crate) fn refuse_other_peers(
+        &self,
+        peer: &'static str,
+        mine: &[&'static str],
+    ) -> Result<(), StoreError> {
+        let kinds: [(&'static str, &'static str); 4] = [
+            (published::META_TREE, "a publisher's id and messages"),
+            (CURSORS_TREE, "a subscriber's cursors"),
+            (outbox::TREE, "a client's outbox"),
+            (
+                dedup::TREE,
+                "a worker's or server's records of requests handled",
+            ),
+        ];
+        for (tree, found) in kinds {
+            if mine.contains(&tree) {
+                continue;
+            }
+            if !self.tree(tree)?.scan(&[], 1)?.is_empty() {
+                return Err(StoreError::OtherPeer {
+                    store: self.shared.name.clone(),
+                    peer,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses the store for a durable subscriber when another kind of peer's state
+    /// is in it ([`StoreError::OtherPeer`]).
+    pub(crate) fn claim_for_subscriber(&self) -> Result<(), StoreError> {
+        self.refuse_other_peers("subscriber", &[CURSORS_TREE])
     }
 
     pub(crate) fn tree(&self, name: &'static str) -> Result<Tree, StoreError> {

@@ -70,6 +70,7 @@ pub fn open(
     durability: Durability,
     new_id: impl FnOnce() -> Uuid,
 ) -> Result<(Uuid, u64, PublishedLog), StoreError> {
+    store.refuse_other_peers("publisher", &[META_TREE, TREE])?;
     let meta = store.tree(META_TREE)?;
     let id = match meta.get(ID_KEY)? {
         Some(v) => codec::id_key(&v).map_err(|e| meta.corrupt(ID_KEY, e))?,
