@@ -42,6 +42,8 @@
 //!   100,000), at most, in its 10 s (`BOSUN_BENCH_MEM_SECS`, default 10; quick 3).
 //! - `BOSUN_BENCH_ONLY`: `a`, `m` or `a,m` (default).
 //! - `BOSUN_BENCH_DIR`: where the sled databases go.
+//! - `BOSUN_BENCH_VERBOSE=1`: also print, for each bosun run, the rate of the publishing
+//!   loop alone (the subscriber can be no faster).
 //!
 //! Every thread, socket and child process the bench starts is stopped before it exits;
 //! every wait is bounded.
@@ -333,12 +335,20 @@ fn bosun_pubsub(size: usize, n: usize, warm: usize, dir: Option<&Path>, hwm: i32
     // `bosun pub` publishes what it has read.
     let body = payload(size, 0);
     let mut left = total;
+    let t0 = Instant::now();
     while left > 0 {
         let k = left.min(PUBLISH_BATCH as u64);
         left -= k;
         publisher
             .publish_all((0..k).map(|_| (TOPIC.to_vec(), vec![body.clone()])))
             .map_err(|e| format!("publish: {e}"))?;
+    }
+    if std::env::var_os("BOSUN_BENCH_VERBOSE").is_some() {
+        // Where the time goes: the publishing loop alone (the subscriber can go no
+        // faster than this).
+        let rate = total as f64 / t0.elapsed().as_secs_f64();
+        let store = if dir.is_some() { "batched" } else { "none" };
+        println!("    publisher loop, {store}, HWM {hwm}: {rate:.0} msg/s");
     }
     publisher
         .run_until_stopped(&done)
