@@ -300,7 +300,7 @@ impl Sockets {
                     tracing::debug!(socket = i, "no socket open; message dropped");
                     return Ok(());
                 };
-                match io::send_frames(s, &frames, zmq::DONTWAIT) {
+                match io::send_owned(s, frames, zmq::DONTWAIT) {
                     Ok(()) => {
                         if let Some(g) = &self.sent {
                             g.sent();

@@ -167,6 +167,29 @@ pub fn send_frames(socket: &zmq::Socket, frames: &[Vec<u8>], flags: i32) -> zmq:
     socket.send(last.as_slice(), flags)
 }
 
+/// Frames up to this size are copied into the zmq message (libzmq keeps them inline,
+/// with no allocation); larger ones are handed over without a copy.
+const INLINE_FRAME: usize = 33;
+
+/// Sends one multipart message whose frames the caller gives up: frames larger than
+/// libzmq's inline size are handed to libzmq without a copy (it frees them once sent).
+pub fn send_owned(
+    socket: &zmq::Socket,
+    frames: crate::proto::frames::Frames,
+    flags: i32,
+) -> zmq::Result<()> {
+    let n = frames.len();
+    for (i, frame) in frames.into_iter().enumerate() {
+        let more = if i + 1 < n { zmq::SNDMORE } else { 0 };
+        if frame.len() <= INLINE_FRAME {
+            socket.send(frame.as_slice(), flags | more)?;
+        } else {
+            socket.send(zmq::Message::from(frame), flags | more)?;
+        }
+    }
+    Ok(())
+}
+
 /// Receives one multipart message. Like `zmq::Socket::recv_multipart`, but with one zmq
 /// message reused for every frame and the "more" flag read from it, not from a socket
 /// option call per frame.
