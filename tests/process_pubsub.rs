@@ -1412,35 +1412,28 @@ fn a_data_dir_of_the_other_kind_of_peer_is_refused() {
     publisher.signal(libc::SIGTERM);
     publisher.expect_exit(SECS_10);
 
+    // Exit 64, and stderr says what the dir holds.
+    let refused = |args: &[&str], holds: &str| {
+        let out = run(args, &[], SECS_10);
+        let said = out.stderr.join("\n");
+        assert_eq!(out.status.code(), Some(64), "{said}");
+        assert!(said.contains(holds), "{said}");
+    };
     let other = Endpoints::new();
-    let out = run(
-        &[
-            "sub",
-            "--connect",
-            other.publish.as_str(),
-            "--data-dir",
-            pub_dir.as_str(),
-        ],
-        &[],
-        SECS_10,
+    refused(
+        &["sub", "--connect", &other.publish, "--data-dir", &pub_dir],
+        "holds a publisher's id",
     );
-    let said = out.stderr.join("\n");
-    assert_eq!(out.status.code(), Some(64), "{said}");
-    assert!(said.contains("holds a publisher's id"), "{said}");
-    let out = run(
+    refused(
         &[
             "pub",
             "--bind",
-            other.publish.as_str(),
+            &other.publish,
             "--replay",
-            other.replay.as_str(),
+            &other.replay,
             "--data-dir",
-            sub_dir.as_str(),
+            &sub_dir,
         ],
-        &[],
-        SECS_10,
+        "holds a subscriber's cursors",
     );
-    let said = out.stderr.join("\n");
-    assert_eq!(out.status.code(), Some(64), "{said}");
-    assert!(said.contains("holds a subscriber's cursors"), "{said}");
 }

@@ -319,15 +319,7 @@ fn several_publishers_interleave_each_in_order() {
 
 #[test]
 fn a_lost_tail_is_repaired_after_a_heartbeat() {
-    let mut w = World::new(
-        1,
-        PublisherConfig::default(),
-        SubscriberConfig::default(),
-        &[endpoint(0)],
-        LinkConfig::PERFECT,
-        LinkConfig::PERFECT,
-        1,
-    );
+    let mut w = perfect_world(PublisherConfig::default(), 1);
     w.pass = Box::new(|f| seq_of(f).map_or(true, |s| s <= 7));
     for i in 0..10 {
         w.run_until(ms(10 * i));
@@ -803,21 +795,27 @@ fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
     assert!(slow.is_empty(), "history is not lag: {slow:?}");
 }
 
+/// One publisher and a subscriber with its defaults, given the endpoint, over perfect
+/// links.
+fn perfect_world(pcfg: PublisherConfig, seed: u64) -> World {
+    World::new(
+        1,
+        pcfg,
+        SubscriberConfig::default(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        seed,
+    )
+}
+
 fn count_events(w: &World, pred: impl Fn(&Event) -> bool) -> usize {
     w.events.iter().filter(|(_, e)| pred(e)).count()
 }
 
 #[test]
 fn a_subscriber_that_hears_nothing_says_so_once() {
-    let mut w = World::new(
-        1,
-        PublisherConfig::default(),
-        SubscriberConfig::default(),
-        &[endpoint(0)],
-        LinkConfig::PERFECT,
-        LinkConfig::PERFECT,
-        1,
-    );
+    let mut w = perfect_world(PublisherConfig::default(), 1);
     w.pass = Box::new(|_| false); // nothing reaches it: a wrong port, say
     w.run_until(Duration::from_secs(30));
     let said: Vec<_> = w
@@ -833,15 +831,7 @@ fn a_subscriber_that_hears_nothing_says_so_once() {
     );
 
     // Heard at once: never said.
-    let mut w = World::new(
-        1,
-        PublisherConfig::default(),
-        SubscriberConfig::default(),
-        &[endpoint(0)],
-        LinkConfig::PERFECT,
-        LinkConfig::PERFECT,
-        1,
-    );
+    let mut w = perfect_world(PublisherConfig::default(), 1);
     w.run_until(Duration::from_secs(30));
     assert_eq!(
         count_events(&w, |e| matches!(e, Event::NothingHeard { .. })),
@@ -855,15 +845,7 @@ fn heartbeats_slower_than_expected_are_named_once() {
         heartbeat_interval: Duration::from_secs(5),
         ..PublisherConfig::default()
     };
-    let mut w = World::new(
-        1,
-        slow,
-        SubscriberConfig::default(),
-        &[endpoint(0)],
-        LinkConfig::PERFECT,
-        LinkConfig::PERFECT,
-        1,
-    );
+    let mut w = perfect_world(slow, 1);
     w.run_until(Duration::from_secs(60));
     let said: Vec<(Duration, Duration)> = w
         .events

@@ -886,11 +886,18 @@ impl Subscriber {
         Some((publisher, from))
     }
 
+    /// The replay in flight on `socket` from `from` was answered: its publisher, now
+    /// known to be served by `socket`.
+    fn answered(&mut self, socket: usize, from: u64) -> Option<Uuid> {
+        let (publisher, _) = self.finish(socket, from)?;
+        self.confirm(publisher, socket);
+        Some(publisher)
+    }
+
     fn on_end(&mut self, now: Instant, socket: usize, from: u64, last: u64) {
-        let Some((publisher, from)) = self.finish(socket, from) else {
+        let Some(publisher) = self.answered(socket, from) else {
             return;
         };
-        self.confirm(publisher, socket);
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
@@ -908,10 +915,9 @@ impl Subscriber {
     }
 
     fn on_trimmed(&mut self, now: Instant, socket: usize, from: u64, oldest: u64) {
-        let Some((publisher, _)) = self.finish(socket, from) else {
+        let Some(publisher) = self.answered(socket, from) else {
             return;
         };
-        self.confirm(publisher, socket);
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
@@ -935,10 +941,9 @@ impl Subscriber {
     /// The join's answer: what was published since the join time starts at `first`;
     /// what precedes it was published before, and is skipped without being lost.
     fn on_since(&mut self, now: Instant, socket: usize, from: u64, first: u64) {
-        let Some((publisher, _)) = self.finish(socket, from) else {
+        let Some(publisher) = self.answered(socket, from) else {
             return;
         };
-        self.confirm(publisher, socket);
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
