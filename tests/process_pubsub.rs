@@ -1008,110 +1008,57 @@ fn garbage_on_the_replay_endpoint_is_logged_and_dropped() {
 #[test]
 fn bad_flags_are_refused_naming_them() {
     let (p, r) = (loopback(), loopback());
-    type Case<'a> = (Vec<&'a str>, &'a str);
-    let cases: Vec<Case> = vec![
-        (vec!["pub", "--replay", r.as_str()], "--bind"),
+    // `bosun pub` / `bosun sub` with good endpoints, then `extra`.
+    let with = |cmd: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let peer = if cmd == "pub" { "--bind" } else { "--connect" };
+        let mut args: Vec<String> = [cmd, peer, &p, "--replay", &r]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let own = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.to_string()).collect() };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (own(&["pub", "--replay", &r]), "--bind"),
         (
-            vec!["pub", "--bind", "nonsense", "--replay", r.as_str()],
+            own(&["pub", "--bind", "nonsense", "--replay", &r]),
             "nonsense",
         ),
         (
-            vec![
-                "pub",
-                "--bind",
-                p.as_str(),
-                "--replay",
-                "tcp://127.0.0.1:99999",
-            ],
+            own(&["pub", "--bind", &p, "--replay", "tcp://127.0.0.1:99999"]),
             "99999",
         ),
         (
-            vec![
-                "pub",
-                "--bind",
-                p.as_str(),
-                "--replay",
-                r.as_str(),
-                "--heartbeat-interval",
-                "0s",
-            ],
+            with("pub", &["--heartbeat-interval", "0s"]),
             "--heartbeat-interval",
         ),
+        (with("pub", &["--durability", "sometimes"]), "--durability"),
+        // Durability without a store is meaningless.
+        (with("pub", &["--durability", "every"]), "--data-dir"),
+        // The same endpoint twice.
+        (own(&["pub", "--bind", &p, "--replay", &p]), "--replay"),
         (
-            vec![
-                "pub",
-                "--bind",
-                p.as_str(),
-                "--replay",
-                r.as_str(),
-                "--durability",
-                "sometimes",
-            ],
-            "--durability",
-        ),
-        (
-            vec![
-                "pub",
-                "--bind",
-                p.as_str(),
-                "--replay",
-                r.as_str(),
-                "--durability",
-                "every",
-            ],
-            "--data-dir", // durability without a store is meaningless
-        ),
-        (
-            vec!["pub", "--bind", p.as_str(), "--replay", p.as_str()],
-            "--replay", // the same endpoint twice
-        ),
-        (
-            vec!["pub", "--bind", "foo", "--replay", r.as_str()],
+            own(&["pub", "--bind", "foo", "--replay", &r]),
             "not an endpoint",
         ),
-        (vec!["sub", "--replay", r.as_str()], "--connect"),
+        (own(&["sub", "--replay", &r]), "--connect"),
         (
-            vec!["sub", "--connect", "nonsense", "--replay", r.as_str()],
+            own(&["sub", "--connect", "nonsense", "--replay", &r]),
             "nonsense",
         ),
         (
-            vec![
-                "sub",
-                "--connect",
-                p.as_str(),
-                "--replay",
-                r.as_str(),
-                "--heartbeat-interval",
-                "0s",
-            ],
+            with("sub", &["--heartbeat-interval", "0s"]),
             "--heartbeat-interval",
         ),
         (
-            vec![
-                "sub",
-                "--connect",
-                p.as_str(),
-                "--replay",
-                r.as_str(),
-                "--heartbeat-liveness",
-                "0",
-            ],
+            with("sub", &["--heartbeat-liveness", "0"]),
             "--heartbeat-liveness",
         ),
-        (
-            vec![
-                "sub",
-                "--connect",
-                p.as_str(),
-                "--replay",
-                r.as_str(),
-                "--on-slow",
-                "panic",
-            ],
-            "--on-slow",
-        ),
+        (with("sub", &["--on-slow", "panic"]), "--on-slow"),
     ];
     for (args, named) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = run(&args, &[], SECS_10);
         assert_eq!(
             out.status.code(),
