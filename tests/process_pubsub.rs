@@ -389,6 +389,18 @@ fn start_sub(name: &str, eps: &Endpoints, extra: &[&str]) -> Proc {
     Proc::spawn(name, &mut bosun(&args))
 }
 
+/// Waits up to `limit` for a `--count N` subscriber to exit 0, then checks that it
+/// printed sequence 1..=n exactly once, in order, each with its payload.
+fn expect_exact_run(sub: &mut Proc, publisher: &mut Proc, limit: Duration, n: u64) {
+    let status = sub.wait_exit(limit);
+    sub.drain(SECS_10);
+    if !status.is_some_and(|s| s.success()) {
+        panic!("{status:?}\n{}\n{}", tail(sub), tail(publisher));
+    }
+    let got = delivered(sub);
+    Tally::of(&[&got], n).assert_exact(&tail(sub));
+}
+
 /// The tail of a process's output, for assertion messages about long streams.
 fn tail(p: &mut Proc) -> String {
     p.stdout.read_available();
@@ -805,16 +817,7 @@ fn a_late_joiner_gets_the_history_then_the_live_stream_without_a_seam() {
     let mut sub = start_sub("late joiner", &eps, &["--from-start", "--count", &count]);
     // The live part starts as soon as the subscriber runs, while it replays the history.
     let _feeder = Feeder::start(stdin, history + 1, total);
-    let status = sub.wait_exit(STREAM_LIMIT);
-    sub.drain(SECS_10);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "late joiner: {status:?}\n{}\n{}",
-        tail(&mut sub),
-        tail(&mut publisher)
-    );
-    let got = delivered(&sub);
-    Tally::of(&[&got], total).assert_exact(&tail(&mut sub));
+    expect_exact_run(&mut sub, &mut publisher, STREAM_LIMIT, total);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1156,17 +1159,8 @@ fn a_subscriber_without_replay_learns_the_endpoint_while_the_stream_flows() {
         "1000",
     ]);
     let mut sub = Proc::spawn("subscriber without --replay", &mut cmd);
-    let status = sub.wait_exit(SECS_30);
-    sub.drain(SECS_10);
+    expect_exact_run(&mut sub, &mut publisher, SECS_30, 1000);
     let still_flowing = feeder.written();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "subscriber: {status:?}\n{}\n{}",
-        tail(&mut sub),
-        tail(&mut publisher)
-    );
-    let got = delivered(&sub);
-    Tally::of(&[&got], 1000).assert_exact(&tail(&mut sub));
     assert!(
         sub.stderr
             .texts()
