@@ -43,6 +43,11 @@ const SECS_30: Duration = Duration::from_secs(30);
 /// cores, other tests running alongside).
 const STREAM_LIMIT: Duration = Duration::from_secs(120);
 
+/// The most messages a durable `bosun sub` may have in doubt when it stops (printed
+/// into its pipe, not yet taken by the reader): 10 batches of at most 1000. They come
+/// again marked redelivered.
+const MAX_IN_DOUBT: usize = 10_000;
+
 /// The topic of the heartbeat messages on the PUB socket (the contract's wire section).
 const HEARTBEAT_TOPIC: &[u8] = b"\xffBSN.hb";
 /// First bytes of the pub/sub metadata frame.
@@ -648,7 +653,7 @@ fn a_durable_subscriber_killed_and_restarted_resumes_with_no_gap_and_no_duplicat
     );
     let tally = Tally::of(&[&run1, &run2], n);
     tally.assert_exact_but_marked(
-        1000,
+        MAX_IN_DOUBT,
         &format!("{}\n{}", tail(&mut first), tail(&mut second)),
     );
     assert_eq!(
@@ -1376,5 +1381,79 @@ fn a_data_dir_of_the_other_kind_of_peer_is_refused() {
             &sub_dir,
         ],
         "holds a subscriber's cursors",
+    );
+}
+
+/// A durable subscriber whose reader goes away after 10 lines (`| head`), in the middle
+/// of a batch of up to 1000: the next run on its data dir prints that batch again,
+/// marked redelivered, so that the two runs together skip nothing.
+///
+/// Catches: the batch committed when the subscriber stopped although its lines never
+/// reached anyone (the next run started after it: hundreds lost).
+#[test]
+fn a_durable_subscriber_whose_reader_goes_away_skips_nothing() {
+    let n = 5_000u64;
+    let dir = TempDir::new("reader-gone");
+    let data = dir.join("subscriber");
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    let feeder = Feeder::start(publisher.stdin.take(), 1, n);
+    assert_eq!(feeder.join(), n);
+    publisher.expect_stderr("all published", SECS_30, |l| {
+        l.contains(&format!("published {n} messages"))
+    });
+    let (out, write_end) = pipe();
+    let mut cmd = bosun(&[
+        "sub",
+        "--connect",
+        eps.publish.as_str(),
+        "--replay",
+        eps.replay.as_str(),
+        "--json",
+        "--from-start",
+        "--data-dir",
+        data.as_str(),
+    ]);
+    cmd.stdout(Stdio::from(write_end));
+    let mut first = Proc::spawn("subscriber 1", &mut cmd);
+    drop(cmd);
+    let mut reader = std::io::BufReader::new(out);
+    let mut run1 = Vec::new();
+    for _ in 0..10 {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut l).expect("read a line");
+        run1.push(parse_got(l.trim_end()).unwrap_or_else(|| panic!("not a message: {l:?}")));
+    }
+    drop(reader);
+    let status = first.wait_exit(SECS_10);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        tail(&mut first)
+    );
+
+    let count = (n - 10 + 1000).to_string();
+    let mut second = start_sub(
+        "subscriber 2",
+        &eps,
+        &["--data-dir", data.as_str(), "--count", &count],
+    );
+    let end = second
+        .stdout
+        .wait_for(deadline(STREAM_LIMIT), |l| seq_of(l) == Some(n));
+    assert!(
+        end.is_some(),
+        "run 2 never printed {n}\n{}",
+        tail(&mut second)
+    );
+    second.signal(libc::SIGTERM);
+    second.expect_done(SECS_10);
+    let run2 = delivered(&second);
+    let tally = Tally::of(&[&run1, &run2], n);
+    tally.assert_exact_but_marked(MAX_IN_DOUBT, &tail(&mut second));
+    assert!(
+        run2.first().is_some_and(|g| g.redelivered && g.seq <= 11),
+        "run 2 starts with the unfinished batch, marked: {:?}",
+        run2.first()
     );
 }

@@ -884,3 +884,66 @@ fn heartbeats_slower_than_expected_are_named_once() {
         0
     );
 }
+
+fn slow_events(w: &World) -> Vec<&(Duration, Event)> {
+    w.events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::TooSlow { .. } | Event::Behind { .. }))
+        .collect()
+}
+
+#[test]
+fn waiting_for_the_replay_endpoint_or_a_backlog_is_not_falling_behind() {
+    // Joining a stream of a message a millisecond with no endpoint given: the live
+    // messages pile up until a heartbeat names the endpoint (up to 1 s), then the
+    // subscriber catches up by replay. That wait is not slowness.
+    let strict = SubscriberConfig {
+        since_ms: Some(WALL0),
+        max_behind: 10,
+        on_slow: OnSlow::Fail,
+        ..SubscriberConfig::default()
+    };
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        strict.clone(),
+        &[],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        4,
+    );
+    w.pass = joins_after(50);
+    for i in 1..=3000u64 {
+        w.run_until(ms(i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(Duration::from_secs(10));
+    assert_eq!(w.seqs(0), (1..=3000).collect::<Vec<_>>());
+    assert!(slow_events(&w).is_empty(), "{:?}", slow_events(&w));
+
+    // A durable subscriber restarted 4,940 behind its cursor: the backlog is not lag.
+    let mut w = World::new(
+        1,
+        PublisherConfig::default(),
+        strict.clone(),
+        &[endpoint(0)],
+        LinkConfig::PERFECT,
+        LinkConfig::PERFECT,
+        5,
+    );
+    for i in 1..=5000u64 {
+        w.run_until(ms(i));
+        w.publish(0, b"t", b"x");
+    }
+    let now = w.clock.now();
+    w.sub = Subscriber::new(strict, &[endpoint(0)], [(pub_id(0), 60)], now, 7).unwrap();
+    w.slots = vec![endpoint(0)];
+    w.delivered.clear();
+    for i in 5001..=5100u64 {
+        w.run_until(ms(i));
+        w.publish(0, b"t", b"x");
+    }
+    w.run_until(Duration::from_secs(20));
+    assert_eq!(w.seqs(0), (61..=5100).collect::<Vec<_>>());
+    assert!(slow_events(&w).is_empty(), "{:?}", slow_events(&w));
+}

@@ -1,5 +1,6 @@
 //! `bosun pub` and `bosun sub`: reliable pub/sub from the command line.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Args;
+use uuid::Uuid;
 
 use super::{json, parse_duration};
 use crate::config::Heartbeat;
@@ -316,15 +318,27 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             args.replay.join(",")
         }
     );
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let stdout = Counting {
+        inner: std::io::stdout().lock(),
+        written: 0,
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
+    // Into a pipe, a line written is not yet a line read: a durable subscriber commits
+    // what its reader has taken (see `Committer`).
+    let mut committer = Committer {
+        pipe: store.is_some() && stdout_is_pipe(),
+        pending: VecDeque::new(),
+    };
     let mut printed = 0u64;
     let left = |printed: u64| args.count.map_or(u64::MAX, |c| c.saturating_sub(printed));
     while left(printed) > 0 {
         let first = match sub.recv_timeout(STDOUT_CHECK) {
             Ok(Some(m)) => m,
             Ok(None) if stdout_closed() => return Ok(ExitCode::SUCCESS), // nobody reads
-            Ok(None) => continue,
+            Ok(None) => {
+                committer.when_read(&mut sub, out.get_ref().written)?;
+                continue;
+            }
             Err(Error::Client(ClientError::Interrupted)) => break,
             Err(e) => return Err(e),
         };
@@ -346,10 +360,153 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         if out.flush().is_err() {
             return Ok(ExitCode::SUCCESS);
         }
-        sub.commit()?;
         printed += batch.len() as u64;
+        committer.printed(&mut sub, &batch, out.get_ref().written, shutdown)?;
     }
+    committer.finish(&mut sub, out.get_ref().written, shutdown)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Commits what a durable `bosun sub` printed. Into a file or a terminal, each batch
+/// once it is written. Into a pipe, each batch once its reader has taken its last byte
+/// from the pipe (the bytes written less those still unread): a reader that goes away
+/// leaves the lines still in the pipe unread, and they must come again (marked
+/// redelivered) at the next start, not be counted as done. At most [`MAX_UNREAD`]
+/// batches wait so; then printing waits for the reader.
+struct Committer {
+    pipe: bool,
+    /// Each batch written into the pipe and not yet committed: the byte offset its
+    /// last line ends at, and the highest sequence in it per publisher.
+    pending: VecDeque<(u64, Vec<(Uuid, u64)>)>,
+}
+
+/// Batches printed into a pipe and not yet read before `bosun sub` waits for its reader.
+const MAX_UNREAD: usize = 10;
+/// How long `bosun sub` waits at its end for its reader to empty the pipe.
+const DRAIN_AT_END: Duration = Duration::from_secs(5);
+
+impl Committer {
+    /// `batch` was printed and flushed; `written` bytes have gone to stdout so far.
+    fn printed(
+        &mut self,
+        sub: &mut Subscriber,
+        batch: &[Message],
+        written: u64,
+        shutdown: &Shutdown,
+    ) -> Result<(), Error> {
+        if !self.pipe {
+            return sub.commit();
+        }
+        let mut highest: BTreeMap<Uuid, u64> = BTreeMap::new();
+        for m in batch {
+            let h = highest.entry(m.publisher).or_insert(0);
+            *h = (*h).max(m.seq);
+        }
+        self.pending
+            .push_back((written, highest.into_iter().collect()));
+        if self.pending.len() >= MAX_UNREAD {
+            wait_drained(shutdown, None);
+        }
+        self.when_read(sub, written)
+    }
+
+    /// Commits the batches whose every byte the reader has taken.
+    fn when_read(&mut self, sub: &mut Subscriber, written: u64) -> Result<(), Error> {
+        let Some(unread) = unread_in_stdout() else {
+            return Ok(());
+        };
+        let taken = written.saturating_sub(unread as u64);
+        let mut through: BTreeMap<Uuid, u64> = BTreeMap::new();
+        while self.pending.front().is_some_and(|(end, _)| *end <= taken) {
+            let Some((_, highest)) = self.pending.pop_front() else {
+                break;
+            };
+            for (p, s) in highest {
+                let t = through.entry(p).or_insert(0);
+                *t = (*t).max(s);
+            }
+        }
+        if through.is_empty() {
+            return Ok(());
+        }
+        sub.commit_through(&through.into_iter().collect::<Vec<_>>())
+    }
+
+    /// At the end: waits (a while) for the reader to take the rest, then commits what
+    /// it took; what it never took comes again at the next start.
+    fn finish(
+        &mut self,
+        sub: &mut Subscriber,
+        written: u64,
+        shutdown: &Shutdown,
+    ) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        wait_drained(shutdown, Some(DRAIN_AT_END));
+        self.when_read(sub, written)
+    }
+}
+
+/// A writer that counts the bytes it passes on.
+struct Counting<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Whether stdout is a pipe (a FIFO).
+fn stdout_is_pipe() -> bool {
+    // SAFETY: fstat fills the zeroed struct it is given for a valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstat(libc::STDOUT_FILENO, &mut st) };
+    rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
+/// Bytes in stdout's pipe that its reader has not taken yet (None: not known).
+fn unread_in_stdout() -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer it is given.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::FIONREAD, &mut n) };
+    (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
+}
+
+/// Waits until stdout's pipe is empty (true), or its reader is gone, shutdown is asked
+/// for, or `limit` passes (false). Looks every 10 ms: a pipe says when it has room,
+/// not when it is empty.
+fn wait_drained(shutdown: &Shutdown, limit: Option<Duration>) -> bool {
+    let end = limit.map(|l| crate::io::now() + l);
+    loop {
+        match unread_in_stdout() {
+            Some(0) => return true,
+            None => return false,
+            Some(_) => {}
+        }
+        if stdout_closed() || shutdown.is_triggered() {
+            return false;
+        }
+        if end.is_some_and(|e| crate::io::now() >= e) {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: libc::STDOUT_FILENO,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; returns at once when the reader goes (POLLERR).
+        unsafe { libc::poll(&mut fd, 1, 10) };
+    }
 }
 
 /// While no message comes, how often `bosun sub` looks whether its stdout was closed

@@ -14,7 +14,7 @@
 //! [`Subscriber::commit`]: the cursors of the messages handed out so far are written
 //! and flushed, then acknowledged to their publishers. `recv` commits by itself at
 //! most every heartbeat interval or every 1000 messages, and dropping the subscriber
-//! commits. So after a crash the messages handed out since the last commit are
+//! commits (with automatic commits on). So after a crash the messages handed out since the last commit are
 //! delivered again (at least once).
 //!
 //! A program that acts on batches can say exactly which messages are in doubt after a
@@ -198,8 +198,10 @@ impl SubscriberBuilder {
     }
 
     /// Whether `recv` commits by itself (every 1000 messages or heartbeat interval).
-    /// Default true. Off, only [`Subscriber::commit`] (and dropping) commits: for a
-    /// program that acts on batches and calls [`Subscriber::hold`] first.
+    /// Default true (and dropping the subscriber commits). Off, only
+    /// [`Subscriber::commit`] commits, dropping does not: for a program that acts on
+    /// batches and calls [`Subscriber::hold`] first, so that a batch it could not
+    /// finish (its output closed, an error) comes again, marked redelivered.
     pub fn auto_commit(mut self, yes: bool) -> Self {
         self.auto_commit = yes;
         self
@@ -237,10 +239,14 @@ impl SubscriberBuilder {
         // Held past the cursor: handed out, perhaps acted on, never committed.
         held.retain(|id, seq| cursors.iter().all(|(c, at)| c != id || *at < *seq));
         for (id, seq) in &held {
-            let from = cursors
-                .iter()
-                .find(|(c, _)| c == id)
-                .map_or(1, |(_, at)| at + 1);
+            let from = match cursors.iter().find(|(c, _)| c == id) {
+                Some((_, at)) => at + 1,
+                None => {
+                    // Handed out before any commit: its position is the start.
+                    cursors.push((*id, 0));
+                    1
+                }
+            };
             tracing::warn!(
                 publisher = %id,
                 from,
@@ -459,14 +465,23 @@ impl Subscriber {
     pub fn commit(&mut self) -> Result<(), Error> {
         self.since_commit = 0;
         self.committed_at = io::now();
+        let all: Vec<(Uuid, u64)> = self.handed.iter().map(|(p, s)| (*p, *s)).collect();
+        self.commit_through(&all)
+    }
+
+    /// Records as processed, per publisher, the messages up to the sequence given (at
+    /// most what was handed out; later ones stay in doubt): for a program that knows
+    /// exactly how far it got.
+    pub fn commit_through(&mut self, positions: &[(Uuid, u64)]) -> Result<(), Error> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let changed: Vec<(Uuid, u64)> = self
-            .handed
+        let changed: Vec<(Uuid, u64)> = positions
             .iter()
-            .filter(|(p, s)| self.committed.get(p) != Some(s))
-            .map(|(p, s)| (*p, *s))
+            .filter_map(|(p, s)| {
+                let s = (*s).min(*self.handed.get(p)?);
+                (self.committed.get(p).map_or(true, |c| *c < s)).then_some((*p, s))
+            })
             .collect();
         if changed.is_empty() {
             return Ok(());
@@ -485,7 +500,13 @@ impl Subscriber {
 }
 
 impl Drop for Subscriber {
+    /// With automatic commits, dropping commits what was handed out. Without them,
+    /// nothing: what was not committed is delivered again by the next run (marked
+    /// redelivered when it was held), since the application never said it was done.
     fn drop(&mut self) {
+        if !self.auto_commit {
+            return;
+        }
         if let Err(e) = self.commit() {
             tracing::warn!(error = %e, "subscriber: the last cursors were not committed");
         }

@@ -347,9 +347,12 @@ struct Feed {
     history: bool,
     /// Joining with `since_ms`: the time asked for, and when to give up and go live.
     joining: Option<(u64, Instant)>,
-    /// The last sequence published at first contact when history was asked for
-    /// (`from_start` or joining): the subscriber is behind only past it.
+    /// The last sequence published before first contact: the subscriber is behind
+    /// only past it.
     baseline: u64,
+    /// Slowness is judged once the feed has caught up, or from this time on.
+    judged_from: Instant,
+    caught_up: bool,
     heard_at: Instant,
     /// When its last heartbeat came, the gap before it, and whether slow heartbeats
     /// were reported.
@@ -520,21 +523,17 @@ impl Subscriber {
         if let (None, false, Some(since)) = (cursor, self.cfg.from_start, self.cfg.since_ms) {
             if next > 1 {
                 // Ask from 1 with the time; the answer starts where that time does.
-                // Time to learn the endpoint from a heartbeat and to ask twice.
-                let wait = self.cfg.timeout.saturating_mul(2);
-                let wait = wait.saturating_add(self.cfg.heartbeat.interval);
-                let by = now.checked_add(wait).unwrap_or(now + self.cfg.timeout);
+                let by = now
+                    .checked_add(self.start_window())
+                    .unwrap_or(now + self.cfg.timeout);
                 joining = Some((since, by));
                 next = 1;
             }
         }
-        // History fetched on joining is not falling behind: only what was published
-        // after first contact counts.
-        let baseline = if history || joining.is_some() {
-            live_start - 1
-        } else {
-            0
-        };
+        // History, a backlog after a restart and a join are not falling behind: only
+        // what was published after first contact counts.
+        let baseline = live_start - 1;
+        let judged_from = now.checked_add(self.start_window()).unwrap_or(now);
         let seed = self.seed ^ publisher.as_u128() as u64;
         self.feeds.insert(
             publisher,
@@ -550,6 +549,8 @@ impl Subscriber {
                 history,
                 joining,
                 baseline,
+                judged_from,
+                caught_up: false,
                 heard_at: now,
                 heartbeat_at: None,
                 heartbeat_gap: None,
@@ -638,7 +639,7 @@ impl Subscriber {
                 f.buffer.insert(d.seq, d);
             }
         }
-        self.check_slow(publisher);
+        self.check_slow(now, publisher);
         self.ask(now, publisher);
     }
 
@@ -659,7 +660,7 @@ impl Subscriber {
             self.stats.gaps += 1;
         }
         f.head = f.head.max(hb.last);
-        self.check_slow(publisher);
+        self.check_slow(now, publisher);
         self.ask(now, publisher);
     }
 
@@ -787,7 +788,20 @@ impl Subscriber {
         target
     }
 
-    fn check_slow(&mut self, publisher: Uuid) {
+    /// How long after first contact a feed may take to start: learn the replay
+    /// endpoint from a heartbeat and ask twice. Joining gives up after it, and
+    /// slowness is not judged before it unless the feed caught up sooner.
+    fn start_window(&self) -> Duration {
+        self.cfg
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(self.cfg.heartbeat.interval)
+    }
+
+    /// Reports a feed more than `max_behind` behind, once until it catches up. Not
+    /// before it first caught up or its start window passed: fetching history or a
+    /// backlog, or waiting for the replay endpoint, is not being slow.
+    fn check_slow(&mut self, now: Instant, publisher: Uuid) {
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
@@ -796,6 +810,10 @@ impl Subscriber {
             .saturating_sub(f.next.saturating_sub(1).max(f.baseline));
         if behind == 0 {
             f.behind_reported = false;
+            f.caught_up = true;
+            return;
+        }
+        if !f.caught_up && now < f.judged_from {
             return;
         }
         if behind <= self.cfg.max_behind || f.behind_reported {
@@ -911,7 +929,7 @@ impl Subscriber {
                 f.retry_at = Some(now + self.cfg.timeout);
             }
         }
-        self.check_slow(publisher);
+        self.check_slow(now, publisher);
     }
 
     fn on_trimmed(&mut self, now: Instant, socket: usize, from: u64, oldest: u64) {
