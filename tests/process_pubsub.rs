@@ -1050,6 +1050,14 @@ fn bad_flags_are_refused_naming_them() {
             own(&["pub", "--bind", "foo", "--replay", &r]),
             "not an endpoint",
         ),
+        (
+            own(&["pub", "--bind", &p, "--replay", "foo"]),
+            "invalid --replay",
+        ),
+        (
+            own(&["sub", "--connect", &p, "--replay", "bar"]),
+            "invalid --replay",
+        ),
         (own(&["sub", "--replay", &r]), "--connect"),
         (
             own(&["sub", "--connect", "nonsense", "--replay", &r]),
@@ -1456,4 +1464,32 @@ fn a_durable_subscriber_whose_reader_goes_away_skips_nothing() {
         "run 2 starts with the unfinished batch, marked: {:?}",
         run2.first()
     );
+}
+
+/// `bosun pub` stopped before the end of its stdin exits 143 (SIGTERM: interrupted, its
+/// input cut short) and says how far it got; stopped after its stdin ended (serving
+/// replays), it exits 0, its normal way to end.
+#[test]
+fn a_publisher_stopped_before_the_end_of_its_input_says_it_was_interrupted() {
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    publisher.write_stdin("one\ntwo\n");
+    // Its stdin stays open: whatever it has read so far, its input is not over.
+    publisher.signal(libc::SIGTERM);
+    let status = publisher.expect_exit(SECS_10);
+    assert_eq!(status.code(), Some(143), "{}", tail(&mut publisher));
+    publisher.expect_stderr("how far it got", SECS_10, |l| {
+        l.contains("stopped before the end of stdin")
+    });
+
+    let eps = Endpoints::new();
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    publisher.write_stdin("one\n");
+    publisher.close_stdin();
+    publisher.expect_stderr("stdin ended", SECS_10, |l| {
+        l.contains("published 1 messages")
+    });
+    publisher.signal(libc::SIGTERM);
+    let status = publisher.expect_exit(SECS_10);
+    assert_eq!(status.code(), Some(0), "{}", tail(&mut publisher));
 }

@@ -51,6 +51,7 @@ pub fn flag_of(field: &str) -> &str {
         "retain_count" => "--retain-count",
         "retain_age" => "--retain-age",
         "replay" => "--replay",
+        "bind" => "--bind",
         "connect" => "--connect",
         other => other,
     }

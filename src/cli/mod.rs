@@ -85,7 +85,7 @@ Exit status (the same for every subcommand):
          process, or a subscriber fell more than --max-behind behind with --on-slow
          fail
   130    interrupted by SIGINT (Ctrl-C) before finishing, e.g. `sub --count N` before
-         N (143: SIGTERM, 129: SIGHUP)
+         N, or `pub` before the end of its stdin (143: SIGTERM, 129: SIGHUP)
 When several apply, the first of 130/143/129, 69, 74, 75, 65, 1 wins. A closed stdout
 (`bosun client | head -1`) is not an error: the client stops sending and exits as if
 its input had ended (with --data-dir, requests whose replies could not be printed
@@ -215,7 +215,7 @@ pub fn signal_received() -> Option<i32> {
 }
 
 /// The exit code of a command stopped by `sig`: 128 + the signal number.
-fn interrupted_code(sig: i32) -> u8 {
+pub(crate) fn interrupted_code(sig: i32) -> u8 {
     u8::try_from(128 + sig).unwrap_or(exit::SIGINT)
 }
 

@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::{json, parse_duration};
 use crate::config::Heartbeat;
-use crate::error::{ClientError, Error};
+use crate::error::{ClientError, ConfigError, Error};
 use crate::io::publisher::Publisher;
 use crate::io::subscriber::{Message, OnSlow, Subscriber};
+use crate::io::transport::{check_endpoint, Side};
 use crate::io::Shutdown;
 use crate::proto::envelope::MAX_PAYLOAD_BYTES;
 use crate::proto::publisher::{DEFAULT_RETAIN_AGE, DEFAULT_RETAIN_COUNT};
@@ -59,6 +60,18 @@ pub struct PubArgs {
     pub retain_age: Duration,
 }
 
+/// Checks endpoints before any socket is made, so that a bad one is reported as the
+/// flag it came from (`field`: the configuration field, shown as its flag).
+fn check_endpoints(field: &'static str, endpoints: &[String], side: Side) -> Result<(), Error> {
+    for e in endpoints {
+        check_endpoint(e, side).map_err(|err| ConfigError::Invalid {
+            field,
+            reason: err.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse()
 }
@@ -71,6 +84,8 @@ fn parse_on_slow(s: &str) -> Result<OnSlow, String> {
 /// heartbeats until stopped.
 pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     debug_assert_eq!(DEFAULT_RETAIN_AGE, Duration::from_secs(3600));
+    check_endpoints("bind", std::slice::from_ref(&args.bind), Side::Bind)?;
+    check_endpoints("replay", std::slice::from_ref(&args.replay), Side::Bind)?;
     let ctx = zmq::Context::new();
     let mut builder = Publisher::builder(&args.bind)
         .context(&ctx)
@@ -136,6 +151,7 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         published += batch.len() as u64;
         publisher.publish_all(batch)?;
     }
+    let interrupted = open.then(super::signal_received).flatten();
     if open {
         tracing::warn!(
             "stopped before the end of stdin: published {published} messages (last \
@@ -151,6 +167,10 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     publisher.run_until_stopped(shutdown)?;
     if STDIN_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(ExitCode::from(super::exit::IO));
+    }
+    if let Some(sig) = interrupted {
+        // Its input was cut short: interrupted, not done.
+        return Ok(ExitCode::from(super::interrupted_code(sig)));
     }
     if refused > 0 {
         eprintln!("bosun pub: {refused} line(s) too large, not published");
@@ -285,6 +305,8 @@ impl SubArgs {
 /// Prints each message delivered, one per line, until stopped or `--count`.
 pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     debug_assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(2));
+    check_endpoints("connect", &args.connect, Side::Connect)?;
+    check_endpoints("replay", &args.replay, Side::Connect)?;
     let ctx = zmq::Context::new();
     let mut builder = Subscriber::builder(&args.connect.join(","))
         .context(&ctx)

@@ -284,7 +284,10 @@ fn bind_error(endpoint: &str, e: zmq::Error) -> TransportError {
              one of this machine's addresses)"
         ),
         (zmq::Error::EADDRINUSE, _) => {
-            format!("{endpoint} (the port is taken: another process is bound to it)")
+            format!(
+                "{endpoint} (the port is taken: another process, or another endpoint of \
+                 this one, is bound to it)"
+            )
         }
         _ => endpoint.to_string(),
     };
