@@ -199,6 +199,12 @@ impl Meta {
                 "data sequence 0 (sequences start at 1)".into(),
             ));
         }
+        if seq == u64::MAX {
+            return Err(bad(
+                "metadata",
+                "sequence 2^64 - 1 (no sequence could follow it)".into(),
+            ));
+        }
         Ok(Meta {
             kind,
             publisher,
@@ -756,6 +762,9 @@ mod tests {
         let mut m = good.clone();
         m[24..32].copy_from_slice(&0u64.to_be_bytes());
         cases.push(m); // data sequence 0
+        let mut m = good.clone();
+        m[24..32].copy_from_slice(&u64::MAX.to_be_bytes());
+        cases.push(m); // a sequence nothing could follow
         let mut m = hb().encode().pop().unwrap();
         m[55] = 0xff; // endpoint not UTF-8
         cases.push(m);
