@@ -1302,6 +1302,10 @@ fn a_line_over_64_mib_is_refused_and_the_rest_published() {
         got,
         vec![(1, "after-1".to_string()), (2, "after-2".to_string())]
     );
+    // Stopped after its stdin ended (not interrupted): the refused line sets the status.
+    publisher.expect_stderr("the end of stdin", SECS_10, |l| {
+        l.contains("serving replay until stopped")
+    });
     publisher.signal(libc::SIGTERM);
     let status = publisher.expect_exit(SECS_10);
     assert_eq!(status.code(), Some(65), "{}", tail(&mut publisher));

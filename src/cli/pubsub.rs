@@ -575,3 +575,31 @@ fn write_message(out: &mut impl Write, m: &Message, as_json: bool) -> bool {
     }
     out.write_all(b"\n").is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, u64>> {
+        let mut r = std::io::BufReader::with_capacity(4, input);
+        std::iter::from_fn(|| read_line(&mut r, max).unwrap()).collect()
+    }
+
+    #[test]
+    fn lines_over_the_limit_are_measured_and_skipped_never_held() {
+        let got = lines(b"abc\n\nabcd\nabcdefghij\nxy\nabcde", 4);
+        assert_eq!(
+            got,
+            vec![
+                Ok(b"abc".to_vec()),
+                Ok(Vec::new()),
+                Ok(b"abcd".to_vec()), // exactly the limit
+                Err(10),
+                Ok(b"xy".to_vec()),
+                Err(5), // the last line, with no newline, one over
+            ]
+        );
+        assert_eq!(lines(b"abcd", 4), vec![Ok(b"abcd".to_vec())]);
+        assert!(lines(b"", 4).is_empty());
+    }
+}
