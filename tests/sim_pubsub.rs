@@ -193,6 +193,14 @@ impl World {
         self.pump();
     }
 
+    /// Publisher 0 publishes message i at i ms, for each i in `at`.
+    fn stream(&mut self, at: std::ops::RangeInclusive<u64>) {
+        for i in at {
+            self.run_until(ms(i));
+            self.publish(0, b"t", b"x");
+        }
+    }
+
     fn seqs(&self, i: usize) -> Vec<u64> {
         self.delivered
             .iter()
@@ -781,17 +789,10 @@ fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
     );
     // 500 messages before the subscriber hears anything, then 5 live ones.
     w.pass = joins_after(500);
-    for i in 1..=505u64 {
-        w.run_until(ms(i));
-        w.publish(0, b"t", b"x");
-    }
+    w.stream(1..=505);
     w.run_until(Duration::from_secs(10));
     assert_eq!(w.seqs(0), (1..=505).collect::<Vec<u64>>());
-    let slow: Vec<_> = w
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::TooSlow { .. } | Event::Behind { .. }))
-        .collect();
+    let slow = slow_events(&w);
     assert!(slow.is_empty(), "history is not lag: {slow:?}");
 }
 
@@ -913,10 +914,7 @@ fn waiting_for_the_replay_endpoint_or_a_backlog_is_not_falling_behind() {
         4,
     );
     w.pass = joins_after(50);
-    for i in 1..=3000u64 {
-        w.run_until(ms(i));
-        w.publish(0, b"t", b"x");
-    }
+    w.stream(1..=3000);
     w.run_until(Duration::from_secs(10));
     assert_eq!(w.seqs(0), (1..=3000).collect::<Vec<_>>());
     assert!(slow_events(&w).is_empty(), "{:?}", slow_events(&w));
@@ -931,18 +929,12 @@ fn waiting_for_the_replay_endpoint_or_a_backlog_is_not_falling_behind() {
         LinkConfig::PERFECT,
         5,
     );
-    for i in 1..=5000u64 {
-        w.run_until(ms(i));
-        w.publish(0, b"t", b"x");
-    }
+    w.stream(1..=5000);
     let now = w.clock.now();
     w.sub = Subscriber::new(strict, &[endpoint(0)], [(pub_id(0), 60)], now, 7).unwrap();
     w.slots = vec![endpoint(0)];
     w.delivered.clear();
-    for i in 5001..=5100u64 {
-        w.run_until(ms(i));
-        w.publish(0, b"t", b"x");
-    }
+    w.stream(5001..=5100);
     w.run_until(Duration::from_secs(20));
     assert_eq!(w.seqs(0), (61..=5100).collect::<Vec<_>>());
     assert!(slow_events(&w).is_empty(), "{:?}", slow_events(&w));
