@@ -966,7 +966,9 @@ impl Subscriber {
             return;
         };
         if f.joining.take().is_none() {
-            return; // not joining: an answer to nothing asked
+            // Not joining any more (it went live meanwhile): go on from where it is.
+            self.ask(now, publisher);
+            return;
         }
         if first > f.next {
             f.history = true;
