@@ -471,13 +471,6 @@ impl<C: Core> Driver<C> {
             if until.is_some_and(|u| now >= u) {
                 return Ok(None);
             }
-            if self.core.poll_timeout().is_some_and(|t| now >= t) {
-                // Timers run even while every turn ends at a message (no wait below).
-                self.core.handle_timeout(now);
-                if let Some(r) = self.pump(&mut on)? {
-                    return Ok(Some(r));
-                }
-            }
             if let Some(i) = self.hot.take() {
                 if self.hot_turns < HOT_TURNS {
                     self.hot_turns += 1;
