@@ -970,6 +970,9 @@ impl Subscriber {
             self.ask(now, publisher);
             return;
         }
+        // Never past the first message seen live: a clock ahead of the publisher's
+        // (or a wrong answer) must not skip what was published after contact.
+        let first = first.min(f.baseline.saturating_add(1));
         if first > f.next {
             f.history = true;
             self.skip_to(publisher, first);
