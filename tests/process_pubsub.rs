@@ -7,6 +7,9 @@
 //!   sequence 1..N exactly once, in order, each with the payload of input line N.
 //! - A durable subscriber (`--data-dir`) SIGKILLed and restarted: the two runs' outputs
 //!   together have no gap and no duplicate.
+//! - A durable subscriber writing to a file (`--output`) SIGKILLed five times: the file
+//!   holds each message exactly once; what cannot be trusted (a file cut by another, a
+//!   data dir of another output) is refused.
 //! - A subscriber whose stdout is not read for a while (so that it stops reading its SUB
 //!   socket, whose queue fills up to its high-water mark, after which the publisher drops
 //!   its messages): the drops are repaired by replay, nothing is lost.
@@ -660,6 +663,160 @@ fn a_durable_subscriber_killed_and_restarted_resumes_with_no_gap_and_no_duplicat
         tally.publishers.iter().next(),
         Some(&started.id),
         "the messages carry the publisher's id"
+    );
+}
+
+/// The lines of an `--output` file so far (a last line still being written is left
+/// out: it has no newline yet).
+fn file_lines(path: &str) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let end = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&text[..end])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A durable subscriber writing to a file (`--output FILE --data-dir DIR`) is SIGKILLed
+/// five times at random points (seeded) of a stream of N messages and restarted each
+/// time: the file ends holding sequence 1..N exactly once, in order, none marked
+/// redelivered, whatever each kill interrupted (writing a batch, syncing it, or
+/// recording it).
+///
+/// Catches: a record written before the file (a gap after a kill between the two),
+/// a batch written again without cutting what the killed run wrote past its record (a
+/// duplicate), a resume from anything but the record, and a join boundary that moves
+/// with each restart.
+#[test]
+fn a_subscriber_writing_to_a_file_holds_each_message_once_across_kills() {
+    let n = env_u64("BOSUN_TEST_PUBSUB_DURABLE_N", 20_000).max(40);
+    let seed = seed("file subscriber kills");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut kills: Vec<u64> = (0..5).map(|_| rng.u64(n / 10..=n * 9 / 10)).collect();
+    kills.sort_unstable();
+    println!("file subscriber kills: N {n}, SIGKILL once the file holds {kills:?} lines");
+    let dir = TempDir::new("file-sub");
+    let data = dir.join("subscriber");
+    let file = dir.join("out.jsonl");
+    let eps = Endpoints::new();
+    let (mut publisher, _started) = start_pub("publisher", &eps, &[]);
+    let sub_args = |first: bool| {
+        let mut a = vec!["--data-dir", data.as_str(), "--output", file.as_str()];
+        if first {
+            a.push("--from-start");
+        }
+        a
+    };
+    let _feeder = Feeder::start(publisher.stdin.take(), 1, n);
+    let mut cuts = 0;
+    for (i, at) in kills.iter().enumerate() {
+        let mut sub = start_sub(&format!("subscriber {}", i + 1), &eps, &sub_args(i == 0));
+        let reached = common::wait_until(STREAM_LIMIT, || file_lines(&file).len() as u64 >= *at);
+        assert!(
+            reached,
+            "the file never held {at} lines\n{}",
+            tail(&mut sub)
+        );
+        sub.kill();
+        sub.drain(SECS_10);
+        cuts += sub
+            .stderr
+            .texts()
+            .iter()
+            .filter(|l| l.contains("cut off"))
+            .count();
+    }
+    let mut last = start_sub("subscriber 4", &eps, &sub_args(false));
+    let done = common::wait_until(STREAM_LIMIT, || {
+        file_lines(&file)
+            .last()
+            .is_some_and(|l| seq_of(l) == Some(n))
+    });
+    assert!(
+        done,
+        "the file never held sequence {n}\n{}\n{}",
+        tail(&mut last),
+        tail(&mut publisher)
+    );
+    last.signal(libc::SIGTERM);
+    last.expect_done(SECS_10);
+    cuts += last
+        .stderr
+        .texts()
+        .iter()
+        .filter(|l| l.contains("cut off"))
+        .count();
+    assert!(
+        last.stdout.texts().is_empty(),
+        "with --output, stdout stays empty"
+    );
+    let got: Vec<Got> = file_lines(&file)
+        .iter()
+        .map(|l| parse_got(l).unwrap_or_else(|| panic!("not a message: {l:?}")))
+        .collect();
+    println!("file subscriber kills: {cuts} restarts cut an uncommitted tail off the file");
+    Tally::of(&[&got], n).assert_exact(&tail(&mut last));
+}
+
+/// What `--output` cannot trust is refused with the reason, exit 64 (74 for a path that
+/// cannot be a file), before anything is written: the file cut shorter than its record by
+/// something else, a data dir whose positions belong to stdout output (or the other way
+/// round), a directory as the file.
+#[test]
+fn an_output_file_or_data_dir_that_cannot_be_trusted_is_refused_with_the_reason() {
+    let dir = TempDir::new("file-refusals");
+    let (data, file) = (dir.join("data"), dir.join("out.txt"));
+    std::fs::write(&file, b"a line of someone else's\n").expect("write the file");
+    let eps = Endpoints::new(); // nobody publishes: the refusals come first
+                                // A first run records the file as it is (25 bytes), then is stopped.
+    let mut first = start_sub(
+        "subscriber",
+        &eps,
+        &["--data-dir", data.as_str(), "--output", file.as_str()],
+    );
+    first.expect_stderr("the start line", SECS_10, |l| l.contains("subscribed to"));
+    first.signal(libc::SIGTERM);
+    first.expect_done(SECS_10);
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        b"a line of someone else's\n",
+        "a file of someone else's is appended to, never cut"
+    );
+    let sub = |extra: &[&str]| {
+        let mut args = vec!["sub", "--connect", eps.publish.as_str()];
+        args.extend_from_slice(extra);
+        run(&args, &[], SECS_10)
+    };
+    let expect = |out: common::Outcome, code: i32, words: &[&str]| {
+        let text = out.stderr.join("\n");
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        assert!(
+            words.iter().all(|w| text.contains(w)),
+            "{words:?} in {text}"
+        );
+    };
+    // Stdout output on the data dir of a file's positions, and the other way round.
+    expect(
+        sub(&["--data-dir", data.as_str()]),
+        64,
+        &["--data-dir", "--output file", "a --data-dir of its own"],
+    );
+    // The file cut shorter than its record.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(3))
+        .expect("cut the file");
+    expect(
+        sub(&["--data-dir", data.as_str(), "--output", file.as_str()]),
+        64,
+        &["--output", "holds 3 bytes", "25 bytes", "move it aside"],
+    );
+    // A directory as the file.
+    expect(
+        sub(&["--output", dir.join("").as_str()]),
+        74,
+        &["--output", "Is a directory"],
     );
 }
 

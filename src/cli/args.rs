@@ -53,6 +53,7 @@ pub fn flag_of(field: &str) -> &str {
         "replay" => "--replay",
         "bind" => "--bind",
         "connect" => "--connect",
+        "output" => "--output",
         other => other,
     }
 }

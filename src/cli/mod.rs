@@ -72,14 +72,15 @@ Exit status (the same for every subcommand):
    64    usage: a bad flag, value or BOSUN_* variable, or settings that cannot work
          (dlq: an id that is not in the dead letters; client: a --data-dir whose
          pending requests another kind of client made; pub and sub: a --data-dir
-         holding another kind of peer's state)
+         holding another kind of peer's state; sub: a --data-dir that kept the
+         positions of another output, an --output file cut shorter than recorded)
    65    bad data: an input line too large to send or publish (over 64 MiB), or a
          --data-dir that is not a bosun store or is damaged
    69    unavailable: no reply after every attempt, the peer is not a bosun broker,
          or the address is in use
    70    internal error (a bug: please report it)
-   74    I/O error: reading stdin, writing stdout, starting a child process, reading
-         or writing the data dir
+   74    I/O error: reading stdin, writing stdout or an --output file, starting a
+         child process, reading or writing the data dir
    75    temporary failure: the broker refused a request unhandled (full queue), the
          outbox is full (--outbox-limit), the data dir is in use by another
          process, or a subscriber fell more than --max-behind behind with --on-slow

@@ -14,6 +14,7 @@ use super::{json, parse_duration};
 use crate::config::Heartbeat;
 use crate::error::{ClientError, ConfigError, Error};
 use crate::io::publisher::Publisher;
+use crate::io::sink::FileSink;
 use crate::io::subscriber::{Message, OnSlow, Subscriber};
 use crate::io::transport::{check_endpoint, Side};
 use crate::io::Shutdown;
@@ -270,6 +271,12 @@ pub struct SubArgs {
     /// again, said on stderr and marked redelivered in --json.
     #[arg(long, env = "BOSUN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Append the messages to FILE (created when missing) instead of printing them.
+    /// With --data-dir, FILE holds each message exactly once, whatever the moment
+    /// `bosun sub` is killed: lines written but not yet committed are cut off at the
+    /// next start and written again (the positions are kept with the file's length).
+    #[arg(long, env = "BOSUN_OUTPUT", value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Print each message as a JSON object: publisher, seq, topic, encoding, payload,
     /// and `"redelivered":true` on a message a durable subscriber may have printed
     /// before it was stopped.
@@ -327,9 +334,32 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         Some(dir) => Some(Store::open(dir)?),
         None => None,
     };
-    if let Some(store) = &store {
-        builder = builder.store(store);
-    }
+    let mut out = match (&args.output, &store) {
+        (Some(path), store) => {
+            if let Some(store) = store {
+                store.claim_for_subscriber()?;
+                if !store.cursors()?.is_empty() {
+                    return Err(mixed_modes(&args, "printed to stdout").into());
+                }
+            }
+            let sink = FileSink::open(path, store.as_ref())?;
+            if let (Some(since), Some(dir)) = (sink.since_ms(), &args.data_dir) {
+                builder = builder
+                    .resume(&sink.positions())
+                    .since(since)
+                    .name(dir.display().to_string().as_bytes());
+            }
+            Output::File(sink)
+        }
+        (None, Some(store)) => {
+            if store.output_record()?.is_some() {
+                return Err(mixed_modes(&args, "written to an --output file").into());
+            }
+            builder = builder.store(store);
+            Output::stdout(stdout_is_pipe())
+        }
+        (None, None) => Output::stdout(false),
+    };
     let mut sub = builder.connect()?;
     tracing::info!(
         "subscribed to {}; replay {}",
@@ -340,27 +370,19 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
             args.replay.join(",")
         }
     );
-    let stdout = Counting {
-        inner: std::io::stdout().lock(),
-        written: 0,
-    };
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
-    // Into a pipe, a line written is not yet a line read: a durable subscriber commits
-    // what its reader has taken (see `Committer`).
-    let mut committer = Committer {
-        pipe: store.is_some() && stdout_is_pipe(),
-        pending: VecDeque::new(),
-    };
     let mut printed = 0u64;
     let left = |printed: u64| args.count.map_or(u64::MAX, |c| c.saturating_sub(printed));
     while left(printed) > 0 {
         let first = match sub.recv_timeout(STDOUT_CHECK) {
             Ok(Some(m)) => m,
-            Ok(None) if stdout_closed() => return Ok(ExitCode::SUCCESS), // nobody reads
-            Ok(None) => {
-                committer.when_read(&mut sub, out.get_ref().written)?;
-                continue;
-            }
+            Ok(None) => match &mut out {
+                Output::Stdout { .. } if stdout_closed() => return Ok(ExitCode::SUCCESS),
+                Output::Stdout { out, committer } => {
+                    committer.when_read(&mut sub, out.get_ref().written)?;
+                    continue;
+                }
+                Output::File(_) => continue,
+            },
             Err(Error::Client(ClientError::Interrupted)) => break,
             Err(e) => return Err(e),
         };
@@ -371,22 +393,85 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                 None => break,
             }
         }
-        // Held, printed, committed: a crash while printing skips nothing; the next run
-        // prints the held batch again, marked redelivered.
-        sub.hold()?;
-        for m in &batch {
-            if !write_message(&mut out, m, args.json) {
-                return Ok(ExitCode::SUCCESS); // stdout closed: nobody is reading
+        match &mut out {
+            Output::Stdout { out, committer } => {
+                // Held, printed, committed: a crash while printing skips nothing; the
+                // next run prints the held batch again, marked redelivered.
+                sub.hold()?;
+                for m in &batch {
+                    if write_message(out, m, args.json).is_err() {
+                        return Ok(ExitCode::SUCCESS); // stdout closed: nobody is reading
+                    }
+                }
+                if out.flush().is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                committer.printed(&mut sub, &batch, out.get_ref().written, shutdown)?;
+            }
+            Output::File(sink) => {
+                // Written, then committed with the file's length: a crash in between
+                // leaves bytes past the record, cut off at the next start.
+                for m in &batch {
+                    write_message(sink, m, args.json)
+                        .map_err(|e| Error::io("write --output", e))?;
+                }
+                let positions = sink.commit(&batch)?;
+                sub.acknowledge(&positions)?;
             }
         }
-        if out.flush().is_err() {
-            return Ok(ExitCode::SUCCESS);
-        }
         printed += batch.len() as u64;
-        committer.printed(&mut sub, &batch, out.get_ref().written, shutdown)?;
     }
-    committer.finish(&mut sub, out.get_ref().written, shutdown)?;
+    if let Output::Stdout { out, committer } = &mut out {
+        committer.finish(&mut sub, out.get_ref().written, shutdown)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `bosun sub` writes: stdout (committed as its reader takes the lines, see
+/// [`Committer`]) or an `--output` file.
+enum Output {
+    Stdout {
+        out: std::io::BufWriter<Counting<std::io::StdoutLock<'static>>>,
+        committer: Committer,
+    },
+    File(FileSink),
+}
+
+impl Output {
+    /// Stdout; `pipe`: a durable subscriber writing into a pipe (commits wait for the
+    /// reader).
+    fn stdout(pipe: bool) -> Output {
+        let stdout = Counting {
+            inner: std::io::stdout().lock(),
+            written: 0,
+        };
+        Output::Stdout {
+            out: std::io::BufWriter::with_capacity(1 << 16, stdout),
+            committer: Committer {
+                pipe,
+                pending: VecDeque::new(),
+            },
+        }
+    }
+}
+
+/// A data dir whose positions were kept for another output than this run's.
+fn mixed_modes(args: &SubArgs, before: &str) -> ConfigError {
+    ConfigError::Invalid {
+        field: "data_dir",
+        reason: format!(
+            "{} holds the positions of a subscriber whose messages were {before}; this run \
+             {}, so it would resume from the wrong place: give it a --data-dir of its own",
+            args.data_dir
+                .as_deref()
+                .map_or(String::new(), |d| d.display().to_string()),
+            if args.output.is_some() {
+                "writes to --output"
+            } else {
+                "prints to stdout"
+            }
+        ),
+    }
 }
 
 /// Commits what a durable `bosun sub` printed. Into a file or a terminal, each batch
@@ -548,8 +633,8 @@ fn stdout_closed() -> bool {
     n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
-/// Writes one message; false when stdout is closed.
-fn write_message(out: &mut impl Write, m: &Message, as_json: bool) -> bool {
+/// Writes one message.
+fn write_message(out: &mut impl Write, m: &Message, as_json: bool) -> std::io::Result<()> {
     if as_json {
         let o = json::Object::new()
             .str("publisher", &m.publisher.to_string())
@@ -566,14 +651,12 @@ fn write_message(out: &mut impl Write, m: &Message, as_json: bool) -> bool {
         } else {
             o.finish()
         };
-        return writeln!(out, "{line}").is_ok();
+        return writeln!(out, "{line}");
     }
     for frame in &m.payload {
-        if out.write_all(frame).is_err() {
-            return false;
-        }
+        out.write_all(frame)?;
     }
-    out.write_all(b"\n").is_ok()
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]

@@ -87,6 +87,7 @@ pub mod publisher;
 pub mod queue;
 pub mod receiver;
 pub mod server;
+pub mod sink;
 pub mod subscriber;
 pub mod transport;
 

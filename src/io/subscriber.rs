@@ -23,10 +23,19 @@
 //! handed out per publisher is flushed to the store, under the key `ID#handing` of the
 //! `cursors` tree) and [`Subscriber::commit`] after. After a crash between the two, the
 //! held messages are delivered again with [`Message::redelivered`] set; no message is
-//! skipped, and none comes twice without that flag. `bosun sub` works this way. (Acting
-//! on a message and recording that it was acted on cannot be one step when the action
-//! is a write to a pipe, so exactly once is not possible there; the flag says where a
-//! reader must look.)
+//! skipped, and none comes twice without that flag. `bosun sub` works this way into a
+//! pipe. (Acting on a message and recording that it was acted on cannot be one step
+//! when the action is a write to a pipe, so exactly once is not possible there; the flag
+//! says where a reader must look.)
+//!
+//! # Exactly once
+//! Where the action and the record can be one step, each message is acted on once: a
+//! program that keeps, in the same transaction as what it does with a message, the
+//! last sequence it processed per publisher, starts the subscriber with those
+//! positions ([`SubscriberBuilder::resume`], and [`SubscriberBuilder::since`] with the
+//! time it first subscribed) instead of a store, and tells the publishers how far it
+//! got with [`Subscriber::acknowledge`]. Into a file, [`crate::io::sink::FileSink`]
+//! does this (`bosun sub --output FILE --data-dir DIR`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -85,7 +94,13 @@ pub struct SubscriberBuilder {
     shutdown: Shutdown,
     auto_commit: bool,
     since_start: bool,
+    resume: Option<Vec<(Uuid, u64)>>,
 }
+
+/// The key of the `cursors` tree under which a durable subscriber keeps its join
+/// boundary (Unix ms, set at its first start): after a restart it still gets what each
+/// new publisher published since then, not only since the restart.
+const SINCE_KEY: &[u8] = b"#since";
 
 /// The suffix of a publisher id's key under which [`Subscriber::hold`] records what
 /// was handed out.
@@ -184,6 +199,25 @@ impl SubscriberBuilder {
         self
     }
 
+    /// Resumes after the given last sequence per publisher, as a durable subscriber
+    /// resumes after its stored cursors: for a program that keeps its positions itself,
+    /// in the same transaction as what it does with each message, which makes the
+    /// pair exactly once (see the module docs). Not with [`SubscriberBuilder::store`].
+    pub fn resume(mut self, positions: &[(Uuid, u64)]) -> Self {
+        self.resume = Some(positions.to_vec());
+        self
+    }
+
+    /// The join boundary, Unix ms (see [`SubscriberBuilder::since_start`]): for a
+    /// program that keeps its positions itself, the time it first subscribed. Default:
+    /// the time of the first start (kept in the store of a durable subscriber), or of
+    /// `connect`.
+    pub fn since(mut self, unix_ms: u64) -> Self {
+        self.config.since_ms = Some(unix_ms);
+        self.since_start = true;
+        self
+    }
+
     /// Keeps durable cursors in `store` (see the module docs). Default: none; a
     /// restart starts afresh.
     pub fn store(mut self, store: &Store) -> Self {
@@ -221,10 +255,32 @@ impl SubscriberBuilder {
     /// Checks the settings, loads the cursors, connects every socket.
     pub fn connect(self) -> Result<Subscriber, Error> {
         let now = io::now();
-        let mut cursors = Vec::new();
+        let mut cursors = self.resume.clone().unwrap_or_default();
         let mut held = BTreeMap::new();
+        let mut config = self.config.clone();
+        if self.resume.is_some() && self.store.is_some() {
+            return Err(crate::error::ConfigError::Invalid {
+                field: "resume",
+                reason: "a subscriber resumes from the cursors of its store or from \
+                         positions the application kept, not both"
+                    .into(),
+            }
+            .into());
+        }
         if let Some(store) = &self.store {
             store.claim_for_subscriber()?;
+            if self.since_start && config.since_ms.is_none() {
+                let since = match store.cursor(SINCE_KEY)? {
+                    Some(ms) => ms,
+                    None => {
+                        let ms = io::unix_ms();
+                        store.set_cursor(SINCE_KEY, ms)?;
+                        store.flush()?;
+                        ms
+                    }
+                };
+                config.since_ms = Some(since);
+            }
             for (key, seq) in store.cursors()? {
                 if let Ok(id) = Uuid::from_slice(&key) {
                     cursors.push((id, seq));
@@ -257,7 +313,6 @@ impl SubscriberBuilder {
         }
         #[allow(clippy::disallowed_methods)] // a seed for the reconnect jitter
         let seed = Uuid::now_v7().as_u128() as u64;
-        let mut config = self.config.clone();
         if self.since_start && config.since_ms.is_none() {
             config.since_ms = Some(io::unix_ms());
         }
@@ -350,6 +405,7 @@ impl Subscriber {
             shutdown: Shutdown::new(),
             auto_commit: true,
             since_start: true,
+            resume: None,
         }
     }
 
@@ -496,6 +552,18 @@ impl Subscriber {
         }
         self.driver.flush()?;
         Ok(())
+    }
+}
+
+impl Subscriber {
+    /// Tells the publishers that the messages up to these sequences were processed, as
+    /// a commit does, without writing a store: for a program that keeps its positions
+    /// itself ([`SubscriberBuilder::resume`]).
+    pub fn acknowledge(&mut self, positions: &[(Uuid, u64)]) -> Result<(), Error> {
+        for (p, s) in positions {
+            self.driver.core.ack(*p, *s, &self.name);
+        }
+        self.driver.flush()
     }
 }
 

@@ -61,6 +61,7 @@ mod codec;
 pub mod dead_letter;
 pub mod dedup;
 pub mod outbox;
+pub mod output;
 pub mod published;
 mod state;
 
@@ -77,6 +78,7 @@ use thiserror::Error;
 pub use dead_letter::{DeadLetter, DeadLetters, DeadReason};
 pub use dedup::{DedupLog, Recovered};
 pub use outbox::{Appended, Outbox, OutboxRecord};
+pub use output::OutputRecord;
 
 /// The store format this code writes and reads, recorded in the `meta` tree.
 pub const FORMAT_VERSION: u32 = 1;
@@ -96,8 +98,9 @@ const FORMAT_KEY: &[u8] = b"format";
 const CLOSES_KEY: &[u8] = b"closes";
 const CURSORS_TREE: &str = "cursors";
 /// The trees whose entry counts a clean close records.
-const COUNTED: [&str; 6] = [
+const COUNTED: [&str; 7] = [
     outbox::TREE,
+    output::TREE,
     dedup::TREE,
     dead_letter::TREE,
     CURSORS_TREE,
@@ -560,9 +563,10 @@ impl Store {
         peer: &'static str,
         mine: &[&'static str],
     ) -> Result<(), StoreError> {
-        let kinds: [(&'static str, &'static str); 4] = [
+        let kinds: [(&'static str, &'static str); 5] = [
             (published::META_TREE, "a publisher's id and messages"),
             (CURSORS_TREE, "a subscriber's cursors"),
+            (output::TREE, "a subscriber's output file position"),
             (outbox::TREE, "a client's outbox"),
             (
                 dedup::TREE,
@@ -587,7 +591,7 @@ impl Store {
     /// Refuses the store for a durable subscriber when another kind of peer's state
     /// is in it ([`StoreError::OtherPeer`]).
     pub(crate) fn claim_for_subscriber(&self) -> Result<(), StoreError> {
-        self.refuse_other_peers("subscriber", &[CURSORS_TREE])
+        self.refuse_other_peers("subscriber", &[CURSORS_TREE, output::TREE])
     }
 
     pub(crate) fn tree(&self, name: &'static str) -> Result<Tree, StoreError> {

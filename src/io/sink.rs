@@ -1,0 +1,318 @@
+//! An output file that a durable subscriber writes each message to exactly once, across
+//! crashes: `bosun sub --output FILE --data-dir DIR`, or a program that writes what it
+//! receives to a file.
+//!
+//! Writing a message and recording that it was written cannot be one step, so the
+//! file's length is recorded with the positions instead ([`OutputRecord`], one store
+//! value): a batch is written and synced, then the record of the file's new length and
+//! the batch's last sequences is written and flushed. At the next start, bytes past the
+//! recorded length were written but never committed: they are cut off, and the
+//! subscriber, resuming from the recorded positions ([`FileSink::positions`] for
+//! [`crate::io::subscriber::SubscriberBuilder::resume`]), writes those messages again.
+//! So the file holds each message once, in order per publisher, whatever the moment the
+//! process was killed. (A reader following the file as it grows may have seen the cut
+//! lines; the file's content is what is exactly once.)
+//!
+//! Another file at the path (a rotated log: another device, inode or creation time) is
+//! appended to from the recorded positions; the same file shorter than its record was
+//! cut by something else, and is refused rather than trusted.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::error::{ConfigError, Error};
+use crate::io;
+use crate::proto::subscriber::Message;
+use crate::store::{OutputRecord, Store};
+
+/// The output file of a subscriber. See the module docs.
+#[derive(Debug)]
+pub struct FileSink {
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// With a store: the record of the last commit, kept up to date.
+    store: Option<(Store, OutputRecord)>,
+    /// The last sequence written, per publisher (committed or not).
+    written_through: BTreeMap<Uuid, u64>,
+    /// The file's length, counting what is buffered.
+    len: u64,
+}
+
+impl FileSink {
+    /// Opens `path` for appending, creating it. With a store, the file is first cut
+    /// back to its length at the last commit (see the module docs), and a store that
+    /// never held a record gets one, flushed, with the join boundary set to now.
+    pub fn open(path: &Path, store: Option<&Store>) -> Result<FileSink, Error> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("open --output {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("inspect --output {}", path.display()), e))?;
+        let (dev, ino, mut len) = (meta.dev(), meta.ino(), meta.len());
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let store = match store {
+            None => None,
+            Some(store) => {
+                let record = match store.output_record()? {
+                    Some(r) if (r.dev, r.ino, r.born) == (dev, ino, born) => {
+                        if len < r.len {
+                            return Err(ConfigError::Invalid {
+                                field: "output",
+                                reason: format!(
+                                    "{} holds {len} bytes, but {} bytes of it were recorded \
+                                     as written: something else cut it, and lines may be \
+                                     missing; move it aside to start a new file",
+                                    path.display(),
+                                    r.len
+                                ),
+                            }
+                            .into());
+                        }
+                        if len > r.len {
+                            tracing::warn!(
+                                "{}: the last {} bytes were written when this subscriber \
+                                 stopped, before they were committed: cut off, and written \
+                                 again",
+                                path.display(),
+                                len - r.len
+                            );
+                            file.set_len(r.len)
+                                .and_then(|()| file.sync_data())
+                                .map_err(|e| {
+                                    Error::io(format!("cut --output {}", path.display()), e)
+                                })?;
+                            len = r.len;
+                        }
+                        r
+                    }
+                    Some(r) => {
+                        tracing::info!(
+                            "{} is not the file this subscriber wrote to last (another \
+                             device, inode or creation time): appending to it from where the last one \
+                             stopped",
+                            path.display()
+                        );
+                        let r = OutputRecord {
+                            dev,
+                            ino,
+                            born,
+                            len,
+                            ..r
+                        };
+                        store.set_output_record(&r)?;
+                        store.flush()?;
+                        r
+                    }
+                    None => {
+                        let r = OutputRecord {
+                            since_ms: io::unix_ms(),
+                            dev,
+                            ino,
+                            born,
+                            len,
+                            positions: Vec::new(),
+                        };
+                        store.set_output_record(&r)?;
+                        store.flush()?;
+                        r
+                    }
+                };
+                Some((store.clone(), record))
+            }
+        };
+        let written_through = store
+            .as_ref()
+            .map(|(_, r)| r.positions.iter().copied().collect())
+            .unwrap_or_default();
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 16, file),
+            store,
+            written_through,
+            len,
+        })
+    }
+
+    /// The last sequence written to the file per publisher, as of the last commit: where
+    /// a subscriber writing to it resumes. Empty without a store.
+    pub fn positions(&self) -> Vec<(Uuid, u64)> {
+        self.store
+            .as_ref()
+            .map(|(_, r)| r.positions.clone())
+            .unwrap_or_default()
+    }
+
+    /// The subscriber's join boundary (Unix ms) kept with the file's record: set when
+    /// the store first held one. `None` without a store.
+    pub fn since_ms(&self) -> Option<u64> {
+        self.store.as_ref().map(|(_, r)| r.since_ms)
+    }
+
+    /// The file's length, counting what is not yet committed.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records `batch`, just written, as the file's content: flushes and syncs the
+    /// file, then (with a store) writes and flushes the record of its length and the
+    /// batch's last sequences. Returns the positions committed.
+    pub fn commit(&mut self, batch: &[Message]) -> Result<Vec<(Uuid, u64)>, Error> {
+        for m in batch {
+            let at = self.written_through.entry(m.publisher).or_insert(0);
+            *at = (*at).max(m.seq);
+        }
+        let what = |op: &str| format!("{op} --output {}", self.path.display());
+        self.out.flush().map_err(|e| Error::io(what("write"), e))?;
+        let Some((store, record)) = &mut self.store else {
+            return Ok(Vec::new());
+        };
+        // Synced before the record says so: a power cut must not leave a record
+        // pointing past what the disk holds.
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(|e| Error::io(what("sync"), e))?;
+        record.len = self.len;
+        record.positions = self.written_through.iter().map(|(p, s)| (*p, *s)).collect();
+        store.set_output_record(record)?;
+        store.flush()?;
+        Ok(record.positions.clone())
+    }
+}
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file path of this test's own, removed first.
+    fn path(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("bosun-sink-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    fn msg(p: u128, seq: u64) -> Message {
+        Message {
+            publisher: Uuid::from_u128(p),
+            seq,
+            topic: Vec::new(),
+            payload: vec![format!("{p}:{seq}").into_bytes()],
+            published_at_ms: 0,
+            redelivered: false,
+        }
+    }
+
+    /// Writes one line per message of `batch`.
+    fn write(sink: &mut FileSink, batch: &[Message]) {
+        for m in batch {
+            sink.write_all(&m.payload[0]).unwrap();
+            sink.write_all(b"\n").unwrap();
+        }
+    }
+
+    #[test]
+    fn what_was_written_but_not_committed_is_cut_off_at_the_next_start() {
+        let p = path("cut");
+        let store = Store::memory();
+        let mut sink = FileSink::open(&p, Some(&store)).unwrap();
+        assert!(sink.positions().is_empty());
+        let since = sink.since_ms().unwrap();
+        let first = [msg(1, 1), msg(1, 2), msg(2, 1)];
+        write(&mut sink, &first);
+        assert_eq!(
+            sink.commit(&first).unwrap(),
+            vec![(Uuid::from_u128(1), 2), (Uuid::from_u128(2), 1)]
+        );
+        write(&mut sink, &[msg(1, 3), msg(2, 2)]);
+        sink.flush().unwrap(); // on disk, never committed: a crash here
+        let crashed = store.crash_and_reopen().unwrap();
+        drop(sink);
+        let mut sink = FileSink::open(&p, Some(&crashed)).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"1:1\n1:2\n2:1\n");
+        assert_eq!(
+            sink.positions(),
+            vec![(Uuid::from_u128(1), 2), (Uuid::from_u128(2), 1)]
+        );
+        assert_eq!(sink.since_ms(), Some(since), "the join boundary is kept");
+        let again = [msg(1, 3), msg(2, 2)];
+        write(&mut sink, &again);
+        sink.commit(&again).unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"1:1\n1:2\n2:1\n1:3\n2:2\n",
+            "each once"
+        );
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn another_file_at_the_path_is_appended_to_and_a_file_cut_by_another_is_refused() {
+        let p = path("rotated");
+        let store = Store::memory();
+        let mut sink = FileSink::open(&p, Some(&store)).unwrap();
+        let batch = [msg(1, 1), msg(1, 2)];
+        write(&mut sink, &batch);
+        sink.commit(&batch).unwrap();
+        drop(sink);
+        // Rotated: a new file with a line of someone else's.
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"header\n").unwrap();
+        let sink = FileSink::open(&p, Some(&store)).unwrap();
+        assert_eq!(sink.positions(), vec![(Uuid::from_u128(1), 2)]);
+        assert_eq!(std::fs::read(&p).unwrap(), b"header\n", "nothing cut");
+        drop(sink);
+        // The same file cut shorter than its record.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        let err = FileSink::open(&p, Some(&store)).unwrap_err();
+        assert!(err.to_string().contains("something else cut it"), "{err}");
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn without_a_store_the_file_is_only_appended_to() {
+        let p = path("plain");
+        std::fs::write(&p, b"before\n").unwrap();
+        let mut sink = FileSink::open(&p, None).unwrap();
+        assert_eq!((sink.positions(), sink.since_ms()), (Vec::new(), None));
+        let batch = [msg(1, 1)];
+        write(&mut sink, &batch);
+        assert!(sink.commit(&batch).unwrap().is_empty());
+        assert_eq!(sink.len(), 11);
+        assert_eq!(std::fs::read(&p).unwrap(), b"before\n1:1\n");
+        let _ = std::fs::remove_file(&p);
+    }
+}
