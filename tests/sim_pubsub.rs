@@ -699,6 +699,11 @@ fn joins_after(seq: u64) -> Box<dyn FnMut(&Frames) -> bool> {
 /// (500 ms), 11..=30 after it; the live stream loses everything up to 20 (the slow join
 /// of a SUB socket).
 fn joining_world(given: &[String], announce: &str, seed: u64) -> World {
+    joining_world_with(PublisherConfig::default(), given, announce, seed)
+}
+
+/// [`joining_world`] with a publisher configured by `pcfg`.
+fn joining_world_with(pcfg: PublisherConfig, given: &[String], announce: &str, seed: u64) -> World {
     let scfg = SubscriberConfig {
         since_ms: Some(WALL0 + 500),
         // The live messages after the join fit in the buffer; counting the 20 before
@@ -709,7 +714,7 @@ fn joining_world(given: &[String], announce: &str, seed: u64) -> World {
     };
     let mut w = World::new(
         1,
-        PublisherConfig::default(),
+        pcfg,
         scfg,
         given,
         LinkConfig::PERFECT,
@@ -750,6 +755,38 @@ fn a_subscriber_started_before_its_messages_gets_every_one_published_since_it_st
             "seed {seed}: joining is not falling behind: {:?}",
             w.events
         );
+    }
+}
+
+/// A publisher that retains 5 messages has trimmed some of what it published since
+/// the subscriber started by the time the subscriber joins: the join says so
+/// (`TrimmedSinceStart`, not silence) and delivers from the oldest retained on, with
+/// no gap after it and nothing before the join time counted as lost.
+#[test]
+fn a_join_that_finds_messages_published_since_its_start_trimmed_says_they_are_lost() {
+    for seed in 0..20 {
+        let pcfg = PublisherConfig {
+            retain_count: 5,
+            ..PublisherConfig::default()
+        };
+        let mut w = joining_world_with(pcfg, &[], &endpoint(0), seed);
+        w.run_until(Duration::from_secs(20));
+        let told: Vec<u64> = w
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::TrimmedSinceStart { oldest, .. } => Some(*oldest),
+                _ => None,
+            })
+            .collect();
+        let [oldest] = told[..] else {
+            panic!("seed {seed}: told once, got {told:?}: {:?}", w.events);
+        };
+        assert!((12..=30).contains(&oldest), "seed {seed}: oldest {oldest}");
+        // From the oldest retained, or from the first seen live (21), buffered here.
+        let first = oldest.min(21);
+        assert_eq!(w.seqs(0), (first..=30).collect::<Vec<u64>>(), "seed {seed}");
+        assert!(w.lost().is_empty(), "seed {seed}: {:?}", w.lost());
     }
 }
 
@@ -794,6 +831,43 @@ fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
     assert_eq!(w.seqs(0), (1..=505).collect::<Vec<u64>>());
     let slow = slow_events(&w);
     assert!(slow.is_empty(), "history is not lag: {slow:?}");
+}
+
+/// A late joiner whose first contact is a heartbeat (it hears nothing of the first
+/// 5,000 messages, then the heartbeat at 5 s), while the stream goes on at a message a
+/// millisecond during its history fetch: not falling behind, with `--max-behind 10`.
+/// (A heartbeat saying nothing new once counted as having caught up, which spent the
+/// start window's grace at once.)
+#[test]
+fn a_late_joiner_that_first_hears_a_heartbeat_is_not_slow_while_it_fetches_history() {
+    for seed in 0..10 {
+        let scfg = SubscriberConfig {
+            max_behind: 10,
+            on_slow: OnSlow::Fail,
+            ..late_joiner()
+        };
+        let mut w = World::new(
+            1,
+            PublisherConfig::default(),
+            scfg,
+            &[endpoint(0)],
+            LinkConfig::PERFECT,
+            replay_link(),
+            seed,
+        );
+        let mut open = false;
+        w.pass = Box::new(move |f: &Frames| {
+            let late = |l: Live| matches!(l, Live::Heartbeat(hb) if hb.last >= 4000);
+            open = open || parse_live(f.clone()).is_ok_and(late);
+            open
+        });
+        // The heartbeat at 5 s is the first thing that passes.
+        w.stream(1..=5200);
+        w.run_until(Duration::from_secs(20));
+        assert_eq!(w.seqs(0), (1..=5200).collect::<Vec<u64>>(), "seed {seed}");
+        let slow = slow_events(&w);
+        assert!(slow.is_empty(), "seed {seed}: history is not lag: {slow:?}");
+    }
 }
 
 /// One publisher and a subscriber with its defaults, given the endpoint, over perfect

@@ -606,6 +606,14 @@ fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
             to,
             "lost messages {from}..={to} of publisher {publisher}: no longer retained there"
         ),
+        Event::TrimmedSinceStart { publisher, oldest } => tracing::warn!(
+            %publisher,
+            oldest,
+            "publisher {publisher} no longer retains all it published since this \
+             subscriber started: some messages before sequence {oldest} are lost; \
+             starting at {oldest} (its retention, --retain-count and --retain-age, is \
+             shorter than this subscriber was away)"
+        ),
         Event::PublisherDead { publisher } => {
             tracing::warn!(%publisher, "publisher silent past its liveness; reconnecting")
         }

@@ -268,6 +268,10 @@ pub struct Publisher {
     retention: Box<dyn Retention>,
     heartbeat_at: Option<Instant>,
     now_ms: u64,
+    /// The publication time of the newest message trimmed (an upper bound of it after a
+    /// restart, when the oldest retained is past 1): a join from a time before this
+    /// lost messages, and is answered `TRIMMED`.
+    trimmed_at_ms: Option<u64>,
     acks: BTreeMap<Vec<u8>, u64>,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -300,6 +304,11 @@ impl Publisher {
     ) -> Result<Self, ConfigError> {
         cfg.validate()?;
         crate::config::fits("heartbeat.interval", now, cfg.heartbeat_interval)?;
+        // Messages before the oldest retained were trimmed by an earlier run, published
+        // at its time or before.
+        let trimmed_at_ms = retention
+            .oldest()
+            .and_then(|(seq, at_ms)| (seq > 1).then_some(at_ms));
         Ok(Publisher {
             cfg,
             id,
@@ -308,6 +317,7 @@ impl Publisher {
             retention,
             heartbeat_at: Some(now),
             now_ms: 0,
+            trimmed_at_ms,
             acks: BTreeMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -407,6 +417,7 @@ impl Publisher {
                 break;
             }
             self.retention.trim_oldest()?;
+            self.trimmed_at_ms = Some(self.trimmed_at_ms.map_or(at_ms, |t| t.max(at_ms)));
             self.stats.trimmed += 1;
         }
         Ok(())
@@ -485,10 +496,13 @@ impl Publisher {
     }
 
     /// Answers a replay from `from`; with `since_ms`, `SINCE` when the first retained
-    /// message published at or after it is later than `from`.
+    /// message published at or after it is later than `from`, unless messages
+    /// published since then were trimmed: then `TRIMMED`, which tells a joining
+    /// subscriber that it lost some.
     fn replay(&mut self, identity: &[u8], from: u64, max: u32, since_ms: Option<u64>) {
         let last = self.last_seq();
         let oldest = self.oldest_retained();
+        let since_ms = since_ms.filter(|since| self.trimmed_at_ms.map_or(true, |t| t < *since));
         if let Some(since) = since_ms {
             let first = match self.retention.first_since(since) {
                 Ok(first) => first.unwrap_or(last + 1),
@@ -662,16 +676,50 @@ mod tests {
                 .unwrap();
         }
         let _ = drain(&mut p);
-        for (since, first) in [(1075, 8), (1070, 7), (0, 5), (1101, 11)] {
-            // 0: before the oldest retained (5), which is no TRIMMED for a time.
+        for (since, first) in [(1075, 8), (1070, 7), (1041, 5), (1101, 11)] {
+            // 1041: after the newest trimmed (4, at 1040), so nothing of it was lost.
             let r = ask_since(&mut p, 1, since);
             assert_eq!(r, vec![Reply::Since { from: 1, first }], "since {since}");
+        }
+        for since in [0, 1040] {
+            // Messages published since then were trimmed: the joiner lost some.
+            let r = ask_since(&mut p, 1, since);
+            assert_eq!(
+                r,
+                vec![Reply::Trimmed { from: 1, oldest: 5 }],
+                "since {since}"
+            );
         }
         // A `from` at or after the time's first message: a replay as without a time.
         let r = ask_since(&mut p, 9, 1000);
         assert_eq!(seqs(&r), vec![9, 10]);
         assert_eq!(r.last(), Some(&Reply::End { from: 9, last: 10 }));
         assert_eq!(MemoryRing::new().first_since(5).unwrap(), None);
+    }
+
+    #[test]
+    fn after_a_restart_a_join_from_before_the_oldest_retained_is_told_it_may_have_lost() {
+        let t = t0();
+        let mut ring = MemoryRing::new();
+        for seq in 5..=6u64 {
+            let at_ms = 1000 + 10 * seq;
+            let m = Retained {
+                seq,
+                at_ms,
+                topic: b"t".to_vec(),
+                payload: vec![vec![1]],
+            };
+            ring.keep(m).unwrap();
+        }
+        let cfg = PublisherConfig::default();
+        let mut p = Publisher::new(cfg, id(), 7, Box::new(ring), "tcp://p:1", t).unwrap();
+        let _ = drain(&mut p);
+        // 1..=4 were trimmed by the last run, published at 1050 (the oldest's time) or
+        // before: a join from then or before may have lost some of them.
+        let r = ask_since(&mut p, 1, 1050);
+        assert_eq!(r, vec![Reply::Trimmed { from: 1, oldest: 5 }]);
+        let r = ask_since(&mut p, 1, 1051);
+        assert_eq!(r, vec![Reply::Since { from: 1, first: 6 }]);
     }
 
     #[test]

@@ -214,6 +214,15 @@ pub enum Event {
         /// The last lost sequence.
         to: u64,
     },
+    /// Joining `publisher` (see [`SubscriberConfig::since_ms`]): some of what it
+    /// published since the join time is no longer retained there, so it is lost (how
+    /// many is not known); delivery starts at `oldest`, the oldest retained.
+    TrimmedSinceStart {
+        /// The publisher.
+        publisher: Uuid,
+        /// The first sequence delivered.
+        oldest: u64,
+    },
     /// Nothing was heard from `publisher` for its liveness; its sockets are re-made.
     PublisherDead {
         /// The publisher.
@@ -810,7 +819,9 @@ impl Subscriber {
             .saturating_sub(f.next.saturating_sub(1).max(f.baseline));
         if behind == 0 {
             f.behind_reported = false;
-            f.caught_up = true;
+            // Caught up only with everything known delivered: a heartbeat at first
+            // contact says nothing new, but the history behind it is still to come.
+            f.caught_up = f.caught_up || f.next > f.head;
             return;
         }
         if !f.caught_up && now < f.judged_from {
@@ -939,13 +950,28 @@ impl Subscriber {
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
-        if f.joining.take().is_some() {
-            f.history = true; // a join never counts what precedes it as lost
-        }
         let target = if oldest == 0 {
             f.head.saturating_add(1)
         } else {
             oldest
+        };
+        if f.joining.take().is_some() {
+            // The answer to a join: what was published since the join time starts
+            // before `target` and was trimmed. Skipped up to the first message seen
+            // live without a count (what precedes the join time is not lost, and where
+            // it ends is not known); a live message trimmed too is lost as usual.
+            self.events.push_back(Event::TrimmedSinceStart {
+                publisher,
+                oldest: target,
+            });
+            let upto = target.min(f.baseline.saturating_add(1));
+            if upto > f.next {
+                f.history = true;
+                self.skip_to(publisher, upto);
+            }
+        }
+        let Some(f) = self.feeds.get_mut(&publisher) else {
+            return;
         };
         if target > f.next {
             self.skip_to(publisher, target);
