@@ -806,6 +806,13 @@ fn a_join_with_no_replay_endpoint_goes_live_and_says_so() {
         .collect();
     assert_eq!(live, vec![21], "{:?}", w.events);
     assert!(w.lost().is_empty(), "not reported as loss: {:?}", w.lost());
+    // Live at the first heartbeat (1 s), which says there is nowhere to ask: not after
+    // the join window (5 s after contact at 710 ms).
+    let at = w.events.iter().find_map(|(t, e)| match e {
+        Event::JoinedLive { .. } => Some(*t),
+        _ => None,
+    });
+    assert!(at.is_some_and(|t| t < ms(1100)), "live at {at:?}");
 }
 
 #[test]

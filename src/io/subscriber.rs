@@ -591,8 +591,8 @@ fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
         Event::JoinedLive { publisher, from } => tracing::warn!(
             %publisher,
             from,
-            "no replay endpoint answered in time: starting with the live stream at \
-             {from}; what the publisher sent since this subscriber started and before \
+            "no replay endpoint answered in time, or none can be asked: starting with the \
+             live stream at {from}; what the publisher sent since this subscriber started and before \
              that was not fetched (give --replay, or check that the publisher's replay \
              endpoint is reachable)"
         ),

@@ -196,9 +196,10 @@ pub enum Event {
         /// The first sequence to deliver.
         from: u64,
     },
-    /// Joining with [`SubscriberConfig::since_ms`], the replay endpoint did not answer
-    /// in time: delivery starts with the live stream at `from`; what the publisher sent
-    /// between `since_ms` and then was not fetched.
+    /// Joining with [`SubscriberConfig::since_ms`], no replay endpoint answered in time,
+    /// or there is none to ask (none given, and the publisher announces none that can
+    /// be connected to): delivery starts with the live stream at `from`; what the
+    /// publisher sent between `since_ms` and then was not fetched.
     JoinedLive {
         /// The publisher.
         publisher: Uuid,
@@ -669,6 +670,12 @@ impl Subscriber {
             self.stats.gaps += 1;
         }
         f.head = f.head.max(hb.last);
+        // Joining with nowhere to ask (no endpoint given, none connectable announced):
+        // no answer can come, so the live stream starts now, not when the window ends.
+        if f.joining.is_some() && self.slots.is_empty() && !connectable(&hb.replay) {
+            let from = self.go_live(publisher);
+            self.events.push_back(Event::JoinedLive { publisher, from });
+        }
         self.check_slow(now, publisher);
         self.ask(now, publisher);
     }
