@@ -26,6 +26,7 @@ use crate::error::{Error, TransportError};
 use crate::io::guard::Guarded;
 use crate::io::transport::{self, Transport};
 use crate::io::{self, Shutdown};
+use crate::proto::frames::wire::Parts;
 use crate::proto::frames::Frames;
 
 /// Most messages read from one socket in one turn.
@@ -77,6 +78,13 @@ pub trait Core {
     fn handle_timeout(&mut self, now: Instant);
     /// The next thing to do to a socket.
     fn poll_op(&mut self) -> Option<Op>;
+    /// The next message to send that the core keeps in a buffer of its own (see
+    /// [`WireQueue`](crate::proto::frames::wire::WireQueue)): its socket and its frames,
+    /// sent with no allocation per frame. Asked after [`Core::poll_op`] has nothing;
+    /// a core that queues its sends both ways keeps their order itself. Default: none.
+    fn poll_send(&mut self) -> Option<(usize, Parts<'_>)> {
+        None
+    }
     /// The next event.
     fn poll_event(&mut self) -> Option<Self::Event>;
     /// When to call [`Core::handle_timeout`] next.
@@ -292,6 +300,24 @@ impl Sockets {
         Ok(())
     }
 
+    /// Sends one message from borrowed frames (without blocking; see [`Op::Send`]).
+    pub fn send_parts(&self, i: usize, parts: Parts<'_>) {
+        let Some(s) = self.get(i) else {
+            tracing::debug!(socket = i, "no socket open; message dropped");
+            return;
+        };
+        match io::send_parts(s, parts, zmq::DONTWAIT) {
+            Ok(()) => {
+                if let Some(g) = &self.sent {
+                    g.sent();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(to = %self.endpoint(i), error = %e, "send failed; message dropped")
+            }
+        }
+    }
+
     /// Applies one op.
     pub fn apply(&mut self, op: Op) -> Result<(), Error> {
         match op {
@@ -439,12 +465,17 @@ impl<C: Core> Driver<C> {
         Ok(read)
     }
 
-    /// Applies every op the core has queued.
+    /// Applies every op the core has queued, and sends what it keeps in its own buffer.
     pub fn flush(&mut self) -> Result<(), Error> {
-        while let Some(op) = self.core.poll_op() {
-            self.sockets.apply(op)?;
+        loop {
+            while let Some(op) = self.core.poll_op() {
+                self.sockets.apply(op)?;
+            }
+            let Some((i, parts)) = self.core.poll_send() else {
+                return Ok(());
+            };
+            self.sockets.send_parts(i, parts);
         }
-        Ok(())
     }
 
     /// Runs the loop until `on` returns [`Flow::Break`] (its value is returned), or
