@@ -371,8 +371,9 @@ impl Data {
         if meta.kind != Kind::Data {
             return Err(bad(what, "metadata of a heartbeat".into()));
         }
-        let payload = frames.split_off(1);
-        let topic = frames.pop().unwrap_or_default(); // one frame left: checked above
+        // The frame list becomes the payload: no new list per message.
+        let topic = frames.remove(0); // at least 2 frames left: checked above
+        let payload = frames;
         Ok(Data {
             publisher: meta.publisher,
             seq: meta.seq,
