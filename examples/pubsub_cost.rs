@@ -1,7 +1,8 @@
 //! What one reliable pub/sub message costs, for a profiler: a [`bosun::Publisher`]
-//! (this thread) publishes N messages of 64 bytes in batches of 100, as `benches/pubsub.rs`
-//! does, to a [`bosun::Subscriber`] (thread `bosun-sub`) over tcp loopback, every
-//! high-water mark off; `raw` does the same with a plain PUB and SUB.
+//! (this thread) publishes N messages (64 bytes, or the size given) in batches of 100,
+//! as `benches/pubsub.rs` does, to a [`bosun::Subscriber`] (thread `bosun-sub`) over tcp
+//! loopback, every high-water mark off; `raw` does the same with a plain PUB and SUB;
+//! `batched` retains in a sled store (a temporary directory) in `batched` durability.
 //!
 //! ```text
 //! cargo build --release --example pubsub_cost
@@ -9,6 +10,7 @@
 //!     target/release/examples/pubsub_cost 20000        # bosun
 //! valgrind --tool=callgrind --separate-threads=yes \
 //!     target/release/examples/pubsub_cost 20000 raw    # raw ZeroMQ
+//! target/release/examples/pubsub_cost 20000 batched 1024  # a store, 1 KiB payloads
 //! ```
 //!
 //! Instructions per message of each side: the difference between the counts of two
@@ -22,10 +24,10 @@ use std::time::{Duration, Instant};
 use bosun::io::publisher::Publisher;
 use bosun::io::subscriber::Subscriber;
 use bosun::io::transport::{Transport, TransportOptions};
+use bosun::store::{Durability, Store};
 use bosun::Shutdown;
 
 const TOPIC: &[u8] = b"bench";
-const SIZE: usize = 64;
 /// Messages per `publish_all`, as the bench.
 const BATCH: usize = 100;
 
@@ -34,9 +36,14 @@ type Res<T> = Result<T, String>;
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let raw = args.next().is_some_and(|a| a == "raw");
+    let mode = args.next().unwrap_or_else(|| "bosun".into());
+    let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
     let start = Instant::now();
-    let r = if raw { run_raw(n) } else { run_bosun(n) };
+    let r = match mode.as_str() {
+        "raw" => run_raw(n, size),
+        "batched" => run_bosun(n, size, true),
+        _ => run_bosun(n, size, false),
+    };
     match r {
         Ok(()) => {
             let secs = start.elapsed().as_secs_f64();
@@ -50,7 +57,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_bosun(n: u64) -> Res<()> {
+fn run_bosun(n: u64, size: usize, batched: bool) -> Res<()> {
     let options = TransportOptions {
         send_hwm: 0,
         recv_hwm: 0,
@@ -61,11 +68,20 @@ fn run_bosun(n: u64) -> Res<()> {
         Transport::new(&pub_ctx, options.clone()),
         Transport::new(&sub_ctx, options),
     );
-    let mut publisher = Publisher::builder("tcp://127.0.0.1:*")
+    let dir = std::env::temp_dir().join(format!("bosun-pubsub-cost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = if batched {
+        Some(Store::open(&dir).map_err(|e| format!("store: {e}"))?)
+    } else {
+        None
+    };
+    let mut builder = Publisher::builder("tcp://127.0.0.1:*")
         .replay("tcp://127.0.0.1:*")
-        .transport(&pub_t)
-        .bind()
-        .map_err(|e| format!("publisher: {e}"))?;
+        .transport(&pub_t);
+    if let Some(store) = &store {
+        builder = builder.store(store, Durability::Batched);
+    }
+    let mut publisher = builder.bind().map_err(|e| format!("publisher: {e}"))?;
     let mut subscriber = Subscriber::builder(&publisher.endpoint())
         .replay(&publisher.replay_endpoint())
         .from_start(true)
@@ -96,7 +112,7 @@ fn run_bosun(n: u64) -> Res<()> {
             Ok(())
         })
         .map_err(|e| format!("spawn: {e}"))?;
-    let body = vec![b'x'; SIZE];
+    let body = vec![b'x'; size];
     publisher
         .publish(TOPIC, vec![body.clone()])
         .map_err(|e| format!("publish: {e}"))?;
@@ -116,10 +132,14 @@ fn run_bosun(n: u64) -> Res<()> {
     publisher
         .run_until_stopped(&done)
         .map_err(|e| format!("serve: {e}"))?;
-    reader.join().map_err(|_| "subscriber panicked")?
+    let r = reader.join().map_err(|_| "subscriber panicked")?;
+    drop(publisher);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
 }
 
-fn run_raw(n: u64) -> Res<()> {
+fn run_raw(n: u64, size: usize) -> Res<()> {
     let (pub_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new());
     let publisher = pub_ctx.socket(zmq::PUB).map_err(|e| e.to_string())?;
     publisher.set_sndhwm(0).map_err(|e| e.to_string())?;
@@ -165,7 +185,7 @@ fn run_raw(n: u64) -> Res<()> {
             Ok(())
         })
         .map_err(|e| format!("spawn: {e}"))?;
-    let body = vec![b'x'; SIZE];
+    let body = vec![b'x'; size];
     for _ in 0..n {
         publisher
             .send(TOPIC, zmq::SNDMORE)
