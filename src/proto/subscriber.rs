@@ -613,7 +613,7 @@ impl Subscriber {
         }
     }
 
-    fn on_data(&mut self, now: Instant, d: Data, live: bool) {
+    fn on_data(&mut self, now: Instant, mut d: Data, live: bool) {
         let publisher = d.publisher;
         if live {
             if let Some(f) = self.feeds.get_mut(&publisher) {
@@ -660,6 +660,9 @@ impl Subscriber {
             } else if live && f.buffer.len() >= cap {
                 self.stats.overflow += 1;
             } else {
+                // The payload is the frame list the message arrived in, sized for a
+                // whole message: a buffer of up to `max_behind` keeps only what it holds.
+                d.payload.shrink_to_fit();
                 f.buffer.insert(d.seq, d);
             }
         }
