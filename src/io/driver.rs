@@ -26,6 +26,7 @@ use crate::error::{Error, TransportError};
 use crate::io::guard::Guarded;
 use crate::io::transport::{self, Transport};
 use crate::io::{self, Shutdown};
+use crate::proto::frames::wire::Parts;
 use crate::proto::frames::Frames;
 
 /// Most messages read from one socket in one turn.
@@ -77,6 +78,13 @@ pub trait Core {
     fn handle_timeout(&mut self, now: Instant);
     /// The next thing to do to a socket.
     fn poll_op(&mut self) -> Option<Op>;
+    /// The next message to send that the core keeps in a buffer of its own (see
+    /// [`WireQueue`](crate::proto::frames::wire::WireQueue)): its socket and its frames,
+    /// sent with no allocation per frame. Asked after [`Core::poll_op`] has nothing;
+    /// a core that queues its sends both ways keeps their order itself. Default: none.
+    fn poll_send(&mut self) -> Option<(usize, Parts<'_>)> {
+        None
+    }
     /// The next event.
     fn poll_event(&mut self) -> Option<Self::Event>;
     /// When to call [`Core::handle_timeout`] next.
@@ -292,6 +300,24 @@ impl Sockets {
         Ok(())
     }
 
+    /// Sends one message from borrowed frames (without blocking; see [`Op::Send`]).
+    pub fn send_parts(&self, i: usize, parts: Parts<'_>) {
+        let Some(s) = self.get(i) else {
+            tracing::debug!(socket = i, "no socket open; message dropped");
+            return;
+        };
+        match io::send_parts(s, parts, zmq::DONTWAIT) {
+            Ok(()) => {
+                if let Some(g) = &self.sent {
+                    g.sent();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(to = %self.endpoint(i), error = %e, "send failed; message dropped")
+            }
+        }
+    }
+
     /// Applies one op.
     pub fn apply(&mut self, op: Op) -> Result<(), Error> {
         match op {
@@ -379,6 +405,9 @@ pub struct Driver<C> {
     hot: Option<usize>,
     /// Turns in a row that read `hot` without a poll.
     hot_turns: u32,
+    /// An event went to the caller's `on` since the clock was last read: it may have
+    /// taken a while, so the next input reads the clock again.
+    handed_out: bool,
 }
 
 impl<C: Core> Driver<C> {
@@ -390,6 +419,7 @@ impl<C: Core> Driver<C> {
             shutdown: shutdown.clone(),
             hot: None,
             hot_turns: 0,
+            handed_out: false,
         }
     }
 
@@ -423,6 +453,7 @@ impl<C: Core> Driver<C> {
     /// the core's queue), and what it is asked to send meanwhile goes out together at
     /// the end of that turn (one group commit of its outbox). Returns how many it read.
     pub fn take_ready(&mut self) -> Result<usize, Error> {
+        let now = self.clock();
         let mut read = 0;
         for i in 0..MAX_SLOTS {
             for _ in 0..BATCH {
@@ -432,19 +463,24 @@ impl<C: Core> Driver<C> {
                 let Ok(frames) = io::recv_frames(s, zmq::DONTWAIT) else {
                     break;
                 };
-                self.core.handle_input(io::now(), i, frames);
+                self.core.handle_input(now, i, frames);
                 read += 1;
             }
         }
         Ok(read)
     }
 
-    /// Applies every op the core has queued.
+    /// Applies every op the core has queued, and sends what it keeps in its own buffer.
     pub fn flush(&mut self) -> Result<(), Error> {
-        while let Some(op) = self.core.poll_op() {
-            self.sockets.apply(op)?;
+        loop {
+            while let Some(op) = self.core.poll_op() {
+                self.sockets.apply(op)?;
+            }
+            let Some((i, parts)) = self.core.poll_send() else {
+                return Ok(());
+            };
+            self.sockets.send_parts(i, parts);
         }
-        Ok(())
     }
 
     /// Runs the loop until `on` returns [`Flow::Break`] (its value is returned), or
@@ -467,14 +503,14 @@ impl<C: Core> Driver<C> {
                     return Ok(Some(r));
                 }
             }
-            let now = io::now();
+            let now = self.clock();
             if until.is_some_and(|u| now >= u) {
                 return Ok(None);
             }
             if let Some(i) = self.hot.take() {
                 if self.hot_turns < HOT_TURNS {
                     self.hot_turns += 1;
-                    match self.read(i, &mut on)? {
+                    match self.read(i, now, &mut on)? {
                         (Some(r), _) => return Ok(Some(r)),
                         (None, 0) => {}        // it was empty after all: poll
                         (None, _) => continue, // read what was there: go round
@@ -487,11 +523,12 @@ impl<C: Core> Driver<C> {
                 (a, b) => a.or(b),
             };
             let (ready, woken) = self.wait(wake, io::poll_millis(now, deadline))?;
+            let now = self.clock();
             for (i, readable) in ready.into_iter().enumerate() {
                 if !readable {
                     continue;
                 }
-                if let (Some(r), _) = self.read(i, &mut on)? {
+                if let (Some(r), _) = self.read(i, now, &mut on)? {
                     return Ok(Some(r));
                 }
             }
@@ -505,6 +542,12 @@ impl<C: Core> Driver<C> {
         }
     }
 
+    /// The time now, for the inputs read from here on.
+    fn clock(&mut self) -> Instant {
+        self.handed_out = false;
+        io::now()
+    }
+
     /// Applies the core's ops and hands its events to `on` until it has neither.
     fn pump<R>(
         &mut self,
@@ -515,6 +558,7 @@ impl<C: Core> Driver<C> {
             let Some(event) = self.core.poll_event() else {
                 return Ok(None);
             };
+            self.handed_out = true;
             if let Flow::Break(r) = on(self, Input::Event(event)) {
                 self.flush()?;
                 return Ok(Some(r));
@@ -523,12 +567,16 @@ impl<C: Core> Driver<C> {
     }
 
     /// Reads up to [`BATCH`] messages from slot `i`, pumping after each; returns what
-    /// `on` broke with, and how many messages were read. Stops early when the core
+    /// `on` broke with, and how many messages were read. Messages are handed to the
+    /// core as arrived at `now`: the clock is read once per turn rather than once per
+    /// message, and again only after `on` ran (it may be an application's handler,
+    /// which takes its time). Stops early when the core
     /// replaced the socket: what is still queued on the old one belongs to a
     /// registration the core has given up. A break marks the socket hot.
     fn read<R>(
         &mut self,
         i: usize,
+        mut now: Instant,
         on: &mut impl FnMut(&mut Self, Input<C::Event>) -> Flow<R>,
     ) -> Result<(Option<R>, usize), Error> {
         let generation = self.sockets.slots.get(i).map_or(0, |s| s.opened);
@@ -541,7 +589,10 @@ impl<C: Core> Driver<C> {
                 break;
             };
             read += 1;
-            self.core.handle_input(io::now(), i, frames);
+            if self.handed_out {
+                now = self.clock();
+            }
+            self.core.handle_input(now, i, frames);
             if let Some(r) = self.pump(on)? {
                 self.hot = Some(i);
                 return Ok((Some(r), read));

@@ -191,6 +191,21 @@ pub fn send_owned(
     Ok(())
 }
 
+/// Sends one multipart message from borrowed frames, each copied into its zmq message
+/// (kept inline by libzmq up to 33 bytes; one allocation of libzmq's above).
+pub fn send_parts<'a>(
+    socket: &zmq::Socket,
+    parts: impl ExactSizeIterator<Item = &'a [u8]>,
+    flags: i32,
+) -> zmq::Result<()> {
+    let n = parts.len();
+    for (i, frame) in parts.enumerate() {
+        let more = if i + 1 < n { zmq::SNDMORE } else { 0 };
+        socket.send(frame, flags | more)?;
+    }
+    Ok(())
+}
+
 /// Receives one multipart message. Like `zmq::Socket::recv_multipart`, but with one zmq
 /// message reused for every frame and the "more" flag read from it, not from a socket
 /// option call per frame.

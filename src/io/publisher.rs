@@ -23,9 +23,10 @@ use crate::io::driver::{Core, Driver, Flow, Input, Op, Sockets};
 use crate::io::transport::Transport;
 use crate::io::{self, Shutdown};
 use crate::proto::envelope::MAX_PAYLOAD_BYTES;
+use crate::proto::frames::wire::Parts;
 use crate::proto::frames::Frames;
 use crate::proto::publisher::{
-    self as core, Event, MemoryRing, PublisherConfig, PublisherStats, Retention, Transmit,
+    self as core, Event, MemoryRing, PublisherConfig, PublisherStats, Retention,
 };
 use crate::store::{published, Durability, Store, StoreError};
 
@@ -52,7 +53,7 @@ impl Committing {
             return;
         };
         if let Err(e) = store.flush() {
-            while self.core.poll_transmit().is_some() {}
+            self.core.discard_transmits();
             self.failed = Some(e);
         }
     }
@@ -72,13 +73,14 @@ impl Core for Committing {
         self.dirty = true;
     }
     fn poll_op(&mut self) -> Option<Op> {
+        None // every send is queued in the core's buffer: poll_send
+    }
+    fn poll_send(&mut self) -> Option<(usize, Parts<'_>)> {
         if self.core.has_transmit() {
             self.commit();
         }
-        self.core.poll_transmit().map(|t| match t {
-            Transmit::Publish(f) => Op::Send(0, f),
-            Transmit::Reply(f) => Op::Send(1, f),
-        })
+        // The core's socket numbers are the slots of `bind`: PUB 0, ROUTER 1.
+        self.core.poll_send()
     }
     fn poll_event(&mut self) -> Option<Event> {
         if let Some(e) = self.failed.take() {
@@ -303,14 +305,16 @@ impl Publisher {
     /// (and, with a `batched` or `every` store, flushed) before it is sent. Over 64 MiB
     /// (topic and payload together): [`ClientError::TooLarge`], nothing published.
     pub fn publish(&mut self, topic: &[u8], payload: Frames) -> Result<u64, Error> {
-        let seq = self.stage(topic.to_vec(), payload)?;
+        check_size(topic, &payload)?;
+        let seq = self.stage(io::now(), io::unix_ms(), topic.to_vec(), payload)?;
         self.turn()?;
         Ok(seq)
     }
 
     /// Publishes every `(topic, payload)` in one driver turn (one flush of a `batched`
     /// store); returns the last sequence (0 when there was nothing). A message too
-    /// large refuses the whole batch before any is published.
+    /// large refuses the whole batch before any is published. The clocks are read once
+    /// for the batch: its messages carry one publication time.
     pub fn publish_all(
         &mut self,
         messages: impl IntoIterator<Item = (Vec<u8>, Frames)>,
@@ -319,18 +323,25 @@ impl Publisher {
         for (topic, payload) in &messages {
             check_size(topic, payload)?;
         }
+        let (now, now_ms) = (io::now(), io::unix_ms());
         let mut last = 0;
         for (topic, payload) in messages {
-            last = self.stage(topic, payload)?;
+            last = self.stage(now, now_ms, topic, payload)?;
         }
         self.turn()?;
         Ok(last)
     }
 
-    fn stage(&mut self, topic: Vec<u8>, payload: Frames) -> Result<u64, Error> {
-        check_size(&topic, &payload)?;
+    /// Publishes one message whose size was checked.
+    fn stage(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        topic: Vec<u8>,
+        payload: Frames,
+    ) -> Result<u64, Error> {
         let c = &mut self.driver.core;
-        let seq = c.core.publish(io::now(), io::unix_ms(), topic, payload)?;
+        let seq = c.core.publish(now, now_ms, topic, payload)?;
         c.dirty = true;
         Ok(seq)
     }

@@ -22,9 +22,15 @@
 //! # Contract
 //! No clock reads and no ids made here: `now` (monotonic) and `now_ms` (wall clock, ms
 //! since the Unix epoch) are inputs, and the publisher id is given. After any `handle_*`
-//! or [`Publisher::publish`], drain [`Publisher::poll_transmit`] and
-//! [`Publisher::poll_event`], then ask [`Publisher::poll_timeout`] when to call
-//! [`Publisher::handle_timeout`].
+//! or [`Publisher::publish`], drain [`Publisher::poll_transmit`] (or
+//! [`Publisher::poll_send`], the same messages borrowed from the core's buffer, which a
+//! driver sends without an allocation per frame) and [`Publisher::poll_event`], then
+//! ask [`Publisher::poll_timeout`] when to call [`Publisher::handle_timeout`].
+//!
+//! # Cost
+//! Publishing moves the topic and payload into the retention and copies their bytes
+//! once, into one reused buffer of outgoing messages ([`WireQueue`]), metadata frame
+//! included: no allocation per message beyond what the retention keeps.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -33,6 +39,7 @@ use uuid::Uuid;
 
 use crate::error::{ConfigError, ProtocolError};
 use crate::proto::frames::pubsub::{self, Data, Heartbeat, Reply, Request};
+use crate::proto::frames::wire::{Parts, WireQueue};
 use crate::proto::frames::Frames;
 use crate::store::StoreError;
 
@@ -197,6 +204,11 @@ impl Retention for MemoryRing {
     }
 }
 
+/// The socket of [`Transmit::Publish`] in [`Publisher::poll_send`]: the PUB socket.
+pub const PUB: usize = 0;
+/// The socket of [`Transmit::Reply`] in [`Publisher::poll_send`]: the replay ROUTER.
+pub const ROUTER: usize = 1;
+
 /// What the publisher asks its driver to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
@@ -273,7 +285,8 @@ pub struct Publisher {
     /// lost messages, and is answered `TRIMMED`.
     trimmed_at_ms: Option<u64>,
     acks: BTreeMap<Vec<u8>, u64>,
-    out: VecDeque<Transmit>,
+    /// What waits to be sent, by socket ([`PUB`] or [`ROUTER`]), in order.
+    out: WireQueue,
     events: VecDeque<Event>,
     stats: PublisherStats,
 }
@@ -319,7 +332,7 @@ impl Publisher {
             now_ms: 0,
             trimmed_at_ms,
             acks: BTreeMap::new(),
-            out: VecDeque::new(),
+            out: WireQueue::new(),
             events: VecDeque::new(),
             stats: PublisherStats::default(),
         })
@@ -384,23 +397,21 @@ impl Publisher {
     ) -> Result<u64, StoreError> {
         self.now_ms = now_ms;
         let seq = self.next;
-        let data = Data {
-            publisher: self.id,
-            seq,
-            published_at_ms: now_ms,
-            topic,
-            payload,
-        };
-        let frames = data.encode();
-        self.retention.keep(Retained {
+        // Queued first (it goes nowhere before the caller polls), taken back when the
+        // retention refuses it: so the message is moved into the retention, not copied.
+        Data::queue(&mut self.out, PUB, self.id, seq, now_ms, &topic, &payload);
+        let kept = self.retention.keep(Retained {
             seq,
             at_ms: now_ms,
-            topic: data.topic,
-            payload: data.payload,
-        })?;
+            topic,
+            payload,
+        });
+        if let Err(e) = kept {
+            self.out.discard_last();
+            return Err(e);
+        }
         self.next += 1;
         self.stats.published += 1;
-        self.out.push_back(Transmit::Publish(frames));
         self.heartbeat_if_due(now);
         self.trim()?;
         Ok(seq)
@@ -443,7 +454,7 @@ impl Publisher {
                 oldest: self.oldest_retained(),
                 replay: self.replay_endpoint.clone(),
             };
-            self.out.push_back(Transmit::Publish(hb.encode()));
+            self.out.push(PUB, hb.encode());
             self.stats.heartbeats += 1;
             self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
         }
@@ -543,14 +554,16 @@ impl Publisher {
         };
         let sent = batch.len();
         for m in batch {
-            let data = Data {
-                publisher: self.id,
-                seq: m.seq,
-                published_at_ms: m.at_ms,
-                topic: m.topic,
-                payload: m.payload,
-            };
-            self.reply(identity, &Reply::Data(data));
+            Data::queue_replayed(
+                &mut self.out,
+                ROUTER,
+                identity,
+                self.id,
+                m.seq,
+                m.at_ms,
+                &m.topic,
+                &m.payload,
+            );
         }
         self.stats.replayed += sent as u64;
         self.reply(identity, &Reply::End { from, last });
@@ -558,17 +571,33 @@ impl Publisher {
     }
 
     fn reply(&mut self, identity: &[u8], reply: &Reply) {
-        let body = reply.encode();
-        let mut frames = Vec::with_capacity(body.len() + 1);
-        frames.push(identity.to_vec());
-        frames.extend(body);
-        self.out.push_back(Transmit::Reply(frames));
+        self.out.begin(ROUTER);
+        self.out.frame(identity);
+        for f in reply.encode() {
+            self.out.frame(&f);
+        }
     }
 
     /// The next message to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
+        self.out.pop_owned().map(|(socket, frames)| match socket {
+            PUB => Transmit::Publish(frames),
+            _ => Transmit::Reply(frames),
+        })
+    }
+
+    /// The next message to send, as [`Publisher::poll_transmit`] gives it but borrowed
+    /// from the core's buffer until the next call: the socket ([`PUB`] for
+    /// [`Transmit::Publish`], [`ROUTER`] for [`Transmit::Reply`]) and the frames.
+    #[must_use]
+    pub fn poll_send(&mut self) -> Option<(usize, Parts<'_>)> {
+        self.out.pop()
+    }
+
+    /// Drops everything waiting to be sent (a driver whose commit failed).
+    pub fn discard_transmits(&mut self) {
+        self.out.clear();
     }
 
     /// Whether messages wait to be sent (a driver commits its store before sending).
@@ -865,6 +894,102 @@ mod tests {
         assert_eq!(p.stats().garbage, 1);
         let events: Vec<Event> = std::iter::from_fn(|| p.poll_event()).collect();
         assert!(events.iter().any(|e| matches!(e, Event::Garbage(_))));
+    }
+
+    /// A retention that refuses every message.
+    struct Full;
+
+    impl Retention for Full {
+        fn keep(&mut self, _: Retained) -> Result<(), StoreError> {
+            Err(StoreError::NotADirectory {
+                path: "full".into(),
+            })
+        }
+        fn range(&self, _: u64, _: usize) -> Result<Vec<Retained>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn oldest(&self) -> Option<(u64, u64)> {
+            None
+        }
+        fn len(&self) -> u64 {
+            0
+        }
+        fn trim_oldest(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_borrowed_sends_are_the_transmits_in_the_same_order() {
+        let t = t0();
+        let cfg = PublisherConfig {
+            replay_batch: 10,
+            ..PublisherConfig::default()
+        };
+        let (mut a, mut b) = (publisher(cfg, t), publisher(cfg, t));
+        for p in [&mut a, &mut b] {
+            p.publish(t, 5, b"t".to_vec(), vec![b"x".to_vec(), Vec::new()])
+                .unwrap();
+            p.publish(t, 6, b"u".to_vec(), Vec::new()).unwrap();
+            let mut f = vec![b"sub".to_vec()];
+            f.extend(
+                Request::Replay {
+                    publisher: id(),
+                    from: 1,
+                    max: 5,
+                    since_ms: None,
+                }
+                .encode(),
+            );
+            p.handle_replay_input(f);
+            p.handle_timeout(t + Duration::from_secs(1));
+        }
+        let owned = drain(&mut a);
+        let borrowed: Vec<Transmit> = std::iter::from_fn(|| {
+            b.poll_send().map(|(socket, parts)| {
+                let frames: Frames = parts.map(<[u8]>::to_vec).collect();
+                match socket {
+                    PUB => Transmit::Publish(frames),
+                    _ => Transmit::Reply(frames),
+                }
+            })
+        })
+        .collect();
+        // A message, the heartbeat due since the start, a message, two replayed and
+        // END, the next heartbeat.
+        assert_eq!(owned.len(), 7, "{owned:?}");
+        assert_eq!(owned, borrowed);
+        let Transmit::Publish(f) = &owned[0] else {
+            panic!("{owned:?}")
+        };
+        let data = Data {
+            publisher: id(),
+            seq: 1,
+            published_at_ms: 5,
+            topic: b"t".to_vec(),
+            payload: vec![b"x".to_vec(), Vec::new()],
+        };
+        assert_eq!(f, &data.encode());
+        let Transmit::Reply(r) = &owned[3] else {
+            panic!("{owned:?}")
+        };
+        assert_eq!(parse_reply(r[1..].to_vec()).unwrap(), Reply::Data(data));
+        let Transmit::Publish(empty) = &owned[2] else {
+            panic!("{owned:?}")
+        };
+        assert_eq!(empty[1], b"", "an empty payload goes as one empty frame");
+    }
+
+    #[test]
+    fn a_message_the_retention_refuses_is_not_sent_and_keeps_no_sequence() {
+        let t = t0();
+        let mut p =
+            Publisher::new(PublisherConfig::default(), id(), 1, Box::new(Full), "", t).unwrap();
+        p.handle_timeout(t);
+        assert!(p.publish(t, 1, b"t".to_vec(), vec![vec![1]]).is_err());
+        let sent = drain(&mut p);
+        assert_eq!(sent.len(), 1, "the heartbeat only: {sent:?}");
+        assert_eq!((p.next_seq(), p.stats().published), (1, 0));
     }
 
     #[test]

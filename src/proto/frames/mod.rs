@@ -7,6 +7,7 @@
 pub mod mdp;
 pub mod ppp;
 pub mod pubsub;
+pub mod wire;
 
 /// A multipart message: one `Vec<u8>` per frame, as `zmq::Socket::recv_multipart` gives.
 pub type Frames = Vec<Vec<u8>>;

@@ -40,6 +40,7 @@
 
 use uuid::Uuid;
 
+use super::wire::WireQueue;
 use super::{preview, Frames};
 use crate::error::ProtocolError;
 
@@ -117,27 +118,22 @@ pub struct Meta {
 impl Meta {
     /// The frame.
     pub fn encode(&self) -> Vec<u8> {
-        let endpoint = self.replay.as_bytes();
-        // The endpoint is the publisher's own bound endpoint; longer than u16 it would
-        // not be an endpoint at all, and it is then left out rather than cut.
-        let endpoint = if endpoint.len() > usize::from(u16::MAX) {
-            &[][..]
-        } else {
-            endpoint
-        };
-        let mut out = Vec::with_capacity(FIXED + endpoint.len());
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.kind as u8);
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(self.publisher.as_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.at_ms.to_be_bytes());
-        out.extend_from_slice(&self.oldest.to_be_bytes());
-        // In range: checked against u16::MAX above.
-        out.extend_from_slice(&(endpoint.len() as u16).to_be_bytes());
-        out.extend_from_slice(endpoint);
+        let mut out = Vec::with_capacity(FIXED + self.replay.len());
+        self.write(&mut out);
         out
+    }
+
+    /// Appends the frame to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        write_meta(
+            out,
+            self.kind,
+            self.publisher,
+            self.seq,
+            self.at_ms,
+            self.oldest,
+            self.replay.as_bytes(),
+        );
     }
 
     /// Decodes a metadata frame: the exact length its endpoint field announces, known
@@ -216,6 +212,44 @@ impl Meta {
     }
 }
 
+/// Appends a metadata frame to `out` (see the module docs for the layout).
+fn write_meta(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    publisher: Uuid,
+    seq: u64,
+    at_ms: u64,
+    oldest: u64,
+    endpoint: &[u8],
+) {
+    // The endpoint is the publisher's own bound endpoint; longer than u16 it would
+    // not be an endpoint at all, and it is then left out rather than cut.
+    let endpoint = if endpoint.len() > usize::from(u16::MAX) {
+        &[][..]
+    } else {
+        endpoint
+    };
+    let mut fixed = [0u8; FIXED];
+    fixed[..4].copy_from_slice(&MAGIC);
+    fixed[4] = VERSION;
+    fixed[5] = kind as u8;
+    // 6..8 reserved, 0.
+    fixed[8..24].copy_from_slice(publisher.as_bytes());
+    fixed[24..32].copy_from_slice(&seq.to_be_bytes());
+    fixed[32..40].copy_from_slice(&at_ms.to_be_bytes());
+    fixed[40..48].copy_from_slice(&oldest.to_be_bytes());
+    // In range: checked against u16::MAX above.
+    fixed[48..50].copy_from_slice(&(endpoint.len() as u16).to_be_bytes());
+    out.reserve(FIXED + endpoint.len());
+    out.extend_from_slice(&fixed);
+    out.extend_from_slice(endpoint);
+}
+
+/// Appends the metadata frame of a data message.
+fn write_data_meta(out: &mut Vec<u8>, publisher: Uuid, seq: u64, at_ms: u64) {
+    write_meta(out, Kind::Data, publisher, seq, at_ms, 0, &[]);
+}
+
 /// Splits a u64 off the front of a slice known (by the fixed header length) to hold one.
 fn u64_at(s: &[u8]) -> (u64, &[u8]) {
     match s.split_first_chunk::<8>() {
@@ -242,15 +276,9 @@ pub struct Data {
 impl Data {
     /// The metadata frame of this message.
     pub fn meta(&self) -> Vec<u8> {
-        Meta {
-            kind: Kind::Data,
-            publisher: self.publisher,
-            seq: self.seq,
-            at_ms: self.published_at_ms,
-            oldest: 0,
-            replay: String::new(),
-        }
-        .encode()
+        let mut out = Vec::with_capacity(FIXED);
+        write_data_meta(&mut out, self.publisher, self.seq, self.published_at_ms);
+        out
     }
 
     /// The message as sent on PUB: `[topic][payload...][metadata]` (an empty payload is
@@ -265,6 +293,61 @@ impl Data {
         }
         out.push(self.meta());
         out
+    }
+
+    /// Queues the message as sent on PUB (as [`Data::encode`] gives it) on `socket` of
+    /// `out`, from borrowed parts: nothing is copied but into the queue's buffer.
+    pub fn queue(
+        out: &mut WireQueue,
+        socket: usize,
+        publisher: Uuid,
+        seq: u64,
+        published_at_ms: u64,
+        topic: &[u8],
+        payload: &[Vec<u8>],
+    ) {
+        out.begin(socket);
+        Self::frames_into(out, publisher, seq, published_at_ms, topic, payload);
+    }
+
+    /// Queues the message as a replay answer, `[identity][BSP-R1][DATA][topic]
+    /// [payload...][metadata]`, on `socket` of `out` (the ROUTER): as [`Reply::encode`]
+    /// gives it after the identity.
+    #[allow(clippy::too_many_arguments)] // the parts of one frame layout, borrowed
+    pub fn queue_replayed(
+        out: &mut WireQueue,
+        socket: usize,
+        identity: &[u8],
+        publisher: Uuid,
+        seq: u64,
+        published_at_ms: u64,
+        topic: &[u8],
+        payload: &[Vec<u8>],
+    ) {
+        out.begin(socket);
+        out.frame(identity);
+        out.frame(PROTOCOL);
+        out.frame(command::DATA);
+        Self::frames_into(out, publisher, seq, published_at_ms, topic, payload);
+    }
+
+    /// Adds `[topic][payload...][metadata]` to the message `out` has begun.
+    fn frames_into(
+        out: &mut WireQueue,
+        publisher: Uuid,
+        seq: u64,
+        published_at_ms: u64,
+        topic: &[u8],
+        payload: &[Vec<u8>],
+    ) {
+        out.frame(topic);
+        if payload.is_empty() {
+            out.frame(&[]);
+        }
+        for f in payload {
+            out.frame(f);
+        }
+        out.frame_with(|b| write_data_meta(b, publisher, seq, published_at_ms));
     }
 
     /// `[topic][payload...][metadata]`, already split from a message; `what` names it in
@@ -288,8 +371,9 @@ impl Data {
         if meta.kind != Kind::Data {
             return Err(bad(what, "metadata of a heartbeat".into()));
         }
-        let payload = frames.split_off(1);
-        let topic = frames.pop().unwrap_or_default(); // one frame left: checked above
+        // The frame list becomes the payload: no new list per message.
+        let topic = frames.remove(0); // at least 2 frames left: checked above
+        let payload = frames;
         Ok(Data {
             publisher: meta.publisher,
             seq: meta.seq,
