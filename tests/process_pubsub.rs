@@ -820,6 +820,47 @@ fn an_output_file_or_data_dir_that_cannot_be_trusted_is_refused_with_the_reason(
     );
 }
 
+/// A publisher whose replay endpoint is a wildcard (`--replay tcp://*:PORT`, which its
+/// heartbeats announce as is) and a late joiner given no `--replay`: the history cannot
+/// be fetched. The subscriber says so, naming the flag to give, and goes on with the
+/// live stream (it waited forever, silently, before).
+#[test]
+fn a_subscriber_with_nowhere_to_ask_for_history_says_so_and_goes_on_live() {
+    let port = free_port();
+    let eps = Endpoints {
+        publish: loopback(),
+        replay: format!("tcp://*:{port}"),
+    };
+    let (mut publisher, _) = start_pub("publisher", &eps, &[]);
+    let history: String = (1..=50).map(|i| format!("{}\n", line(i))).collect();
+    publisher.write_stdin(&history);
+    let args = [
+        "sub",
+        "--connect",
+        eps.publish.as_str(),
+        "--from-start",
+        "--json",
+    ];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--heartbeat-interval", HB, "--count", "10"]);
+    let mut sub = Proc::spawn("subscriber", &mut bosun(&args));
+    sub.expect_stderr("the warning", SECS_10, |l| {
+        l.contains("cannot be connected to") && l.contains("give --replay")
+    });
+    let live: String = (51..=60).map(|i| format!("{}\n", line(i))).collect();
+    publisher.write_stdin(&live);
+    let status = sub.wait_exit(SECS_30);
+    sub.drain(SECS_10);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}\n{}",
+        tail(&mut sub),
+        tail(&mut publisher)
+    );
+    let got: Vec<u64> = delivered(&sub).iter().map(|g| g.seq).collect();
+    assert_eq!(got, (51..=60).collect::<Vec<u64>>(), "{}", tail(&mut sub));
+}
+
 // ---------------------------------------------------------------------------------
 // (c) A slow consumer: its SUB socket's high-water mark overflows.
 
@@ -879,7 +920,7 @@ fn a_slow_subscriber_repairs_high_water_mark_drops_by_replay() {
 
     let feeder = Feeder::start(publisher.stdin.take(), 1, n);
     publisher.expect_stderr("all published", STREAM_LIMIT, |l| {
-        l.contains(&format!("published {n} messages"))
+        l.contains(&format!("published {n} message(s)"))
     });
     assert_eq!(feeder.join(), n);
 
@@ -1569,7 +1610,7 @@ fn a_durable_subscriber_whose_reader_goes_away_skips_nothing() {
     let feeder = Feeder::start(publisher.stdin.take(), 1, n);
     assert_eq!(feeder.join(), n);
     publisher.expect_stderr("all published", SECS_30, |l| {
-        l.contains(&format!("published {n} messages"))
+        l.contains(&format!("published {n} message(s)"))
     });
     let (out, write_end) = pipe();
     let mut cmd = bosun(&[
@@ -1658,7 +1699,7 @@ fn a_publisher_stopped_before_the_end_of_its_input_says_it_was_interrupted() {
     publisher.write_stdin("one\n");
     publisher.close_stdin();
     publisher.expect_stderr("stdin ended", SECS_10, |l| {
-        l.contains("published 1 messages")
+        l.contains("published 1 message(s)")
     });
     publisher.signal(libc::SIGTERM);
     let status = publisher.expect_exit(SECS_10);

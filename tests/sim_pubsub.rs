@@ -790,6 +790,46 @@ fn a_join_that_finds_messages_published_since_its_start_trimmed_says_they_are_lo
     }
 }
 
+/// A late joiner (`from_start`) with no endpoint given, whose publisher announces a
+/// wildcard one (`tcp://*:5557`): its history and a message dropped on the way cannot
+/// be fetched. It says so once (`NoReplay`) and goes on at the next heartbeat: the
+/// history skipped silently, the dropped message reported lost, everything else
+/// delivered (it waited forever before).
+#[test]
+fn a_gap_with_nowhere_to_ask_is_said_and_skipped_not_waited_on_forever() {
+    for seed in 0..10 {
+        let mut w = World::new(
+            1,
+            PublisherConfig::default(),
+            late_joiner(),
+            &[],
+            LinkConfig::PERFECT,
+            replay_link(),
+            seed,
+        );
+        w.pubs[0]
+            .as_mut()
+            .expect("up")
+            .set_replay_endpoint("tcp://*:5557");
+        let mut joined = joins_after(10);
+        w.pass = Box::new(move |f: &Frames| joined(f) && seq_of(f) != Some(15));
+        for i in 1..=30u64 {
+            w.run_until(ms(10 * i));
+            w.publish(0, b"t", format!("m{i}").as_bytes());
+        }
+        w.run_until(Duration::from_secs(5));
+        let want: Vec<u64> = (11..=30).filter(|s| *s != 15).collect();
+        assert_eq!(w.seqs(0), want, "seed {seed}");
+        let said = w
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::NoReplay { endpoint, .. } if endpoint == "tcp://*:5557"))
+            .count();
+        assert_eq!(said, 1, "seed {seed}: {:?}", w.events);
+        assert_eq!(w.lost(), vec![(15, 15)], "seed {seed}");
+    }
+}
+
 #[test]
 fn a_join_with_no_replay_endpoint_goes_live_and_says_so() {
     // Nothing given, nothing connectable announced: the join cannot be repaired.

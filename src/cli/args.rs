@@ -54,6 +54,7 @@ pub fn flag_of(field: &str) -> &str {
         "bind" => "--bind",
         "connect" => "--connect",
         "output" => "--output",
+        "durability" => "--durability",
         other => other,
     }
 }

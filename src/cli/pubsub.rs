@@ -48,8 +48,9 @@ pub struct PubArgs {
     /// With --data-dir: when retained messages are flushed. `batched`: once for the
     /// messages read together, before they are sent; `every`: each before it is sent;
     /// `none`: sled's background flush only (a crash may lose the last 500 ms).
-    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", default_value = "batched", value_parser = parse_durability, requires = "data_dir")]
-    pub durability: Durability,
+    /// [default: batched]
+    #[arg(long, env = "BOSUN_DURABILITY", value_name = "MODE", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
     /// A heartbeat goes out every interval, among the messages of a busy stream too.
     #[arg(long, env = "BOSUN_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -87,6 +88,16 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     debug_assert_eq!(DEFAULT_RETAIN_AGE, Duration::from_secs(3600));
     check_endpoints("bind", std::slice::from_ref(&args.bind), Side::Bind)?;
     check_endpoints("replay", std::slice::from_ref(&args.replay), Side::Bind)?;
+    if args.durability.is_some() && args.data_dir.is_none() {
+        // Said here rather than by clap, which would not name a BOSUN_DURABILITY.
+        return Err(ConfigError::Invalid {
+            field: "durability",
+            reason: "it needs --data-dir: without one, messages are retained in memory \
+                     and never flushed"
+                .into(),
+        }
+        .into());
+    }
     let ctx = zmq::Context::new();
     let mut builder = Publisher::builder(&args.bind)
         .context(&ctx)
@@ -99,9 +110,15 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
         None => None,
     };
     if let Some(store) = &store {
-        builder = builder.store(store, args.durability);
+        builder = builder.store(store, args.durability.unwrap_or(Durability::Batched));
     }
     let mut publisher = builder.bind()?;
+    // On stdout like every bound command (a `*` port is resolved here).
+    println!(
+        "pub bound={} replay={}",
+        publisher.endpoint(),
+        publisher.replay_endpoint()
+    );
     tracing::info!(
         "publisher {} bound at {}, replay at {}, next sequence {}",
         publisher.id(),
@@ -155,13 +172,14 @@ pub fn run_pub(args: PubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
     let interrupted = open.then(super::signal_received).flatten();
     if open {
         tracing::warn!(
-            "stopped before the end of stdin: published {published} messages (last \
+            "stopped before the end of stdin: published {published} message(s) (last \
              sequence {}); lines not yet read were not published",
             publisher.last_seq()
         );
     } else {
         tracing::info!(
-            "published {published} messages (last sequence {}); serving replay until stopped",
+            "published {published} message(s) (last sequence {}); serving replay until \
+             stopped",
             publisher.last_seq()
         );
     }

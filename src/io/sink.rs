@@ -56,6 +56,27 @@ impl FileSink {
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("inspect --output {}", path.display()), e))?;
+        let shown = path.display();
+        if store.is_some() && !meta.is_file() {
+            return Err(ConfigError::Invalid {
+                field: "output",
+                reason: format!(
+                    "{shown} is not a regular file (a pipe or a device): with --data-dir the \
+                     file is cut back to its last commit after a crash, which only a regular \
+                     file allows; give a file, or leave out --data-dir"
+                ),
+            }
+            .into());
+        }
+        lock(&file).map_err(|e| {
+            let in_use = e.kind() == std::io::ErrorKind::WouldBlock;
+            let what = if in_use {
+                format!("--output {shown} is being written by another process (it is locked)")
+            } else {
+                format!("lock --output {shown}")
+            };
+            Error::io(what, e)
+        })?;
         let (dev, ino, mut len) = (meta.dev(), meta.ino(), meta.len());
         let born = meta
             .created()
@@ -82,9 +103,10 @@ impl FileSink {
                         }
                         if len > r.len {
                             tracing::warn!(
-                                "{}: the last {} bytes were written when this subscriber \
-                                 stopped, before they were committed: cut off, and written \
-                                 again",
+                                "{}: the last {} bytes are past what this subscriber \
+                                 committed (written before it was stopped, or appended by \
+                                 something else): cut off; the messages not committed are \
+                                 written again",
                                 path.display(),
                                 len - r.len
                             );
@@ -98,10 +120,11 @@ impl FileSink {
                         r
                     }
                     Some(r) => {
-                        tracing::info!(
+                        tracing::warn!(
                             "{} is not the file this subscriber wrote to last (another \
-                             device, inode or creation time): appending to it from where the last one \
-                             stopped",
+                             device, inode or creation time: rotated or replaced): appending \
+                             to it from the last commit; the previous file may end with \
+                             lines written after that commit, which are written here again",
                             path.display()
                         );
                         let r = OutputRecord {
@@ -194,6 +217,19 @@ impl FileSink {
         store.set_output_record(record)?;
         store.flush()?;
         Ok(record.positions.clone())
+    }
+}
+
+/// Takes an exclusive lock on the output file for the life of the sink (released when
+/// the file is closed, also by a crash): two writers would cut each other's lines.
+fn lock(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function borrows, valid for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -299,6 +335,24 @@ mod tests {
             .unwrap();
         let err = FileSink::open(&p, Some(&store)).unwrap_err();
         assert!(err.to_string().contains("something else cut it"), "{err}");
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn a_file_written_by_another_sink_or_not_a_regular_file_is_refused() {
+        let p = path("locked");
+        let store = Store::memory();
+        let first = FileSink::open(&p, Some(&store)).unwrap();
+        let err = FileSink::open(&p, None).unwrap_err();
+        assert!(
+            err.to_string().contains("being written by another"),
+            "{err}"
+        );
+        drop(first);
+        FileSink::open(&p, None).expect("free again once the first is gone");
+        let err = FileSink::open(Path::new("/dev/null"), Some(&store)).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        FileSink::open(Path::new("/dev/null"), None).expect("without a store, any file");
         let _ = std::fs::remove_file(&p);
     }
 

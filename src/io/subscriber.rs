@@ -614,6 +614,17 @@ fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
              starting at {oldest} (its retention, --retain-count and --retain-age, is \
              shorter than this subscriber was away)"
         ),
+        Event::NoReplay {
+            publisher,
+            endpoint,
+        } => tracing::warn!(
+            %publisher,
+            %endpoint,
+            "publisher {publisher} announces its replay endpoint as {endpoint}, which \
+             cannot be connected to, and no --replay was given: what it sent before this \
+             subscriber joined or what was dropped on the way cannot be fetched, and is \
+             skipped (a loss is reported as such); give --replay tcp://HOST:PORT"
+        ),
         Event::PublisherDead { publisher } => {
             tracing::warn!(%publisher, "publisher silent past its liveness; reconnecting")
         }

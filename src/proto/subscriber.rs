@@ -224,6 +224,16 @@ pub enum Event {
         /// The first sequence delivered.
         oldest: u64,
     },
+    /// `publisher` has a gap to repair, but no replay endpoint was given and the one
+    /// it announces (`endpoint`) cannot be connected to (a wildcard address): the gap
+    /// is skipped (history silently, anything else reported [`Event::Lost`]). Once per
+    /// publisher.
+    NoReplay {
+        /// The publisher.
+        publisher: Uuid,
+        /// The replay endpoint it announces.
+        endpoint: String,
+    },
     /// Nothing was heard from `publisher` for its liveness; its sockets are re-made.
     PublisherDead {
         /// The publisher.
@@ -373,6 +383,8 @@ struct Feed {
     recheck_at: Instant,
     reconnects: Reconnects,
     behind_reported: bool,
+    /// [`Event::NoReplay`] was reported.
+    no_replay_reported: bool,
 }
 
 impl Feed {
@@ -577,6 +589,7 @@ impl Subscriber {
                 recheck_at: now,
                 reconnects: Reconnects::new(self.cfg.reconnect, seed),
                 behind_reported: false,
+                no_replay_reported: false,
             },
         );
         self.events.push_back(Event::Joined {
@@ -699,9 +712,29 @@ impl Subscriber {
         f.head = f.head.max(hb.last);
         // Joining with nowhere to ask (no endpoint given, none connectable announced):
         // no answer can come, so the live stream starts now, not when the window ends.
-        if f.joining.is_some() && self.slots.is_empty() && !connectable(&hb.replay) {
+        let nowhere = self.slots.is_empty() && !connectable(&hb.replay);
+        if nowhere && f.joining.is_some() {
             let from = self.go_live(publisher);
             self.events.push_back(Event::JoinedLive { publisher, from });
+        } else if nowhere && f.next <= f.head {
+            // A gap (history, a cursor's backlog, drops on the way) that nothing can
+            // repair: said once, then skipped (history silently, the rest as lost)
+            // instead of waiting forever.
+            if !f.no_replay_reported {
+                f.no_replay_reported = true;
+                self.events.push_back(Event::NoReplay {
+                    publisher,
+                    endpoint: hb.replay.clone(),
+                });
+            }
+            let (first_live, target) = (f.baseline.saturating_add(1), f.head.saturating_add(1));
+            if f.history && first_live > f.next {
+                self.skip_to(publisher, first_live.min(target)); // history: not lost
+            }
+            if let Some(f) = self.feeds.get_mut(&publisher) {
+                f.history = false;
+            }
+            self.skip_to(publisher, target);
         }
         self.check_slow(now, publisher);
         self.ask(now, publisher);
