@@ -275,6 +275,10 @@ fn a_plain_pyzmq_sub_gets_the_topic_and_payload_frames_from_bosun_pub() {
         .find(|l| field(l, "replay").as_deref() == Some(weather_replay.as_str()))
         .and_then(|l| field(l, "publisher"))
         .unwrap_or_else(|| panic!("a heartbeat naming {weather_replay}\n{}", sub.dump()));
+    // Every heartbeat says the publisher's interval (--heartbeat-interval 100ms).
+    for l in out.iter().filter(|l| l.starts_with("sub heartbeat ")) {
+        assert_eq!(field(l, "interval_ms").as_deref(), Some("100"), "{l}");
+    }
 
     let text = std::fs::read_to_string(&record.0).expect("read the record");
     let recorded: Vec<Recorded> = text.lines().map(parse_record).collect();

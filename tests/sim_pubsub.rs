@@ -1005,6 +1005,26 @@ fn heartbeats_slower_than_expected_are_named_once() {
         count_events(&w, |e| matches!(e, Event::SlowHeartbeats { .. })),
         0
     );
+
+    // The same intervals, but only every third heartbeat arrives (a publisher that
+    // restarts every few seconds, a flapping link): steady long gaps, which the
+    // publisher's own word on its interval says are not a setting.
+    let mut w = perfect_world(PublisherConfig::default(), 3);
+    let mut beats = 0u64;
+    w.pass = Box::new(move |f: &Frames| {
+        if !parse_live(f.clone()).is_ok_and(|l| matches!(l, Live::Heartbeat(_))) {
+            return true;
+        }
+        beats += 1;
+        beats % 3 == 0
+    });
+    w.run_until(Duration::from_secs(60));
+    assert_eq!(
+        count_events(&w, |e| matches!(e, Event::SlowHeartbeats { .. })),
+        0,
+        "{:?}",
+        w.events
+    );
 }
 
 fn slow_events(w: &World) -> Vec<&(Duration, Event)> {

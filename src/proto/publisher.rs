@@ -453,6 +453,8 @@ impl Publisher {
                 at_ms: self.now_ms,
                 oldest: self.oldest_retained(),
                 replay: self.replay_endpoint.clone(),
+                interval_ms: u16::try_from(self.cfg.heartbeat_interval.as_millis())
+                    .unwrap_or(u16::MAX),
             };
             self.out.push(PUB, hb.encode());
             self.stats.heartbeats += 1;

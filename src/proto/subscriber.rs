@@ -598,27 +598,37 @@ impl Subscriber {
         });
     }
 
-    /// A publisher heartbeats every interval, busy or idle: two gaps in a row between
-    /// its heartbeats, both more than twice this subscriber's interval and within a
-    /// quarter of each other, mean the two intervals were set differently (a single
-    /// long gap is a restart or an outage, not a setting).
-    fn check_heartbeat_gap(&mut self, now: Instant, publisher: Uuid) {
+    /// A publisher whose heartbeat says its interval (`said_ms`, 0: not said) is
+    /// judged by it: more than twice this subscriber's interval is a different setting,
+    /// reported at once; anything else never is (long gaps are then restarts or
+    /// outages). A publisher that does not say heartbeats every interval all the same,
+    /// busy or idle: two gaps in a row between its heartbeats, both more than twice this
+    /// subscriber's interval and within a quarter of each other, mean the two intervals
+    /// were set differently (a single long gap is a restart or an outage).
+    fn check_heartbeat_gap(&mut self, now: Instant, publisher: Uuid, said_ms: u16) {
         let expected = self.cfg.heartbeat.interval;
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;
         };
-        let last = f.heartbeat_at.replace(now);
-        let Some(gap) = last.map(|t| now.saturating_duration_since(t)) else {
-            return;
-        };
-        let previous = f.heartbeat_gap.replace(gap);
         let long = |g: Duration| g > expected.saturating_mul(2);
-        let steady = previous.is_some_and(|p| long(p) && p.max(gap) - p.min(gap) <= p.max(gap) / 4);
-        if long(gap) && steady && !f.slow_reported {
+        let last = f.heartbeat_at.replace(now);
+        let slow = if said_ms != 0 {
+            let said = Duration::from_millis(u64::from(said_ms));
+            long(said).then_some(said)
+        } else {
+            let Some(gap) = last.map(|t| now.saturating_duration_since(t)) else {
+                return;
+            };
+            let previous = f.heartbeat_gap.replace(gap);
+            let steady =
+                previous.is_some_and(|p| long(p) && p.max(gap) - p.min(gap) <= p.max(gap) / 4);
+            (long(gap) && steady).then_some(gap)
+        };
+        if let Some(every) = slow.filter(|_| !f.slow_reported) {
             f.slow_reported = true;
             self.events.push_back(Event::SlowHeartbeats {
                 publisher,
-                every: gap,
+                every,
                 expected,
             });
         }
@@ -701,7 +711,7 @@ impl Subscriber {
         let publisher = hb.publisher;
         self.contact(now, publisher, None, Some(hb.last));
         self.heard(now, publisher);
-        self.check_heartbeat_gap(now, publisher);
+        self.check_heartbeat_gap(now, publisher, hb.interval_ms);
         self.learn(publisher, &hb.replay);
         let Some(f) = self.feeds.get_mut(&publisher) else {
             return;

@@ -9,8 +9,8 @@ usage: pubsub_sub.py PREFIX COUNT RECORD --connect EP [--connect EP ...]
 What it reads (all integers big-endian):
   * data:      [topic][payload frame 1]...[payload frame N][metadata]
   * heartbeat: [FF 42 53 4E 2E 68 62][metadata]
-  * metadata:  magic FF 42 53 50, version 1, kind (0 data, 1 heartbeat), 2 reserved
-               bytes, 16-byte publisher id, u64 sequence (data: this message's; heartbeat:
+  * metadata:  magic FF 42 53 50, version 1, kind (0 data, 1 heartbeat), u16 (heartbeat:
+               the publisher's heartbeat interval in ms, 0 if not said; data: 0), 16-byte publisher id, u64 sequence (data: this message's; heartbeat:
                the last published), u64 published-at ms, u64 oldest retained (heartbeat
                only), u16 length L, L bytes of replay endpoint (heartbeat only).
 
@@ -31,7 +31,7 @@ A message whose topic does not start with PREFIX (the SUB socket should have fil
 it), or whose metadata does not parse, is counted, not recorded.
 
 Output (stdout), one line each, machine-checkable:
-    sub heartbeat publisher=HEX last=N oldest=N replay=ENDPOINT
+    sub heartbeat publisher=HEX last=N oldest=N replay=ENDPOINT interval_ms=N
     sub ready publishers=K
     sub message topic=TEXT seq=N frames=K upper=TEXT
     sub done received=N heartbeats=H unfiltered=U malformed=M
@@ -63,11 +63,11 @@ def say(line):
 
 
 def parse_meta(frame):
-    """(kind, publisher bytes, seq, published_at_ms, oldest, endpoint) or None."""
+    """(kind, publisher bytes, seq, published_at_ms, oldest, endpoint, interval_ms) or None."""
     if len(frame) < FIXED.size:
         return None
-    magic, version, kind, reserved, publisher, seq, at, oldest, length = FIXED.unpack_from(frame)
-    if magic != MAGIC or version != VERSION or reserved != 0:
+    magic, version, kind, interval, publisher, seq, at, oldest, length = FIXED.unpack_from(frame)
+    if magic != MAGIC or version != VERSION:
         return None
     if len(frame) != FIXED.size + length:
         return None
@@ -75,11 +75,11 @@ def parse_meta(frame):
         endpoint = frame[FIXED.size :].decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if kind == KIND_DATA and (oldest != 0 or length != 0):
+    if kind == KIND_DATA and (oldest != 0 or length != 0 or interval != 0):
         return None
     if kind not in (KIND_DATA, KIND_HEARTBEAT):
         return None
-    return kind, publisher, seq, at, oldest, endpoint
+    return kind, publisher, seq, at, oldest, endpoint, interval
 
 
 def main():
@@ -126,7 +126,7 @@ def main():
                 stats["malformed"] += 1
                 say("sub malformed metadata=%s" % frames[-1].hex())
                 continue
-            kind, publisher, seq, at, oldest, endpoint = meta
+            kind, publisher, seq, at, oldest, endpoint, interval = meta
             if topic == HEARTBEAT_TOPIC:
                 if kind != KIND_HEARTBEAT or len(frames) != 2:
                     stats["malformed"] += 1
@@ -136,8 +136,8 @@ def main():
                 if publisher not in heard:
                     heard.add(publisher)
                     say(
-                        "sub heartbeat publisher=%s last=%d oldest=%d replay=%s"
-                        % (publisher.hex(), seq, oldest, endpoint)
+                        "sub heartbeat publisher=%s last=%d oldest=%d replay=%s interval_ms=%d"
+                        % (publisher.hex(), seq, oldest, endpoint, interval)
                     )
                 if not ready and len(heard) >= args.publishers:
                     ready = True

@@ -14,7 +14,7 @@
 //! | 0 | 4 | magic `FF 42 53 50` (`\xffBSP`) |
 //! | 4 | 1 | version 1 |
 //! | 5 | 1 | kind: 0 data, 1 heartbeat |
-//! | 6 | 2 | reserved, 0 (ignored when read) |
+//! | 6 | 2 | heartbeat: the publisher's heartbeat interval, ms, saturating at 65535 (0: not said); data: 0 (ignored when read) |
 //! | 8 | 16 | publisher id (UUID) |
 //! | 24 | 8 | data: its sequence; heartbeat: the last sequence published (0 = none) |
 //! | 32 | 8 | published at, ms since the Unix epoch |
@@ -113,6 +113,9 @@ pub struct Meta {
     pub oldest: u64,
     /// Heartbeat: the publisher's replay endpoint (may be empty). Data: empty.
     pub replay: String,
+    /// Heartbeat: the publisher's heartbeat interval in ms, saturating at 65535 (0:
+    /// not said). Data: 0.
+    pub interval_ms: u16,
 }
 
 impl Meta {
@@ -125,15 +128,12 @@ impl Meta {
 
     /// Appends the frame to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
-        write_meta(
-            out,
-            self.kind,
-            self.publisher,
-            self.seq,
-            self.at_ms,
-            self.oldest,
-            self.replay.as_bytes(),
-        );
+        let beat = Beat {
+            oldest: self.oldest,
+            endpoint: self.replay.as_bytes(),
+            interval_ms: self.interval_ms,
+        };
+        write_meta(out, self.kind, self.publisher, self.seq, self.at_ms, beat);
     }
 
     /// Decodes a metadata frame: the exact length its endpoint field announces, known
@@ -152,7 +152,7 @@ impl Meta {
                 format!("missing magic \\xffBSP (starts {:02x?})", preview(frame)),
             ));
         }
-        let [version, kind, _r0, _r1, rest @ ..] = rest else {
+        let [version, kind, i0, i1, rest @ ..] = rest else {
             return Err(bad("metadata", "truncated header".into()));
         };
         if *version != VERSION {
@@ -162,6 +162,10 @@ impl Meta {
             ));
         }
         let kind = Kind::try_from(*kind)?;
+        let interval_ms = match kind {
+            Kind::Heartbeat => u16::from_be_bytes([*i0, *i1]),
+            Kind::Data => 0,
+        };
         let (id, rest) = rest.split_at(16);
         let publisher = Uuid::from_slice(id).map_err(|e| bad("metadata", e.to_string()))?;
         let (seq, rest) = u64_at(rest);
@@ -208,20 +212,26 @@ impl Meta {
             at_ms,
             oldest,
             replay,
+            interval_ms,
         })
     }
 }
 
-/// Appends a metadata frame to `out` (see the module docs for the layout).
-fn write_meta(
-    out: &mut Vec<u8>,
-    kind: Kind,
-    publisher: Uuid,
-    seq: u64,
-    at_ms: u64,
+/// The fields of a metadata frame that only a heartbeat fills (all zero for data).
+#[derive(Default)]
+struct Beat<'a> {
     oldest: u64,
-    endpoint: &[u8],
-) {
+    endpoint: &'a [u8],
+    interval_ms: u16,
+}
+
+/// Appends a metadata frame to `out` (see the module docs for the layout).
+fn write_meta(out: &mut Vec<u8>, kind: Kind, publisher: Uuid, seq: u64, at_ms: u64, beat: Beat) {
+    let Beat {
+        oldest,
+        endpoint,
+        interval_ms,
+    } = beat;
     // The endpoint is the publisher's own bound endpoint; longer than u16 it would
     // not be an endpoint at all, and it is then left out rather than cut.
     let endpoint = if endpoint.len() > usize::from(u16::MAX) {
@@ -233,7 +243,7 @@ fn write_meta(
     fixed[..4].copy_from_slice(&MAGIC);
     fixed[4] = VERSION;
     fixed[5] = kind as u8;
-    // 6..8 reserved, 0.
+    fixed[6..8].copy_from_slice(&interval_ms.to_be_bytes());
     fixed[8..24].copy_from_slice(publisher.as_bytes());
     fixed[24..32].copy_from_slice(&seq.to_be_bytes());
     fixed[32..40].copy_from_slice(&at_ms.to_be_bytes());
@@ -247,7 +257,7 @@ fn write_meta(
 
 /// Appends the metadata frame of a data message.
 fn write_data_meta(out: &mut Vec<u8>, publisher: Uuid, seq: u64, at_ms: u64) {
-    write_meta(out, Kind::Data, publisher, seq, at_ms, 0, &[]);
+    write_meta(out, Kind::Data, publisher, seq, at_ms, Beat::default());
 }
 
 /// Splits a u64 off the front of a slice known (by the fixed header length) to hold one.
@@ -397,6 +407,8 @@ pub struct Heartbeat {
     pub oldest: u64,
     /// The publisher's replay endpoint (may be empty).
     pub replay: String,
+    /// The publisher's heartbeat interval in ms, saturating at 65535 (0: not said).
+    pub interval_ms: u16,
 }
 
 impl Heartbeat {
@@ -409,6 +421,7 @@ impl Heartbeat {
             at_ms: self.at_ms,
             oldest: self.oldest,
             replay: self.replay.clone(),
+            interval_ms: self.interval_ms,
         };
         vec![HEARTBEAT_TOPIC.to_vec(), meta.encode()]
     }
@@ -438,6 +451,7 @@ pub fn parse_live(frames: Frames) -> Result<Live, ProtocolError> {
                 at_ms: m.at_ms,
                 oldest: m.oldest,
                 replay: m.replay,
+                interval_ms: m.interval_ms,
             }))
         }
         _ => Data::from_frames(frames, "data").map(Live::Data),
@@ -752,6 +766,7 @@ mod tests {
             at_ms: 7,
             oldest: 3,
             replay: "tcp://127.0.0.1:5557".into(),
+            interval_ms: 1500,
         }
     }
 
