@@ -360,7 +360,8 @@ pub fn run_sub(args: SubArgs, shutdown: &Shutdown) -> Result<ExitCode, Error> {
                     return Err(mixed_modes(&args, "printed to stdout").into());
                 }
             }
-            let sink = FileSink::open(path, store.as_ref())?;
+            let format = if args.json { "json" } else { "lines" };
+            let sink = FileSink::open(path, store.as_ref(), format)?;
             if let (Some(since), Some(dir)) = (sink.since_ms(), &args.data_dir) {
                 builder = builder
                     .resume(&sink.positions())

@@ -47,7 +47,9 @@ impl FileSink {
     /// Opens `path` for appending, creating it. With a store, the file is first cut
     /// back to its length at the last commit (see the module docs), and a store that
     /// never held a record gets one, flushed, with the join boundary set to now.
-    pub fn open(path: &Path, store: Option<&Store>) -> Result<FileSink, Error> {
+    /// `format` names how the caller writes its lines (`json`, `lines`): the same file
+    /// is not continued in another.
+    pub fn open(path: &Path, store: Option<&Store>, format: &str) -> Result<FileSink, Error> {
         let file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -88,6 +90,18 @@ impl FileSink {
             Some(store) => {
                 let record = match store.output_record()? {
                     Some(r) if (r.dev, r.ino, r.born) == (dev, ino, born) => {
+                        if r.format != format {
+                            return Err(ConfigError::Invalid {
+                                field: "output",
+                                reason: format!(
+                                    "{shown} holds lines written as {}; this run writes \
+                                     them as {format}: give another file (and --data-dir), \
+                                     or the same format",
+                                    r.format
+                                ),
+                            }
+                            .into());
+                        }
                         if len < r.len {
                             return Err(ConfigError::Invalid {
                                 field: "output",
@@ -132,6 +146,7 @@ impl FileSink {
                             ino,
                             born,
                             len,
+                            format: format.to_string(),
                             ..r
                         };
                         store.set_output_record(&r)?;
@@ -145,6 +160,7 @@ impl FileSink {
                             ino,
                             born,
                             len,
+                            format: format.to_string(),
                             positions: Vec::new(),
                         };
                         store.set_output_record(&r)?;
@@ -279,7 +295,7 @@ mod tests {
     fn what_was_written_but_not_committed_is_cut_off_at_the_next_start() {
         let p = path("cut");
         let store = Store::memory();
-        let mut sink = FileSink::open(&p, Some(&store)).unwrap();
+        let mut sink = FileSink::open(&p, Some(&store), "lines").unwrap();
         assert!(sink.positions().is_empty());
         let since = sink.since_ms().unwrap();
         let first = [msg(1, 1), msg(1, 2), msg(2, 1)];
@@ -292,7 +308,7 @@ mod tests {
         sink.flush().unwrap(); // on disk, never committed: a crash here
         let crashed = store.crash_and_reopen().unwrap();
         drop(sink);
-        let mut sink = FileSink::open(&p, Some(&crashed)).unwrap();
+        let mut sink = FileSink::open(&p, Some(&crashed), "lines").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"1:1\n1:2\n2:1\n");
         assert_eq!(
             sink.positions(),
@@ -314,7 +330,7 @@ mod tests {
     fn another_file_at_the_path_is_appended_to_and_a_file_cut_by_another_is_refused() {
         let p = path("rotated");
         let store = Store::memory();
-        let mut sink = FileSink::open(&p, Some(&store)).unwrap();
+        let mut sink = FileSink::open(&p, Some(&store), "lines").unwrap();
         let batch = [msg(1, 1), msg(1, 2)];
         write(&mut sink, &batch);
         sink.commit(&batch).unwrap();
@@ -322,7 +338,7 @@ mod tests {
         // Rotated: a new file with a line of someone else's.
         std::fs::remove_file(&p).unwrap();
         std::fs::write(&p, b"header\n").unwrap();
-        let sink = FileSink::open(&p, Some(&store)).unwrap();
+        let sink = FileSink::open(&p, Some(&store), "lines").unwrap();
         assert_eq!(sink.positions(), vec![(Uuid::from_u128(1), 2)]);
         assert_eq!(std::fs::read(&p).unwrap(), b"header\n", "nothing cut");
         drop(sink);
@@ -333,7 +349,7 @@ mod tests {
             .unwrap()
             .set_len(3)
             .unwrap();
-        let err = FileSink::open(&p, Some(&store)).unwrap_err();
+        let err = FileSink::open(&p, Some(&store), "lines").unwrap_err();
         assert!(err.to_string().contains("something else cut it"), "{err}");
         let _ = std::fs::remove_file(&p);
     }
@@ -342,17 +358,28 @@ mod tests {
     fn a_file_written_by_another_sink_or_not_a_regular_file_is_refused() {
         let p = path("locked");
         let store = Store::memory();
-        let first = FileSink::open(&p, Some(&store)).unwrap();
-        let err = FileSink::open(&p, None).unwrap_err();
+        let first = FileSink::open(&p, Some(&store), "lines").unwrap();
+        let err = FileSink::open(&p, None, "lines").unwrap_err();
         assert!(
             err.to_string().contains("being written by another"),
             "{err}"
         );
         drop(first);
-        FileSink::open(&p, None).expect("free again once the first is gone");
-        let err = FileSink::open(Path::new("/dev/null"), Some(&store)).unwrap_err();
+        FileSink::open(&p, None, "lines").expect("free again once the first is gone");
+        let err = FileSink::open(Path::new("/dev/null"), Some(&store), "lines").unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
-        FileSink::open(Path::new("/dev/null"), None).expect("without a store, any file");
+        FileSink::open(Path::new("/dev/null"), None, "lines").expect("without a store, any file");
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn the_same_file_is_not_continued_in_another_format() {
+        let p = path("format");
+        let store = Store::memory();
+        drop(FileSink::open(&p, Some(&store), "lines").unwrap());
+        let err = FileSink::open(&p, Some(&store), "json").unwrap_err();
+        assert!(err.to_string().contains("written as lines"), "{err}");
+        drop(FileSink::open(&p, Some(&store), "lines").expect("the same format"));
         let _ = std::fs::remove_file(&p);
     }
 
@@ -360,7 +387,7 @@ mod tests {
     fn without_a_store_the_file_is_only_appended_to() {
         let p = path("plain");
         std::fs::write(&p, b"before\n").unwrap();
-        let mut sink = FileSink::open(&p, None).unwrap();
+        let mut sink = FileSink::open(&p, None, "lines").unwrap();
         assert_eq!((sink.positions(), sink.since_ms()), (Vec::new(), None));
         let batch = [msg(1, 1)];
         write(&mut sink, &batch);

@@ -13,6 +13,7 @@
 //! | since | u64: the subscriber's join boundary, Unix ms |
 //! | dev, ino, born | u64 x 3: the file's device, inode and creation time (ns since the Unix epoch, 0 where the file system does not say): its identity, as an inode number is soon reused |
 //! | len | u64: the file's length at the commit |
+//! | format | bytes: how the lines are written, the writer's word (`json`, `lines`) |
 //! | positions | count (4), then per publisher its id (16) and last sequence (8) |
 
 use uuid::Uuid;
@@ -40,18 +41,23 @@ pub struct OutputRecord {
     pub born: u64,
     /// The file's length at the commit: bytes past it were written but never committed.
     pub len: u64,
+    /// How the lines are written, in the writer's words (`bosun sub`: `json` or
+    /// `lines`): a file is not continued in another format.
+    pub format: String,
     /// The last sequence written to the file, per publisher.
     pub positions: Vec<(Uuid, u64)>,
 }
 
 impl OutputRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(VERSION, 1 + 8 * 5 + 4 + self.positions.len() * 24);
+        let size = 1 + 8 * 5 + 4 + self.format.len() + 4 + self.positions.len() * 24;
+        let mut w = Writer::new(VERSION, size);
         w.u64(self.since_ms);
         w.u64(self.dev);
         w.u64(self.ino);
         w.u64(self.born);
         w.u64(self.len);
+        w.bytes(self.format.as_bytes());
         w.u32(u32::try_from(self.positions.len()).unwrap_or(u32::MAX));
         for (p, s) in self.positions.iter().take(u32::MAX as usize) {
             w.raw(p.as_bytes());
@@ -67,6 +73,7 @@ impl OutputRecord {
         let ino = r.u64("ino")?;
         let born = r.u64("born")?;
         let len = r.u64("len")?;
+        let format = r.text("format")?;
         let n = r.u32("count")?;
         let mut positions = Vec::new();
         for _ in 0..n {
@@ -80,6 +87,7 @@ impl OutputRecord {
             ino,
             born,
             len,
+            format,
             positions,
         })
     }
@@ -114,6 +122,7 @@ mod tests {
             ino: 1234,
             born: 1_700_000_000_000_000_123,
             len: 99,
+            format: "json".into(),
             positions: vec![
                 (Uuid::from_u128(1), 5),
                 (Uuid::from_u128(u128::MAX), u64::MAX),
@@ -144,7 +153,7 @@ mod tests {
         long.push(0);
         assert!(OutputRecord::decode(&long).is_err(), "trailing byte");
         let mut huge = bytes;
-        huge[1 + 40..1 + 44].copy_from_slice(&u32::MAX.to_be_bytes());
+        huge[1 + 48..1 + 52].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(
             OutputRecord::decode(&huge).is_err(),
             "a count past the bytes"
