@@ -760,8 +760,8 @@ fn a_subscriber_writing_to_a_file_holds_each_message_once_across_kills() {
 
 /// What `--output` cannot trust is refused with the reason, exit 64 (74 for a path that
 /// cannot be a file), before anything is written: the file cut shorter than its record by
-/// something else, a data dir whose positions belong to stdout output (or the other way
-/// round), a directory as the file.
+/// something else, the file continued in another format, a data dir whose positions
+/// belong to stdout output (or the other way round), a directory as the file.
 #[test]
 fn an_output_file_or_data_dir_that_cannot_be_trusted_is_refused_with_the_reason() {
     let dir = TempDir::new("file-refusals");
@@ -801,6 +801,12 @@ fn an_output_file_or_data_dir_that_cannot_be_trusted_is_refused_with_the_reason(
         64,
         &["--data-dir", "--output file", "a --data-dir of its own"],
     );
+    // The same file continued as plain lines after --json ones.
+    expect(
+        sub(&["--data-dir", data.as_str(), "--output", file.as_str()]),
+        64,
+        &["--output", "written as json", "as lines"],
+    );
     // The file cut shorter than its record.
     std::fs::OpenOptions::new()
         .write(true)
@@ -808,7 +814,13 @@ fn an_output_file_or_data_dir_that_cannot_be_trusted_is_refused_with_the_reason(
         .and_then(|f| f.set_len(3))
         .expect("cut the file");
     expect(
-        sub(&["--data-dir", data.as_str(), "--output", file.as_str()]),
+        sub(&[
+            "--json",
+            "--data-dir",
+            data.as_str(),
+            "--output",
+            file.as_str(),
+        ]),
         64,
         &["--output", "holds 3 bytes", "25 bytes", "move it aside"],
     );
