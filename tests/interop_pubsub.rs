@@ -406,11 +406,21 @@ fn bosun_sub_says_plainly_that_a_raw_pub_sends_no_bosun_metadata() {
         "bosun sub says the messages carry no bosun metadata\n{}",
         sub.dump()
     );
+    // After the liveness: not "nothing heard", but what was heard.
+    let kind = sub.stderr.wait_for(deadline(SECS_10), |l| {
+        l.contains("no bosun publisher heard") && l.contains("another kind of peer")
+    });
+    assert!(kind.is_some(), "the peer's kind is named\n{}", sub.dump());
     sub.stdout.read_available();
     assert!(
         sub.stdout.texts().is_empty(),
         "nothing printed as delivered\n{}",
         sub.dump()
+    );
+    let stderr = sub.stderr.texts().join("\n");
+    assert!(
+        !stderr.contains("nothing heard from any publisher"),
+        "not said to be silent while it talks\n{stderr}"
     );
     raw.signal(libc::SIGTERM);
 }

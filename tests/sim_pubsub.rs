@@ -746,6 +746,15 @@ fn a_subscriber_started_before_its_messages_gets_every_one_published_since_it_st
             "seed {seed}: 11..=30 were published after it started"
         );
         assert!(w.lost().is_empty(), "seed {seed}: {:?}", w.lost());
+        let joined = w.events.iter().find_map(|(_, e)| match e {
+            Event::Joined { since_ms, .. } => Some(*since_ms),
+            _ => None,
+        });
+        assert_eq!(
+            joined,
+            Some(Some(WALL0 + 500)),
+            "seed {seed}: joined by time"
+        );
         let slow = w
             .events
             .iter()

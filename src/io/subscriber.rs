@@ -585,9 +585,18 @@ impl Drop for Subscriber {
 fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
     match e {
         Event::Delivered(_) | Event::TooSlow { .. } => {}
-        Event::Joined { publisher, from } => {
-            tracing::info!(%publisher, from, "following a publisher")
-        }
+        Event::Joined {
+            publisher,
+            since_ms: Some(_),
+            ..
+        } => tracing::info!(
+            %publisher,
+            "following a publisher, from the first message it published since this \
+             subscriber started"
+        ),
+        Event::Joined {
+            publisher, from, ..
+        } => tracing::info!(%publisher, from, "following a publisher"),
         Event::JoinedLive { publisher, from } => tracing::warn!(
             %publisher,
             from,
@@ -646,10 +655,15 @@ fn log_event(e: Event, garbage_logged: &mut Option<Instant>) {
             publisher,
             endpoint,
         } => tracing::info!(%publisher, %endpoint, "replay endpoint learned from a heartbeat"),
-        Event::NothingHeard { silent } => tracing::warn!(
+        Event::NothingHeard { silent, dropped: 0 } => tracing::warn!(
             "nothing heard from any publisher in {silent:?} (no message, no heartbeat): is a \
              bosun publisher bound at the --connect endpoint, with the same \
              --heartbeat-interval? (still listening)"
+        ),
+        Event::NothingHeard { silent, dropped } => tracing::warn!(
+            "no bosun publisher heard in {silent:?}, but {dropped} message(s) that are not \
+             a bosun publisher's were dropped: the --connect endpoint is another kind of \
+             peer (a plain ZeroMQ publisher, a broker?) (still listening)"
         ),
         Event::SlowHeartbeats {
             publisher,

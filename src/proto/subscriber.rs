@@ -193,8 +193,11 @@ pub enum Event {
     Joined {
         /// The publisher.
         publisher: Uuid,
-        /// The first sequence to deliver.
+        /// The first sequence to deliver: where the history, a cursor or the live
+        /// stream starts (with `since_ms`, 1, until the replay says where that time is).
         from: u64,
+        /// Joining by time: the first message published since then comes first.
+        since_ms: Option<u64>,
     },
     /// Joining with [`SubscriberConfig::since_ms`], no replay endpoint answered in time,
     /// or there is none to ask (none given, and the publisher announces none that can
@@ -286,6 +289,9 @@ pub enum Event {
     NothingHeard {
         /// How long: the heartbeat liveness.
         silent: Duration,
+        /// Messages received meanwhile that were not a bosun publisher's (garbage,
+        /// dropped): a peer of another kind is there.
+        dropped: u64,
     },
     /// `publisher`'s heartbeats come about every `every`, more than twice the
     /// interval this subscriber expects: it will find the publisher dead between two
@@ -592,9 +598,11 @@ impl Subscriber {
                 no_replay_reported: false,
             },
         );
+        let since_ms = joining.map(|(since, _)| since);
         self.events.push_back(Event::Joined {
             publisher,
             from: next,
+            since_ms,
         });
     }
 
@@ -1131,8 +1139,10 @@ impl Subscriber {
         if self.silent_since.is_some_and(|t| now >= t + expiry) {
             self.silent_since = None;
             if self.feeds.is_empty() {
-                self.events
-                    .push_back(Event::NothingHeard { silent: expiry });
+                self.events.push_back(Event::NothingHeard {
+                    silent: expiry,
+                    dropped: self.stats.garbage,
+                });
             }
         }
         for publisher in ids {
