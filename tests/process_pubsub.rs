@@ -677,6 +677,15 @@ fn file_lines(path: &str) -> Vec<String> {
         .collect()
 }
 
+/// How many times a subscriber's run said it cut an uncommitted tail off its file.
+fn cut_offs(sub: &Proc) -> usize {
+    sub.stderr
+        .texts()
+        .iter()
+        .filter(|l| l.contains("cut off"))
+        .count()
+}
+
 /// A durable subscriber writing to a file (`--output FILE --data-dir DIR`) is SIGKILLed
 /// five times at random points (seeded) of a stream of N messages and restarted each
 /// time: the file ends holding sequence 1..N exactly once, in order, none marked
@@ -719,14 +728,10 @@ fn a_subscriber_writing_to_a_file_holds_each_message_once_across_kills() {
         );
         sub.kill();
         sub.drain(SECS_10);
-        cuts += sub
-            .stderr
-            .texts()
-            .iter()
-            .filter(|l| l.contains("cut off"))
-            .count();
+        cuts += cut_offs(&sub);
     }
-    let mut last = start_sub("subscriber 4", &eps, &sub_args(false));
+    let name = format!("subscriber {}", kills.len() + 1);
+    let mut last = start_sub(&name, &eps, &sub_args(false));
     let done = common::wait_until(STREAM_LIMIT, || {
         file_lines(&file)
             .last()
@@ -740,12 +745,7 @@ fn a_subscriber_writing_to_a_file_holds_each_message_once_across_kills() {
     );
     last.signal(libc::SIGTERM);
     last.expect_done(SECS_10);
-    cuts += last
-        .stderr
-        .texts()
-        .iter()
-        .filter(|l| l.contains("cut off"))
-        .count();
+    cuts += cut_offs(&last);
     assert!(
         last.stdout.texts().is_empty(),
         "with --output, stdout stays empty"
