@@ -864,22 +864,28 @@ fn a_join_with_no_replay_endpoint_goes_live_and_says_so() {
     assert!(at.is_some_and(|t| t < ms(1100)), "live at {at:?}");
 }
 
-#[test]
-fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
+/// A late joiner that fails past 10 behind, given the endpoint, over a perfect live
+/// link and `replay`.
+fn strict_late_joiner(replay: LinkConfig, seed: u64) -> World {
     let scfg = SubscriberConfig {
         max_behind: 10,
         on_slow: OnSlow::Fail,
         ..late_joiner()
     };
-    let mut w = World::new(
+    World::new(
         1,
         PublisherConfig::default(),
         scfg,
         &[endpoint(0)],
         LinkConfig::PERFECT,
-        LinkConfig::PERFECT,
-        3,
-    );
+        replay,
+        seed,
+    )
+}
+
+#[test]
+fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
+    let mut w = strict_late_joiner(LinkConfig::PERFECT, 3);
     // 500 messages before the subscriber hears anything, then 5 live ones.
     w.pass = joins_after(500);
     w.stream(1..=505);
@@ -897,20 +903,7 @@ fn fetching_the_history_of_a_late_joiner_is_not_falling_behind() {
 #[test]
 fn a_late_joiner_that_first_hears_a_heartbeat_is_not_slow_while_it_fetches_history() {
     for seed in 0..10 {
-        let scfg = SubscriberConfig {
-            max_behind: 10,
-            on_slow: OnSlow::Fail,
-            ..late_joiner()
-        };
-        let mut w = World::new(
-            1,
-            PublisherConfig::default(),
-            scfg,
-            &[endpoint(0)],
-            LinkConfig::PERFECT,
-            replay_link(),
-            seed,
-        );
+        let mut w = strict_late_joiner(replay_link(), seed);
         let mut open = false;
         w.pass = Box::new(move |f: &Frames| {
             let late = |l: Live| matches!(l, Live::Heartbeat(hb) if hb.last >= 4000);

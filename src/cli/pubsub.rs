@@ -17,6 +17,7 @@ use crate::io::publisher::Publisher;
 use crate::io::sink::FileSink;
 use crate::io::subscriber::{Message, OnSlow, Subscriber};
 use crate::io::transport::{check_endpoint, Side};
+use crate::io::Counting;
 use crate::io::Shutdown;
 use crate::proto::envelope::MAX_PAYLOAD_BYTES;
 use crate::proto::publisher::{DEFAULT_RETAIN_AGE, DEFAULT_RETAIN_COUNT};
@@ -571,24 +572,6 @@ impl Committer {
         }
         wait_drained(shutdown, Some(DRAIN_AT_END));
         self.when_read(sub, written)
-    }
-}
-
-/// A writer that counts the bytes it passes on.
-struct Counting<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -256,3 +256,22 @@ pub fn malformed_what(e: &crate::error::ProtocolError) -> &'static str {
         _ => "malformed message dropped",
     }
 }
+
+/// A writer that counts the bytes it passes on.
+#[derive(Debug)]
+pub(crate) struct Counting<W> {
+    pub(crate) inner: W,
+    pub(crate) written: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::error::{ConfigError, Error};
-use crate::io;
+use crate::io::{self, Counting};
 use crate::proto::subscriber::Message;
 use crate::store::{OutputRecord, Store};
 
@@ -34,13 +34,12 @@ use crate::store::{OutputRecord, Store};
 #[derive(Debug)]
 pub struct FileSink {
     path: PathBuf,
-    out: BufWriter<File>,
+    /// The file's length is `out.written`, counting what is buffered.
+    out: Counting<BufWriter<File>>,
     /// With a store: the record of the last commit, kept up to date.
     store: Option<(Store, OutputRecord)>,
     /// The last sequence written, per publisher (committed or not).
     written_through: BTreeMap<Uuid, u64>,
-    /// The file's length, counting what is buffered.
-    len: u64,
 }
 
 impl FileSink {
@@ -177,10 +176,12 @@ impl FileSink {
             .unwrap_or_default();
         Ok(FileSink {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 16, file),
+            out: Counting {
+                inner: BufWriter::with_capacity(1 << 16, file),
+                written: len,
+            },
             store,
             written_through,
-            len,
         })
     }
 
@@ -201,12 +202,12 @@ impl FileSink {
 
     /// The file's length, counting what is not yet committed.
     pub fn len(&self) -> u64 {
-        self.len
+        self.out.written
     }
 
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Records `batch`, just written, as the file's content: flushes and syncs the
@@ -225,10 +226,11 @@ impl FileSink {
         // Synced before the record says so: a power cut must not leave a record
         // pointing past what the disk holds.
         self.out
+            .inner
             .get_ref()
             .sync_data()
             .map_err(|e| Error::io(what("sync"), e))?;
-        record.len = self.len;
+        record.len = self.out.written;
         record.positions = self.written_through.iter().map(|(p, s)| (*p, *s)).collect();
         store.set_output_record(record)?;
         store.flush()?;
@@ -251,9 +253,7 @@ fn lock(file: &File) -> std::io::Result<()> {
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.len += n as u64;
-        Ok(n)
+        self.out.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
